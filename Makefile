@@ -1,0 +1,47 @@
+# talon-rt — build, test and run. `make help` lists the targets.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PYTHON  := $(BIN)/python
+NAME    ?= demo
+ENGINES ?= engines
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow demo export engines bench bench-peers capi clean
+
+help:  ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[export,dev,bench]'
+	touch $@
+
+install: $(VENV)/.installed  ## create .venv and install talon-rt with export, dev and bench extras
+
+test: install  ## run the fast test suite
+	$(BIN)/pytest -q
+
+test-slow: install  ## run the slow tests too (training smoke, long losslessness runs)
+	$(BIN)/pytest -q -m 'not gpu'
+
+demo: install  ## export the committed demo pair to engines/demo and generate with talon
+	@echo "make demo: the demo model pair is not trained yet (see export/demo); nothing to run." >&2; exit 1
+
+export: install  ## MODEL=<hf dir> DRAFT=<eagle3 dir> NAME=<name>: build engines/<name>/
+	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder>" >&2; exit 2; }
+	@test -n "$(DRAFT)" || { echo "make export: set DRAFT=<local EAGLE-3 head folder>" >&2; exit 2; }
+	$(PYTHON) -m export --model "$(MODEL)" --draft "$(DRAFT)" --out "$(ENGINES)/$(NAME)"
+
+engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs a GPU and tensorrt)
+	$(PYTHON) -m export.trt "$(ENGINES)/$(NAME)"
+
+bench: install  ## benchmark the demo engine (reduced prompt count)
+	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) --dataset humaneval --limit 10
+
+capi: install  ## build runtime/capi/libtalon_rt.so
+	@echo "make capi: not implemented yet" >&2; exit 1
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf build dist *.egg-info .pytest_cache
