@@ -1,0 +1,234 @@
+"""Draft-tree policies: ar, chain, eagle3 (EAGLE-2/3 topK_genrate) and talon (paper Algorithm 2).
+
+Every policy is a frozen config dataclass with one method, `build(root_token, expand) -> DraftTree`.
+`expand(tree, rows)` is one draft engine call: given the tree built so far (every node added so far,
+parents before children) and the node indices `rows` (int64 [r], never empty), it returns
+`(ids int64 [r, k], logp float [r, k])`, each row's top-k children by draft log-prob, descending.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from talon.tree import BuildInfo, DraftTree, root_tree
+
+Expand = Callable[[DraftTree, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+
+
+class _Nodes:
+    """Append-only node buffers; `tree(n)` views the first n nodes without copying."""
+
+    def __init__(self, capacity: int, root_token: int):
+        self.tokens = np.empty(capacity, dtype=np.int64)
+        self.parents = np.empty(capacity, dtype=np.int64)
+        self.depth = np.empty(capacity, dtype=np.int64)
+        self.logp = np.empty(capacity, dtype=np.float64)
+        self.tokens[0], self.parents[0], self.depth[0], self.logp[0] = root_token, -1, 0, 0.0
+        self.n = 1
+
+    def tree(self, info: BuildInfo | None = None) -> DraftTree:
+        n = self.n
+        return DraftTree(self.tokens[:n], self.parents[:n], self.depth[:n], self.logp[:n], info)
+
+    def add(self, parents: np.ndarray, tokens: np.ndarray, logp: np.ndarray, depth: int) -> np.ndarray:
+        """Append one layer; return the new node indices."""
+        a, b = self.n, self.n + tokens.shape[0]
+        self.tokens[a:b], self.parents[a:b], self.logp[a:b] = tokens, parents, logp
+        self.depth[a:b] = depth
+        self.n = b
+        return np.arange(a, b)
+
+
+def _call(expand: Expand, nodes: _Nodes, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids, logp = expand(nodes.tree(), rows)
+    if ids.ndim != 2 or ids.shape[0] != rows.shape[0] or logp.shape != ids.shape or ids.shape[1] < 1:
+        raise ValueError(f"expand: expected ids and logp of shape ({rows.shape[0]}, k>=1), "
+                         f"got {ids.shape} and {logp.shape}")
+    return ids, logp
+
+
+def _check_int(name: str, value: int, low: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _layer_counts(depth: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(c) for c in np.bincount(depth)[1:])
+
+
+@dataclass(frozen=True)
+class ArPolicy:
+    """No draft: the tree is the root alone (the autoregressive baseline through the same loop)."""
+
+    max_nodes = 1
+
+    def build(self, root_token: int, expand: Expand) -> DraftTree:
+        return root_tree(root_token, BuildInfo(draft_calls=0, nodes_per_layer=(), drafted=0))
+
+
+@dataclass(frozen=True)
+class ChainPolicy:
+    """Classic speculative decoding: the draft's top-1 token, `depth` times."""
+
+    depth: int = 4  # the trial head's ~0.7 conditional acceptance leaves a 5th draft < 25 % useful
+
+    def __post_init__(self) -> None:
+        _check_int("depth", self.depth, 1)
+
+    @property
+    def max_nodes(self) -> int:
+        return self.depth + 1
+
+    def build(self, root_token: int, expand: Expand) -> DraftTree:
+        nodes = _Nodes(self.depth + 1, root_token)
+        row = np.zeros(1, dtype=np.int64)
+        for d in range(1, self.depth + 1):
+            ids, logp = _call(expand, nodes, row)
+            row = nodes.add(row, ids[:, 0], nodes.logp[row] + logp[:, 0], d)
+        info = BuildInfo(draft_calls=self.depth, nodes_per_layer=(1,) * self.depth, drafted=self.depth)
+        return nodes.tree(info)
+
+
+@dataclass(frozen=True)
+class Eagle3Policy:
+    """EAGLE-2/3 `topK_genrate`: a fixed-shape beam of top_k parents per layer, then a global rerank.
+
+    Layer 1 is the root's top_k children; each of `depth` further draft calls expands the current
+    top_k parents (top_k children each) and the global top_k of those top_k**2 children by cumulative
+    log-prob become the next parents. All drafted nodes are then ranked by cumulative log-prob (ties:
+    earlier node first) and the best budget-1 are kept, in drafting order, so parents precede
+    children. A child never outscores its parent (log-probs are <= 0), so the kept set is closed under
+    ancestors; the rank key is a running minimum along the path so that this holds for any input.
+    """
+
+    budget: int = 60  # EAGLE-3's total_token=60: 59 drafts + root
+    top_k: int = 10  # EAGLE-3's default beam width and children per node
+    depth: int = 7  # EAGLE-3's default: 7 expansions after the root's call, 8 draft calls in all
+    # extension (off = EAGLE): skip the remaining calls once no deeper node can enter the kept set;
+    # the tree is unchanged, only the draft calls drop
+    exact_stop: bool = False
+
+    def __post_init__(self) -> None:
+        _check_int("budget", self.budget, 1)
+        _check_int("top_k", self.top_k, 1)
+        _check_int("depth", self.depth, 0)
+
+    @property
+    def max_nodes(self) -> int:
+        return self.budget
+
+    def build(self, root_token: int, expand: Expand) -> DraftTree:
+        if self.budget == 1:
+            return root_tree(root_token, BuildInfo(draft_calls=0, nodes_per_layer=(), drafted=0))
+        k, keep = self.top_k, self.budget - 1
+        nodes = _Nodes(1 + k + self.depth * k * k, root_token)
+        key = np.empty(nodes.tokens.shape[0], dtype=np.float64)  # running-min score, the rank key
+        key[0] = 0.0
+        ids, logp = _call(expand, nodes, np.zeros(1, dtype=np.int64))
+        ids, logp = ids[:, :k], logp[:, :k]
+        beam = nodes.add(np.zeros(ids.shape[1], dtype=np.int64), ids[0], logp[0], 1)
+        key[beam] = np.minimum(nodes.logp[beam], 0.0)
+        calls = 1
+        for d in range(2, self.depth + 2):
+            if self.exact_stop and np.count_nonzero(key[1:nodes.n] >= key[beam].max()) >= keep:
+                break
+            ids, logp = _call(expand, nodes, beam)
+            ids, logp = ids[:, :k], logp[:, :k]
+            calls += 1
+            kk = ids.shape[1]
+            score = (nodes.logp[beam][:, None] + logp).ravel()  # [beam * kk], parent-major
+            new = nodes.add(np.repeat(beam, kk), ids.ravel(), score, d)
+            key[new] = np.minimum(score, np.repeat(key[beam], kk))
+            # the next beam in descending score order (EAGLE's torch.topk; ties: earlier first)
+            beam = new[np.argsort(-score, kind="stable")[:k]]
+        n = nodes.n
+        kept = np.sort(np.argsort(-key[1:n], kind="stable")[:keep]) + 1
+        sel = np.concatenate(([0], kept))
+        remap = np.full(n, -1, dtype=np.int64)
+        remap[sel] = np.arange(sel.shape[0])
+        parents = remap[nodes.parents[sel]]
+        parents[0] = -1
+        depth = nodes.depth[sel]
+        info = BuildInfo(draft_calls=calls, nodes_per_layer=_layer_counts(depth), drafted=n - 1)
+        return DraftTree(nodes.tokens[sel], parents, depth, nodes.logp[sel], info)
+
+
+@dataclass(frozen=True)
+class TalonPolicy:
+    """TALON (arXiv 2601.07353, Algorithm 2): budget-driven adaptive tree with confidence gating.
+
+    Layer 1 is the root's top root_k children whatever their confidence. Each later layer scores
+    every child of every node of the previous layer by cumulative path probability; with m the best
+    score, the candidates with score >= mu * m are kept (in log space: logp >= log(mu) + log m), and
+    if they overflow the budget only the best (budget - size) by score (ties: pool order). All kept
+    nodes form the next frontier. The budget is the only stop rule; there is no final rerank.
+    """
+
+    budget: int = 60  # the paper's N on an H200; CPUs want less, the benchmark sweeps it
+    root_k: int = 10  # the paper's K: robust initialisation with the root's top-10
+    mu: float = 0.03  # the paper's gate: keep paths within 3 % of the layer's best path
+    max_depth: int | None = None  # extension (None = paper): stop after this many draft layers
+
+    def __post_init__(self) -> None:
+        _check_int("budget", self.budget, 1)
+        _check_int("root_k", self.root_k, 1)
+        if not (isinstance(self.mu, (int, float)) and 0.0 < self.mu <= 1.0):
+            raise ValueError(f"mu must be in (0, 1], got {self.mu!r}")
+        if self.max_depth is not None:
+            _check_int("max_depth", self.max_depth, 1)
+
+    @property
+    def max_nodes(self) -> int:
+        return self.budget
+
+    def build(self, root_token: int, expand: Expand) -> DraftTree:
+        n_max = self.budget
+        if n_max == 1:
+            return root_tree(root_token, BuildInfo(draft_calls=0, nodes_per_layer=(), drafted=0))
+        nodes = _Nodes(n_max, root_token)
+        ids, logp = _call(expand, nodes, np.zeros(1, dtype=np.int64))
+        k0 = min(self.root_k, ids.shape[1], n_max - 1)
+        frontier = nodes.add(np.zeros(k0, dtype=np.int64), ids[0, :k0], logp[0, :k0], 1)
+        calls, drafted, truncated, layer = 1, ids.shape[1], 0, 1
+        log_mu = math.log(self.mu)
+        max_depth = self.max_depth or n_max
+        while nodes.n < n_max and layer < max_depth:
+            ids, logp = _call(expand, nodes, frontier)
+            calls += 1
+            layer += 1
+            k = ids.shape[1]
+            score = nodes.logp[frontier][:, None] + logp  # [f, k] cumulative log-prob
+            passed = score >= score.max() + log_mu
+            truncated += int(np.count_nonzero(passed.all(axis=1)))
+            drafted += score.size
+            flat = np.flatnonzero(passed)  # parent-major pool order
+            room = n_max - nodes.n
+            if flat.shape[0] > room:
+                best = np.argsort(-score.ravel()[flat], kind="stable")[:room]
+                flat = flat[np.sort(best)]
+            frontier = nodes.add(frontier[flat // k], ids.ravel()[flat], score.ravel()[flat], layer)
+        info = BuildInfo(draft_calls=calls, nodes_per_layer=_layer_counts(nodes.depth[:nodes.n]),
+                         drafted=drafted, pool_truncated=truncated)
+        return nodes.tree(info)
+
+
+Policy = ArPolicy | ChainPolicy | Eagle3Policy | TalonPolicy
+POLICIES: dict[str, type] = {"ar": ArPolicy, "chain": ChainPolicy, "eagle3": Eagle3Policy,
+                             "talon": TalonPolicy}
+
+
+def make_policy(name: str, **options) -> Policy:
+    """A policy by name (ar | chain | eagle3 | talon) with its config fields as keyword options."""
+    if name not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")
+    cls = POLICIES[name]
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"policy {name!r} has no option {unknown[0]!r} "
+                         f"(options: {', '.join(sorted(allowed)) or 'none'})")
+    return cls(**options)

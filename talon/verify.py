@@ -1,0 +1,102 @@
+"""Verification of a draft tree against one target call: greedy and lossless sampling (DESIGN §6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from talon.sampling import sample_token
+from talon.tree import DraftTree
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """The accepted path and what the round emits."""
+
+    nodes: np.ndarray  # int64 [a+1]: accepted node indices along one path, root (0) first
+    tokens: np.ndarray  # int64 [a+1]: the a accepted draft tokens, then the bonus/correction token
+
+    @property
+    def accepted(self) -> int:
+        """Accepted draft tokens (the root is committed already and not counted)."""
+        return int(self.nodes.shape[0]) - 1
+
+    @property
+    def bonus(self) -> int:
+        return int(self.tokens[-1])
+
+
+def _path_to(tree: DraftTree, node: int) -> np.ndarray:
+    path = [node]
+    while node > 0:
+        node = int(tree.parents[node])
+        path.append(node)
+    return np.array(path[::-1], dtype=np.int64)
+
+
+def _check_rows(tree: DraftTree, name: str, a: np.ndarray, ndim: int) -> None:
+    if a.ndim != ndim or a.shape[0] != tree.size:
+        raise ValueError(f"{name}: expected {ndim}-D with {tree.size} rows (one per tree node), "
+                         f"got shape {a.shape}")
+
+
+def verify_greedy(tree: DraftTree, target_argmax: np.ndarray) -> Acceptance:
+    """target_argmax int [n]: the target's argmax after each node. Follows the longest accepted path."""
+    _check_rows(tree, "target_argmax", target_argmax, 1)
+    n = tree.size
+    good = np.empty(n + 1, dtype=bool)
+    good[:n] = tree.tokens == target_argmax[tree.parents]  # node matches its parent's argmax
+    good[0] = good[n] = True
+    # pointer doubling: good[i] becomes "i and all its ancestors match"; index n is above the root
+    jump = np.empty(n + 1, dtype=np.int64)
+    jump[:n], jump[0], jump[n] = tree.parents, n, n
+    reach, max_depth = 1, int(tree.depth.max())
+    while reach <= max_depth:
+        good[:n] &= good[jump[:n]]
+        jump = jump[jump]
+        reach *= 2
+    last = int(np.argmax(np.where(good[:n], tree.depth, -1)))
+    nodes = _path_to(tree, last)
+    tokens = np.append(tree.tokens[nodes[1:]], target_argmax[last]).astype(np.int64)
+    return Acceptance(nodes=nodes, tokens=tokens)
+
+
+def verify_sample(tree: DraftTree, target_probs: np.ndarray, rng: np.random.Generator) -> Acceptance:
+    """Lossless multi-draft rejection sampling with point-mass drafts.
+
+    target_probs [n, V]: the target's processed next-token distribution after each node. At each node
+    the distinct children are tried in tree order: child x is accepted with probability p(x); on
+    rejection p(x) is set to 0 and p renormalised. If all are rejected the correction is drawn from
+    what is left of p; at a leaf the bonus is drawn from p. Emitted tokens then follow the target.
+    """
+    _check_rows(tree, "target_probs", target_probs, 2)
+    n = tree.size
+    kids = np.argsort(tree.parents[1:], kind="stable") + 1  # children grouped by parent, tree order
+    start = np.searchsorted(tree.parents[kids], np.arange(n + 1))
+    node, path = 0, [0]
+    while True:
+        lo, hi = start[node], start[node + 1]
+        if lo == hi:
+            last = sample_token(target_probs[node], rng)
+            break
+        p = np.array(target_probs[node], dtype=np.float64)
+        total = float(p.sum())
+        nxt = -1
+        for child in kids[lo:hi]:
+            x = tree.tokens[child]
+            px = p[x]
+            if px <= 0.0:
+                continue  # a zero-probability or already rejected token: rejected for sure
+            if px >= total or rng.random() * total < px:
+                nxt = int(child)
+                break
+            p[x] = 0.0
+            total -= px
+        if nxt < 0:
+            last = sample_token(p if p.sum() > 0.0 else target_probs[node], rng)
+            break
+        node = nxt
+        path.append(node)
+    nodes = np.array(path, dtype=np.int64)
+    return Acceptance(nodes=nodes, tokens=np.append(tree.tokens[nodes[1:]], last).astype(np.int64))
