@@ -1,0 +1,77 @@
+"""Every size and hyper-parameter of the demo recipe, defined once."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LMSpec:
+    """A Llama-architecture causal LM (transformers.LlamaForCausalLM)."""
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int         # < heads: grouped-query attention, as in the Llama 3 / Qwen targets we serve
+    intermediate: int     # SwiGLU width, ~8/3 * hidden rounded to a multiple of 64
+    vocab: int = 4096
+    max_positions: int = 1024  # the runtime's default max_seq_len
+    rope_theta: float = 10000.0
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    tokens: int                 # total training tokens (steps = tokens / (batch * seq_len))
+    batch: int
+    seq_len: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float = 0.1   # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    ckpt_minutes: float = 3.0   # a killed run loses at most this much work
+    eval_windows: int | None = None  # held-out windows scored at the end (None: all of them)
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.tokens // (self.batch * self.seq_len))
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    draft_vocab: int = 2048     # the most frequent target tokens; < vocab so d2t is a real mapping
+    ttt_steps: int = 7          # training-time-test rollout length (the eagle3 policy drafts depth 7)
+    step_weight_decay: float = 0.8  # loss weight of rollout step j is decay**j (EAGLE-3 uses 0.8)
+    intermediate: int = 704     # the target's SwiGLU width
+
+
+TOKENIZER_VOCAB = 4096
+
+# 12 x 256, 8 heads over 2 KV heads: ~10.5 M parameters; deep and narrow so a one-layer head costs
+# about 1/12 of a target step, and the taps (2, 6, 9) are distinct.
+TARGET = LMSpec(layers=12, hidden=256, heads=8, kv_heads=2, intermediate=704)
+# Sized from a measured ~3 k tokens/s to fit ~50 minutes; 8192 tokens per step.
+TARGET_TRAIN = TrainSpec(tokens=8_192_000, batch=16, seq_len=512, lr=2e-3, warmup_steps=50)
+
+HEAD = HeadSpec()
+# ~20 minutes: the head's step costs a frozen target forward plus ttt_steps one-layer passes.
+HEAD_TRAIN = TrainSpec(tokens=1_000_000, batch=8, seq_len=256, lr=1e-3, warmup_steps=30, weight_decay=0.0)
+
+# The classic draft-model baseline: 2 layers of the target's width, ~3.4 M parameters.
+DRAFT_LM = LMSpec(layers=2, hidden=256, heads=8, kv_heads=2, intermediate=704)
+DRAFT_LM_TRAIN = TrainSpec(tokens=2_048_000, batch=16, seq_len=512, lr=3e-3, warmup_steps=30)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The whole pair. `DEFAULT` is what models/demo was trained with; tests pass a tiny one."""
+    tokenizer_vocab: int = TOKENIZER_VOCAB
+    target: LMSpec = TARGET
+    target_train: TrainSpec = TARGET_TRAIN
+    head: HeadSpec = HEAD
+    head_train: TrainSpec = HEAD_TRAIN
+    draft_lm: LMSpec = DRAFT_LM
+    draft_lm_train: TrainSpec = DRAFT_LM_TRAIN
+    corpus_limit: int | None = None  # first N train files only (smoke tests); None = the whole stdlib
+
+
+DEFAULT = Recipe()
