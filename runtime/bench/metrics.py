@@ -1,0 +1,94 @@
+"""Per-(dataset, policy, budget, temperature) rows from the prompt runs.
+
+tau   = generated tokens per target call (MAT), over all rounds of all prompts
+delta = draft calls per target call
+tokens_per_s = median over prompts of (new tokens / wall time of generate)
+speedup_vs_ar = ratio of medians against `ar` of the same dataset and temperature, same run
+host_share = host time / (host + engine time), over all rounds
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter, defaultdict
+from typing import Any, Iterable, Sequence
+
+from runtime.bench.runner import POLICY_ORDER, BenchConfig, PromptRun
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None
+
+
+def _hist(values: Iterable[int]) -> dict[str, int]:
+    counts = Counter(values)
+    return {str(k): counts[k] for k in sorted(counts)}
+
+
+def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
+    """The row of one (dataset, configuration): every aggregate the report and plots use."""
+    c = runs[0].config
+    target_calls = sum(r.target_calls for r in runs)
+    shapes = [s for r in runs for s in r.shapes]
+    busy = sum(r.engine_s + r.host_s for r in runs)
+    return {
+        "dataset": runs[0].dataset,
+        "policy": c.policy,
+        "budget": c.budget,
+        "temperature": c.temperature,
+        "mu": c.mu,
+        "prompts": len(runs),
+        "tau": _ratio(sum(r.tau * r.target_calls for r in runs), target_calls),
+        "delta": _ratio(sum(r.draft_calls for r in runs), target_calls),
+        "tokens_per_s": statistics.median(r.tokens_per_s for r in runs),
+        "tokens_per_s_mean": statistics.fmean(r.tokens_per_s for r in runs),
+        "runtime_tokens_per_s": statistics.median(r.runtime_tokens_per_s for r in runs),
+        "speedup_vs_ar": None,
+        "host_share": _ratio(sum(r.host_s for r in runs), busy),
+        "new_tokens": sum(r.new_tokens for r in runs),
+        "wall_s": sum(r.wall_s for r in runs),
+        "target_calls": target_calls,
+        "draft_calls": sum(r.draft_calls for r in runs),
+        "rounds": len(shapes),
+        "depth_mean": statistics.fmean(s.depth for s in shapes) if shapes else None,
+        "width_mean": statistics.fmean(s.width for s in shapes) if shapes else None,
+        "tree_size_mean": statistics.fmean(s.size for s in shapes) if shapes else None,
+        "depth_hist": _hist(s.depth for s in shapes),
+        "width_hist": _hist(s.width for s in shapes),
+        "depth_width": [[d, w, n] for (d, w), n in sorted(Counter((s.depth, s.width) for s in shapes).items())],
+        "pool_truncations": sum(r.pool_truncated for r in runs),
+        "stop_reasons": dict(Counter(r.stop_reason for r in runs)),
+    }
+
+
+def _order(row: dict[str, Any]) -> tuple:
+    return (row["dataset"], row["temperature"], POLICY_ORDER.index(row["policy"]), row["budget"],
+            row["mu"] or 0.0)
+
+
+def build_rows(runs: Sequence[PromptRun]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, BenchConfig], list[PromptRun]] = defaultdict(list)
+    for r in runs:
+        groups[(r.dataset, r.config)].append(r)
+    rows = sorted((summarize(g) for g in groups.values()), key=_order)
+    ar = {(r["dataset"], r["temperature"]): r["tokens_per_s"] for r in rows if r["policy"] == "ar"}
+    for r in rows:
+        base = ar.get((r["dataset"], r["temperature"]))
+        r["speedup_vs_ar"] = _ratio(r["tokens_per_s"], base) if base is not None else None
+    return rows
+
+
+def best_budget(rows: Sequence[dict[str, Any]], policy: str = "talon") -> dict[str, Any] | None:
+    """The budget with the highest geometric-mean tokens/s over the datasets and temperatures run
+    (each dataset weighs the same); ties go to the smaller budget."""
+    by_budget: dict[tuple[int, float | None], list[float]] = defaultdict(list)
+    for r in rows:
+        if r["policy"] == policy and r["tokens_per_s"] > 0:
+            by_budget[(r["budget"], r["mu"])].append(r["tokens_per_s"])
+    if not by_budget:
+        return None
+    score = {k: math.exp(statistics.fmean(math.log(v) for v in vs)) for k, vs in by_budget.items()}
+    (budget, mu), best = max(score.items(), key=lambda kv: (kv[1], -kv[0][0]))
+    return {"policy": policy, "budget": budget, "mu": mu, "tokens_per_s_geomean": best,
+            "candidates": {str(b): s for (b, _m), s in sorted(score.items())}}

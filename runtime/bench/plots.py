@@ -1,0 +1,100 @@
+"""The PNG figures: speed-up vs budget per policy, and tree depth vs width for talon vs eagle3
+(the paper's deep-and-narrow vs shallow-and-wide picture). matplotlib is imported lazily (Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+COLORS = {"ar": "0.4", "chain": "tab:green", "eagle3": "tab:blue", "talon": "tab:red"}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def speedup_vs_budget(rows: Sequence[dict], path: Path) -> Path:
+    plt = _pyplot()
+    keys = list(dict.fromkeys((r["dataset"], r["temperature"]) for r in rows))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
+    for ax, (ds, t) in zip(axes[0], keys):
+        sub = [r for r in rows if r["dataset"] == ds and r["temperature"] == t and r["speedup_vs_ar"] is not None]
+        for policy in ("eagle3", "talon"):
+            for mu in sorted({r["mu"] for r in sub if r["policy"] == policy}, key=lambda m: m or 0):
+                pts = sorted((r["budget"], r["speedup_vs_ar"]) for r in sub if r["policy"] == policy and r["mu"] == mu)
+                if pts:
+                    label = policy + (f" mu={mu:g}" if mu is not None and policy == "talon" else "")
+                    ax.plot(*zip(*pts), marker="o", color=COLORS[policy], label=label)
+        for policy in ("ar", "chain"):
+            for r in (r for r in sub if r["policy"] == policy):
+                ax.axhline(r["speedup_vs_ar"], color=COLORS[policy], ls="--", lw=1,
+                           label=f"{policy}" + (f" (depth {r['budget'] - 1})" if policy == "chain" else ""))
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{ds}, T={t:g}")
+        ax.set_xlabel("budget N (tree nodes incl. root)")
+        ax.set_ylabel("speed-up over ar (tokens/s)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _shape_budget(rows: Sequence[dict]) -> int | None:
+    """The largest budget that both talon and eagle3 ran with tree shapes recorded."""
+    have = {p: {r["budget"] for r in rows if r["policy"] == p and r["depth_width"]} for p in ("talon", "eagle3")}
+    common = have["talon"] & have["eagle3"] or have["talon"] | have["eagle3"]
+    return max(common) if common else None
+
+
+def depth_vs_width(rows: Sequence[dict], path: Path) -> Path | None:
+    budget = _shape_budget(rows)
+    if budget is None:
+        return None
+    plt = _pyplot()
+    fig, (ax, axh) = plt.subplots(1, 2, figsize=(9, 3.8))
+    for policy, dx in (("eagle3", -0.12), ("talon", 0.12)):
+        counts: dict[tuple[int, int], int] = {}
+        for r in rows:
+            if r["policy"] == policy and r["budget"] == budget:
+                for d, w, n in r["depth_width"]:
+                    counts[(d, w)] = counts.get((d, w), 0) + n
+        if not counts:
+            continue
+        total = sum(counts.values())
+        ds, ws, ns = zip(*((d, w, n) for (d, w), n in counts.items()))
+        ax.scatter([d + dx for d in ds], ws, s=[1500 * n / total for n in ns], alpha=0.5,
+                   color=COLORS[policy], label=policy, edgecolors="none")
+        depth = {}
+        for (d, _w), n in counts.items():
+            depth[d] = depth.get(d, 0) + n
+        axh.bar([d + dx for d in depth], [n / total for n in depth.values()], width=0.24,
+                color=COLORS[policy], label=policy)
+    ax.set_xlabel("tree depth (drafted layers)")
+    ax.set_ylabel("tree width (widest layer)")
+    ax.set_title(f"round tree shapes, N={budget} (area = share of rounds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, markerscale=0.3)
+    axh.set_xlabel("tree depth")
+    axh.set_ylabel("share of rounds")
+    axh.set_title("depth distribution")
+    axh.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
+    """Both figures into out_dir; returns the paths written."""
+    out = []
+    if any(r["speedup_vs_ar"] is not None for r in rows):
+        out.append(str(speedup_vs_budget(rows, out_dir / "speedup_vs_budget.png")))
+    shape = depth_vs_width(rows, out_dir / "tree_depth_width.png")
+    if shape is not None:
+        out.append(str(shape))
+    return out

@@ -1,0 +1,206 @@
+"""results.json (every number, the machine, versions, commit) and results.md (Table-1-like)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+from runtime.bench.runner import PromptRun
+
+SCHEMA = 1
+VERSIONED = ("talon-rt", "numpy", "onnxruntime", "onnxruntime-genai", "tokenizers", "torch",
+             "transformers", "matplotlib")
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return {"host": platform.node(), "os": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "usable_cores": len(affinity) if affinity is not None else os.cpu_count(),
+            "python": platform.python_version()}
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_info(cwd: Path | None = None) -> dict[str, Any]:
+    cwd = cwd or Path(__file__).resolve().parents[2]
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+
+
+def _jsonable(x: Any) -> Any:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(x).items()}
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and x != x:
+        return None
+    if hasattr(x, "item") and callable(x.item):  # numpy scalars
+        return x.item()
+    return x
+
+
+def prompt_run_json(r: PromptRun) -> dict[str, Any]:
+    d = _jsonable(r)
+    d["tokens_per_s"] = r.tokens_per_s
+    d["shapes"] = [[s.depth, s.width, s.size] for s in r.shapes]  # compact: [depth, width, size]
+    return d
+
+
+def build_results(*, rows: Sequence[dict], runs: Sequence[PromptRun], settings: dict, engine: dict,
+                  peers: Sequence[dict] = (), best: dict | None = None, extra: dict | None = None,
+                  command: Sequence[str] = ()) -> dict[str, Any]:
+    return _jsonable({
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": list(command),
+        "machine": machine_info(),
+        "versions": versions(),
+        "git": git_info(),
+        "engine": engine,
+        "settings": settings,
+        "rows": list(rows),
+        "peers": list(peers),
+        "best_budget": best,
+        **(extra or {}),
+        "prompt_runs": [prompt_run_json(r) for r in runs],
+    })
+
+
+def _f(x: Any, fmt: str = "{:.2f}", none: str = "–") -> str:
+    return none if x is None else fmt.format(x)
+
+
+def _policy_label(row: dict) -> str:
+    if row["policy"] in ("ar", "chain"):
+        return row["policy"] if row["policy"] == "ar" else f"chain (depth {row['budget'] - 1})"
+    mu = f", mu={row['mu']:g}" if row.get("mu") is not None else ""
+    return f"{row['policy']} (N={row['budget']}{mu})"
+
+
+def table1(rows: Sequence[dict]) -> list[str]:
+    """Paper-style Table 1: one line per policy/budget, MAT (tau) and speed-up per dataset."""
+    out = []
+    for temp in sorted({r["temperature"] for r in rows}):
+        sub = [r for r in rows if r["temperature"] == temp]
+        datasets = list(dict.fromkeys(r["dataset"] for r in sub))
+        out += [f"### T = {temp:g}", ""]
+        head = "| policy | " + " | ".join(f"{d} τ | {d} ×ar" for d in datasets) + " | mean ×ar |"
+        out += [head, "|" + "---|" * (1 + 2 * len(datasets) + 1)]
+        keys = list(dict.fromkeys((r["policy"], r["budget"], r["mu"]) for r in sub))
+        for key in keys:
+            cells, speedups, label = [], [], None
+            for d in datasets:
+                row = next((r for r in sub if r["dataset"] == d and (r["policy"], r["budget"], r["mu"]) == key), None)
+                if row is None:
+                    cells += ["–", "–"]
+                    continue
+                label = _policy_label(row)
+                cells += [_f(row["tau"]), _f(row["speedup_vs_ar"], "{:.2f}x")]
+                if row["speedup_vs_ar"] is not None:
+                    speedups.append(row["speedup_vs_ar"])
+            mean = sum(speedups) / len(speedups) if speedups else None
+            out.append(f"| {label} | " + " | ".join(cells) + f" | {_f(mean, '{:.2f}x')} |")
+        out.append("")
+    return out
+
+
+def detail_table(rows: Sequence[dict]) -> list[str]:
+    out = ["| dataset | T | policy | tok/s (median) | ×ar | τ | δ | host share | depth | width | "
+           "tree size | pool cut | prompts |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['dataset']} | {r['temperature']:g} | {_policy_label(r)} | {_f(r['tokens_per_s'], '{:.1f}')} | "
+                   f"{_f(r['speedup_vs_ar'], '{:.2f}x')} | {_f(r['tau'])} | {_f(r['delta'])} | "
+                   f"{_f(r['host_share'], '{:.1%}')} | {_f(r['depth_mean'], '{:.1f}')} | "
+                   f"{_f(r['width_mean'], '{:.1f}')} | {_f(r['tree_size_mean'], '{:.1f}')} | "
+                   f"{r['pool_truncations']} | {r['prompts']} |")
+    return out
+
+
+def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
+    ours = {}
+    for r in rows:
+        if r["temperature"] == 0:
+            key = (r["dataset"], "ar" if r["policy"] == "ar" else "best")
+            if key[1] == "ar" or r["tokens_per_s"] > ours.get(key, {}).get("tokens_per_s", 0):
+                ours[key] = r
+    out = ["| dataset | peer configuration | tok/s (median) | τ | talon-rt best / peer | talon-rt ar / peer | status |",
+           "|---|---|---|---|---|---|---|"]
+    for p in peers:
+        best, ar = ours.get((p["dataset"], "best")), ours.get((p["dataset"], "ar"))
+        tps = p.get("tokens_per_s")
+        rb = best["tokens_per_s"] / tps if best and tps else None
+        ra = ar["tokens_per_s"] / tps if ar and tps else None
+        tag = f" ({_policy_label(best)})" if best and rb is not None else ""
+        out.append(f"| {p['dataset']} | {p['peer']} | {_f(tps, '{:.1f}')} | {_f(p.get('tau'))} | "
+                   f"{_f(rb, '{:.2f}x')}{tag} | {_f(ra, '{:.2f}x')} | {p['status']} |")
+    return out
+
+
+def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
+    m, s, e, g = results["machine"], results["settings"], results["engine"], results["git"]
+    v = results["versions"]
+    lines = [f"# talon-rt bench: {e.get('name', '?')}", "",
+             f"- machine: {m['cpu']} ({m['usable_cores']} usable cores), {m['os']}, Python {m['python']}",
+             f"- versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x),
+             f"- commit: {g.get('commit') or 'unknown'}{' (dirty)' if g.get('dirty') else ''}; created {results['created']}",
+             f"- settings: datasets {', '.join(s['datasets'])}; {s['prompts_per_dataset']} prompt(s) each "
+             f"after {s['warmup']} warm-up; max_new_tokens {s['max_new_tokens']}; threads {s['threads']}",
+             "- tokens/s: median over prompts of new tokens / wall time of one generate call (prefill "
+             "included); ×ar: ratio of medians against `ar` of the same engine in the same run; "
+             "τ (MAT): tokens per target call; δ: draft calls per target call.", ""]
+    if results["rows"]:
+        lines += ["## MAT (τ) and speed-up over ar, per dataset", ""] + table1(results["rows"])
+        lines += ["## All numbers", ""] + detail_table(results["rows"]) + [""]
+    if results.get("best_budget"):
+        b = results["best_budget"]
+        lines += ["## Best budget on this machine", "",
+                  f"{b['policy']} N={b['budget']}: {b['tokens_per_s_geomean']:.1f} tok/s (geometric mean over the "
+                  f"datasets run); candidates: " + ", ".join(f"N={k}: {x:.1f}" for k, x in b["candidates"].items()),
+                  ""]
+        if results.get("defaults_written"):
+            lines += [f"Written into {results['defaults_written']}.", ""]
+    if results.get("peers"):
+        lines += ["## Peers on the same target weights", ""] + peers_table(results["peers"], results["rows"]) + [""]
+    for p in plots:
+        lines += [f"![{Path(p).stem}]({Path(p).name})", ""]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: Path, results: dict[str, Any], plots: Sequence[str] = ()) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / "results.json", out_dir / "results.md"
+    js.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    md.write_text(render_markdown(results, plots), encoding="utf-8")
+    return js, md

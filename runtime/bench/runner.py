@@ -1,0 +1,203 @@
+"""One benchmark run: every prompt through every configuration, interleaved prompt-major, after a
+warm-up, so slow drift of the machine (thermal, other load) hits every policy alike.
+
+The runner drives anything Generator-like (`encode`, `generate`, `close`): the real
+`runtime.api.Generator` or a test double. Timing is the wall clock around `generate`, prefill
+included, the same measure the peers get.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+from runtime.bench.datasets import Prompt
+
+POLICY_ORDER = ("ar", "chain", "eagle3", "talon")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One column of the comparison. budget is the tree size incl. the root (ar: 1, chain: depth+1)."""
+
+    policy: str
+    budget: int
+    temperature: float = 0.0
+    mu: float | None = None  # talon only
+
+    @property
+    def label(self) -> str:
+        mu = f" mu={self.mu:g}" if self.mu is not None else ""
+        return f"{self.policy} N={self.budget}{mu} T={self.temperature:g}"
+
+
+def make_configs(policies: Sequence[str], budgets: Sequence[int], temperatures: Sequence[float],
+                 mus: Sequence[float], chain_depth: int) -> list[BenchConfig]:
+    """ar and chain once per temperature (their tree does not depend on the budget); eagle3 and
+    talon once per budget (talon once per mu too)."""
+    configs = []
+    for t in temperatures:
+        for p in sorted(set(policies), key=POLICY_ORDER.index):
+            if p == "ar":
+                configs.append(BenchConfig("ar", 1, t))
+            elif p == "chain":
+                configs.append(BenchConfig("chain", chain_depth + 1, t))
+            elif p == "eagle3":
+                configs.extend(BenchConfig("eagle3", n, t) for n in budgets)
+            else:
+                configs.extend(BenchConfig("talon", n, t, mu) for n in budgets for mu in mus)
+    return configs
+
+
+@dataclass(frozen=True)
+class RoundShape:
+    """The tree a round verified: depth = drafted layers, width = the widest layer."""
+
+    depth: int
+    width: int
+    size: int  # nodes incl. the root
+
+
+@dataclass(frozen=True)
+class PromptRun:
+    """One prompt through one configuration."""
+
+    dataset: str
+    prompt_id: str
+    config: BenchConfig
+    prompt_tokens: int
+    new_tokens: int
+    wall_s: float
+    stop_reason: str
+    target_calls: int
+    draft_calls: int
+    tau: float
+    engine_s: float
+    host_s: float
+    runtime_tokens_per_s: float
+    shapes: tuple[RoundShape, ...] = ()
+    pool_truncated: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+
+class GeneratorLike(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Any: ...
+    def close(self) -> None: ...
+
+
+OpenGenerator = Callable[[BenchConfig], GeneratorLike]
+
+
+def _round_shape(rec: Any) -> tuple[RoundShape, int] | None:
+    """A per-round record of RunStats -> (shape, pool truncations). Reads `nodes_per_layer` and
+    `pool_truncated` (talon.tree.BuildInfo's fields), from the record or its `info`."""
+    info = getattr(rec, "info", None) or rec
+    layers = getattr(info, "nodes_per_layer", None)
+    if layers is None:
+        return None
+    layers = tuple(int(n) for n in layers)
+    shape = RoundShape(depth=len(layers), width=max(layers, default=0), size=1 + sum(layers))
+    return shape, int(getattr(info, "pool_truncated", 0) or 0)
+
+
+def _per_round(stats: Any) -> Iterable[Any]:
+    for name in ("round_records", "records", "per_round", "rounds_detail"):
+        recs = getattr(stats, name, None)
+        if recs is not None and not isinstance(recs, (int, float)):
+            return recs
+    recs = getattr(stats, "rounds", None)
+    return recs if isinstance(recs, (list, tuple)) else ()
+
+
+def record_run(prompt: Prompt, config: BenchConfig, prompt_ids: Sequence[int], result: Any,
+               wall_s: float) -> PromptRun:
+    """Summarise one `generate` result (GenerationResult with RunStats) into a PromptRun."""
+    stats = result.stats
+    shapes, truncated = [], 0
+    for rec in _per_round(stats):
+        got = _round_shape(rec)
+        if got is not None:
+            shapes.append(got[0])
+            truncated += got[1]
+    return PromptRun(
+        dataset=prompt.dataset, prompt_id=prompt.id, config=config, prompt_tokens=len(prompt_ids),
+        new_tokens=len(result.tokens), wall_s=wall_s, stop_reason=str(result.stop_reason),
+        target_calls=int(stats.target_calls), draft_calls=int(stats.draft_calls), tau=float(stats.tau),
+        engine_s=float(stats.engine_s), host_s=float(stats.host_s),
+        runtime_tokens_per_s=float(stats.tokens_per_s), shapes=tuple(shapes), pool_truncated=truncated,
+    )
+
+
+@dataclass
+class RunPlan:
+    prompts: list[Prompt]
+    configs: list[BenchConfig]
+    max_new_tokens: int
+    max_prompt_tokens: int           # longer prompts keep their last tokens
+    warmup: int = 1                  # prompts run through every configuration first, not recorded
+    truncated_prompts: list[str] = field(default_factory=list)
+
+
+def _encode_all(plan: RunPlan, encode: Callable[[str], list[int]]) -> list[list[int]]:
+    out = []
+    for p in plan.prompts:
+        ids = list(encode(p.text))
+        if len(ids) > plan.max_prompt_tokens:
+            plan.truncated_prompts.append(f"{p.dataset}/{p.id}")
+            ids = ids[-plan.max_prompt_tokens:]
+        out.append(ids)
+    return out
+
+
+def run_plan(plan: RunPlan, open_generator: OpenGenerator, progress: bool = True) -> list[PromptRun]:
+    """Open one generator per configuration, warm each up, then run prompt-major."""
+    gens: dict[BenchConfig, GeneratorLike] = {}
+    try:
+        for c in plan.configs:
+            gens[c] = open_generator(c)
+        ids = _encode_all(plan, gens[plan.configs[0]].encode)
+        warm = ids[:plan.warmup]
+        total = (len(warm) + len(ids)) * len(plan.configs)
+        runs: list[PromptRun] = []
+        with _progress(progress, total) as advance:
+            for pid in warm:
+                for c in plan.configs:
+                    gens[c].generate(pid, plan.max_new_tokens)
+                    advance(f"warm-up {c.label}")
+            for prompt, pid in zip(plan.prompts, ids):
+                for c in plan.configs:
+                    t0 = time.perf_counter()
+                    res = gens[c].generate(pid, plan.max_new_tokens)
+                    wall = time.perf_counter() - t0
+                    runs.append(record_run(prompt, c, pid, res, wall))
+                    advance(f"{prompt.dataset}/{prompt.id} {c.label}")
+        return runs
+    finally:
+        for g in gens.values():
+            g.close()
+
+
+class _progress:
+    """A rich progress bar when enabled, else a no-op; yields advance(description)."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total, self.bar = enabled, total, None
+
+    def __enter__(self) -> Callable[[str], None]:
+        if not self.enabled:
+            return lambda _desc: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.bar = Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), transient=False)
+        self.bar.start()
+        task = self.bar.add_task("bench", total=self.total)
+        return lambda desc: self.bar.update(task, advance=1, description=desc[:40])
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
