@@ -1,0 +1,49 @@
+"""`python -m export --model DIR --draft DIR --out DIR`: build an engine directory (docs/engine-format.md)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from export.build import ExportOptions
+
+_D = ExportOptions()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split(":", 1)[1].strip())
+    p.add_argument("--model", required=True, type=Path, help="local Hugging Face target folder")
+    p.add_argument("--draft", required=True, type=Path, help="local EAGLE-3 head folder")
+    p.add_argument("--out", required=True, type=Path, help="engine directory to create")
+    p.add_argument("--name", help="engine name in the manifest (default: the --out folder name)")
+    p.add_argument("--dtype", default=_D.dtype, choices=["float32", "float16"])
+    p.add_argument("--max-seq-len", type=int, default=_D.max_seq_len)
+    p.add_argument("--max-tree-tokens", type=int, default=_D.max_tree_tokens)
+    p.add_argument("--max-prefill-chunk", type=int, default=_D.max_prefill_chunk)
+    p.add_argument("--k-max", type=int, default=_D.k_max)
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from rich.console import Console
+    console = Console(stderr=True, highlight=False)
+    t0 = time.perf_counter()
+    try:
+        from export.build import export_engine
+        from export.errors import ExportError
+        opts = ExportOptions(dtype=args.dtype, max_seq_len=args.max_seq_len, max_tree_tokens=args.max_tree_tokens,
+                             max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max)
+        export_engine(args.model, args.draft, args.out, opts, name=args.name, force=args.force,
+                      log=lambda msg: console.print(f"[green]✓[/] {msg}"))
+    except ExportError as e:
+        console.print(f"[red]export failed:[/] {e}")
+        return 1
+    console.print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

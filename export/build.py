@@ -1,0 +1,192 @@
+"""HF target folder + EAGLE-3 head folder -> a complete engine directory (docs/engine-format.md).
+
+Everything is written to a temporary directory beside the output and renamed into place at the
+end, so an interrupted or failed export never leaves a half-written engine directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from export import checkpoints, onnx_graphs
+from export.engine_dir import FORMAT_VERSION, file_record, verify_engine_dir
+from export.errors import CheckpointError, ExportError
+
+CREATED_BY = "talon-rt 0.1.0"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    dtype: str = "float32"  # float32 | float16: dtype of weights, KV, features and hidden
+    max_seq_len: int = 1024  # S: rows of every static KV buffer (prompt + generated)
+    max_tree_tokens: int = 64  # bounds q of a verify call (budget N, root included); paper's N=60 fits
+    max_prefill_chunk: int = 128  # bounds q of a prefill call
+    k_max: int = 32  # children per draft row in topk_*; >= the widest layer a policy asks for
+
+    def check(self) -> None:
+        if self.dtype not in onnx_graphs.DTYPES:
+            raise ExportError(f"--dtype {self.dtype!r}: expected one of {', '.join(onnx_graphs.DTYPES)}")
+        for name in ("max_seq_len", "max_tree_tokens", "max_prefill_chunk", "k_max"):
+            if getattr(self, name) < 1:
+                raise ExportError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_tree_tokens", "max_prefill_chunk"):
+            if getattr(self, name) > self.max_seq_len:
+                raise ExportError(f"--{name.replace('_', '-')} {getattr(self, name)} exceeds "
+                                  f"--max-seq-len {self.max_seq_len}")
+
+
+def default_run_settings(opts: ExportOptions) -> dict:
+    """manifest `defaults`: what the runtime uses for an option the caller leaves out."""
+    return {
+        "policy": "talon",
+        "budget": min(16, opts.max_tree_tokens),  # CPUs want a small tree (DESIGN §8); the bench sweeps it
+        "mu": 0.03,  # the paper's confidence ratio
+        "root_k": 10,  # the paper's K for layer 0
+        "eagle3_top_k": 10,  # EAGLE-3's top_k
+        "eagle3_depth": 7,  # EAGLE-3's depth
+        "chain_depth": 4,
+        "max_new_tokens": 128,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "top_k": 0,
+    }
+
+
+def special_tokens(model_dir: Path, tokenizer_file: Path, vocab_size: int) -> dict:
+    """bos/eos/pad ids from generation_config.json > config.json > tokenizer_config.json (token strings)."""
+    def load(name: str) -> dict:
+        p = model_dir / name
+        try:
+            return json.loads(p.read_text()) if p.is_file() else {}
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{p}: not valid JSON ({e})") from None
+
+    gen, cfg, tok_cfg = load("generation_config.json"), load("config.json"), load("tokenizer_config.json")
+    vocab = None
+
+    def from_token(key: str):
+        nonlocal vocab
+        tok = tok_cfg.get(key)
+        if isinstance(tok, dict):
+            tok = tok.get("content")
+        if not isinstance(tok, str):
+            return None
+        if vocab is None:
+            from tokenizers import Tokenizer
+            vocab = Tokenizer.from_file(str(tokenizer_file))
+        return vocab.token_to_id(tok)
+
+    def pick(key: str):
+        for src in (gen, cfg):
+            if src.get(key + "_id") is not None:
+                return src[key + "_id"]
+        return from_token(key)
+
+    bos, eos, pad = pick("bos_token"), pick("eos_token"), pick("pad_token")
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    for name, ids in (("bos_id", [bos]), ("eos_ids", eos_ids), ("pad_id", [pad])):
+        for i in ids:
+            if i is not None and not (isinstance(i, int) and 0 <= i < vocab_size):
+                raise CheckpointError(f"{model_dir}: special token {name} = {i!r} is outside [0, {vocab_size})")
+    return {"file": "tokenizer.json", "bos_id": bos, "eos_ids": eos_ids, "pad_id": pad}
+
+
+def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | Path,
+                  opts: ExportOptions = ExportOptions(), name: str | None = None, force: bool = False,
+                  log: Callable[[str], None] = lambda msg: None) -> Path:
+    """Build the engine directory `out_dir`; returns its path. `log` receives one line per stage."""
+    opts.check()
+    model_dir, draft_dir, out_dir = Path(model_dir), Path(draft_dir), Path(out_dir)
+    for label, d in (("--model", model_dir), ("--draft", draft_dir)):
+        if not d.is_dir():
+            raise CheckpointError(f"{label} {d}: not a directory")
+    if out_dir.exists() and not force:
+        raise ExportError(f"{out_dir}: already exists (use --force to replace it)")
+    tokenizer_src = model_dir / "tokenizer.json"
+    if not tokenizer_src.is_file():
+        raise CheckpointError(f"{tokenizer_src}: not found (the engine needs a tokenizers-format tokenizer.json)")
+
+    def stage(msg: str, t0: float) -> None:
+        log(f"{msg} ({time.perf_counter() - t0:.1f} s)")
+
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        head_cfg = checkpoints.HeadConfig.from_hf(checkpoints.read_config(draft_dir), str(draft_dir / "config.json"))
+        target = checkpoints.load_target(model_dir, feature_layers=head_cfg.feature_layers)
+        tc = target.config
+        stage(f"loaded target {tc.architecture}: {tc.num_layers} layers, hidden {tc.hidden_size}, "
+              f"vocab {tc.vocab_size}, taps {list(tc.feature_layers)}", t0)
+        t0 = time.perf_counter()
+        head = checkpoints.load_head(draft_dir, target)
+        stage(f"loaded EAGLE-3 head: draft vocab {head.config.draft_vocab_size}, "
+              f"{'own' if head.embed_tokens is not None else 'target'} embedding", t0)
+        if opts.k_max > head.config.draft_vocab_size:
+            raise ExportError(f"--k-max {opts.k_max} exceeds the head's draft_vocab_size {head.config.draft_vocab_size}")
+
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        tmp.chmod(0o755)
+        try:
+            files: list[Path] = []
+            for fname, build in (
+                    ("target.onnx", lambda: onnx_graphs.build_target(target, opts.dtype, opts.max_seq_len)),
+                    ("draft_fc.onnx", lambda: onnx_graphs.build_draft_fc(head, opts.dtype)),
+                    ("draft.onnx", lambda: onnx_graphs.build_draft(head, opts.dtype, opts.max_seq_len, opts.k_max))):
+                t0 = time.perf_counter()
+                written = onnx_graphs.save(build(), tmp / fname)
+                files += written
+                stage(f"wrote {', '.join(p.name for p in written)} "
+                      f"({sum(p.stat().st_size for p in written) / 1e6:.1f} MB, {opts.dtype})", t0)
+            t0 = time.perf_counter()
+            shutil.copyfile(tokenizer_src, tmp / "tokenizer.json")
+            files.append(tmp / "tokenizer.json")
+            manifest = _manifest(name or out_dir.name, target, head, opts,
+                                 special_tokens(model_dir, tokenizer_src, tc.vocab_size), files)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            verify_engine_dir(tmp)
+            stage("wrote tokenizer.json, manifest.json (sha256 of every file)", t0)
+            _replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log(f"engine directory ready: {out_dir}")
+    return out_dir
+
+
+def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, files: list[Path]) -> dict:
+    tc, hc = target.config, head.config
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created_by": CREATED_BY,
+        "model": {"architecture": tc.architecture, "vocab_size": tc.vocab_size, "hidden_size": tc.hidden_size,
+                  "num_layers": tc.num_layers, "num_heads": tc.num_heads, "num_kv_heads": tc.num_kv_heads,
+                  "head_dim": tc.head_dim, "feature_layers": list(tc.feature_layers), "dtype": opts.dtype},
+        "draft": {"hidden_size": hc.hidden_size, "num_heads": hc.num_heads, "num_kv_heads": hc.num_kv_heads,
+                  "head_dim": hc.head_dim, "draft_vocab_size": hc.draft_vocab_size, "k_max": opts.k_max},
+        "tokenizer": tokenizer,
+        "limits": {"max_seq_len": opts.max_seq_len, "max_tree_tokens": opts.max_tree_tokens,
+                   "max_prefill_chunk": opts.max_prefill_chunk},
+        "defaults": default_run_settings(opts),
+        "graphs": {role: {"file": f"{role}.onnx", "flavour": "standard"} for role in ("target", "draft_fc", "draft")},
+        "files": {p.name: file_record(p) for p in sorted(files, key=lambda p: p.name)},
+    }
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move the finished temp dir to out_dir; an existing out_dir is only removed once tmp is complete."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,292 @@
+"""Build target.onnx, draft_fc.onnx and draft.onnx (flavour "standard") from the reference modules.
+
+The graphs are written node by node with `onnx.helper` (no tracing), so the I/O is exactly the one in
+docs/engine-format.md. Standard ONNX ops only (opset 17), so TensorRT can parse them. Batch is 1, so
+inside a graph the token rows are 2-D `[q, H]` and every linear layer is a `Gemm(x, W, transB=1)` on the
+checkpoint's own `[out, in]` weight (a tied lm_head shares the embedding initializer).
+
+fp16 graphs keep weights, KV, features and hidden in fp16; RMSNorm statistics, softmax, logits and
+log-probs are computed in fp32 (as transformers does), and `logits` / `topk_logp` are float32.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from export.reference import Eagle3Head, Target
+
+OPSET = 17
+EXTERNAL_DATA_BYTES = 1_500_000_000  # above this a graph's weights go to `<file>.data` (protobuf caps at 2 GB)
+MASK_NEG = -1e9  # additive bias for a hidden key: exp(-1e9) == 0 in fp32, finite for TensorRT
+
+DTYPES = {"float32": (np.float32, TensorProto.FLOAT), "float16": (np.float16, TensorProto.FLOAT16)}
+
+
+class _Graph:
+    """A tiny node/initializer accumulator with automatic names."""
+
+    def __init__(self, dtype: str):
+        self.np_dtype, self.onnx_dtype = DTYPES[dtype]
+        self.half = dtype == "float16"
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._n = 0
+        self._consts: dict[tuple, str] = {}
+
+    def _name(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def op(self, op_type: str, *inputs: str, outputs: int | list[str] = 1, **attrs) -> str | list[str]:
+        names = outputs if isinstance(outputs, list) else [self._name(op_type) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self._name("n_" + op_type), **attrs))
+        return names[0] if len(names) == 1 else names
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def weight(self, name: str, t: torch.Tensor) -> str:
+        """A model weight in the graph dtype."""
+        return self.init(name, t.detach().float().numpy().astype(self.np_dtype))
+
+    def const(self, values, dtype=np.int64) -> str:
+        arr = np.asarray(values, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.init(self._name("const"), arr)
+        return self._consts[key]
+
+    def input(self, name: str, elem: int, shape: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+    def output(self, value: str, name: str, elem: int, shape: list) -> None:
+        self.op("Identity", value, outputs=[name])
+        self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
+
+    def model(self, name: str) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.inits)
+        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="talon-rt")
+        m.ir_version = 8  # readable by ORT >= 1.14 and TensorRT 10
+        return m
+
+    # -- layers -------------------------------------------------------------------------------
+
+    def linear(self, x: str, lin: torch.nn.Linear, prefix: str) -> str:
+        """x [n, in] -> [n, out] = x @ W^T (+ b)."""
+        w = self.weight(prefix + ".weight", lin.weight)
+        if lin.bias is None:
+            return self.op("Gemm", x, w, transB=1)
+        return self.op("Gemm", x, w, self.weight(prefix + ".bias", lin.bias), transB=1)
+
+    def rmsnorm(self, x: str, norm, prefix: str) -> str:
+        """RMSNorm over the last axis; statistics in fp32."""
+        xf = self.op("Cast", x, to=TensorProto.FLOAT) if self.half else x
+        ms = self.op("ReduceMean", self.op("Mul", xf, xf), axes=[-1], keepdims=1)
+        rms = self.op("Sqrt", self.op("Add", ms, self.const(norm.eps, np.float32)))
+        y = self.op("Div", xf, rms)
+        if self.half:
+            y = self.op("Cast", y, to=self.onnx_dtype)
+        return self.op("Mul", y, self.weight(prefix + ".weight", norm.weight))
+
+    def mlp(self, x: str, mlp, prefix: str) -> str:
+        gate = self.linear(x, mlp.gate_proj, prefix + ".gate_proj")
+        up = self.linear(x, mlp.up_proj, prefix + ".up_proj")
+        return self.linear(self.op("Mul", self.op("Mul", gate, self.op("Sigmoid", gate)), up),
+                           mlp.down_proj, prefix + ".down_proj")
+
+    def heads(self, x: str, n: int, hd: int) -> str:
+        """[q, n*hd] -> [1, q, n, hd]."""
+        return self.op("Reshape", x, self.const([1, -1, n, hd]))
+
+    def rope(self, x: str, cos: str, sin: str, hd: int) -> str:
+        """x [1, h, q, hd]; cos, sin [1, 1, q, hd]: x*cos + rotate_half(x)*sin."""
+        half = hd // 2
+        axis = self.const([3])
+        x1 = self.op("Slice", x, self.const([0]), self.const([half]), axis)
+        x2 = self.op("Slice", x, self.const([half]), self.const([hd]), axis)
+        rot = self.op("Concat", self.op("Neg", x2), x1, axis=3)
+        return self.op("Add", self.op("Mul", x, cos), self.op("Mul", rot, sin))
+
+    def attention(self, q: str, k: str, v: str, past_k: str, past_v: str, past_len: str, bias: str,
+                  nh: int, kvh: int, hd: int) -> str:
+        """q [1,nh,q,hd]; new k, v [1,kvh,q,hd]; past buffers [1,kvh,S,hd] read at [0, past_len).
+
+        GQA without copying K/V: query heads g*rep..g*rep+rep-1 share KV head g, so q is viewed as
+        [1, kvh, rep*q, hd]. bias [1, 1, q, P+q] fp32 additive. Returns [q, nh*hd].
+        """
+        zero, axis2 = self.const([0]), self.const([2])
+        k_all = self.op("Concat", self.op("Slice", past_k, zero, past_len, axis2), k, axis=2)
+        v_all = self.op("Concat", self.op("Slice", past_v, zero, past_len, axis2), v, axis=2)
+        qg = self.op("Reshape", q, self.const([1, kvh, -1, hd]))
+        scores = self.op("MatMul", qg, self.op("Transpose", k_all, perm=[0, 1, 3, 2]))
+        if self.half:
+            scores = self.op("Cast", scores, to=TensorProto.FLOAT)
+        scores = self.op("Mul", scores, self.const(1.0 / math.sqrt(hd), np.float32))
+        scores = self.op("Add", self.op("Reshape", scores, self.const([1, nh, -1, 0])), bias)
+        probs = self.op("Softmax", scores, axis=-1)
+        if self.half:
+            probs = self.op("Cast", probs, to=self.onnx_dtype)
+        out = self.op("MatMul", self.op("Reshape", probs, self.const([1, kvh, -1, 0])), v_all)
+        out = self.op("Transpose", self.op("Reshape", out, self.const([1, nh, -1, hd])), perm=[0, 2, 1, 3])
+        return self.op("Reshape", out, self.const([-1, nh * hd]))
+
+    def rope_tables(self, inv_freq: torch.Tensor, max_seq_len: int, position_ids: str) -> tuple[str, str]:
+        """cos, sin [1, 1, q, hd] gathered at position_ids from [S, hd] tables (angles in fp32)."""
+        pos = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq.float()[None]
+        emb = torch.cat([pos, pos], -1)
+        cos_t = self.weight("rope.cos", emb.cos())
+        sin_t = self.weight("rope.sin", emb.sin())
+        ax = self.const([1])
+        return (self.op("Unsqueeze", self.op("Gather", cos_t, position_ids), ax),
+                self.op("Unsqueeze", self.op("Gather", sin_t, position_ids), ax))
+
+    def mask_bias(self, tree_mask: str, past_len: str, q_len: str) -> str:
+        """tree_mask [1, q, T] bool over the trailing T of P+q keys -> additive [1, 1, q, P+q] fp32."""
+        t_len = self.op("Slice", self.op("Shape", tree_mask), self.const([2]), self.const([3]))
+        prefix = self.op("Sub", self.op("Add", past_len, q_len), t_len)  # keys every query sees
+        prefix_shape = self.op("Concat", self.const([1]), q_len, prefix, axis=0)
+        visible = self.op("ConstantOfShape", prefix_shape,
+                          value=numpy_helper.from_array(np.zeros(1, np.float32)))
+        tree = self.op("Where", tree_mask, self.const(0.0, np.float32), self.const(MASK_NEG, np.float32))
+        return self.op("Unsqueeze", self.op("Concat", visible, tree, axis=2), self.const([1]))
+
+
+def build_target(model: Target, dtype: str, max_seq_len: int) -> onnx.ModelProto:
+    """target.onnx: logits, EAGLE-3 features and the new K/V for q tokens (engine-format.md)."""
+    c = model.config
+    g = _Graph(dtype)
+    S, kvh, hd, nh = max_seq_len, c.num_kv_heads, c.head_dim, c.num_heads
+    ids = g.input("input_ids", TensorProto.INT64, [1, "q"])
+    pos = g.input("position_ids", TensorProto.INT64, [1, "q"])
+    tree_mask = g.input("tree_mask", TensorProto.BOOL, [1, "q", "q"])
+    past_len = g.input("past_len", TensorProto.INT64, [1])
+    past = [(g.input(f"past_key_{i}", g.onnx_dtype, [1, kvh, S, hd]),
+             g.input(f"past_value_{i}", g.onnx_dtype, [1, kvh, S, hd])) for i in range(c.num_layers)]
+
+    q_len = g.op("Slice", g.op("Shape", ids), g.const([1]), g.const([2]))
+    cos, sin = g.rope_tables(model.inv_freq, S, pos)
+    bias = g.mask_bias(tree_mask, past_len, q_len)
+    embed = g.weight("model.embed_tokens.weight", model.model.embed_tokens.weight)
+    x = g.op("Gather", embed, g.op("Reshape", ids, g.const([-1])))  # [q, H]
+    hidden_states = [x]
+    for i, layer in enumerate(model.model.layers):
+        p, at = f"model.layers.{i}", layer.self_attn
+        h = g.rmsnorm(x, layer.input_layernorm, p + ".input_layernorm")
+        qs = g.heads(g.linear(h, at.q_proj, p + ".self_attn.q_proj"), nh, hd)
+        ks = g.heads(g.linear(h, at.k_proj, p + ".self_attn.k_proj"), kvh, hd)
+        vs = g.heads(g.linear(h, at.v_proj, p + ".self_attn.v_proj"), kvh, hd)
+        if c.qk_norm:
+            qs = g.rmsnorm(qs, at.q_norm, p + ".self_attn.q_norm")
+            ks = g.rmsnorm(ks, at.k_norm, p + ".self_attn.k_norm")
+        qs = g.rope(g.op("Transpose", qs, perm=[0, 2, 1, 3]), cos, sin, hd)
+        ks = g.rope(g.op("Transpose", ks, perm=[0, 2, 1, 3]), cos, sin, hd)
+        vs = g.op("Transpose", vs, perm=[0, 2, 1, 3])
+        a = g.attention(qs, ks, vs, past[i][0], past[i][1], past_len, bias, nh, kvh, hd)
+        x = g.op("Add", x, g.linear(a, at.o_proj, p + ".self_attn.o_proj"))
+        x = g.op("Add", x, g.mlp(g.rmsnorm(x, layer.post_attention_layernorm, p + ".post_attention_layernorm"),
+                                 layer.mlp, p + ".mlp"))
+        hidden_states.append(x)
+        g.output(ks, f"present_key_{i}", g.onnx_dtype, [1, kvh, "q", hd])
+        g.output(vs, f"present_value_{i}", g.onnx_dtype, [1, kvh, "q", hd])
+    h = g.rmsnorm(x, model.model.norm, "model.norm")
+    lm_w = embed if c.tie_word_embeddings else g.weight("lm_head.weight", model.lm_head.weight)
+    logits = g.op("Gemm", h, lm_w, transB=1)
+    if g.half:
+        logits = g.op("Cast", logits, to=TensorProto.FLOAT)
+    feats = g.op("Concat", *[hidden_states[i] for i in c.feature_layers], axis=-1)
+    # outputs in the documented order: logits, features, then the K/V pairs
+    kv_outputs = g.outputs
+    g.outputs = []
+    g.output(g.op("Reshape", logits, g.const([1, -1, c.vocab_size])), "logits", TensorProto.FLOAT,
+             [1, "q", c.vocab_size])
+    g.output(g.op("Reshape", feats, g.const([1, -1, 3 * c.hidden_size])), "features", g.onnx_dtype,
+             [1, "q", 3 * c.hidden_size])
+    g.outputs += kv_outputs
+    return g.model("target")
+
+
+def build_draft_fc(head: Eagle3Head, dtype: str) -> onnx.ModelProto:
+    """draft_fc.onnx: features [1, q, 3H] -> hidden [1, q, H]."""
+    H = head.config.hidden_size
+    g = _Graph(dtype)
+    f = g.input("features", g.onnx_dtype, [1, "q", 3 * H])
+    h = g.linear(g.op("Reshape", f, g.const([-1, 3 * H])), head.fc, "fc")
+    g.output(g.op("Reshape", h, g.const([1, -1, H])), "hidden", g.onnx_dtype, [1, "q", H])
+    return g.model("draft_fc")
+
+
+def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int) -> onnx.ModelProto:
+    """draft.onnx: one EAGLE-3 layer + top-k_max over the draft vocab, ids mapped to target ids."""
+    c, lay = head.config, head.midlayer
+    if not 1 <= k_max <= c.draft_vocab_size:
+        raise ValueError(f"k_max {k_max} must be in [1, draft_vocab_size={c.draft_vocab_size}]")
+    g = _Graph(dtype)
+    S, kvh, hd, nh, H = max_seq_len, c.num_kv_heads, c.head_dim, c.num_heads, c.hidden_size
+    ids = g.input("input_ids", TensorProto.INT64, [1, "q"])
+    hidden = g.input("hidden", g.onnx_dtype, [1, "q", H])
+    pos = g.input("position_ids", TensorProto.INT64, [1, "q"])
+    tree_mask = g.input("tree_mask", TensorProto.BOOL, [1, "q", "T"])
+    past_len = g.input("past_len", TensorProto.INT64, [1])
+    past_k = g.input("past_key", g.onnx_dtype, [1, kvh, S, hd])
+    past_v = g.input("past_value", g.onnx_dtype, [1, kvh, S, hd])
+
+    q_len = g.op("Slice", g.op("Shape", ids), g.const([1]), g.const([2]))
+    cos, sin = g.rope_tables(head.inv_freq, S, pos)
+    bias = g.mask_bias(tree_mask, past_len, q_len)
+    embed_w = head.embed_tokens.weight if head.embed_tokens is not None else head._target_embed
+    emb = g.op("Gather", g.weight("embed_tokens.weight", embed_w), g.op("Reshape", ids, g.const([-1])))
+    h_in = g.op("Reshape", hidden, g.const([-1, H]))
+    normed_h = g.rmsnorm(h_in, lay.hidden_norm, "midlayer.hidden_norm")
+    x = g.op("Concat", g.rmsnorm(emb, lay.input_layernorm, "midlayer.input_layernorm"), normed_h, axis=-1)
+    at = lay.self_attn
+    qs = g.rope(g.op("Transpose", g.heads(g.linear(x, at.q_proj, "midlayer.self_attn.q_proj"), nh, hd),
+                     perm=[0, 2, 1, 3]), cos, sin, hd)
+    ks = g.rope(g.op("Transpose", g.heads(g.linear(x, at.k_proj, "midlayer.self_attn.k_proj"), kvh, hd),
+                     perm=[0, 2, 1, 3]), cos, sin, hd)
+    vs = g.op("Transpose", g.heads(g.linear(x, at.v_proj, "midlayer.self_attn.v_proj"), kvh, hd),
+              perm=[0, 2, 1, 3])
+    a = g.attention(qs, ks, vs, past_k, past_v, past_len, bias, nh, kvh, hd)
+    residual = normed_h if c.norm_before_residual else h_in
+    h = g.op("Add", residual, g.linear(a, at.o_proj, "midlayer.self_attn.o_proj"))
+    h = g.op("Add", h, g.mlp(g.rmsnorm(h, lay.post_attention_layernorm, "midlayer.post_attention_layernorm"),
+                             lay.mlp, "midlayer.mlp"))
+    logits = g.linear(g.rmsnorm(h, head.norm, "norm"), head.lm_head, "lm_head")  # [q, Vd]
+    if g.half:
+        logits = g.op("Cast", logits, to=TensorProto.FLOAT)
+    logp = g.op("LogSoftmax", logits, axis=-1)
+    top_logp, top_draft = g.op("TopK", logp, g.const([k_max]), axis=-1, largest=1, sorted=1, outputs=2)
+    # target id = draft id + d2t[draft id], folded into one table
+    d2t_map = g.init("d2t_map", (torch.arange(c.draft_vocab_size) + head.d2t).numpy().astype(np.int64))
+    top_ids = g.op("Gather", d2t_map, top_draft)
+    g.output(g.op("Reshape", top_ids, g.const([1, -1, k_max])), "topk_ids", TensorProto.INT64, [1, "q", k_max])
+    g.output(g.op("Reshape", top_logp, g.const([1, -1, k_max])), "topk_logp", TensorProto.FLOAT, [1, "q", k_max])
+    g.output(g.op("Reshape", h, g.const([1, -1, H])), "hidden_out", g.onnx_dtype, [1, "q", H])
+    g.output(ks, "present_key", g.onnx_dtype, [1, kvh, "q", hd])
+    g.output(vs, "present_value", g.onnx_dtype, [1, kvh, "q", hd])
+    return g.model("draft")
+
+
+def save(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Write a graph (weights to `<file>.data` above EXTERNAL_DATA_BYTES); returns the files written."""
+    path = Path(path)
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_BYTES:
+        data = path.name + ".data"
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data, size_threshold=1024)
+        onnx.checker.check_model(str(path))
+        return [path, path.with_name(data)]
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return [path]
+
+

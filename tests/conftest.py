@@ -1,0 +1,21 @@
+"""Shared fixtures: a tiny random target + EAGLE-3 pair in the real on-disk formats, and its engine dir."""
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory):
+    """(model_dir, draft_dir): 8-layer d=64 Llama (vocab 320, GQA 4/2), EAGLE-3 head (draft vocab 160)."""
+    from export.tiny import make_tiny_pair
+    return make_tiny_pair(tmp_path_factory.mktemp("tiny_pair"), arch="llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_pair, tmp_path_factory):
+    """Engine directory of `tiny_pair`, fp32: max_seq_len 256, max_tree_tokens 64, k_max 32."""
+    from export.build import ExportOptions, export_engine
+    model_dir, draft_dir = tiny_pair
+    out = tmp_path_factory.mktemp("tiny_engine") / "tiny"
+    opts = ExportOptions(dtype="float32", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32)
+    return export_engine(model_dir, draft_dir, out, opts, name="tiny")

@@ -1,0 +1,55 @@
+"""Round trip of the export: engine dir validates, checksums match, damage is reported by name."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from export.engine_dir import verify_engine_dir
+from export.errors import EngineDirError
+
+
+def test_tiny_engine_verifies(tiny_engine):
+    m = verify_engine_dir(tiny_engine)
+    assert m["name"] == "tiny"
+    assert set(m["files"]) == {"target.onnx", "draft_fc.onnx", "draft.onnx", "tokenizer.json"}
+    assert m["model"]["feature_layers"] == [2, 4, 5]
+    assert m["tokenizer"] == {"file": "tokenizer.json", "bos_id": 1, "eos_ids": [2], "pad_id": 0}
+
+
+def test_runtime_manifest_accepts_it(tiny_engine):
+    from runtime.manifest import open_manifest
+    m = open_manifest(tiny_engine)
+    assert m.draft.draft_vocab_size == 160 and m.limits.max_seq_len == 256
+
+
+def _copy(engine, tmp_path):
+    dst = tmp_path / "eng"
+    shutil.copytree(engine, dst)
+    return dst
+
+
+def test_corrupted_file_is_named(tiny_engine, tmp_path):
+    eng = _copy(tiny_engine, tmp_path)
+    data = bytearray((eng / "draft.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (eng / "draft.onnx").write_bytes(bytes(data))
+    with pytest.raises(EngineDirError, match=r"draft\.onnx: sha256 does not match"):
+        verify_engine_dir(eng)
+
+
+def test_missing_file_is_named(tiny_engine, tmp_path):
+    eng = _copy(tiny_engine, tmp_path)
+    (eng / "tokenizer.json").unlink()
+    with pytest.raises(EngineDirError, match=r"tokenizer\.json: listed in manifest.json but missing"):
+        verify_engine_dir(eng)
+
+
+def test_path_outside_dir_is_rejected(tiny_engine, tmp_path):
+    eng = _copy(tiny_engine, tmp_path)
+    m = json.loads((eng / "manifest.json").read_text())
+    m["graphs"]["draft"]["file"] = "../draft.onnx"
+    (eng / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EngineDirError, match=r"graphs\.draft\.file"):
+        verify_engine_dir(eng)
