@@ -40,8 +40,13 @@ engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs
 bench: install  ## benchmark the demo engine (reduced prompt count)
 	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) --dataset humaneval --limit 10
 
-capi: install  ## build runtime/capi/libtalon_rt.so
-	@echo "make capi: not implemented yet" >&2; exit 1
+capi: install  ## build runtime/capi/libtalon_rt.so (the C API; CAPI_OUT=<dir> builds it elsewhere)
+	@cfg=$$($(PYTHON) -c 'import sys; print("%s/bin/python%d.%d-config" % (sys.base_prefix, *sys.version_info[:2]))') && \
+	out="$(or $(CAPI_OUT),runtime/capi)" && mkdir -p "$$out" && \
+	echo "$(CC) ... runtime/capi/talon_rt.c -> $$out/libtalon_rt.so (embedding $(abspath $(PYTHON)))" && \
+	$(CC) -std=c99 -O2 -g -Wall -Wextra -fPIC -shared $$($$cfg --includes) \
+	  -DTALON_RT_DEFAULT_PYTHON='"$(abspath $(PYTHON))"' -DTALON_RT_DEFAULT_ROOT='"$(CURDIR)"' \
+	  runtime/capi/talon_rt.c -o "$$out/libtalon_rt.so" $$($$cfg --ldflags --embed) -lpthread
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache
