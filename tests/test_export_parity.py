@@ -1,0 +1,109 @@
+"""ONNX graphs (ORT CPU, fp32) vs transformers and vs the reference modules, on tiny random models.
+
+For each family (Llama, Llama-3.1 rope scaling, Qwen2 qkv bias, Qwen3 q/k norm): prefill, one-token
+decode with a cache, and a 13-node tree with repeated, non-contiguous positions; max |logit diff| < 1e-4,
+and the three feature taps equal transformers' hidden_states[2], [L//2], [L-3].
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from export import checkpoints, onnx_graphs
+from export.parity import GraphRunner, ancestors_mask, causal, ort_session
+from export.tiny import make_tiny_pair
+
+TOL = 1e-4
+S = 64
+PROMPT = 16
+# 13 nodes, parents before children, listed depth-first: depths 0,1,2,3,1,2,2,3,1,2,2,3,4
+PARENTS = [-1, 0, 1, 2, 0, 4, 1, 6, 0, 8, 8, 5, 3]
+
+torch.set_num_threads(1)
+
+
+def depths(parents):
+    d = []
+    for p in parents:
+        d.append(0 if p < 0 else d[p] + 1)
+    return d
+
+
+@pytest.fixture(scope="module", params=["llama", "llama3.1", "qwen2", "qwen3"])
+def family(request, tmp_path_factory):
+    import transformers
+    model_dir, draft_dir = make_tiny_pair(tmp_path_factory.mktemp(request.param), arch=request.param, seed=1)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                           attn_implementation="eager").eval()
+    ref = checkpoints.load_target(model_dir)
+    sess = ort_session(onnx_graphs.build_target(ref, "float32", S))
+    gen = torch.Generator().manual_seed(7)
+    prompt = torch.randint(3, ref.config.vocab_size, (1, PROMPT), generator=gen)
+    tree = torch.randint(3, ref.config.vocab_size, (1, len(PARENTS)), generator=gen)
+    return request.param, hf, ref, sess, prompt, tree
+
+
+def _hf(hf, ids):
+    with torch.no_grad():
+        return hf(ids, output_hidden_states=True)
+
+
+def test_rope_and_bias_are_what_the_family_says(family):
+    arch, _, ref, *_ = family
+    c = ref.config
+    assert c.rope.type == ("llama3" if arch == "llama3.1" else "default")
+    assert c.qkv_bias == (arch == "qwen2") and c.qk_norm == (arch == "qwen3")
+
+
+def test_prefill_logits_and_features(family):
+    _, hf, ref, sess, prompt, _ = family
+    L = ref.config.num_layers
+    run = GraphRunner.target(sess)
+    out = run.run({"input_ids": prompt.numpy()}, np.arange(PROMPT), causal(PROMPT))
+    expect = _hf(hf, prompt)
+    assert np.abs(out["logits"] - expect.logits.numpy()).max() < TOL
+    taps = torch.cat([expect.hidden_states[i] for i in (2, L // 2, L - 3)], -1).numpy()
+    assert ref.config.feature_layers == (2, L // 2, L - 3)
+    assert np.abs(out["features"] - taps).max() < TOL
+    with torch.no_grad():
+        r = ref(prompt)
+    assert np.abs(out["logits"] - r.logits.numpy()).max() < TOL
+    assert np.abs(out["features"] - r.features.numpy()).max() < TOL
+    for i, (k, v) in enumerate(r.new_kv):
+        assert np.abs(out[f"present_key_{i}"] - k.numpy()).max() < TOL
+        assert np.abs(out[f"present_value_{i}"] - v.numpy()).max() < TOL
+
+
+def test_decode_one_token_with_cache(family):
+    _, hf, ref, sess, prompt, tree = family
+    run = GraphRunner.target(sess)
+    run.run({"input_ids": prompt.numpy()}, np.arange(PROMPT), causal(PROMPT))
+    nxt = tree[:, :1]
+    out = run.run({"input_ids": nxt.numpy()}, [PROMPT], causal(1))
+    expect = _hf(hf, torch.cat([prompt, nxt], 1))
+    assert np.abs(out["logits"][0, 0] - expect.logits[0, -1].numpy()).max() < TOL
+    with torch.no_grad():
+        r = ref(nxt, cache=ref(prompt).new_kv)
+    assert np.abs(out["logits"] - r.logits.numpy()).max() < TOL
+
+
+def test_tree_matches_each_root_to_node_path(family):
+    """Tree logits of node i == transformers' last logits on prompt + (root .. node i)."""
+    _, hf, ref, sess, prompt, tree = family
+    n, dep = len(PARENTS), depths(PARENTS)
+    positions = [PROMPT + d for d in dep]
+    assert len(set(positions)) < n and positions != sorted(positions)  # repeated and non-contiguous
+    mask = ancestors_mask(PARENTS)
+    run = GraphRunner.target(sess)
+    run.run({"input_ids": prompt.numpy()}, np.arange(PROMPT), causal(PROMPT))
+    out = run.run({"input_ids": tree.numpy()}, positions, mask, commit=False)
+    for i in range(n):
+        path = [j for j in range(n) if mask[i, j]]  # ancestors are listed before descendants
+        expect = _hf(hf, torch.cat([prompt, tree[:, path]], 1)).logits[0, -1].numpy()
+        assert np.abs(out["logits"][0, i] - expect).max() < TOL, f"node {i}"
+    full = torch.cat([torch.ones(1, n, PROMPT, dtype=torch.bool), torch.from_numpy(mask)[None]], 2)
+    with torch.no_grad():
+        r = ref(tree, torch.tensor([positions]), full, cache=ref(prompt).new_kv)
+    assert np.abs(out["logits"] - r.logits.numpy()).max() < TOL
+    assert np.abs(out["features"] - r.features.numpy()).max() < TOL
