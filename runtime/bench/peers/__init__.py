@@ -1,0 +1,118 @@
+"""Peers on the same target weights, same prompt ids, same machine: onnxruntime-genai (greedy,
+draft-model speculation with the standalone draft LM, n-gram lookup) and transformers on CPU
+(greedy `generate`, assisted generation with the draft LM, prompt lookup).
+
+Each peer configuration runs in its own process (`python -m runtime.bench.peers.worker`), so its
+libraries (torch, transformers, onnxruntime_genai) never load into the runtime and its threads
+never share a process with ours. A configuration that cannot run is a row with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    family: str   # "ortgenai" | "hf"
+    mode: str     # ortgenai: greedy | draft | ngram;  hf: greedy | assisted | prompt_lookup
+    label: str
+    needs_draft: bool = False
+
+
+PEERS = (
+    PeerSpec("ortgenai", "greedy", "onnxruntime-genai fp32 greedy"),
+    PeerSpec("ortgenai", "draft", "onnxruntime-genai fp32 draft-model (K=4)", needs_draft=True),
+    PeerSpec("ortgenai", "ngram", "onnxruntime-genai fp32 n-gram (n=3, K=8, chained)"),
+    PeerSpec("hf", "greedy", "transformers greedy generate"),
+    PeerSpec("hf", "assisted", "transformers assisted generation (draft LM)", needs_draft=True),
+    PeerSpec("hf", "prompt_lookup", "transformers prompt lookup (10 tokens)"),
+)
+
+
+@dataclass(frozen=True)
+class PeerPrompt:
+    dataset: str
+    id: str
+    ids: list[int]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "talon-rt" / "peers"
+
+
+def _unavailable(spec: PeerSpec, datasets: Sequence[str], reason: str) -> list[dict[str, Any]]:
+    return [{"dataset": d, "peer": spec.label, "family": spec.family, "mode": spec.mode, "tokens_per_s": None,
+             "tau": None, "prompts": 0, "status": reason} for d in datasets]
+
+
+def run_worker(spec: PeerSpec, job: dict[str, Any], timeout_s: float, python: str | None = None) -> dict[str, Any]:
+    """Run one peer configuration in a fresh process; returns the worker's JSON answer."""
+    with tempfile.TemporaryDirectory(prefix="talon-peer-") as tmp:
+        job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "out.json"
+        job_path.write_text(json.dumps({**job, "family": spec.family, "mode": spec.mode}))
+        env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]), MKL_NUM_THREADS=str(job["threads"]),
+                   TOKENIZERS_PARALLELISM="false")
+        try:
+            proc = subprocess.run([python or sys.executable, "-m", "runtime.bench.peers.worker",
+                                   str(job_path), str(out_path)], capture_output=True, text=True,
+                                  timeout=timeout_s, env=env, cwd=Path(__file__).resolve().parents[3])
+        except subprocess.TimeoutExpired:
+            return {"status": f"failed: timed out after {timeout_s:.0f} s"}
+        if out_path.is_file():
+            return json.loads(out_path.read_text())
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"status": f"failed: worker exited with {proc.returncode}: {tail[0][:200]}"}
+
+
+def peer_rows(spec: PeerSpec, answer: dict[str, Any], datasets: Sequence[str]) -> list[dict[str, Any]]:
+    if answer.get("status") != "ok":
+        return _unavailable(spec, datasets, answer.get("status", "failed: no status"))
+    rows = []
+    for d in datasets:
+        runs = [r for r in answer["runs"] if r["dataset"] == d]
+        tps = [r["new_tokens"] / r["wall_s"] for r in runs if r["wall_s"] > 0]
+        calls = [r.get("target_calls") for r in runs]
+        tau = (sum(r["new_tokens"] for r in runs) / sum(calls)) if runs and all(calls) else None
+        rows.append({"dataset": d, "peer": spec.label, "family": spec.family, "mode": spec.mode,
+                     "tokens_per_s": statistics.median(tps) if tps else None, "tau": tau,
+                     "prompts": len(runs), "new_tokens": sum(r["new_tokens"] for r in runs),
+                     "status": "ok", "detail": answer.get("detail", {}), "runs": runs})
+    return rows
+
+
+def run_peers(prompts: Sequence[PeerPrompt], *, hf_model: str | None, draft_lm: str | None,
+              max_new_tokens: int, threads: int, warmup: int = 1, cache_dir: Path | None = None,
+              timeout_s: float = 1800.0, specs: Sequence[PeerSpec] = PEERS,
+              progress: Any = None) -> list[dict[str, Any]]:
+    """Every peer configuration over the same prompt ids; one row per (dataset, configuration)."""
+    datasets = list(dict.fromkeys(p.dataset for p in prompts))
+    job = {"hf_model": str(Path(hf_model).resolve()) if hf_model else None,
+           "draft_lm": str(Path(draft_lm).resolve()) if draft_lm else None,
+           "cache_dir": str(cache_dir or default_cache_dir()), "threads": threads,
+           "max_new_tokens": max_new_tokens, "warmup": warmup,
+           "prompts": [{"dataset": p.dataset, "id": p.id, "ids": list(p.ids)} for p in prompts]}
+    rows = []
+    for spec in specs:
+        if progress:
+            progress(spec.label)
+        if not hf_model:
+            rows += _unavailable(spec, datasets, "unavailable: no --hf-model given (the target in HF format)")
+        elif spec.needs_draft and not draft_lm:
+            rows += _unavailable(spec, datasets, "unavailable: no --draft-lm given (a standalone draft LM)")
+        else:
+            rows += peer_rows(spec, run_worker(spec, job, timeout_s), datasets)
+    return rows
+
+
+class PeerUnavailable(Exception):
+    """A peer configuration cannot run here; the message is the reason shown in the table."""
