@@ -48,9 +48,9 @@ static int g_interp_failed;       /* the interpreter could not start: final */
 static char *g_interp_error;
 static PyObject *g_open, *g_generate, *g_encode, *g_decode, *g_close, *g_cancelled;
 
-static const char MSG_NULL[] = "talon_rt: the handle is NULL";
-static const char MSG_UNKNOWN[] = "talon_rt: not a handle returned by talon_rt_open";
-static const char MSG_CLOSED[] = "talon_rt: the handle was closed by talon_rt_close";
+static const char MSG_NULL[] = "the handle is NULL";
+static const char MSG_UNKNOWN[] = "not a handle returned by talon_rt_open";
+static const char MSG_CLOSED[] = "the handle was closed by talon_rt_close";
 
 /* ---- small helpers ---------------------------------------------------------------------------- */
 
@@ -151,7 +151,7 @@ static int enter(const talon_rt *crt, const char *fn)
         why = MSG_CLOSED;
     } else if (rt->busy) {
         status = TALON_RT_E_BUSY;
-        why = "talon_rt: the handle is serving another call (one call per handle at a time)";
+        why = "the handle is serving another call (one call per handle at a time)";
     } else {
         rt->busy = 1;
     }
@@ -671,6 +671,8 @@ int talon_rt_open(const char *engine_dir, const char *options_json, talon_rt **o
 int talon_rt_generate_ids(talon_rt *rt, const int32_t *prompt, size_t n_prompt,
                           size_t max_new_tokens, int32_t *out, size_t out_capacity, size_t *n_out)
 {
+    if (n_out)
+        *n_out = 0;
     int status = enter(rt, "talon_rt_generate_ids");
     if (status != TALON_RT_OK)
         return status;
@@ -719,6 +721,8 @@ int talon_rt_generate_stream(talon_rt *rt, const int32_t *prompt, size_t n_promp
 
 int talon_rt_last_tokens(const talon_rt *rt, int32_t *out, size_t out_capacity, size_t *n_out)
 {
+    if (n_out)
+        *n_out = 0;
     int status = enter(rt, "talon_rt_last_tokens");
     if (status != TALON_RT_OK)
         return status;
@@ -746,6 +750,8 @@ int talon_rt_last_stats(const talon_rt *rt, talon_rt_stats *out)
 
 int talon_rt_encode(talon_rt *rt, const char *text, int32_t *out, size_t out_capacity, size_t *n_out)
 {
+    if (n_out)
+        *n_out = 0;
     int status = enter(rt, "talon_rt_encode");
     if (status != TALON_RT_OK)
         return status;

@@ -52,7 +52,7 @@
  *   talon_rt_last_error(NULL)); copy it if you need it longer.
  *
  * TOKENS
- *   Token ids are int32_t. max_new_tokens == 0 means "the handle's default" (the options_json
+ *   Token ids are int32_t. A `size_t *n_out` is set to 0 by any failure except TALON_RT_E_BUFFER. max_new_tokens == 0 means "the handle's default" (the options_json
  *   `max_new_tokens`, else the engine manifest's default). Generated tokens exclude the prompt and
  *   include the EOS token when one was generated.
  */

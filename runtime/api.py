@@ -1,0 +1,100 @@
+"""The Python facade (docs/python-api.md): what the CLI, the benchmark and the C API call."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
+
+from runtime.backends import open_backend
+from runtime.decode import Decoder
+from runtime.errors import ClosedError, EngineError, InputError, OptionError
+from runtime.manifest import Manifest, open_manifest
+from runtime.options import Options, resolve_options
+from runtime.stats import RunStats
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    tokens: list[int]          # generated ids (prompt excluded), EOS included if generated
+    stop_reason: str           # "eos" | "max_new_tokens" | "context_full"
+    stats: RunStats
+    text: str | None = None    # set by generate_text
+
+
+class Generator:
+    """An opened engine with fixed options. Not thread-safe: one generation at a time."""
+
+    def __init__(self, manifest: Manifest, options: Options, decoder: Decoder, tokenizer: Any):
+        self.manifest = manifest
+        self.options = options
+        self._decoder: Decoder | None = decoder
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def open(cls, engine_dir: str | os.PathLike[str], **options: Any) -> Generator:
+        """Validate the engine directory and options, load the graphs. Raises EngineError / OptionError."""
+        manifest = open_manifest(engine_dir)
+        opts = resolve_options(manifest, options)
+        tokenizer = _load_tokenizer(manifest)
+        backend = open_backend(manifest, opts.backend, opts.threads, opts.thread_mode)
+        return cls(manifest, opts, Decoder(backend, manifest, opts), tokenizer)
+
+    @property
+    def backend(self) -> str:
+        return self._live().backend.name
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int | None = None,
+                 on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
+        decoder = self._live()
+        n = self.options.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise OptionError(f"option max_new_tokens: expected an integer >= 1, got {n!r}")
+        try:
+            ids = [int(t) for t in prompt_ids]
+        except (TypeError, ValueError):
+            raise InputError(f"prompt_ids must be a sequence of integers, got {prompt_ids!r:.80}") from None
+        out = decoder.generate(ids, n, on_tokens)
+        return GenerationResult(out.tokens, out.stop_reason, out.stats)
+
+    def generate_text(self, prompt: str, max_new_tokens: int | None = None,
+                      on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
+        res = self.generate(self.encode(prompt), max_new_tokens, on_tokens)
+        return replace(res, text=self.decode(res.tokens))
+
+    def encode(self, text: str) -> list[int]:
+        self._live()
+        return list(self._tokenizer.encode(text).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        self._live()
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def close(self) -> None:
+        if self._decoder is not None:
+            self._decoder.backend.close()
+            self._decoder = None
+
+    def _live(self) -> Decoder:
+        if self._decoder is None:
+            raise ClosedError("Generator is closed (close() was called)")
+        return self._decoder
+
+    def __enter__(self) -> Generator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _load_tokenizer(m: Manifest) -> Any:
+    from tokenizers import Tokenizer
+    path = m.path(m.tokenizer.file)
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on a bad file
+        raise EngineError(f"{path}: not a Hugging Face tokenizers file ({str(e).splitlines()[0]})") from None
+    if tok.get_vocab_size(with_added_tokens=True) > m.model.vocab_size:
+        raise EngineError(f"{path}: tokenizer has {tok.get_vocab_size(with_added_tokens=True)} tokens, more "
+                          f"than manifest.json model.vocab_size={m.model.vocab_size}")
+    return tok

@@ -1,0 +1,51 @@
+"""The engine backend interface: the three graphs of an engine with their KV caches.
+
+A backend owns every buffer (allocated once, at maximum shapes) and both KV caches
+`[1, kvh, S, hd]` per layer. The decode loop passes small host arrays and gets host views back;
+views stay valid until the next call of the same graph.
+
+KV bookkeeping (docs/engine-format.md): a graph returns the q new K/V rows of a call.
+- target: `target()` keeps them in its `present_*` buffers; `commit_target(P, rows)` writes rows
+  `rows` (the accepted path, in order) to cache rows `[P, P+len(rows))` — a gather of O(len(rows)),
+  no O(P) copy; the rejected rows are never written. Prefill commits all rows.
+- draft: `draft()` writes its q new rows at `[past_len, past_len+q)` immediately; scratch rows of a
+  round are dropped by starting the next round's first call at the committed length again.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Backend(ABC):
+    name: str = "?"
+
+    @abstractmethod
+    def target(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> np.ndarray:
+        """One target call. ids, positions: [q] int64; mask: [q, q] bool. Returns logits [q, V] float32."""
+
+    @abstractmethod
+    def commit_target(self, past_len: int, rows: np.ndarray) -> None:
+        """Write the last target call's K/V rows `rows` ([a] int) to cache rows [past_len, past_len+a)."""
+
+    @abstractmethod
+    def draft_fc(self, rows: np.ndarray) -> np.ndarray:
+        """fc of the last target call's feature rows `rows` ([n] int). Returns hidden [n, H]."""
+
+    @abstractmethod
+    def draft(self, ids: np.ndarray, hidden: np.ndarray, positions: np.ndarray, mask: np.ndarray,
+              past_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One draft call. ids, positions: [q]; hidden: [q, H]; mask: [q, T] over the last T keys.
+
+        Writes the q new K/V rows at [past_len, past_len+q). Returns (topk_ids [q, k_max] int64,
+        topk_logp [q, k_max] float32, hidden_out [q, H]).
+        """
+
+    def buffer_ids(self) -> tuple[int, ...]:
+        """Addresses of every preallocated buffer (a test checks they never change)."""
+        return ()
+
+    def close(self) -> None:
+        """Release sessions and buffers; idempotent."""

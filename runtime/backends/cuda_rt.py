@@ -1,0 +1,91 @@
+"""A minimal CUDA runtime binding through ctypes (no extra dependency): device count, malloc,
+memcpy (1-D and 2-D, optionally async on a stream), streams. Used by the ORT CUDA commit and TensorRT.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from functools import lru_cache
+
+H2D, D2H, D2D = 1, 2, 3
+_NAMES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
+
+
+@lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL | None:
+    found = ctypes.util.find_library("cudart")
+    for name in ((found,) if found else ()) + _NAMES:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
+def device_count() -> int:
+    lib = _lib()
+    if lib is None:
+        return 0
+    n = ctypes.c_int(0)
+    return n.value if lib.cudaGetDeviceCount(ctypes.byref(n)) == 0 else 0
+
+
+class CudaRT:
+    H2D, D2H, D2D = H2D, D2H, D2D
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+        sz = ctypes.c_size_t
+        lib.cudaMalloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), sz]
+        lib.cudaFree.argtypes = [ctypes.c_void_p]
+        lib.cudaMemcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, sz, ctypes.c_int]
+        lib.cudaMemcpyAsync.argtypes = [ctypes.c_void_p, ctypes.c_void_p, sz, ctypes.c_int, ctypes.c_void_p]
+        lib.cudaMemcpy2DAsync.argtypes = [ctypes.c_void_p, sz, ctypes.c_void_p, sz, sz, sz, ctypes.c_int,
+                                          ctypes.c_void_p]
+        lib.cudaMemcpy2D.argtypes = [ctypes.c_void_p, sz, ctypes.c_void_p, sz, sz, sz, ctypes.c_int]
+        lib.cudaStreamCreate.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+        lib.cudaStreamSynchronize.argtypes = [ctypes.c_void_p]
+        lib.cudaGetErrorString.restype = ctypes.c_char_p
+
+    def _check(self, rc: int, what: str) -> None:
+        if rc != 0:
+            raise RuntimeError(f"CUDA {what} failed: {self.lib.cudaGetErrorString(rc).decode()}")
+
+    def malloc(self, nbytes: int) -> int:
+        p = ctypes.c_void_p()
+        self._check(self.lib.cudaMalloc(ctypes.byref(p), max(nbytes, 1)), f"cudaMalloc({nbytes})")
+        return int(p.value)
+
+    def free(self, ptr: int) -> None:
+        self.lib.cudaFree(ctypes.c_void_p(ptr))
+
+    def memcpy(self, dst: int, src: int, nbytes: int, kind: int, stream: int | None = None) -> None:
+        if stream is None:
+            self._check(self.lib.cudaMemcpy(dst, src, nbytes, kind), "cudaMemcpy")
+        else:
+            self._check(self.lib.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync")
+
+    def memcpy2d(self, dst: int, dpitch: int, src: int, spitch: int, width: int, height: int, kind: int,
+                 stream: int | None = None) -> None:
+        """height rows of width bytes, rows dpitch / spitch bytes apart."""
+        if stream is None:
+            self._check(self.lib.cudaMemcpy2D(dst, dpitch, src, spitch, width, height, kind), "cudaMemcpy2D")
+        else:
+            self._check(self.lib.cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, kind, stream),
+                        "cudaMemcpy2DAsync")
+
+    def stream(self) -> int:
+        s = ctypes.c_void_p()
+        self._check(self.lib.cudaStreamCreate(ctypes.byref(s)), "cudaStreamCreate")
+        return int(s.value or 0)
+
+    def sync(self, stream: int) -> None:
+        self._check(self.lib.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
+
+def load() -> CudaRT:
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError("the CUDA runtime library (libcudart) was not found")
+    return CudaRT(lib)

@@ -1,0 +1,265 @@
+"""The decode loop (DESIGN §4): prefill, then rounds of build -> verify -> accept -> commit.
+
+Token bookkeeping: the target cache holds P committed tokens; the *root* (the next token, already
+streamed) is not in it yet. A round verifies the tree rooted there; the accepted path (root first)
+is committed to [P, P+a+1) and the last emitted token becomes the next root.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from runtime.backends.base import Backend
+from runtime.draft import Drafter
+from runtime.errors import InputError
+from runtime.manifest import Manifest
+from runtime.options import Options
+from runtime.stats import RoundStats, RunStats
+from talon import (Acceptance, ChainPolicy, DraftTree, Eagle3Policy, TalonPolicy, logits_to_probs,
+                   make_policy, sample_token, verify_greedy, verify_sample)
+
+OnTokens = Callable[[list[int]], None]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    tokens: list[int]
+    stop_reason: str          # "eos" | "max_new_tokens" | "context_full"
+    stats: RunStats
+
+
+def policy_from_options(o: Options):
+    if o.policy == "talon":
+        return make_policy("talon", budget=o.budget, root_k=o.root_k, mu=o.mu)
+    if o.policy == "eagle3":
+        return make_policy("eagle3", budget=o.budget, top_k=o.eagle3_top_k, depth=o.eagle3_depth)
+    if o.policy == "chain":
+        return make_policy("chain", depth=o.chain_depth)
+    return make_policy("ar")
+
+
+def footprint(policy) -> tuple[int, int]:
+    """(target rows, draft scratch rows) a round of `policy` may write past P."""
+    if isinstance(policy, TalonPolicy):
+        return policy.budget, policy.budget - 1
+    if isinstance(policy, Eagle3Policy):
+        return policy.budget, (policy.depth * policy.top_k if policy.budget > 1 else 0)
+    if isinstance(policy, ChainPolicy):
+        return policy.depth + 1, policy.depth - 1
+    return 1, 0
+
+
+def capped(policy, room: int):
+    """The same policy shrunk so a round fits in `room` free cache rows (the context's end)."""
+    if isinstance(policy, TalonPolicy):
+        return make_policy("talon", budget=min(policy.budget, room), root_k=policy.root_k, mu=policy.mu)
+    if isinstance(policy, Eagle3Policy):
+        return make_policy("eagle3", budget=min(policy.budget, room), top_k=policy.top_k,
+                           depth=min(policy.depth, room // policy.top_k))
+    if isinstance(policy, ChainPolicy) and room >= 2:
+        return make_policy("chain", depth=min(policy.depth, room - 1))
+    return make_policy("ar")
+
+
+class Sampler:
+    """Greedy (temperature 0) or lossless sampling with temperature / top-p / top-k on the target."""
+
+    def __init__(self, o: Options):
+        self.greedy = o.temperature == 0.0
+        self.o = o
+        self.rng = np.random.default_rng(o.seed)
+
+    def reseed(self, seed: int | None) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def first(self, logits: np.ndarray) -> int:
+        if self.greedy:
+            return int(np.argmax(logits))
+        return sample_token(logits_to_probs(logits, self.o.temperature, self.o.top_p, self.o.top_k), self.rng)
+
+    def verify(self, tree: DraftTree, logits: np.ndarray) -> Acceptance:
+        if self.greedy:
+            return verify_greedy(tree, np.argmax(logits, axis=-1))
+        probs = logits_to_probs(logits, self.o.temperature, self.o.top_p, self.o.top_k)
+        return verify_sample(tree, probs, self.rng)
+
+
+class Decoder:
+    def __init__(self, backend: Backend, m: Manifest, o: Options):
+        self.backend = backend
+        self.m = m
+        self.o = o
+        self.S = m.limits.max_seq_len
+        self.chunk = m.limits.max_prefill_chunk
+        self.vocab = m.model.vocab_size
+        self.eos = frozenset(m.tokenizer.eos_ids)
+        self.policy = policy_from_options(o)
+        self.need = max(footprint(self.policy))
+        self._capped: dict[int, object] = {}
+        scratch = footprint(self.policy)[1]
+        self.drafter = (Drafter(backend, m.draft.hidden_size, m.kv_dtype, max(scratch, 1), self.chunk)
+                        if o.policy != "ar" else None)
+        self.sampler = Sampler(o)
+        self.causal = np.tril(np.ones((self.chunk, self.chunk), np.bool_))
+        self.P = 0
+        self.target_ns = 0
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def generate(self, prompt: list[int], max_new_tokens: int, on_tokens: OnTokens | None = None,
+                 seed: int | None = None) -> Decoded:
+        self.check_prompt(prompt)
+        if seed is not None:
+            self.sampler.reseed(seed)
+        t0 = time.perf_counter()
+        root = self.prefill(np.asarray(prompt, dtype=np.int64))
+        out = [root]
+        t1 = time.perf_counter()
+        if on_tokens:
+            on_tokens([root])
+        rounds: list[RoundStats] = []
+        stop = self.stop_reason(out, max_new_tokens)
+        while stop is None:
+            tree, acc, engine_ns, wall_ns = self.round(root)
+            emitted = self.emit(out, acc.tokens, max_new_tokens)
+            if on_tokens and emitted:
+                on_tokens(emitted)
+            root = out[-1]
+            rounds.append(self.round_stats(tree, acc, len(emitted), engine_ns, wall_ns))
+            stop = self.stop_reason(out, max_new_tokens)
+        t2 = time.perf_counter()
+        return Decoded(out, stop, self.run_stats(len(prompt), out, rounds, t1 - t0, t2 - t1))
+
+    def round(self, root: int) -> tuple[DraftTree, Acceptance, int, int]:
+        """One speculative round; returns (tree, acceptance, engine ns, wall ns)."""
+        start, eng0 = time.perf_counter_ns(), self.engine_ns()
+        policy = self.policy_for_room()
+        if self.drafter is not None:
+            self.drafter.start_round(self.P)
+        tree = policy.build(root, self.expand)           # one draft call per layer
+        self.flush_feed()                                # a capped round may not draft at all
+        logits = self.verify_call(tree)                  # one target call over all tree tokens
+        acc = self.sampler.verify(tree, logits)          # greedy or lossless sampling (talon/)
+        self.commit(acc)                                 # accepted rows -> [P, P+a+1)
+        return tree, acc, self.engine_ns() - eng0, time.perf_counter_ns() - start
+
+    # -- steps -------------------------------------------------------------------------------------
+
+    def expand(self, tree: DraftTree, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        assert self.drafter is not None, "the ar policy never drafts"
+        return self.drafter.expand(tree, rows)
+
+    def flush_feed(self) -> None:
+        if self.drafter is not None and self.drafter.feed_rows.shape[0]:
+            self.drafter.run_feed()
+
+    def verify_call(self, tree: DraftTree) -> np.ndarray:
+        t0 = time.perf_counter_ns()
+        logits = self.backend.target(tree.tokens, tree.positions(self.P), tree.mask(), self.P)
+        self.target_ns += time.perf_counter_ns() - t0
+        return logits
+
+    def commit(self, acc: Acceptance) -> None:
+        t0 = time.perf_counter_ns()
+        self.backend.commit_target(self.P, acc.nodes)
+        self.target_ns += time.perf_counter_ns() - t0
+        self.P += acc.nodes.shape[0]
+        if self.drafter is not None:
+            self.drafter.set_feed(acc.nodes, acc.tokens)
+
+    def prefill(self, prompt: np.ndarray) -> int:
+        """Run the prompt through the target (and the draft) in chunks; return the first token."""
+        self.P = 0
+        if self.drafter is not None:
+            self.drafter.committed = 0
+            self.drafter.calls = 0
+        n = prompt.shape[0]
+        root = -1
+        for s in range(0, n, self.chunk):
+            e = min(s + self.chunk, n)
+            q = e - s
+            t0 = time.perf_counter_ns()
+            logits = self.backend.target(prompt[s:e], np.arange(s, e, dtype=np.int64), self.causal[:q, :q], s)
+            self.backend.commit_target(s, np.arange(q))
+            self.target_ns += time.perf_counter_ns() - t0
+            self.P = e
+            if e == n:
+                root = self.sampler.first(logits[q - 1])
+            if self.drafter is not None:
+                nxt = np.append(prompt[s + 1:e], prompt[e] if e < n else root)
+                self.drafter.set_feed(np.arange(q), nxt)
+                if e < n:
+                    self.drafter.run_feed()   # the last chunk's feed is the first round's first call
+        return root
+
+    def emit(self, out: list[int], tokens: np.ndarray, max_new_tokens: int) -> list[int]:
+        """Append a round's tokens up to the first EOS and max_new_tokens; return what was added."""
+        room = max_new_tokens - len(out)
+        new = tokens[:room].tolist()
+        for i, t in enumerate(new):
+            if t in self.eos:
+                new = new[:i + 1]
+                break
+        out.extend(new)
+        return new
+
+    def stop_reason(self, out: list[int], max_new_tokens: int) -> str | None:
+        if out[-1] in self.eos:
+            return "eos"
+        if len(out) >= max_new_tokens:
+            return "max_new_tokens"
+        if self.P >= self.S:
+            return "context_full"
+        return None
+
+    def policy_for_room(self):
+        room = self.S - self.P
+        if room >= self.need:
+            return self.policy
+        if room not in self._capped:
+            self._capped[room] = capped(self.policy, room)
+        return self._capped[room]
+
+    def check_prompt(self, prompt: list[int]) -> None:
+        if len(prompt) == 0:
+            raise InputError("prompt is empty (need at least one token)")
+        if len(prompt) >= self.S:
+            raise InputError(f"prompt of {len(prompt)} tokens does not fit the context: "
+                             f"limits.max_seq_len={self.S} leaves no room to generate")
+        arr = np.asarray(prompt)
+        if arr.dtype.kind not in "iu":
+            raise InputError(f"prompt token ids must be integers, got dtype {arr.dtype}")
+        bad = np.flatnonzero((arr < 0) | (arr >= self.vocab))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(f"prompt token id {int(arr[i])} at index {i} is outside the vocabulary "
+                             f"[0, {self.vocab}) (model.vocab_size)")
+
+    # -- stats -------------------------------------------------------------------------------------
+
+    def engine_ns(self) -> int:
+        return self.target_ns + (self.drafter.engine_ns if self.drafter is not None else 0)
+
+    def round_stats(self, tree: DraftTree, acc: Acceptance, emitted: int, engine_ns: int,
+                    wall_ns: int) -> RoundStats:
+        info = tree.info
+        return RoundStats(
+            tree_size=tree.size, depth=int(tree.depth.max()),
+            nodes_per_layer=info.nodes_per_layer if info else (),
+            draft_calls=info.draft_calls if info else 0, accepted=acc.accepted, emitted=emitted,
+            engine_s=engine_ns * 1e-9, host_s=max(wall_ns - engine_ns, 0) * 1e-9,
+            pool_truncated=info.pool_truncated if info else 0)
+
+    def run_stats(self, prompt_len: int, out: list[int], rounds: list[RoundStats], prefill_s: float,
+                  decode_s: float) -> RunStats:
+        chunks = -(-prompt_len // self.chunk)
+        draft_calls = self.drafter.calls if self.drafter is not None else 0
+        return RunStats(
+            policy=self.o.policy, prompt_tokens=prompt_len, generated=len(out), rounds=len(rounds),
+            target_calls=len(rounds) + chunks, draft_calls=draft_calls, prefill_s=prefill_s,
+            decode_s=decode_s, engine_s=sum(r.engine_s for r in rounds),
+            host_s=sum(r.host_s for r in rounds), per_round=tuple(rounds))

@@ -1,0 +1,107 @@
+"""The draft side of a round: the `expand(tree, rows)` callback the policies call (DESIGN §5).
+
+EAGLE-3 round structure (docs/engine-format.md): after the target has committed P tokens, the
+draft has committed rows for positions [0, P - a) and holds a pending feed of a rows — the target
+feature rows of the tokens accepted last round, each paired with the *next* token. `expand(tree,
+[0])` runs that feed through draft_fc + draft (appended permanently: the draft then has P rows); the
+last row gives the root's children and its `hidden_out`. Deeper calls feed each node as (its token,
+its parent's `hidden_out`) at position P + depth - 1, writing scratch rows at slots [P, P + s).
+
+Scratch bookkeeping, all preallocated:
+- `slot_of[node]`: the node's scratch slot (root: the sentinel `cap`, which is no scratch row);
+- `anc[slot, :]`: the scratch slots a node at `slot` attends to (its expanded ancestors and itself);
+  the sentinel row is all False (the root's row is committed, everyone sees it);
+- `hid[slot]`: the node's `hidden_out`, the hidden input of its children.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from runtime.backends.base import Backend
+
+
+class Drafter:
+    def __init__(self, backend: Backend, hidden_size: int, dtype: type, scratch_cap: int, chunk: int):
+        self.backend = backend
+        self.cap = scratch_cap
+        self.chunk = chunk
+        self.anc = np.zeros((scratch_cap + 1, scratch_cap), np.bool_)
+        self.hid = np.zeros((scratch_cap + 1, hidden_size), dtype)
+        self.slot_of = np.full(max(scratch_cap, 1) + 1, scratch_cap, np.int64)
+        self.causal = np.tril(np.ones((chunk, chunk), np.bool_))
+        self.committed = 0      # draft rows committed: positions [0, committed)
+        self.scratch = 0        # scratch rows in use this round
+        self.past = 0           # target length P of this round (scratch starts there)
+        self.feed_rows = np.zeros(0, np.int64)      # rows of the last target call's features
+        self.feed_tokens = np.zeros(0, np.int64)    # token paired with each feature row
+        self.calls = 0
+        self.engine_ns = 0
+
+    # -- between rounds --------------------------------------------------------------------------
+
+    def set_feed(self, rows: np.ndarray, tokens: np.ndarray) -> None:
+        """The next first call: feature rows `rows` of the last target call paired with `tokens`."""
+        self.feed_rows = rows
+        self.feed_tokens = tokens
+
+    def run_feed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Append the pending feed to the draft cache (in chunks); return the last row's outputs."""
+        n = len(self.feed_rows)
+        assert n > 0, "draft feed is empty"
+        out = None
+        for s in range(0, n, self.chunk):
+            rows, toks = self.feed_rows[s:s + self.chunk], self.feed_tokens[s:s + self.chunk]
+            q = len(rows)
+            t0 = time.perf_counter_ns()
+            hidden = self.backend.draft_fc(rows)
+            pos = np.arange(self.committed, self.committed + q, dtype=np.int64)
+            out = self.backend.draft(toks, hidden, pos, self.causal[:q, :q], self.committed)
+            self.engine_ns += time.perf_counter_ns() - t0
+            self.calls += 1
+            self.committed += q
+        self.feed_rows = self.feed_rows[:0]
+        assert out is not None
+        return out
+
+    def start_round(self, past_len: int) -> None:
+        self.past = past_len
+        self.scratch = 0
+
+    # -- the policy callback -----------------------------------------------------------------------
+
+    def expand(self, tree, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One draft call for nodes `rows` of the tree so far: each node's top-k children."""
+        if rows.shape[0] == 1 and rows[0] == 0:
+            ids, logp, hidden_out = self.run_feed()
+            self.hid[self.cap] = hidden_out[-1]
+            self._ensure_nodes(tree.size)
+            self.slot_of[0] = self.cap
+            return ids[-1:], logp[-1:]
+        q, s0 = rows.shape[0], self.scratch
+        if s0 + q > self.cap:
+            raise RuntimeError(f"draft scratch overflow: {s0 + q} rows > capacity {self.cap}")
+        self._ensure_nodes(tree.size)
+        parent_slot = self.slot_of[tree.parents[rows]]            # [q]
+        slots = np.arange(s0, s0 + q)
+        self.slot_of[rows] = slots
+        self.anc[slots] = self.anc[parent_slot]                    # inherit the ancestors' rows
+        self.anc[slots, slots] = True                              # and see itself
+        positions = (tree.depth[rows] + (self.past - 1)).astype(np.int64)
+        t0 = time.perf_counter_ns()
+        ids, logp, hidden_out = self.backend.draft(tree.tokens[rows], self.hid[parent_slot], positions,
+                                                   self.anc[slots, :s0 + q], self.past + s0)
+        self.engine_ns += time.perf_counter_ns() - t0
+        self.calls += 1
+        self.hid[slots] = hidden_out
+        self.scratch = s0 + q
+        return ids, logp
+
+    def _ensure_nodes(self, n: int) -> None:
+        # node indices during a build can exceed the final tree size (eagle3 reranks at the end)
+        if n > self.slot_of.shape[0]:
+            grown = np.full(max(n, 2 * self.slot_of.shape[0]), self.cap, np.int64)
+            grown[:self.slot_of.shape[0]] = self.slot_of
+            self.slot_of = grown

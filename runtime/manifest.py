@@ -1,0 +1,432 @@
+"""Open and validate an engine directory (docs/engine-format.md, format_version 1).
+
+`open_manifest(dir)` checks, in order: the directory, manifest.json (JSON, schema, format_version),
+every file name (plain, inside the directory, no symlink), and every file's size and sha256.
+`check_graph_io(manifest, role, inputs, outputs)` checks a graph's declared I/O against the dims.
+Every failure is an EngineError naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from runtime.errors import EngineError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ROLES = ("target", "draft_fc", "draft")
+KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    feature_layers: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class DraftDims:
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    draft_vocab_size: int
+    k_max: int
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    file: str
+    bos_id: int | None
+    eos_ids: tuple[int, ...]
+    pad_id: int | None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_seq_len: int
+    max_tree_tokens: int
+    max_prefill_chunk: int
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    file: str
+    flavour: str
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    dir: Path
+    name: str
+    created_by: str
+    model: ModelDims
+    draft: DraftDims
+    tokenizer: TokenizerInfo
+    limits: Limits
+    defaults: Mapping[str, Any]
+    graphs: Mapping[str, GraphEntry]
+    files: Mapping[str, FileEntry]
+
+    @property
+    def kv_dtype(self) -> type:
+        return KV_DTYPES[self.model.dtype]
+
+    @property
+    def feature_size(self) -> int:
+        return len(self.model.feature_layers) * self.model.hidden_size
+
+    def path(self, file: str) -> Path:
+        return self.dir / file
+
+    def plan(self, role: str) -> Path | None:
+        """The TensorRT plan of a graph if the manifest lists one (`<role>.plan`)."""
+        name = f"{role}.plan"
+        return self.dir / name if name in self.files else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# schema
+
+
+def _err(field: str, msg: str) -> EngineError:
+    return EngineError(f"{MANIFEST}: {field}: {msg}")
+
+
+def _get(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str,
+         optional: bool = False) -> Any:
+    field = f"{where}.{key}" if where else key
+    if key not in obj:
+        if optional:
+            return None
+        raise _err(field, "missing")
+    value = obj[key]
+    if optional and value is None:
+        return None
+    # bool is an int subclass; a flag is never a valid dim
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise _err(field, f"expected {_kind_name(kind)}, got {value!r}")
+    if not isinstance(value, kind):
+        raise _err(field, f"expected {_kind_name(kind)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", dict: "an object",
+             list: "a list", bool: "a boolean"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _positive(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value = _get(obj, key, int, where)
+    if value <= 0:
+        raise _err(f"{where}.{key}", f"must be a positive integer, got {value}")
+    return value
+
+
+def _section(raw: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    return _get(raw, key, dict, "")
+
+
+def _parse_model(raw: Mapping[str, Any]) -> ModelDims:
+    m = _section(raw, "model")
+    layers = _get(m, "feature_layers", list, "model")
+    if not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        raise _err("model.feature_layers", f"expected a non-empty list of integers, got {layers!r}")
+    num_layers = _positive(m, "num_layers", "model")
+    bad = [i for i in layers if not 0 <= i <= num_layers]
+    if bad:
+        raise _err("model.feature_layers", f"{bad} outside [0, num_layers={num_layers}]")
+    dtype = _get(m, "dtype", str, "model")
+    if dtype not in KV_DTYPES:
+        raise _err("model.dtype", f"unsupported {dtype!r} (expected one of {sorted(KV_DTYPES)})")
+    dims = ModelDims(
+        architecture=_get(m, "architecture", str, "model"),
+        vocab_size=_positive(m, "vocab_size", "model"),
+        hidden_size=_positive(m, "hidden_size", "model"),
+        num_layers=num_layers,
+        num_heads=_positive(m, "num_heads", "model"),
+        num_kv_heads=_positive(m, "num_kv_heads", "model"),
+        head_dim=_positive(m, "head_dim", "model"),
+        feature_layers=tuple(layers),
+        dtype=dtype,
+    )
+    if dims.num_heads % dims.num_kv_heads:
+        raise _err("model.num_kv_heads", f"{dims.num_kv_heads} does not divide num_heads={dims.num_heads}")
+    return dims
+
+
+def _parse_draft(raw: Mapping[str, Any], model: ModelDims) -> DraftDims:
+    d = _section(raw, "draft")
+    dims = DraftDims(
+        hidden_size=_positive(d, "hidden_size", "draft"),
+        num_heads=_positive(d, "num_heads", "draft"),
+        num_kv_heads=_positive(d, "num_kv_heads", "draft"),
+        head_dim=_positive(d, "head_dim", "draft"),
+        draft_vocab_size=_positive(d, "draft_vocab_size", "draft"),
+        k_max=_positive(d, "k_max", "draft"),
+    )
+    if dims.hidden_size != model.hidden_size:
+        raise _err("draft.hidden_size", f"{dims.hidden_size} != model.hidden_size={model.hidden_size}")
+    if dims.draft_vocab_size > model.vocab_size:
+        raise _err("draft.draft_vocab_size", f"{dims.draft_vocab_size} > model.vocab_size={model.vocab_size}")
+    if dims.k_max > dims.draft_vocab_size:
+        raise _err("draft.k_max", f"{dims.k_max} > draft_vocab_size={dims.draft_vocab_size}")
+    return dims
+
+
+def _token_id(obj: Mapping[str, Any], key: str, vocab: int, optional: bool) -> int | None:
+    value = _get(obj, key, int, "tokenizer", optional=optional)
+    if value is not None and not 0 <= value < vocab:
+        raise _err(f"tokenizer.{key}", f"{value} outside the vocabulary [0, {vocab})")
+    return value
+
+
+def _parse_tokenizer(raw: Mapping[str, Any], vocab: int) -> TokenizerInfo:
+    t = _section(raw, "tokenizer")
+    eos = _get(t, "eos_ids", list, "tokenizer")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in eos):
+        raise _err("tokenizer.eos_ids", f"expected token ids in [0, {vocab}), got {eos!r}")
+    return TokenizerInfo(
+        file=_get(t, "file", str, "tokenizer"),
+        bos_id=_token_id(t, "bos_id", vocab, optional=True),
+        eos_ids=tuple(eos),
+        pad_id=_token_id(t, "pad_id", vocab, optional=True),
+    )
+
+
+def _parse_limits(raw: Mapping[str, Any]) -> Limits:
+    lim = _section(raw, "limits")
+    limits = Limits(
+        max_seq_len=_positive(lim, "max_seq_len", "limits"),
+        max_tree_tokens=_positive(lim, "max_tree_tokens", "limits"),
+        max_prefill_chunk=_positive(lim, "max_prefill_chunk", "limits"),
+    )
+    for key in ("max_tree_tokens", "max_prefill_chunk"):
+        if getattr(limits, key) > limits.max_seq_len:
+            raise _err(f"limits.{key}", f"{getattr(limits, key)} > max_seq_len={limits.max_seq_len}")
+    return limits
+
+
+def _parse_graphs(raw: Mapping[str, Any]) -> dict[str, GraphEntry]:
+    g = _section(raw, "graphs")
+    graphs = {}
+    for role in ROLES:
+        entry = _get(g, role, dict, "graphs")
+        flavour = _get(entry, "flavour", str, f"graphs.{role}")
+        if flavour != "standard":
+            raise _err(f"graphs.{role}.flavour", f"unsupported {flavour!r} (this runtime reads 'standard')")
+        graphs[role] = GraphEntry(file=_get(entry, "file", str, f"graphs.{role}"), flavour=flavour)
+    return graphs
+
+
+def _parse_files(raw: Mapping[str, Any]) -> dict[str, FileEntry]:
+    f = _section(raw, "files")
+    files = {}
+    for name, entry in f.items():
+        if not isinstance(entry, dict):
+            raise _err(f"files.{name}", f"expected an object, got {entry!r}")
+        digest = _get(entry, "sha256", str, f"files.{name}")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower()):
+            raise _err(f"files.{name}.sha256", f"not a sha256 hex digest: {digest!r}")
+        size = _get(entry, "bytes", int, f"files.{name}")
+        if size < 0:
+            raise _err(f"files.{name}.bytes", f"negative size {size}")
+        files[name] = FileEntry(sha256=digest.lower(), bytes=size)
+    return files
+
+
+# ---------------------------------------------------------------------------------------------------
+# files
+
+
+def _check_name(root: Path, name: str, field: str) -> Path:
+    """A manifest file name must be a plain name of a regular file inside the directory."""
+    if (not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
+            or os.path.isabs(name) or ":" in name):
+        raise _err(field, f"{name!r} is not a plain file name inside the engine directory")
+    path = root / name
+    if path.is_symlink():
+        raise _err(field, f"{name!r} is a symbolic link; engine files must be regular files")
+    if path.exists() and path.resolve().parent != root.resolve():
+        raise _err(field, f"{name!r} resolves outside the engine directory")
+    return path
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_files(root: Path, files: Mapping[str, FileEntry], referenced: Mapping[str, str]) -> None:
+    for field, name in referenced.items():
+        _check_name(root, name, field)
+        if name not in files:
+            raise _err(field, f"{name!r} is not listed in 'files' (every engine file needs a checksum)")
+    for name, entry in files.items():
+        path = _check_name(root, name, f"files.{name}")
+        if not path.is_file():
+            raise EngineError(f"{root / name}: missing (listed in {MANIFEST} files)")
+        size = path.stat().st_size
+        if size != entry.bytes:
+            raise EngineError(f"{root / name}: size {size} bytes != {MANIFEST} files.{name}.bytes={entry.bytes}")
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise EngineError(f"{root / name}: checksum mismatch (sha256 {digest[:16]}... != "
+                              f"{MANIFEST} files.{name}.sha256 {entry.sha256[:16]}...)")
+
+
+def open_manifest(engine_dir: str | os.PathLike[str], verify_checksums: bool = True) -> Manifest:
+    """Read and validate `engine_dir/manifest.json` and the files it lists."""
+    root = Path(engine_dir)
+    if not root.is_dir():
+        raise EngineError(f"engine directory not found: {root}")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise EngineError(f"{path}: missing (not an engine directory?)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise EngineError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise EngineError(f"{path}: not UTF-8 text ({e.reason})") from None
+    if not isinstance(raw, dict):
+        raise EngineError(f"{path}: expected a JSON object at the top level")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise _err("format_version", f"unsupported value {version!r} (this runtime reads {FORMAT_VERSION})")
+
+    model = _parse_model(raw)
+    tokenizer = _parse_tokenizer(raw, model.vocab_size)
+    graphs = _parse_graphs(raw)
+    files = _parse_files(raw)
+    defaults = _get(raw, "defaults", dict, "")
+    manifest = Manifest(
+        dir=root, name=_get(raw, "name", str, ""), created_by=str(raw.get("created_by", "")),
+        model=model, draft=_parse_draft(raw, model), tokenizer=tokenizer, limits=_parse_limits(raw),
+        defaults=dict(defaults), graphs=graphs, files=files,
+    )
+    referenced = {f"graphs.{r}.file": g.file for r, g in graphs.items()}
+    referenced["tokenizer.file"] = tokenizer.file
+    if verify_checksums:
+        _check_files(root, files, referenced)
+    else:
+        for field, name in referenced.items():
+            _check_name(root, name, field)
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------------
+# graph I/O
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Expected tensor: dtype name and shape; an int is a fixed dim, a str a free one."""
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+def expected_io(m: Manifest, role: str) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    """(inputs, outputs) of a graph as docs/engine-format.md fixes them for this manifest."""
+    md, dd, S = m.model, m.draft, m.limits.max_seq_len
+    f, i64 = m.model.dtype, "int64"
+    if role == "target":
+        ins = {"input_ids": TensorSpec(i64, (1, "q")), "position_ids": TensorSpec(i64, (1, "q")),
+               "tree_mask": TensorSpec("bool", (1, "q", "q")), "past_len": TensorSpec(i64, (1,))}
+        outs = {"logits": TensorSpec("float32", (1, "q", md.vocab_size)),
+                "features": TensorSpec(f, (1, "q", m.feature_size))}
+        for i in range(md.num_layers):
+            for kind in ("key", "value"):
+                ins[f"past_{kind}_{i}"] = TensorSpec(f, (1, md.num_kv_heads, S, md.head_dim))
+                outs[f"present_{kind}_{i}"] = TensorSpec(f, (1, md.num_kv_heads, "q", md.head_dim))
+        return ins, outs
+    if role == "draft_fc":
+        return ({"features": TensorSpec(f, (1, "q", m.feature_size))},
+                {"hidden": TensorSpec(f, (1, "q", dd.hidden_size))})
+    if role == "draft":
+        ins = {"input_ids": TensorSpec(i64, (1, "q")), "hidden": TensorSpec(f, (1, "q", dd.hidden_size)),
+               "position_ids": TensorSpec(i64, (1, "q")), "tree_mask": TensorSpec("bool", (1, "q", "T")),
+               "past_len": TensorSpec(i64, (1,)),
+               "past_key": TensorSpec(f, (1, dd.num_kv_heads, S, dd.head_dim)),
+               "past_value": TensorSpec(f, (1, dd.num_kv_heads, S, dd.head_dim))}
+        outs = {"topk_ids": TensorSpec(i64, (1, "q", dd.k_max)),
+                "topk_logp": TensorSpec("float32", (1, "q", dd.k_max)),
+                "hidden_out": TensorSpec(f, (1, "q", dd.hidden_size)),
+                "present_key": TensorSpec(f, (1, dd.num_kv_heads, "q", dd.head_dim)),
+                "present_value": TensorSpec(f, (1, dd.num_kv_heads, "q", dd.head_dim))}
+        return ins, outs
+    raise ValueError(f"unknown graph role {role!r}")
+
+
+# ORT NodeArg.type strings -> dtype names
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+
+def check_graph_io(m: Manifest, role: str, inputs: Sequence[tuple[str, str, Sequence[Any]]],
+                   outputs: Sequence[tuple[str, str, Sequence[Any]]]) -> None:
+    """Compare declared graph I/O [(name, dtype name, shape)] with `expected_io`; raise EngineError."""
+    file = m.graphs[role].file
+    for kind, declared, expected in (("input", inputs, expected_io(m, role)[0]),
+                                     ("output", outputs, expected_io(m, role)[1])):
+        have = {name: (dtype, list(shape)) for name, dtype, shape in declared}
+        for name, spec in expected.items():
+            if name not in have:
+                raise EngineError(f"{file}: {kind} {name!r} missing (graph has {sorted(have)})")
+            dtype, shape = have[name]
+            if dtype != spec.dtype:
+                raise EngineError(f"{file}: {kind} {name!r} has dtype {dtype}, expected {spec.dtype}")
+            if len(shape) != len(spec.shape):
+                raise EngineError(f"{file}: {kind} {name!r} has rank {len(shape)} {shape}, "
+                                  f"expected rank {len(spec.shape)} {list(spec.shape)}")
+            for axis, (got, want) in enumerate(zip(shape, spec.shape)):
+                if isinstance(want, int) and isinstance(got, int) and got != want:
+                    raise EngineError(f"{file}: {kind} {name!r} dim {axis} is {got}, manifest implies "
+                                      f"{want} (shape {list(spec.shape)}); check {_dim_field(role, name, axis)}")
+        if kind == "input":
+            extra = sorted(set(have) - set(expected))
+            if extra:
+                raise EngineError(f"{file}: unexpected input(s) {extra} not in the format_version "
+                                  f"{FORMAT_VERSION} contract")
+
+
+def _dim_field(role: str, name: str, axis: int) -> str:
+    """The manifest field a graph dim comes from (for error messages)."""
+    prefix = "model" if role == "target" else "draft"
+    if "key" in name or "value" in name:
+        return {1: f"{prefix}.num_kv_heads", 2: "limits.max_seq_len", 3: f"{prefix}.head_dim"}.get(axis, "?")
+    return {"logits": "model.vocab_size", "features": "model.hidden_size / model.feature_layers",
+            "hidden": "draft.hidden_size", "hidden_out": "draft.hidden_size", "topk_ids": "draft.k_max",
+            "topk_logp": "draft.k_max"}.get(name, "?")
+
+
+def ort_io(session: Any) -> tuple[list[tuple[str, str, list[Any]]], list[tuple[str, str, list[Any]]]]:
+    """Declared (inputs, outputs) of an onnxruntime InferenceSession as check_graph_io wants them."""
+    def conv(args: Any) -> list[tuple[str, str, list[Any]]]:
+        return [(a.name, ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args]
+    return conv(session.get_inputs()), conv(session.get_outputs())
