@@ -29,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from rich.console import Console
-    console = Console(stderr=True, highlight=False)
+    from rich.markup import escape
+    console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, even in a pipe
     t0 = time.perf_counter()
     try:
         from export.build import export_engine
@@ -37,9 +38,9 @@ def main(argv=None) -> int:
         opts = ExportOptions(dtype=args.dtype, max_seq_len=args.max_seq_len, max_tree_tokens=args.max_tree_tokens,
                              max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max)
         export_engine(args.model, args.draft, args.out, opts, name=args.name, force=args.force,
-                      log=lambda msg: console.print(f"[green]✓[/] {msg}"))
+                      log=lambda msg: console.print(f"[green]✓[/] {escape(msg)}"))
     except ExportError as e:
-        console.print(f"[red]export failed:[/] {e}")
+        console.print(f"[red]export failed:[/] {escape(str(e))}")
         return 1
     console.print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
