@@ -16,7 +16,7 @@ import numpy as np
 
 from talon.tree import BuildInfo, DraftTree, root_tree
 
-Expand = Callable[[DraftTree, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+Expand = Callable[[DraftTree, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class _Nodes:
@@ -206,6 +206,8 @@ class TalonPolicy:
             truncated += int(np.count_nonzero(passed.all(axis=1)))
             drafted += score.size
             flat = np.flatnonzero(passed)  # parent-major pool order
+            if flat.shape[0] == 0:
+                raise ValueError(f"expand: no child passed the gate at layer {layer} (NaN log-probs?)")
             room = n_max - nodes.n
             if flat.shape[0] > room:
                 best = np.argsort(-score.ravel()[flat], kind="stable")[:room]

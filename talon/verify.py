@@ -80,21 +80,24 @@ def verify_sample(tree: DraftTree, target_probs: np.ndarray, rng: np.random.Gene
         if lo == hi:
             last = sample_token(target_probs[node], rng)
             break
-        p = np.array(target_probs[node], dtype=np.float64)
-        total = float(p.sum())
+        p = target_probs[node]
+        total = float(p.sum(dtype=np.float64))
+        rejected: list[int] = []
         nxt = -1
         for child in kids[lo:hi]:
-            x = tree.tokens[child]
-            px = p[x]
-            if px <= 0.0:
-                continue  # a zero-probability or already rejected token: rejected for sure
+            x = int(tree.tokens[child])
+            px = float(p[x])
+            if px <= 0.0 or x in rejected:
+                continue  # rejected for sure: zero probability, or a duplicate of a rejected token
             if px >= total or rng.random() * total < px:
                 nxt = int(child)
                 break
-            p[x] = 0.0
-            total -= px
+            rejected.append(x)
+            total -= px  # p(x) = 0, renormalised implicitly by dividing by the new total
         if nxt < 0:
-            last = sample_token(p if p.sum() > 0.0 else target_probs[node], rng)
+            residual = np.array(p, dtype=np.float64)
+            residual[rejected] = 0.0
+            last = sample_token(residual if residual.sum() > 0.0 else p, rng)
             break
         node = nxt
         path.append(node)

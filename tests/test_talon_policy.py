@@ -222,3 +222,11 @@ def test_bad_expand_output_is_a_clear_error():
 
     with pytest.raises(ValueError, match=r"expand: expected ids and logp of shape \(1, k>=1\)"):
         TalonPolicy().build(0, expand)
+
+
+def test_nan_draft_is_a_clear_error():
+    def expand(tree, rows):
+        return np.zeros((len(rows), 2), dtype=np.int64), np.full((len(rows), 2), np.nan)
+
+    with pytest.raises(ValueError, match="no child passed the gate at layer 2"):
+        TalonPolicy(budget=8).build(0, expand)

@@ -1,0 +1,96 @@
+"""Host-time micro-benchmark of the algorithm layer: `python -m talon.microbench [--rounds R]`.
+
+The draft is a `CannedExpand` (pre-generated arrays, ~zero cost), so the figures are the policy's own
+host time per tree layer and per round (build + mask + positions + greedy verify), medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from talon.policy import make_policy
+from talon.synthetic import CannedExpand
+from talon.tree import DraftTree
+from talon.verify import verify_greedy, verify_sample
+
+VOCAB = 32000  # a Llama-2-sized vocabulary for the token ids and the sampling rows
+
+
+def _first_child_argmax(tree: DraftTree) -> np.ndarray:
+    """A target argmax that accepts the first-child path down to a leaf (a full-length walk)."""
+    n = tree.size
+    first = np.full(n, -1, dtype=np.int64)
+    first[tree.parents[:0:-1]] = np.arange(n - 1, 0, -1)  # the last write per parent is its first child
+    return np.where(first >= 0, tree.tokens[np.maximum(first, 0)], 0)
+
+
+def _policy(name: str, budget: int):
+    """The policy with a tree of at most `budget` nodes (chain: budget-1 drafts; ar: the root)."""
+    if name == "chain":
+        return make_policy(name, depth=budget - 1)
+    return make_policy(name) if name == "ar" else make_policy(name, budget=budget)
+
+
+def run_microbench(budgets: tuple[int, ...] = (16, 32, 60), policies: tuple[str, ...] = ("talon", "eagle3"),
+                   rounds: int = 2000, sample_rounds: int = 200, seed: int = 0) -> dict:
+    """{policy: {budget: {layer_us, build_us, mask_us, verify_us, round_us, sample_verify_us, layers}}}."""
+    expand = CannedExpand(vocab=VOCAB, seed=seed)
+    rng = np.random.default_rng(seed)
+    probs = rng.random((max(budgets), VOCAB))
+    probs /= probs.sum(axis=1, keepdims=True)  # [N, V] target rows for the sampling verify
+    clock = time.perf_counter_ns
+    out: dict = {}
+    for name in policies:
+        out[name] = {}
+        for budget in budgets:
+            policy = _policy(name, budget)
+            rows = np.empty((rounds, 5))  # build, mask+positions, verify, round (ns), layers
+            for r in range(rounds):
+                t0 = clock()
+                tree = policy.build(1, expand)
+                t1 = clock()
+                argmax = _first_child_argmax(tree)
+                t2 = clock()
+                tree.mask()
+                tree.positions(512)
+                t3 = clock()
+                verify_greedy(tree, argmax)
+                t4 = clock()
+                rows[r] = t1 - t0, t3 - t2, t4 - t3, (t1 - t0) + (t4 - t2), tree.info.draft_calls
+            sample = []
+            for _ in range(sample_rounds):
+                tree = policy.build(1, expand)
+                t0 = clock()
+                verify_sample(tree, probs[:tree.size], rng)
+                sample.append(clock() - t0)
+            med = np.median(rows[:, :4], axis=0) / 1e3
+            out[name][budget] = {
+                "layer_us": float(np.median(rows[:, 0] / rows[:, 4]) / 1e3) if rows[0, 4] else float("nan"),
+                "build_us": float(med[0]), "mask_us": float(med[1]), "verify_us": float(med[2]),
+                "round_us": float(med[3]), "sample_verify_us": float(np.median(sample) / 1e3),
+                "layers": float(rows[:, 4].mean()),
+            }
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=2000, help="rounds per (policy, budget)")
+    ap.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 60])
+    ap.add_argument("--policies", nargs="+", default=["talon", "eagle3"])
+    args = ap.parse_args(argv)
+    res = run_microbench(tuple(args.budgets), tuple(args.policies), rounds=args.rounds)
+    print(f"{'policy':8} {'N':>4} {'layers':>6} {'us/layer':>9} {'build':>8} {'mask':>7} "
+          f"{'verify':>7} {'round':>8} {'sample-verify':>14}   (median host us)")
+    for name, per_budget in res.items():
+        for budget, s in per_budget.items():
+            print(f"{name:8} {budget:>4} {s['layers']:>6.1f} {s['layer_us']:>9.1f} {s['build_us']:>8.1f} "
+                  f"{s['mask_us']:>7.1f} {s['verify_us']:>7.1f} {s['round_us']:>8.1f} "
+                  f"{s['sample_verify_us']:>14.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""The micro-benchmark runs and reports every figure (a smoke test; timings are not asserted)."""
+
+from __future__ import annotations
+
+from talon.microbench import main, run_microbench
+
+
+def test_run_microbench_reports_each_policy_and_budget():
+    res = run_microbench(budgets=(4, 16), policies=("talon", "eagle3", "chain", "ar"), rounds=5,
+                         sample_rounds=2)
+    assert set(res) == {"talon", "eagle3", "chain", "ar"} and set(res["talon"]) == {4, 16}
+    keys = {"layer_us", "build_us", "mask_us", "verify_us", "round_us", "sample_verify_us", "layers"}
+    assert set(res["eagle3"][16]) == keys
+    assert res["eagle3"][16]["layers"] == 8.0 and res["talon"][16]["round_us"] > 0
+
+
+def test_main_prints_a_table(capsys):
+    main(["--rounds", "3", "--budgets", "8", "--policies", "talon"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("policy") and lines[1].split()[:2] == ["talon", "8"]
