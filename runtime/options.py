@@ -85,11 +85,8 @@ def validate(manifest: Manifest, o: Options) -> Options:
         raise OptionError(f"option temperature: {floats['temperature']} < 0 (0 means greedy)")
     if not 0.0 < floats["top_p"] <= 1.0:
         raise OptionError(f"option top_p: {floats['top_p']} outside (0, 1]")
-    k_max = manifest.draft.k_max
-    for key in ("root_k", "eagle3_top_k"):
-        if not 1 <= ints[key] <= k_max:
-            raise OptionError(f"option {key}: {ints[key]} outside [1, draft.k_max={k_max}]")
-    for key in ("eagle3_depth", "chain_depth", "max_new_tokens"):
+    # root_k and eagle3_top_k above draft.k_max act as k_max (the draft returns k_max children)
+    for key in ("root_k", "eagle3_top_k", "eagle3_depth", "chain_depth", "max_new_tokens"):
         if ints[key] < 1:
             raise OptionError(f"option {key}: {ints[key]} must be >= 1")
     for key in ("top_k", "threads"):

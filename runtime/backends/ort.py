@@ -35,6 +35,23 @@ def cuda_available() -> bool:
     return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
+def _load(path: Any, so: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception classes without a common base
+        raise EngineError(f"{path}: onnxruntime cannot load the graph: {str(e).splitlines()[0]}") from None
+
+
+def check_graphs(m: Manifest) -> None:
+    """Load each graph (no optimisation) and check its declared I/O against the manifest."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    for role in ("target", "draft_fc", "draft"):
+        check_graph_io(m, role, *ort_io(_load(m.path(m.graphs[role].file), so, ["CPUExecutionProvider"])))
+
+
 def _session_options(threads: int, thread_mode: str) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -126,13 +143,7 @@ class OrtBackend(Backend):
                      else ["CPUExecutionProvider"])
         sessions = {}
         for role in ("target", "draft_fc", "draft"):
-            path = m.path(m.graphs[role].file)
-            try:
-                sess = ort.InferenceSession(str(path), _session_options(threads, thread_mode), providers=providers)
-            except OptionError:
-                raise
-            except Exception as e:
-                raise EngineError(f"{path}: onnxruntime cannot load the graph: {str(e).splitlines()[0]}") from None
+            sess = _load(m.path(m.graphs[role].file), _session_options(threads, thread_mode), providers)
             check_graph_io(m, role, *ort_io(sess))
             sessions[role] = sess
 

@@ -1,0 +1,60 @@
+"""`talon-rt`: the command line. Each subcommand is a module with `add_parser(subparsers)`, which
+registers its parser and sets `func(args) -> exit code`; adding one is a line in SUBCOMMANDS.
+
+Errors the user can fix (runtime.errors.TalonError, bad arguments) print one line on stderr and
+exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NoReturn, Sequence
+
+from runtime.errors import TalonError
+
+SUBCOMMANDS = ("runtime.commands.run", "runtime.commands.inspect", "runtime.bench.cli")
+EXIT_USAGE = 2
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and the same exit code as runtime errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="talon-rt", description="Speculative decoding with adaptive draft trees "
+                            "(TALON) and EAGLE-3 heads on ONNX Runtime / TensorRT.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=ArgumentParser)
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:     # a subcommand whose module is not written yet
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except TalonError as e:
+        print(f"talon-rt {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"talon-rt {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()   # stdout closed early (| head): not an error
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `talon-rt` subcommands (see runtime/cli.py)."""

@@ -1,0 +1,51 @@
+"""`talon-rt inspect DIR`: the manifest summary and the validation result (exit 0 valid, 2 invalid)."""
+
+from __future__ import annotations
+
+import argparse
+
+from runtime.errors import EngineError
+from runtime.manifest import ROLES, Manifest, open_manifest
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="show and validate an engine directory",
+                       description="Print an engine directory's manifest summary, then validate it: "
+                                   "schema, file names, sizes and sha256, graph I/O against the dims.")
+    p.add_argument("engine", metavar="DIR", help="engine directory")
+    p.set_defaults(func=run)
+
+
+def summary(m: Manifest) -> list[str]:
+    md, dd, lim = m.model, m.draft, m.limits
+    lines = [
+        f"engine      {m.name}  ({m.dir}, {m.created_by or 'unknown producer'})",
+        f"target      {md.architecture}, {md.num_layers} layers, hidden {md.hidden_size}, heads {md.num_heads}/"
+        f"{md.num_kv_heads} kv, head_dim {md.head_dim}, vocab {md.vocab_size}, {md.dtype}",
+        f"features    layers {list(md.feature_layers)} -> {m.feature_size}",
+        f"draft       EAGLE-3 head, hidden {dd.hidden_size}, heads {dd.num_heads}/{dd.num_kv_heads} kv, "
+        f"draft vocab {dd.draft_vocab_size}, k_max {dd.k_max}",
+        f"tokenizer   {m.tokenizer.file}  bos {m.tokenizer.bos_id}  eos {list(m.tokenizer.eos_ids)}",
+        f"limits      max_seq_len {lim.max_seq_len}, max_tree_tokens {lim.max_tree_tokens}, "
+        f"max_prefill_chunk {lim.max_prefill_chunk}",
+        "defaults    " + ", ".join(f"{k}={v}" for k, v in m.defaults.items()),
+        "graphs      " + ", ".join(f"{r}={m.graphs[r].file}" for r in ROLES),
+        "plans       " + (", ".join(r for r in ROLES if m.plan(r)) or "none"),
+        "files       " + ", ".join(f"{n} ({e.bytes} B)" for n, e in m.files.items()),
+    ]
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    m = open_manifest(args.engine, verify_checksums=False)
+    for line in summary(m):
+        print(line)
+    from runtime.backends.ort import check_graphs
+    try:
+        open_manifest(args.engine)
+        check_graphs(m)
+    except EngineError as e:
+        print(f"invalid     {e}")
+        return 2
+    print("valid       manifest, checksums and graph I/O match")
+    return 0

@@ -1,0 +1,123 @@
+"""`talon-rt run`: generate from a prompt, streaming text as tokens are accepted.
+
+Text goes to stdout as it is committed; `--stats` adds a summary on stderr; `--json` prints instead
+exactly one JSON object on stdout: {"tokens", "text", "stop_reason", "stats"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import InputError
+from runtime.options import BACKENDS, POLICIES, THREAD_MODES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="generate from a prompt",
+                       description="Generate from a prompt with speculative decoding. Options left out "
+                                   "take the engine manifest's defaults.")
+    p.add_argument("--engine", required=True, metavar="DIR", help="engine directory")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", metavar="TEXT", help="prompt text (tokenized with the engine's tokenizer)")
+    src.add_argument("--prompt-file", metavar="FILE", type=Path, help="read the prompt text from FILE (UTF-8)")
+    src.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated: 1,2,3")
+    p.add_argument("--policy", choices=POLICIES, help="draft-tree policy")
+    p.add_argument("--budget", type=int, help="tree nodes incl. the root (<= limits.max_tree_tokens)")
+    p.add_argument("--mu", type=float, help="talon: relative score threshold in (0, 1]")
+    p.add_argument("--root-k", type=int, help="talon: children of the root")
+    p.add_argument("--eagle3-top-k", type=int, help="eagle3: beam width")
+    p.add_argument("--eagle3-depth", type=int, help="eagle3: expansions after the root's call")
+    p.add_argument("--chain-depth", type=int, help="chain: draft tokens per round")
+    p.add_argument("--max-new-tokens", type=int, help="stop after this many generated tokens")
+    p.add_argument("--temperature", type=float, help="0 = greedy")
+    p.add_argument("--top-p", type=float, help="nucleus sampling on the target, (0, 1]")
+    p.add_argument("--top-k", type=int, help="top-k sampling on the target, 0 = off")
+    p.add_argument("--seed", type=int, help="sampling seed")
+    p.add_argument("--backend", choices=BACKENDS, help="engine backend (default auto)")
+    p.add_argument("--threads", type=int, help="intra-op threads per session (0 = all cores)")
+    p.add_argument("--thread-mode", choices=THREAD_MODES, help="how target and draft share the CPU")
+    p.add_argument("--stats", action="store_true", help="print run statistics (stderr; in the JSON with --json)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of streaming text")
+    p.set_defaults(func=run)
+
+
+OPTION_ARGS = ("policy", "budget", "mu", "root_k", "eagle3_top_k", "eagle3_depth", "chain_depth",
+               "max_new_tokens", "temperature", "top_p", "top_k", "seed", "backend", "threads",
+               "thread_mode")
+
+
+def parse_ids(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise InputError(f"--prompt-ids: expected comma-separated integers, got {text!r}") from None
+
+
+class TextStream:
+    """Writes the decoded text of a growing token list as it grows (holds back a partial character)."""
+
+    def __init__(self, decode: Any, out: Any):
+        self.decode, self.out = decode, out
+        self.tokens: list[int] = []
+        self.shown = ""
+
+    def __call__(self, new: list[int]) -> None:
+        self.tokens.extend(new)
+        text = self.decode(self.tokens)
+        if text.endswith("\ufffd") or not text.startswith(self.shown):
+            return
+        self.out.write(text[len(self.shown):])
+        self.out.flush()
+        self.shown = text
+
+    def finish(self) -> None:
+        text = self.decode(self.tokens)
+        if text.startswith(self.shown):
+            self.out.write(text[len(self.shown):])
+        self.out.write("\n")
+        self.out.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime.api import Generator
+
+    options = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None}
+    with Generator.open(args.engine, **options) as gen:
+        if args.prompt_ids is not None:
+            prompt = parse_ids(args.prompt_ids)
+        else:
+            text = args.prompt if args.prompt is not None else _read(args.prompt_file)
+            prompt = gen.encode(text)
+        stream = None if args.json else TextStream(gen.decode, sys.stdout)
+        res = gen.generate(prompt, on_tokens=stream)
+        if args.json:
+            stats = res.stats.to_dict() if args.stats else res.stats.summary()
+            json.dump({"tokens": res.tokens, "text": gen.decode(res.tokens), "stop_reason": res.stop_reason,
+                       "stats": stats}, sys.stdout)
+            sys.stdout.write("\n")
+            return 0
+        assert stream is not None
+        stream.finish()
+        if args.stats:
+            print(format_stats(res.stop_reason, res.stats.summary(), gen.backend), file=sys.stderr)
+    return 0
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"--prompt-file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"--prompt-file {path}: not UTF-8 text") from None
+
+
+def format_stats(stop: str, s: dict[str, Any], backend: str) -> str:
+    return (f"[{s['policy']} on {backend}] {s['generated']} tokens ({stop}) in {s['prefill_s'] + s['decode_s']:.3f} s: "
+            f"{s['tokens_per_s']:.1f} tok/s (decode {s['decode_tokens_per_s']:.1f} tok/s); "
+            f"rounds {s['rounds']}, tau {s['tau']:.2f}, delta {s['delta']:.2f}, mean tree {s['mean_tree_size']:.1f}; "
+            f"host {s['host_us_per_round']:.0f} us/round ({100 * s['host_share']:.1f} % of round time)")
