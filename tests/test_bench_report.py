@@ -1,38 +1,21 @@
 """The benchmark's run loop, metrics and writers, against a Generator-like test double."""
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
 from runtime.bench import metrics, plots, report
 from runtime.bench.datasets import Prompt
 from runtime.bench.runner import BenchConfig, RunPlan, make_configs, run_plan
-
-
-@dataclass(frozen=True)
-class _Round:
-    nodes_per_layer: tuple
-    pool_truncated: int = 0
-
-
-@dataclass
-class _Stats:
-    tau: float
-    delta: float
-    tokens_per_s: float
-    target_calls: int
-    draft_calls: int
-    engine_s: float
-    host_s: float
-    round_records: list = field(default_factory=list)
+from runtime.stats import RoundStats, RunStats
 
 
 @dataclass
 class _Result:
     tokens: list
     stop_reason: str
-    stats: _Stats
+    stats: RunStats
 
 
 class FakeGenerator:
@@ -49,13 +32,18 @@ class FakeGenerator:
     def generate(self, prompt_ids, max_new_tokens):
         self.log.append((tuple(prompt_ids), self.config))
         layers = self.SHAPES[self.config.policy]
-        per_call = 1 + len(layers) * 0.5
-        calls = max(1, int(max_new_tokens / per_call))
-        rounds = [_Round(layers, pool_truncated=1 if self.config.policy == "talon" else 0)] * (calls if layers else 0)
-        stats = _Stats(tau=max_new_tokens / calls, delta=len(layers), tokens_per_s=100.0 * per_call,
-                       target_calls=calls, draft_calls=calls * len(layers), engine_s=0.01 * calls,
-                       host_s=0.001 * calls, round_records=rounds)
-        return _Result(list(range(max_new_tokens)), "max_new_tokens", stats)
+        emitted = 1 + len(layers) // 2
+        n_rounds = (max_new_tokens - 1) // emitted
+        truncated = 1 if self.config.policy == "talon" else 0
+        rnd = RoundStats(tree_size=1 + sum(layers), depth=len(layers), nodes_per_layer=layers,
+                         draft_calls=len(layers), accepted=emitted - 1, emitted=emitted, engine_s=0.01,
+                         host_s=0.001, pool_truncated=truncated)
+        per_round = (rnd,) * n_rounds
+        stats = RunStats(policy=self.config.policy, prompt_tokens=len(prompt_ids), generated=1 + n_rounds * emitted,
+                         rounds=n_rounds, target_calls=n_rounds + 1, draft_calls=n_rounds * len(layers) + 1,
+                         prefill_s=0.005, decode_s=0.011 * n_rounds, engine_s=0.01 * n_rounds,
+                         host_s=0.001 * n_rounds, per_round=per_round)
+        return _Result(list(range(stats.generated)), "max_new_tokens", stats)
 
     def close(self):
         self.closed = True
@@ -97,12 +85,14 @@ def test_rows_metrics(tmp_path):
     assert len(rows) == 2 * 6
     key = {(r["dataset"], r["policy"], r["budget"]): r for r in rows}
     ar = key[("humaneval", "ar", 1)]
-    assert ar["speedup_vs_ar"] == pytest.approx(1.0) and ar["rounds"] == 0
+    assert ar["speedup_vs_ar"] == pytest.approx(1.0) and ar["tau"] == pytest.approx(1.0)
+    assert ar["delta"] == 0 and ar["depth_hist"] == {"0": 3 * 11}
     talon = key[("humaneval", "talon", 8)]
-    assert talon["delta"] == pytest.approx(4.0)
-    assert talon["tau"] == pytest.approx(12 / 4)
-    assert talon["depth_hist"] == {"4": 3 * 4} and talon["width_hist"] == {"10": 12}
-    assert talon["pool_truncations"] == 12
+    assert talon["delta"] == pytest.approx(4.0) and talon["tau"] == pytest.approx(3.0)
+    assert talon["rounds"] == 3 * 3 and talon["new_tokens"] == 3 * 10
+    assert talon["depth_hist"] == {"4": 9} and talon["width_hist"] == {"10": 9}
+    assert talon["depth_width"] == [[4, 10, 9]] and talon["tree_size_mean"] == 18
+    assert talon["pool_truncations"] == 9
     assert talon["host_share"] == pytest.approx(0.001 / 0.011)
     for r in rows:
         for k in ("dataset", "policy", "budget", "temperature", "tau", "delta", "tokens_per_s", "speedup_vs_ar"):

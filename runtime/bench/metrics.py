@@ -1,7 +1,7 @@
 """Per-(dataset, policy, budget, temperature) rows from the prompt runs.
 
-tau   = generated tokens per target call (MAT), over all rounds of all prompts
-delta = draft calls per target call
+tau   = tokens emitted per verify call (MAT), over all rounds of all prompts (prefill excluded)
+delta = draft calls per verify call
 tokens_per_s = median over prompts of (new tokens / wall time of generate)
 speedup_vs_ar = ratio of medians against `ar` of the same dataset and temperature, same run
 host_share = host time / (host + engine time), over all rounds
@@ -29,7 +29,7 @@ def _hist(values: Iterable[int]) -> dict[str, int]:
 def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
     """The row of one (dataset, configuration): every aggregate the report and plots use."""
     c = runs[0].config
-    target_calls = sum(r.target_calls for r in runs)
+    rounds = sum(r.rounds for r in runs)
     shapes = [s for r in runs for s in r.shapes]
     busy = sum(r.engine_s + r.host_s for r in runs)
     return {
@@ -39,8 +39,8 @@ def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
         "temperature": c.temperature,
         "mu": c.mu,
         "prompts": len(runs),
-        "tau": _ratio(sum(r.tau * r.target_calls for r in runs), target_calls),
-        "delta": _ratio(sum(r.draft_calls for r in runs), target_calls),
+        "tau": _ratio(sum(r.tau * r.rounds for r in runs), rounds),
+        "delta": _ratio(sum(r.delta * r.rounds for r in runs), rounds),
         "tokens_per_s": statistics.median(r.tokens_per_s for r in runs),
         "tokens_per_s_mean": statistics.fmean(r.tokens_per_s for r in runs),
         "runtime_tokens_per_s": statistics.median(r.runtime_tokens_per_s for r in runs),
@@ -48,9 +48,9 @@ def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
         "host_share": _ratio(sum(r.host_s for r in runs), busy),
         "new_tokens": sum(r.new_tokens for r in runs),
         "wall_s": sum(r.wall_s for r in runs),
-        "target_calls": target_calls,
+        "target_calls": sum(r.target_calls for r in runs),
         "draft_calls": sum(r.draft_calls for r in runs),
-        "rounds": len(shapes),
+        "rounds": rounds,
         "depth_mean": statistics.fmean(s.depth for s in shapes) if shapes else None,
         "width_mean": statistics.fmean(s.width for s in shapes) if shapes else None,
         "tree_size_mean": statistics.fmean(s.size for s in shapes) if shapes else None,
@@ -62,8 +62,8 @@ def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
     }
 
 
-def _order(row: dict[str, Any]) -> tuple:
-    return (row["dataset"], row["temperature"], POLICY_ORDER.index(row["policy"]), row["budget"],
+def _order(row: dict[str, Any], datasets: Sequence[str]) -> tuple:
+    return (datasets.index(row["dataset"]), row["temperature"], POLICY_ORDER.index(row["policy"]), row["budget"],
             row["mu"] or 0.0)
 
 
@@ -71,7 +71,8 @@ def build_rows(runs: Sequence[PromptRun]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, BenchConfig], list[PromptRun]] = defaultdict(list)
     for r in runs:
         groups[(r.dataset, r.config)].append(r)
-    rows = sorted((summarize(g) for g in groups.values()), key=_order)
+    datasets = list(dict.fromkeys(r.dataset for r in runs))  # in the order given
+    rows = sorted((summarize(g) for g in groups.values()), key=lambda row: _order(row, datasets))
     ar = {(r["dataset"], r["temperature"]): r["tokens_per_s"] for r in rows if r["policy"] == "ar"}
     for r in rows:
         base = ar.get((r["dataset"], r["temperature"]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from runtime.bench.datasets import Prompt
 
@@ -70,9 +70,11 @@ class PromptRun:
     new_tokens: int
     wall_s: float
     stop_reason: str
-    target_calls: int
-    draft_calls: int
-    tau: float
+    rounds: int              # verify calls (prefill excluded)
+    tau: float               # tokens emitted per verify call (the runtime's MAT)
+    delta: float             # draft calls per verify call
+    target_calls: int        # rounds + prefill chunks
+    draft_calls: int         # prefill feed included
     engine_s: float
     host_s: float
     runtime_tokens_per_s: float
@@ -93,43 +95,20 @@ class GeneratorLike(Protocol):
 OpenGenerator = Callable[[BenchConfig], GeneratorLike]
 
 
-def _round_shape(rec: Any) -> tuple[RoundShape, int] | None:
-    """A per-round record of RunStats -> (shape, pool truncations). Reads `nodes_per_layer` and
-    `pool_truncated` (talon.tree.BuildInfo's fields), from the record or its `info`."""
-    info = getattr(rec, "info", None) or rec
-    layers = getattr(info, "nodes_per_layer", None)
-    if layers is None:
-        return None
-    layers = tuple(int(n) for n in layers)
-    shape = RoundShape(depth=len(layers), width=max(layers, default=0), size=1 + sum(layers))
-    return shape, int(getattr(info, "pool_truncated", 0) or 0)
-
-
-def _per_round(stats: Any) -> Iterable[Any]:
-    for name in ("round_records", "records", "per_round", "rounds_detail"):
-        recs = getattr(stats, name, None)
-        if recs is not None and not isinstance(recs, (int, float)):
-            return recs
-    recs = getattr(stats, "rounds", None)
-    return recs if isinstance(recs, (list, tuple)) else ()
-
-
 def record_run(prompt: Prompt, config: BenchConfig, prompt_ids: Sequence[int], result: Any,
                wall_s: float) -> PromptRun:
-    """Summarise one `generate` result (GenerationResult with RunStats) into a PromptRun."""
+    """Summarise one `generate` result (GenerationResult with runtime.stats.RunStats)."""
     stats = result.stats
-    shapes, truncated = [], 0
-    for rec in _per_round(stats):
-        got = _round_shape(rec)
-        if got is not None:
-            shapes.append(got[0])
-            truncated += got[1]
+    shapes = tuple(RoundShape(depth=len(r.nodes_per_layer), width=max(r.nodes_per_layer, default=0),
+                              size=int(r.tree_size)) for r in stats.per_round)
     return PromptRun(
         dataset=prompt.dataset, prompt_id=prompt.id, config=config, prompt_tokens=len(prompt_ids),
         new_tokens=len(result.tokens), wall_s=wall_s, stop_reason=str(result.stop_reason),
-        target_calls=int(stats.target_calls), draft_calls=int(stats.draft_calls), tau=float(stats.tau),
+        rounds=int(stats.rounds), tau=float(stats.tau), delta=float(stats.delta),
+        target_calls=int(stats.target_calls), draft_calls=int(stats.draft_calls),
         engine_s=float(stats.engine_s), host_s=float(stats.host_s),
-        runtime_tokens_per_s=float(stats.tokens_per_s), shapes=tuple(shapes), pool_truncated=truncated,
+        runtime_tokens_per_s=float(stats.tokens_per_s), shapes=shapes,
+        pool_truncated=sum(int(r.pool_truncated) for r in stats.per_round),
     )
 
 
@@ -141,6 +120,7 @@ class RunPlan:
     max_prompt_tokens: int           # longer prompts keep their last tokens
     warmup: int = 1                  # prompts run through every configuration first, not recorded
     truncated_prompts: list[str] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)  # filled by run_plan: what every policy got
 
 
 def _encode_all(plan: RunPlan, encode: Callable[[str], list[int]]) -> list[list[int]]:
@@ -160,7 +140,7 @@ def run_plan(plan: RunPlan, open_generator: OpenGenerator, progress: bool = True
     try:
         for c in plan.configs:
             gens[c] = open_generator(c)
-        ids = _encode_all(plan, gens[plan.configs[0]].encode)
+        ids = plan.prompt_ids = _encode_all(plan, gens[plan.configs[0]].encode)
         warm = ids[:plan.warmup]
         total = (len(warm) + len(ids)) * len(plan.configs)
         runs: list[PromptRun] = []

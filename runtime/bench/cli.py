@@ -1,0 +1,201 @@
+"""`talon-rt bench`: the comparison table, the budget sweep, the peers and the synthetic microbench.
+
+Registered by runtime/cli.py through `add_parser(subparsers)`; also runs alone as
+`python -m runtime.bench ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from runtime.errors import OptionError, TalonError
+
+DEFAULT_BUDGETS = (8, 16, 32, 60)
+SWEEP_BUDGETS = (4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 60)
+DEFAULT_OUT = "bench/results"
+POLICIES = ("ar", "chain", "eagle3", "talon")
+
+
+def _csv(kind: type):
+    def parse(text: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}")
+    return parse
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "bench", help="benchmark ar/chain/eagle3/talon (and peers) on evaluation prompts",
+        description="Run every prompt through every policy and budget (interleaved, after a warm-up) and "
+                    "write results.json, results.md and PNG plots into --out.")
+    p.add_argument("--engine", help="engine directory (manifest.json, graphs, tokenizer)")
+    p.add_argument("--dataset", type=_csv(str), default=["humaneval"],
+                   help="humaneval, mtbench, gsm8k or PATH.jsonl; comma-separated for several (default humaneval)")
+    p.add_argument("--limit", type=int, default=None, help="first N prompts of each dataset")
+    p.add_argument("--policies", type=_csv(str), default=list(POLICIES), help="default ar,chain,eagle3,talon")
+    p.add_argument("--budgets", type=_csv(int), default=None,
+                   help=f"tree budgets N incl. the root for eagle3/talon (default {','.join(map(str, DEFAULT_BUDGETS))}, "
+                        "capped at the engine's limits.max_tree_tokens)")
+    p.add_argument("--mu", type=_csv(float), default=None, help="talon's mu, comma-separated (default: the engine's)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=_csv(float), default=[0.0], help="comma-separated; 0 = greedy (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (T > 0)")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads per session, ours and the peers' (default 2)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--warmup", type=int, default=1, help="prompts run through every configuration before measuring")
+    p.add_argument("--sweep", action="store_true",
+                   help="find the best talon budget for this engine on this machine (budgets default to a sweep grid)")
+    p.add_argument("--write-defaults", action="store_true",
+                   help="with --sweep: write the best budget into the engine's manifest defaults")
+    p.add_argument("--peers", action="store_true",
+                   help="also run onnxruntime-genai and transformers on the same target weights and prompts")
+    p.add_argument("--hf-model", help="the target in Hugging Face format (for --peers)")
+    p.add_argument("--draft-lm", help="a standalone draft LM in Hugging Face format (for the peers' draft modes)")
+    p.add_argument("--peers-cache", default=None, help="where the peers' exported models are cached")
+    p.add_argument("--synthetic", action="store_true",
+                   help="run the algorithm-only host-time microbench (talon.microbench) instead")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def _synthetic(args: argparse.Namespace) -> int:
+    from talon import microbench
+    argv = ["--budgets", *map(str, args.budgets or DEFAULT_BUDGETS),
+            "--policies", *[p for p in args.policies if p in ("chain", "eagle3", "talon")]]
+    microbench.main(argv)
+    return 0
+
+
+def _engine_info(manifest: Any) -> dict[str, Any]:
+    return {"dir": str(manifest.dir), "name": manifest.name, "created_by": manifest.created_by,
+            "model": dataclasses.asdict(manifest.model), "draft": dataclasses.asdict(manifest.draft),
+            "limits": dataclasses.asdict(manifest.limits), "defaults": dict(manifest.defaults),
+            "graphs": {k: dataclasses.asdict(v) for k, v in manifest.graphs.items()}}
+
+
+def _budgets(args: argparse.Namespace, limit: int) -> tuple[list[int], list[int]]:
+    """(budgets to run, defaults dropped for exceeding the engine's limit). Explicit budgets are
+    kept as given, so an out-of-range one fails with the runtime's own OptionError."""
+    if args.budgets:
+        return sorted(set(args.budgets)), []
+    grid = SWEEP_BUDGETS if args.sweep else DEFAULT_BUDGETS
+    return [b for b in grid if b <= limit], [b for b in grid if b > limit]
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    unknown = [p for p in args.policies if p not in POLICIES]
+    if unknown:
+        raise OptionError(f"--policies: unknown {unknown} (expected some of {', '.join(POLICIES)})")
+    if args.write_defaults and not args.sweep:
+        raise OptionError("--write-defaults needs --sweep")
+    if args.limit is not None and args.limit < 1:
+        raise OptionError(f"--limit must be >= 1, got {args.limit}")
+    if args.max_new_tokens < 1 or args.warmup < 0 or args.threads < 0:
+        raise OptionError("--max-new-tokens must be >= 1, --warmup and --threads >= 0")
+    if not args.engine:
+        raise OptionError("--engine is required (except with --synthetic)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.synthetic:
+        return _synthetic(args)
+    try:
+        return _run(args)
+    except TalonError as e:
+        print(f"talon-rt bench: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from runtime.api import Generator
+    from runtime.bench import metrics, plots, report, sweep
+    from runtime.bench.datasets import load_prompts
+    from runtime.bench.runner import RunPlan, make_configs, run_plan
+    from runtime.manifest import open_manifest
+
+    _check_args(args)
+    manifest = open_manifest(args.engine, verify_checksums=False)  # Generator.open verifies them
+    policies = ["ar", "talon"] if args.sweep and args.policies == list(POLICIES) else args.policies
+    budgets, dropped = _budgets(args, manifest.limits.max_tree_tokens)
+    mus = args.mu or [float(manifest.defaults.get("mu", 0.03))]
+    chain_depth = int(manifest.defaults.get("chain_depth", 4))
+    configs = make_configs(policies, budgets, args.temperature, mus, chain_depth)
+    if not configs:
+        raise OptionError("nothing to run: no policy/budget left (check --policies and --budgets)")
+    prompts = [p for name in args.dataset for p in load_prompts(name, args.limit)]
+    largest_tree = max(c.budget for c in configs)
+    max_prompt = manifest.limits.max_seq_len - args.max_new_tokens - largest_tree - 1
+    if max_prompt < 1:
+        raise OptionError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in "
+                          f"limits.max_seq_len={manifest.limits.max_seq_len} of {manifest.dir}/manifest.json")
+    plan = RunPlan(prompts, configs, args.max_new_tokens, max_prompt, warmup=min(args.warmup, len(prompts)))
+
+    def open_generator(c):
+        opts: dict[str, Any] = {"policy": c.policy, "budget": c.budget, "temperature": c.temperature,
+                                "seed": args.seed, "threads": args.threads, "max_new_tokens": args.max_new_tokens}
+        if c.policy == "chain":
+            opts["chain_depth"] = c.budget - 1
+        if c.mu is not None:
+            opts["mu"] = c.mu
+        return Generator.open(args.engine, **opts)
+
+    runs = run_plan(plan, open_generator, progress=not args.no_progress)
+    rows = metrics.build_rows(runs)
+    best = metrics.best_budget(rows) if "talon" in policies else None
+    extra: dict[str, Any] = {"truncated_prompts": plan.truncated_prompts, "budgets_dropped": dropped}
+    if args.sweep and args.write_defaults and best is not None:
+        extra["defaults_written"] = str(sweep.write_default_budget(args.engine, best["budget"]))
+    peers_rows: list[dict] = []
+    if args.peers:
+        peers_rows = _run_peers(args, plan, rows)
+    settings = {"datasets": args.dataset, "prompts_per_dataset": args.limit or "all", "warmup": plan.warmup,
+                "max_new_tokens": args.max_new_tokens, "threads": args.threads, "policies": policies,
+                "budgets": budgets, "mus": mus, "temperatures": args.temperature, "seed": args.seed,
+                "chain_depth": chain_depth, "max_prompt_tokens": max_prompt, "sweep": args.sweep}
+    results = report.build_results(rows=rows, runs=runs, settings=settings, engine=_engine_info(manifest),
+                                   peers=peers_rows, best=best, extra=extra, command=sys.argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = plots.write_plots(rows, out)
+    js, md = report.write_results(out, results, written)
+    print("\n".join(report.table1(rows)))
+    if peers_rows:
+        print("\n".join(report.peers_table(peers_rows, rows)))
+    if best is not None:
+        print(f"best talon budget here: N={best['budget']} ({best['tokens_per_s_geomean']:.1f} tok/s)"
+              + (f"; written into {extra['defaults_written']}" if "defaults_written" in extra else ""))
+    print(f"wrote {js}, {md}" + "".join(f", {p}" for p in written))
+    return 0
+
+
+def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict]) -> list[dict]:
+    from runtime.bench.peers import PeerPrompt, default_cache_dir, run_peers
+    prompts = [PeerPrompt(p.dataset, p.id, ids) for p, ids in zip(plan.prompts, plan.prompt_ids)]
+    cache = Path(args.peers_cache) if args.peers_cache else default_cache_dir()
+    say = None if args.no_progress else (lambda label: print(f"peer: {label}", file=sys.stderr, flush=True))
+    peers = run_peers(prompts, hf_model=args.hf_model, draft_lm=args.draft_lm, max_new_tokens=args.max_new_tokens,
+                      threads=args.threads, warmup=plan.warmup, cache_dir=cache, progress=say)
+    ar = {r["dataset"]: r["tokens_per_s"] for r in rows if r["policy"] == "ar" and r["temperature"] == 0}
+    for p in peers:
+        base = ar.get(p["dataset"])
+        p["talon_rt_ar_over_peer"] = base / p["tokens_per_s"] if base and p["tokens_per_s"] else None
+    return peers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="talon-rt")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

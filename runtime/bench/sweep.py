@@ -1,0 +1,34 @@
+"""Write a swept budget into an engine's manifest defaults.
+
+manifest.json is not among the checksummed `files`, so editing its `defaults` keeps every sha256
+valid; the result is re-read with checksums verified, and the old file is put back on any error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from runtime.errors import EngineError
+from runtime.manifest import MANIFEST, open_manifest
+from runtime.options import resolve_options
+
+
+def write_default_budget(engine_dir: str | os.PathLike[str], budget: int) -> Path:
+    """Set `defaults.budget` of engine_dir/manifest.json; returns the manifest's path."""
+    path = Path(engine_dir) / MANIFEST
+    before = path.read_bytes()
+    raw = json.loads(before)
+    if not isinstance(raw.get("defaults"), dict):
+        raise EngineError(f"{path}: field defaults: expected an object")
+    raw["defaults"]["budget"] = int(budget)
+    tmp = path.with_name(MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    try:
+        resolve_options(open_manifest(engine_dir, verify_checksums=True), {})
+    except Exception:
+        path.write_bytes(before)
+        raise
+    return path
