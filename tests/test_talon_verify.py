@@ -73,7 +73,7 @@ def test_verify_checks_shapes():
 
 # --- lossless sampling -----------------------------------------------------------------------------
 
-VOCAB, EMIT = 4, 2  # the test compares the joint law of the first EMIT tokens: VOCAB**EMIT cells
+VOCAB = 4  # the tests compare the joint law of the first `emit` tokens: VOCAB**emit cells
 
 
 class Target:
@@ -119,16 +119,17 @@ def node_probs(tree: DraftTree, context: tuple[int, ...], target: Target) -> np.
     return out
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
-def test_sampling_is_lossless(shape):
+@pytest.mark.parametrize("shape, emit", [(shape, 2) for shape in SHAPES] + [
+    pytest.param(shape, 3, marks=pytest.mark.slow) for shape in SHAPES if shape != "ar"])
+def test_sampling_is_lossless(shape, emit):
     make_tree, target = SHAPES[shape], Target(seed=11)
     start, trials = (0,), 100_000
     rounds = {}  # context -> (tree, target probs per node): drafts are functions of the context
     rng = np.random.default_rng(2024)
-    counts = np.zeros(VOCAB**EMIT, dtype=np.int64)
+    counts = np.zeros(VOCAB**emit, dtype=np.int64)
     for _ in range(trials):
         context, emitted = start, []
-        while len(emitted) < EMIT:
+        while len(emitted) < emit:
             if context not in rounds:
                 tree = make_tree(context[-1])
                 rounds[context] = tree, node_probs(tree, context, target)
@@ -136,9 +137,9 @@ def test_sampling_is_lossless(shape):
             tokens = verify_sample(tree, probs, rng).tokens.tolist()
             emitted += tokens
             context = context + tuple(tokens)
-        counts[np.ravel_multi_index(emitted[:EMIT], (VOCAB,) * EMIT)] += 1
-    expected = np.array([np.prod([target(start + seq[:j])[seq[j]] for j in range(EMIT)])
-                         for seq in itertools.product(range(VOCAB), repeat=EMIT)]) * trials
+        counts[np.ravel_multi_index(emitted[:emit], (VOCAB,) * emit)] += 1
+    expected = np.array([np.prod([target(start + seq[:j])[seq[j]] for j in range(emit)])
+                         for seq in itertools.product(range(VOCAB), repeat=emit)]) * trials
     assert counts[expected == 0].sum() == 0
     live = expected > 0
     p = chisquare(counts[live], expected[live] * counts[live].sum() / expected[live].sum()).pvalue
