@@ -103,6 +103,7 @@ class Eagle3Policy:
     earlier node first) and the best budget-1 are kept, in drafting order, so parents precede
     children. A child never outscores its parent (log-probs are <= 0), so the kept set is closed under
     ancestors; the rank key is a running minimum along the path so that this holds for any input.
+    `expand` sees every drafted node (up to 1 + top_k + depth * top_k**2), kept in the end or not.
     """
 
     budget: int = 60  # EAGLE-3's total_token=60: 59 drafts + root

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from talon.microbench import main, run_microbench
 
 
@@ -18,3 +21,10 @@ def test_main_prints_a_table(capsys):
     main(["--rounds", "3", "--budgets", "8", "--policies", "talon"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("policy") and lines[1].split()[:2] == ["talon", "8"]
+
+
+def test_talon_imports_numpy_only():
+    code = ("import sys, talon, talon.microbench, talon.synthetic; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'runtime', 'export', 'scipy'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
