@@ -73,7 +73,7 @@ def parse_generate(stdout: str) -> dict:
     tokens = next(line for line in lines if line.startswith("tokens:"))
     stats = next(line for line in lines if line.startswith("stats: "))
     return {"tokens": [int(t) for t in tokens[len("tokens:"):].split()],
-            "text": next(line for line in lines if line.startswith("text: "))[len("text: "):],
+            "text": stdout[stdout.index("\ntext: ") + len("\ntext: "):stdout.rindex("\nstats: ")],
             "stats": {k: float(v) for k, v in (kv.split("=") for kv in stats[len("stats: "):].split())},
             "rounds": [[int(t) for t in line[len("round:"):].split()] for line in lines if line.startswith("round:")]}
 
@@ -102,7 +102,7 @@ def test_example_host_text_matches_cli(capi, tiny_engine):
     c = parse_generate(run([capi["generate"], tiny_engine, "def fib(n):", 16]).stdout)
     cli = talon_rt_cli("run", "--engine", tiny_engine, "--prompt", "def fib(n):", "--max-new-tokens", 16)
     assert c["tokens"] == cli["tokens"]
-    assert c["text"] == cli["text"].split("\n")[0]  # the host prints the text on one line
+    assert c["text"] == cli["text"]
 
 
 def test_stream_delivers_the_same_tokens(capi, tiny_engine):
@@ -120,6 +120,16 @@ def test_matches_python_api(capi, tiny_engine):
         res = gen.generate(PROMPT_IDS, max_new_tokens=24)
     assert c["tokens"] == res.tokens
     assert c["stats"]["stop_reason"] == {"eos": 1, "max_new_tokens": 2, "context_full": 3}[res.stop_reason]
+
+
+def test_runtime_import_failure_is_a_code(capi, tiny_engine, tmp_path):
+    # no venv (so no editable install of talon-rt) and an empty root: `runtime` cannot be imported
+    env = {**host_env(), "TALON_RT_PYTHON": "/nonexistent/bin/python", "TALON_RT_ROOT": str(tmp_path)}
+    proc = subprocess.run([str(capi["generate"]), "--ids", str(tiny_engine), PROMPT, "4"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 1
+    assert re.search(r"^open: TALON_RT_E_INIT: talon_rt: cannot import the runtime .*ModuleNotFoundError",
+                     proc.stderr, re.M), proc.stderr
 
 
 # ---- error paths ---------------------------------------------------------------------------------

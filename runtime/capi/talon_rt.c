@@ -43,8 +43,9 @@ static talon_rt **g_handles;                               /* every handle ever 
 static size_t g_n_handles, g_cap_handles;
 static char *g_error;                                      /* the global error slot */
 
-static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER; /* starting the interpreter */
 static int g_interp_failed;       /* the interpreter could not start: final */
+static int g_started_here;        /* we started it (else the host did) */
 static char *g_interp_error;
 static PyObject *g_open, *g_generate, *g_encode, *g_decode, *g_close, *g_cancelled;
 
@@ -242,22 +243,30 @@ static int import_bridge(char **msg, int started_here)
     bridge = PyImport_ImportModule("runtime.capi.bridge");
     if (!bridge)
         goto fail;
-    g_open = PyObject_GetAttrString(bridge, "open_generator");
-    g_generate = PyObject_GetAttrString(bridge, "generate");
-    g_encode = PyObject_GetAttrString(bridge, "encode");
-    g_decode = PyObject_GetAttrString(bridge, "decode");
-    g_close = PyObject_GetAttrString(bridge, "close_generator");
-    g_cancelled = PyObject_GetAttrString(bridge, "Cancelled");
-    Py_DECREF(bridge);
-    if (!g_open || !g_generate || !g_encode || !g_decode || !g_close || !g_cancelled) {
-        Py_CLEAR(g_open);
-        Py_CLEAR(g_generate);
-        Py_CLEAR(g_encode);
-        Py_CLEAR(g_decode);
-        Py_CLEAR(g_close);
-        Py_CLEAR(g_cancelled);
-        goto fail;
+    static const char *const names[6] = {"open_generator", "generate", "encode", "decode",
+                                         "close_generator", "Cancelled"};
+    PyObject *fn[6] = {NULL};
+    for (int i = 0; i < 6; i++) {
+        fn[i] = PyObject_GetAttrString(bridge, names[i]);
+        if (!fn[i]) {
+            for (int j = 0; j < i; j++)
+                Py_DECREF(fn[j]);
+            Py_DECREF(bridge);
+            goto fail;
+        }
     }
+    Py_DECREF(bridge);
+    if (g_open) { /* another thread got here first while the import let go of the GIL */
+        for (int i = 0; i < 6; i++)
+            Py_DECREF(fn[i]);
+        return TALON_RT_OK;
+    }
+    g_generate = fn[1];
+    g_encode = fn[2];
+    g_decode = fn[3];
+    g_close = fn[4];
+    g_cancelled = fn[5];
+    g_open = fn[0]; /* last: g_open set means all are */
     return TALON_RT_OK;
 fail:;
     char *why = take_exception(NULL);
@@ -267,32 +276,23 @@ fail:;
     return TALON_RT_E_INIT;
 }
 
-/* Start the interpreter if needed and import the bridge, once. Failure message -> *msg (malloc). */
+/* Start the interpreter if needed and import the bridge, once. Failure message -> *msg (malloc).
+ * No lock is held while waiting for the GIL: a host thread that holds the GIL may be waiting for
+ * g_init_lock. g_open and friends are read and written with the GIL held. */
 static int ensure_runtime(char **msg)
 {
-    int status = TALON_RT_OK;
     pthread_mutex_lock(&g_init_lock);
-    if (g_open)
-        goto done;
-    if (g_interp_failed) {
+    if (!g_interp_failed && !Py_IsInitialized() && start_interpreter() == TALON_RT_OK)
+        g_started_here = 1;
+    int failed = g_interp_failed;
+    pthread_mutex_unlock(&g_init_lock);
+    if (failed) { /* g_interp_error is written once, before g_interp_failed */
         *msg = g_interp_error ? dup_string(g_interp_error, strlen(g_interp_error)) : NULL;
-        status = TALON_RT_E_INIT;
-        goto done;
-    }
-    int started_here = 0;
-    if (!Py_IsInitialized()) {
-        status = start_interpreter();
-        if (status != TALON_RT_OK) {
-            *msg = dup_string(g_interp_error, strlen(g_interp_error));
-            goto done;
-        }
-        started_here = 1;
+        return TALON_RT_E_INIT;
     }
     PyGILState_STATE gil = PyGILState_Ensure();
-    status = import_bridge(msg, started_here); /* may be retried by a later open */
+    int status = g_open ? TALON_RT_OK : import_bridge(msg, g_started_here); /* retried if it failed */
     PyGILState_Release(gil);
-done:
-    pthread_mutex_unlock(&g_init_lock);
     return status;
 }
 

@@ -94,14 +94,18 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    static int32_t out[CAP];
+    static int32_t first[CAP];
+    int32_t *out = first;
     size_t n_out = 0;
     if (stream)
         status = talon_rt_generate_stream(rt, ids, n_ids, max_new, print_round, NULL, &n_out);
     else
         status = talon_rt_generate_ids(rt, ids, n_ids, max_new, out, CAP, &n_out);
-    if (status == TALON_RT_OK)
-        status = talon_rt_last_tokens(rt, out, CAP, &n_out);
+    if (status == TALON_RT_E_BUFFER || (status == TALON_RT_OK && stream)) {
+        /* *n_out is the size needed: fetch the whole result without generating again */
+        out = n_out > CAP ? malloc(n_out * sizeof *out) : first;
+        status = out ? talon_rt_last_tokens(rt, out, n_out, &n_out) : TALON_RT_E_NOMEM;
+    }
     if (status != TALON_RT_OK) {
         fail("generate", status, rt);
         talon_rt_close(rt);
@@ -112,7 +116,7 @@ int main(int argc, char **argv)
     talon_rt_stats st;
     if ((status = talon_rt_decode(rt, out, n_out, &text)) != TALON_RT_OK ||
         (status = talon_rt_last_stats(rt, &st)) != TALON_RT_OK) {
-        fail("decode", status, rt);
+        fail("decode / stats", status, rt);
         talon_rt_close(rt);
         return 1;
     }
@@ -126,6 +130,8 @@ int main(int argc, char **argv)
            (unsigned long long)st.rounds, (unsigned long long)st.draft_calls,
            (unsigned long long)st.target_calls, st.host_share, st.call_s);
     talon_rt_free(text);
+    if (out != first)
+        free(out);
     status = talon_rt_close(rt);
     return status == TALON_RT_OK ? 0 : fail("close", status, NULL);
 }
