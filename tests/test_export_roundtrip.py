@@ -53,3 +53,17 @@ def test_path_outside_dir_is_rejected(tiny_engine, tmp_path):
     (eng / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(EngineDirError, match=r"graphs\.draft\.file"):
         verify_engine_dir(eng)
+
+
+@pytest.mark.parametrize("role", ["target", "draft_fc", "draft"])
+def test_graphs_are_standard_and_match_the_contract(tiny_engine, role):
+    import onnx
+
+    from export.parity import ort_session
+    from runtime.manifest import check_graph_io, open_manifest, ort_io
+    m = open_manifest(tiny_engine)
+    path = tiny_engine / m.graphs[role].file
+    model = onnx.load(str(path))
+    assert {op.domain for op in model.opset_import} == {""} and model.opset_import[0].version == 17
+    assert {n.domain for n in model.graph.node} <= {""}  # "standard": no com.microsoft ops
+    check_graph_io(m, role, *ort_io(ort_session(path)))
