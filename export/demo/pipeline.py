@@ -9,7 +9,7 @@ from . import corpus, data, lm, tokenizer
 from .loop import console
 from .recipe import Recipe
 
-STEPS = ("tokenizer", "corpus", "target", "head", "draftlm")
+STEPS = ("tokenizer", "corpus", "target", "head", "draftlm", "readme")
 
 
 def run_tokenizer(recipe: Recipe, out: Path, work: Path) -> None:
@@ -44,7 +44,7 @@ def _train_lm(recipe: Recipe, out: Path, work: Path, which: str) -> None:
     stats["corpus_tokens"] = int(len(train_stream))
     lm.save(model, folder)
     tok = tokenizer.load(out / "tokenizer.json")
-    tokenizer.save_for_transformers(tok, folder)
+    tokenizer.save_for_transformers(tok, folder, spec.max_positions)
     (work / which / "result.json").write_text(json.dumps(stats, indent=1))
     console.log(f"{which}: {stats}")
 
@@ -63,8 +63,14 @@ def run_head(recipe: Recipe, out: Path, work: Path) -> None:
     head.run(recipe, out, work)
 
 
+def run_readme(recipe: Recipe, out: Path, work: Path) -> None:
+    from . import readme
+
+    readme.write(recipe, out, work)
+
+
 RUNNERS = {"tokenizer": run_tokenizer, "corpus": run_corpus, "target": run_target,
-           "head": run_head, "draftlm": run_draftlm}
+           "head": run_head, "draftlm": run_draftlm, "readme": run_readme}
 
 
 def run(steps: list[str], recipe: Recipe, out: Path, work: Path) -> None:

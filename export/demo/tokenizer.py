@@ -1,6 +1,7 @@
 """Byte-level BPE tokenizer for the demo corpus (Hugging Face `tokenizers`)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -34,9 +35,11 @@ def load(path: Path) -> Tokenizer:
     return Tokenizer.from_file(str(path))
 
 
-def save_for_transformers(tok: Tokenizer, folder: Path) -> None:
-    """tokenizer.json + tokenizer_config.json, so AutoTokenizer (and onnxruntime-genai) load the folder."""
-    from transformers import PreTrainedTokenizerFast
-
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD)
-    fast.save_pretrained(str(folder))
+def save_for_transformers(tok: Tokenizer, folder: Path, max_length: int) -> None:
+    """tokenizer.json + tokenizer_config.json, so AutoTokenizer (and onnxruntime-genai) load the folder.
+    The class is the generic fast tokenizer, which transformers v4 and v5 both read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
+           "model_max_length": max_length}
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
