@@ -35,9 +35,10 @@ def _policy(name: str, budget: int):
 
 
 def run_microbench(budgets: tuple[int, ...] = (16, 32, 60), policies: tuple[str, ...] = ("talon", "eagle3"),
-                   rounds: int = 2000, sample_rounds: int = 200, seed: int = 0) -> dict:
+                   rounds: int = 2000, sample_rounds: int = 200, seed: int = 0,
+                   draft: str = "mixed") -> dict:
     """{policy: {budget: {layer_us, build_us, mask_us, verify_us, round_us, sample_verify_us, layers}}}."""
-    expand = CannedExpand(vocab=VOCAB, seed=seed)
+    expand = CannedExpand(vocab=VOCAB, seed=seed, shape=draft)
     rng = np.random.default_rng(seed)
     probs = rng.random((max(budgets), VOCAB))
     probs /= probs.sum(axis=1, keepdims=True)  # [N, V] target rows for the sampling verify
@@ -81,8 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=2000, help="rounds per (policy, budget)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 60])
     ap.add_argument("--policies", nargs="+", default=["talon", "eagle3"])
+    ap.add_argument("--draft", choices=["mixed", "peaked", "flat"], default="mixed",
+                    help="canned draft rows: peaked makes deep narrow talon trees, flat wide ones")
     args = ap.parse_args(argv)
-    res = run_microbench(tuple(args.budgets), tuple(args.policies), rounds=args.rounds)
+    res = run_microbench(tuple(args.budgets), tuple(args.policies), rounds=args.rounds, draft=args.draft)
     print(f"{'policy':8} {'N':>4} {'layers':>6} {'us/layer':>9} {'build':>8} {'mask':>7} "
           f"{'verify':>7} {'round':>8} {'sample-verify':>14}   (median host us)")
     for name, per_budget in res.items():

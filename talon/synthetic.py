@@ -55,10 +55,16 @@ class SyntheticDraft:
 class CannedExpand:
     """An expand of ~zero cost: slices of pre-generated random top-k outputs (for timing hosts)."""
 
-    def __init__(self, vocab: int = 32000, k: int = 10, rows: int = 4096, seed: int = 0):
+    def __init__(self, vocab: int = 32000, k: int = 10, rows: int = 4096, seed: int = 0,
+                 shape: str = "mixed"):
+        if shape not in ("mixed", "peaked", "flat"):
+            raise ValueError(f"shape must be mixed, peaked or flat, got {shape!r}")
         rng = np.random.default_rng(seed)
-        # a mix of peaked and flat rows, as a real draft gives
-        logits = rng.standard_normal((rows, 64)) * rng.choice([0.5, 2.0, 5.0], size=(rows, 1))
+        # mixed: rows of several sharpnesses, as a real draft gives; peaked: top-1 ~ 0.9999
+        scale = {"mixed": rng.choice([0.5, 2.0, 5.0], size=(rows, 1)), "peaked": 0.5, "flat": 0.01}[shape]
+        logits = rng.standard_normal((rows, 64)) * scale
+        if shape == "peaked":
+            logits[:, 0] += 14.0
         lp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         self.logp = -np.sort(-lp, axis=1)[:, :k]
         self.ids = rng.integers(0, vocab, size=(rows, k), dtype=np.int64)

@@ -28,3 +28,9 @@ def test_talon_imports_numpy_only():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'runtime', 'export', 'scipy'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_peaked_canned_draft_makes_deep_talon_trees():
+    deep = run_microbench(budgets=(16,), policies=("talon",), rounds=3, sample_rounds=1, draft="peaked")
+    wide = run_microbench(budgets=(16,), policies=("talon",), rounds=3, sample_rounds=1, draft="flat")
+    assert deep["talon"][16]["layers"] == 6.0 and wide["talon"][16]["layers"] == 2.0
