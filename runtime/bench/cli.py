@@ -81,9 +81,13 @@ def _engine_info(manifest: Any) -> dict[str, Any]:
 
 
 def _budgets(args: argparse.Namespace, limit: int) -> tuple[list[int], list[int]]:
-    """(budgets to run, defaults dropped for exceeding the engine's limit). Explicit budgets are
-    kept as given, so an out-of-range one fails with the runtime's own OptionError."""
+    """(budgets to run, grid budgets dropped for exceeding the engine's limit); an explicit budget
+    above the limit is an error."""
     if args.budgets:
+        over = [b for b in args.budgets if not 1 <= b <= limit]
+        if over:
+            raise OptionError(f"--budgets: {over} outside [1, limits.max_tree_tokens={limit}] of the engine's "
+                              f"manifest.json")
         return sorted(set(args.budgets)), []
     grid = SWEEP_BUDGETS if args.sweep else DEFAULT_BUDGETS
     return [b for b in grid if b <= limit], [b for b in grid if b > limit]

@@ -33,6 +33,10 @@ def speedup_vs_budget(rows: Sequence[dict], path: Path) -> Path:
                 ax.axhline(r["speedup_vs_ar"], color=COLORS[policy], ls="--", lw=1,
                            label=f"{policy}" + (f" (depth {r['budget'] - 1})" if policy == "chain" else ""))
         ax.set_xscale("log", base=2)
+        ticks = sorted({r["budget"] for r in sub if r["policy"] in ("eagle3", "talon")})
+        if ticks:
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
         ax.set_title(f"{ds}, T={t:g}")
         ax.set_xlabel("budget N (tree nodes incl. root)")
         ax.set_ylabel("speed-up over ar (tokens/s)")
@@ -57,6 +61,7 @@ def depth_vs_width(rows: Sequence[dict], path: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, (ax, axh) = plt.subplots(1, 2, figsize=(9, 3.8))
+    max_depth = max_width = 1
     for policy, dx in (("eagle3", -0.12), ("talon", 0.12)):
         counts: dict[tuple[int, int], int] = {}
         for r in rows:
@@ -66,14 +71,22 @@ def depth_vs_width(rows: Sequence[dict], path: Path) -> Path | None:
         if not counts:
             continue
         total = sum(counts.values())
+        max_depth = max(max_depth, *(d for d, _ in counts))
+        max_width = max(max_width, *(w for _, w in counts))
         ds, ws, ns = zip(*((d, w, n) for (d, w), n in counts.items()))
-        ax.scatter([d + dx for d in ds], ws, s=[1500 * n / total for n in ns], alpha=0.5,
+        ax.scatter([d + dx for d in ds], ws, s=[800 * n / total for n in ns], alpha=0.5,
                    color=COLORS[policy], label=policy, edgecolors="none")
         depth = {}
         for (d, _w), n in counts.items():
             depth[d] = depth.get(d, 0) + n
         axh.bar([d + dx for d in depth], [n / total for n in depth.values()], width=0.24,
                 color=COLORS[policy], label=policy)
+    from matplotlib.ticker import MaxNLocator
+    for a in (ax, axh):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.set_xlim(-0.5, max_depth + 0.5)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, max_width + 1)
     ax.set_xlabel("tree depth (drafted layers)")
     ax.set_ylabel("tree width (widest layer)")
     ax.set_title(f"round tree shapes, N={budget} (area = share of rounds)")

@@ -1,0 +1,74 @@
+"""`talon-rt bench` end to end on the tiny engine: outputs, sweep + write-defaults, errors."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "runtime.bench", *map(str, args), "--no-progress"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_bench_writes_three_outputs(tiny_engine, tmp_path):
+    out = tmp_path / "out"
+    proc = _bench("--engine", tiny_engine, "--dataset", "humaneval", "--limit", 2, "--budgets", "8,16",
+                  "--max-new-tokens", 12, "--out", out)
+    assert "| talon (N=8, mu=0.03) |" in proc.stdout
+    data = json.loads((out / "results.json").read_text())
+    policies = {(r["policy"], r["budget"]) for r in data["rows"]}
+    assert policies == {("ar", 1), ("chain", 5), ("eagle3", 8), ("eagle3", 16), ("talon", 8), ("talon", 16)}
+    for r in data["rows"]:
+        assert r["dataset"] == "humaneval" and r["temperature"] == 0 and r["prompts"] == 2
+        assert r["tokens_per_s"] > 0 and r["tau"] >= 1 and r["speedup_vs_ar"] > 0
+    talon = next(r for r in data["rows"] if r["policy"] == "talon" and r["budget"] == 16)
+    assert talon["delta"] > 0 and talon["rounds"] > 0 and talon["depth_hist"]
+    assert data["engine"]["name"] == "tiny" and data["git"]["commit"]
+    assert len(data["prompt_runs"]) == 2 * 6
+    assert "## MAT (τ) and speed-up over ar" in (out / "results.md").read_text()
+    assert (out / "speedup_vs_budget.png").stat().st_size > 0
+    assert (out / "tree_depth_width.png").stat().st_size > 0
+
+
+def test_sweep_writes_default_budget(tiny_engine, tmp_path):
+    from runtime.manifest import open_manifest
+    engine = tmp_path / "engine"
+    shutil.copytree(tiny_engine, engine)
+    out = tmp_path / "out"
+    proc = _bench("--engine", engine, "--dataset", "humaneval", "--limit", 1, "--warmup", 0, "--sweep",
+                  "--budgets", "4,8", "--max-new-tokens", 8, "--write-defaults", "--out", out)
+    data = json.loads((out / "results.json").read_text())
+    best = data["best_budget"]["budget"]
+    assert best in (4, 8) and {r["policy"] for r in data["rows"]} == {"ar", "talon"}
+    assert f"best talon budget here: N={best}" in proc.stdout
+    manifest = open_manifest(engine, verify_checksums=True)  # checksums still valid
+    assert manifest.defaults["budget"] == best
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "alpaca"], "unknown dataset 'alpaca'"),
+    (["--policies", "ar,beam"], r"--policies: unknown \['beam'\]"),
+    (["--budgets", "500"], r"--budgets: \[500\] outside \[1, limits.max_tree_tokens=64\]"),
+    (["--max-new-tokens", "400"], "--max-new-tokens 400 leaves no room for a prompt"),
+    (["--write-defaults"], "--write-defaults needs --sweep"),
+])
+def test_bench_errors(tiny_engine, tmp_path, args, message):
+    proc = _bench("--engine", tiny_engine, "--limit", 1, "--out", tmp_path, *args, check=False)
+    assert proc.returncode == 2
+    assert "talon-rt bench:" in proc.stderr and __import__("re").search(message, proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_synthetic_prints_microbench(capsys):
+    from runtime.bench.cli import main
+    assert main(["--synthetic", "--budgets", "8", "--policies", "talon"]) == 0
+    assert "talon" in capsys.readouterr().out
