@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 
@@ -20,7 +21,7 @@ Expand = Callable[[DraftTree, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class _Nodes:
-    """Append-only node buffers; `tree(n)` views the first n nodes without copying."""
+    """Append-only node buffers; `tree()` views the nodes added so far without copying."""
 
     def __init__(self, capacity: int, root_token: int):
         self.tokens = np.empty(capacity, dtype=np.int64)
@@ -64,7 +65,7 @@ def _layer_counts(depth: np.ndarray) -> tuple[int, ...]:
 class ArPolicy:
     """No draft: the tree is the root alone (the autoregressive baseline through the same loop)."""
 
-    max_nodes = 1
+    max_nodes: ClassVar[int] = 1
 
     def build(self, root_token: int, expand: Expand) -> DraftTree:
         return root_tree(root_token, BuildInfo(draft_calls=0, nodes_per_layer=(), drafted=0))
@@ -74,7 +75,7 @@ class ArPolicy:
 class ChainPolicy:
     """Classic speculative decoding: the draft's top-1 token, `depth` times."""
 
-    depth: int = 4  # the trial head's ~0.7 conditional acceptance leaves a 5th draft < 25 % useful
+    depth: int = 4  # at the trial head's ~0.7 acceptance per step a 5th draft is reached < 25 % of rounds
 
     def __post_init__(self) -> None:
         _check_int("depth", self.depth, 1)
