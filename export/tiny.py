@@ -27,13 +27,13 @@ _CORPUS = [
 
 
 def hf_config(arch: str, vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, head_dim: int,
-              intermediate: int, init_std: float):
+              intermediate: int, init_std: float, tie_embeddings: bool = False):
     """A transformers config object of the given family (llama3.1 = Llama with llama3 rope scaling)."""
     import transformers as tf
     kw = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
               num_key_value_heads=kv_heads, head_dim=head_dim, intermediate_size=intermediate,
               initializer_range=init_std, max_position_embeddings=4096, rms_norm_eps=1e-6,
-              bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+              bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=tie_embeddings)
     if arch == "llama":
         return tf.LlamaConfig(**kw)
     if arch == "llama3.1":
@@ -90,12 +90,13 @@ def make_head(target_state: dict, vocab: int, draft_vocab: int, hidden: int, hea
 def make_tiny_pair(out_dir: str | Path, arch: str = "llama", seed: int = 0, vocab: int = 320,
                    draft_vocab: int = 160, hidden: int = 64, layers: int = 8, heads: int = 4, kv_heads: int = 2,
                    head_dim: int = 16, intermediate: int = 128, init_std: float = 0.1,
-                   head_rope_theta: float | None = None) -> tuple[Path, Path]:
+                   head_rope_theta: float | None = None, tie_embeddings: bool = False) -> tuple[Path, Path]:
     """Write `<out_dir>/target` (HF folder) and `<out_dir>/draft` (EAGLE-3 folder); returns both paths.
 
     init_std 0.1 (not HF's 0.02) gives peaked, seed-stable next-token distributions, so greedy
     comparisons are not decided by float near-ties. `head_rope_theta` None omits rope_theta from the
-    head's config, like the official EAGLE-3 heads (the head then uses base 10000).
+    head's config, like the official EAGLE-3 heads (the head then uses base 10000). tie_embeddings:
+    lm_head shares the embedding (small Qwen models do this).
     """
     from safetensors.torch import save_file
     out_dir = Path(out_dir)
@@ -103,7 +104,8 @@ def make_tiny_pair(out_dir: str | Path, arch: str = "llama", seed: int = 0, voca
     model_dir.mkdir(parents=True, exist_ok=True)
     draft_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    config = hf_config(arch, vocab, hidden, layers, heads, kv_heads, head_dim, intermediate, init_std)
+    config = hf_config(arch, vocab, hidden, layers, heads, kv_heads, head_dim, intermediate, init_std,
+                       tie_embeddings)
     model = hf_model(config)
     with torch.no_grad():  # HF initialises norms to 1 and biases to 0; perturb them so each one matters
         for name, p in model.named_parameters():

@@ -134,3 +134,15 @@ def test_no_weights_at_all(pair, tmp_path):
     (d / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"no weights found"):
         checkpoints.load_target(d)
+
+
+def test_head_config_names_other_taps(pair, tmp_path):
+    """SpecForge's eagle_aux_hidden_state_layer_ids count layer outputs: output of j = hidden_states[j+1]."""
+    from export.build import ExportOptions, export_engine
+    d = _clone(pair[1], tmp_path, "head_taps")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["eagle_aux_hidden_state_layer_ids"] = [0, 1, 2]
+    (d / "config.json").write_text(json.dumps(cfg))
+    out = export_engine(pair[0], d, tmp_path / "eng", ExportOptions(max_seq_len=64, max_tree_tokens=16,
+                                                                    max_prefill_chunk=16, k_max=4))
+    assert json.loads((out / "manifest.json").read_text())["model"]["feature_layers"] == [1, 2, 3]

@@ -1,6 +1,7 @@
 """ONNX graphs (ORT CPU, fp32) vs transformers and vs the reference modules, on tiny random models.
 
-For each family (Llama, Llama-3.1 rope scaling, Qwen2 qkv bias, Qwen3 q/k norm): prefill, one-token
+For each family (Llama, Llama-3.1 rope scaling, Qwen2 qkv bias, Qwen3 q/k norm, Qwen3 with tied
+embeddings): prefill, one-token
 decode with a cache, and a 13-node tree with repeated, non-contiguous positions; max |logit diff| < 1e-4,
 and the three feature taps equal transformers' hidden_states[2], [L//2], [L-3].
 """
@@ -30,10 +31,12 @@ def depths(parents):
     return d
 
 
-@pytest.fixture(scope="module", params=["llama", "llama3.1", "qwen2", "qwen3"])
+@pytest.fixture(scope="module", params=["llama", "llama3.1", "qwen2", "qwen3", "qwen3-tied"])
 def family(request, tmp_path_factory):
     import transformers
-    model_dir, draft_dir = make_tiny_pair(tmp_path_factory.mktemp(request.param), arch=request.param, seed=1)
+    arch, tied = request.param.removesuffix("-tied"), request.param.endswith("-tied")
+    model_dir, draft_dir = make_tiny_pair(tmp_path_factory.mktemp(request.param), arch=arch, seed=1,
+                                          tie_embeddings=tied)
     hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
                                                            attn_implementation="eager").eval()
     ref = checkpoints.load_target(model_dir)
@@ -50,8 +53,10 @@ def _hf(hf, ids):
 
 
 def test_rope_and_bias_are_what_the_family_says(family):
-    arch, _, ref, *_ = family
+    arch, hf, ref, *_ = family
     c = ref.config
+    assert c.tie_word_embeddings == arch.endswith("-tied") == hf.config.tie_word_embeddings
+    arch = arch.removesuffix("-tied")
     assert c.rope.type == ("llama3" if arch == "llama3.1" else "default")
     assert c.qkv_bias == (arch == "qwen2") and c.qk_norm == (arch == "qwen3")
 
