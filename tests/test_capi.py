@@ -288,7 +288,7 @@ def test_status_codes_agree_with_header_and_bridge(lib):
 
 def test_overhead_script_runs(capi, tiny_engine):
     proc = subprocess.run([sys.executable, "-m", "runtime.capi.overhead", "--engine", str(tiny_engine),
-                           "--calls", "5", "--lib-dir", str(capi["lib"].parent), "--json"],
+                           "--calls", "4", "--blocks", "2", "--lib-dir", str(capi["lib"].parent), "--json"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
     medians = json.loads(proc.stdout)["medians"]

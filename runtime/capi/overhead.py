@@ -2,10 +2,12 @@
 
     make capi && .venv/bin/python -m runtime.capi.overhead --engine engines/demo --calls 300
 
-Times the same calls both ways, one after the other on an otherwise idle machine: a one-token
-generation (`policy=ar`, so the call is one prefill and the crossing cost is visible) and a tokenizer
-call (`encode`, almost nothing but the crossing). The C side is examples/overhead.c linked against
-libtalon_rt.so; the Python side is runtime.api.Generator in this process. Reports medians.
+Times the same calls both ways: a one-token generation (`policy=ar`, one intra-op thread, so the call
+is one prefill and the crossing cost is visible) and a tokenizer call (`encode`, almost nothing but the
+crossing). The C side is examples/overhead.c linked against libtalon_rt.so; the Python side is
+runtime.api.Generator in this process. The two sides alternate in blocks so that a busy machine
+slows both alike; reported: the median of the block medians of each side, and the median over
+blocks of the paired difference (the overhead).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-OPTIONS = {"policy": "ar"}
+OPTIONS = {"policy": "ar", "threads": 1}
 PROMPT_IDS = [1, 5, 9, 42, 17, 33, 8, 100]
 TEXT = "def fib(n):"
 WARMUP = 3
@@ -56,42 +58,45 @@ def _median_s(fn, calls: int) -> float:
     return statistics.median(times)
 
 
-def python_medians(engine: str, calls: int) -> dict[str, float]:
+def measure(engine: str, calls: int, blocks: int, lib_dir: Path, cc: str) -> dict[str, dict[str, float]]:
+    """{name: {"c_us", "python_us", "overhead_us"}}: medians over `blocks` alternating blocks."""
     from runtime.api import Generator
-    gen = Generator.open(engine, **OPTIONS)
-    try:
-        return {"generate_1_token": _median_s(lambda: gen.generate(PROMPT_IDS, max_new_tokens=1), calls),
-                "encode": _median_s(lambda: gen.encode(TEXT), calls)}
-    finally:
-        gen.close()
-
-
-def measure(engine: str, calls: int, lib_dir: Path, cc: str) -> dict[str, dict[str, float]]:
-    """{name: {"c_us", "python_us", "overhead_us"}} (medians)."""
     if not (lib_dir / "libtalon_rt.so").is_file():
         raise SystemExit(f"{lib_dir / 'libtalon_rt.so'}: not found (run `make capi` first)")
-    with tempfile.TemporaryDirectory() as tmp:
-        c = c_medians(build_host(lib_dir, Path(tmp), cc), engine, calls)
-    py = python_medians(engine, calls)
-    return {name: {"c_us": 1e6 * c[name], "python_us": 1e6 * py[name],
-                   "overhead_us": 1e6 * (c[name] - py[name])} for name in py}
+    per_block = max(1, calls // blocks)
+    c_blocks, py_blocks = [], []
+    with tempfile.TemporaryDirectory() as tmp, Generator.open(engine, **OPTIONS) as gen:
+        exe = build_host(lib_dir, Path(tmp), cc)
+        py_calls = {"generate_1_token": lambda: gen.generate(PROMPT_IDS, max_new_tokens=1),
+                    "encode": lambda: gen.encode(TEXT)}
+        for _ in range(blocks):
+            c_blocks.append(c_medians(exe, engine, per_block))
+            py_blocks.append({name: _median_s(fn, per_block) for name, fn in py_calls.items()})
+    med = statistics.median
+    return {name: {"c_us": 1e6 * med(b[name] for b in c_blocks),
+                   "python_us": 1e6 * med(b[name] for b in py_blocks),
+                   "overhead_us": 1e6 * med(c[name] - p[name] for c, p in zip(c_blocks, py_blocks))}
+            for name in py_calls}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runtime.capi.overhead", description=__doc__.splitlines()[0])
     ap.add_argument("--engine", required=True, help="engine directory")
-    ap.add_argument("--calls", type=int, default=300, help="timed calls per measurement (default 300)")
+    ap.add_argument("--calls", type=int, default=300, help="timed calls per side and measurement (default 300)")
+    ap.add_argument("--blocks", type=int, default=5, help="alternating C / Python blocks (default 5)")
     ap.add_argument("--lib-dir", type=Path, default=HERE, help="directory holding libtalon_rt.so")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args(argv)
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise SystemExit("no C compiler found (set CC)")
-    rows = measure(args.engine, args.calls, args.lib_dir.resolve(), cc)
+    rows = measure(args.engine, args.calls, args.blocks, args.lib_dir.resolve(), cc)
     if args.json:
-        print(json.dumps({"engine": args.engine, "calls": args.calls, "options": OPTIONS, "medians": rows}))
+        print(json.dumps({"engine": args.engine, "calls": args.calls, "blocks": args.blocks, "options": OPTIONS,
+                          "medians": rows}))
         return 0
-    print(f"{'call':<18} {'C API (us)':>11} {'Python (us)':>12} {'overhead (us)':>14}   median of {args.calls}")
+    print(f"{'call':<18} {'C API (us)':>11} {'Python (us)':>12} {'overhead (us)':>14}   "
+          f"{args.calls} calls a side in {args.blocks} blocks")
     for name, r in rows.items():
         print(f"{name:<18} {r['c_us']:>11.1f} {r['python_us']:>12.1f} {r['overhead_us']:>14.1f}")
     return 0

@@ -42,7 +42,10 @@
  *   with the environment: TALON_RT_PYTHON=<venv>/bin/python, TALON_RT_ROOT=<directory holding the
  *   `runtime` package>. If the host already runs an interpreter (same libpython), it is used as is
  *   and TALON_RT_ROOT (or the built-in root) is added to its sys.path when `runtime` is not
- *   importable. A failed interpreter start is final for the process (TALON_RT_E_INIT every time).
+ *   importable; such a host must not keep the GIL on a thread that is not the caller (release it
+ *   with PyEval_SaveThread after Py_Initialize, as embedding hosts usually do), or the call waits.
+ *   A failed interpreter start is final for the process (TALON_RT_E_INIT every time); a failed
+ *   import of the runtime is retried by the next talon_rt_open.
  *
  * OWNERSHIP
  *   Input strings and arrays are borrowed for the duration of the call. Strings returned through a
