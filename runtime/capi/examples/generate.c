@@ -50,6 +50,68 @@ static size_t parse_ids(const char *s, int32_t *ids, size_t cap)
     return n;
 }
 
+enum { CAP = 4096 };
+
+/* Text prompt: talon_rt_generate_text. Ids (or --stream): talon_rt_generate_ids / _stream, then
+ * talon_rt_decode. Either way the ids come from talon_rt_last_tokens and the stats from
+ * talon_rt_last_stats. Returns a status; prints the failure. */
+static int generate(talon_rt *rt, const char *prompt, int use_ids, int stream, size_t max_new)
+{
+    static int32_t ids[CAP], first[CAP];
+    int32_t *out = first;
+    size_t n_ids = 0, n_out = 0;
+    char *text = NULL;
+    const char *step = "generate";
+    int status = TALON_RT_OK;
+    if (use_ids && (n_ids = parse_ids(prompt, ids, CAP)) == 0) {
+        fprintf(stderr, "--ids: expected comma-separated token ids, got '%s'\n", prompt);
+        return TALON_RT_E_INPUT;
+    }
+    if (!use_ids && !stream) {
+        status = talon_rt_generate_text(rt, prompt, max_new, &text);
+    } else {
+        if (!use_ids && (status = talon_rt_encode(rt, prompt, ids, CAP, &n_ids)) != TALON_RT_OK) {
+            fail("encode", status, rt);
+            return status;
+        }
+        if (stream)
+            status = talon_rt_generate_stream(rt, ids, n_ids, max_new, print_round, NULL, &n_out);
+        else
+            status = talon_rt_generate_ids(rt, ids, n_ids, max_new, out, CAP, &n_out);
+    }
+    if (status == TALON_RT_OK || status == TALON_RT_E_BUFFER) {
+        /* the whole result, however long, without generating again */
+        step = "last_tokens";
+        status = talon_rt_last_tokens(rt, first, CAP, &n_out);
+        if (status == TALON_RT_E_BUFFER) { /* *n_out = the size needed */
+            out = malloc(n_out * sizeof *out);
+            status = out ? talon_rt_last_tokens(rt, out, n_out, &n_out) : TALON_RT_E_NOMEM;
+        }
+    }
+    if (status == TALON_RT_OK && !text && (status = talon_rt_decode(rt, out, n_out, &text)) != TALON_RT_OK)
+        step = "decode";
+    talon_rt_stats st;
+    if (status == TALON_RT_OK && (status = talon_rt_last_stats(rt, &st)) != TALON_RT_OK)
+        step = "stats";
+    if (status == TALON_RT_OK) {
+        printf("tokens:");
+        for (size_t k = 0; k < n_out; k++)
+            printf(" %d", (int)out[k]);
+        printf("\ntext: %s\n", text);
+        printf("stats: n_tokens=%zu stop_reason=%d tau=%.3f delta=%.3f tokens_per_s=%.1f rounds=%llu "
+               "draft_calls=%llu target_calls=%llu host_share=%.3f call_s=%.6f\n",
+               st.n_tokens, st.stop_reason, st.tau, st.delta, st.tokens_per_s,
+               (unsigned long long)st.rounds, (unsigned long long)st.draft_calls,
+               (unsigned long long)st.target_calls, st.host_share, st.call_s);
+    } else {
+        fail(step, status, rt);
+    }
+    talon_rt_free(text);
+    if (out && out != first)
+        free(out);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     int use_ids = 0, stream = 0;
@@ -77,61 +139,9 @@ int main(int argc, char **argv)
     int status = talon_rt_open(engine, options, &rt);
     if (status != TALON_RT_OK)
         return fail("open", status, NULL);
-
-    enum { CAP = 4096 };
-    static int32_t ids[CAP];
-    size_t n_ids = 0;
-    if (use_ids) {
-        n_ids = parse_ids(prompt, ids, CAP);
-        if (n_ids == 0) {
-            fprintf(stderr, "--ids: expected comma-separated token ids, got '%s'\n", prompt);
-            talon_rt_close(rt);
-            return 2;
-        }
-    } else if ((status = talon_rt_encode(rt, prompt, ids, CAP, &n_ids)) != TALON_RT_OK) {
-        fail("encode", status, rt);
-        talon_rt_close(rt);
-        return 1;
-    }
-
-    static int32_t first[CAP];
-    int32_t *out = first;
-    size_t n_out = 0;
-    if (stream)
-        status = talon_rt_generate_stream(rt, ids, n_ids, max_new, print_round, NULL, &n_out);
-    else
-        status = talon_rt_generate_ids(rt, ids, n_ids, max_new, out, CAP, &n_out);
-    if (status == TALON_RT_E_BUFFER || (status == TALON_RT_OK && stream)) {
-        /* *n_out is the size needed: fetch the whole result without generating again */
-        out = n_out > CAP ? malloc(n_out * sizeof *out) : first;
-        status = out ? talon_rt_last_tokens(rt, out, n_out, &n_out) : TALON_RT_E_NOMEM;
-    }
-    if (status != TALON_RT_OK) {
-        fail("generate", status, rt);
-        talon_rt_close(rt);
-        return 1;
-    }
-
-    char *text = NULL;
-    talon_rt_stats st;
-    if ((status = talon_rt_decode(rt, out, n_out, &text)) != TALON_RT_OK ||
-        (status = talon_rt_last_stats(rt, &st)) != TALON_RT_OK) {
-        fail("decode / stats", status, rt);
-        talon_rt_close(rt);
-        return 1;
-    }
-    printf("tokens:");
-    for (size_t k = 0; k < n_out; k++)
-        printf(" %d", (int)out[k]);
-    printf("\ntext: %s\n", text);
-    printf("stats: n_tokens=%zu stop_reason=%d tau=%.3f delta=%.3f tokens_per_s=%.1f rounds=%llu "
-           "draft_calls=%llu target_calls=%llu host_share=%.3f call_s=%.6f\n",
-           st.n_tokens, st.stop_reason, st.tau, st.delta, st.tokens_per_s,
-           (unsigned long long)st.rounds, (unsigned long long)st.draft_calls,
-           (unsigned long long)st.target_calls, st.host_share, st.call_s);
-    talon_rt_free(text);
-    if (out != first)
-        free(out);
-    status = talon_rt_close(rt);
-    return status == TALON_RT_OK ? 0 : fail("close", status, NULL);
+    status = generate(rt, prompt, use_ids, stream, max_new);
+    int close_status = talon_rt_close(rt);
+    if (status == TALON_RT_OK && close_status != TALON_RT_OK)
+        return fail("close", close_status, NULL);
+    return status == TALON_RT_OK ? 0 : 1;
 }
