@@ -2,18 +2,16 @@
  * test_capi_host.c — C host driven by tests/test_capi.py: error paths, two handles, threads, timing.
  *
  *   test_capi_host errors ENGINE                  every error path; one "case ..." line each, then "alive"
- *   test_capi_host two ENGINE_A ENGINE_B IDS MAX  both handles open at once, calls interleaved
- *   test_capi_host thread ENGINE IDS MAX          open here, generate on another thread
- *   test_capi_host bench ENGINE IDS N             N one-token generations; per-call seconds
+ *   test_capi_host two ENGINE_A ENGINE_B IDS MAX  both handles open at once: calls interleaved,
+ *                                                 then both generating at the same time
+ *   test_capi_host thread ENGINE IDS MAX          a handle moving between threads; two at once
  *
  * IDS is a comma-separated prompt. Output lines are "key=value" fields a test can parse.
  */
-#define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "talon_rt.h"
 
@@ -39,12 +37,14 @@ static size_t parse_ids(const char *s, int32_t *ids)
     return n;
 }
 
+/* One printf per line: lines from concurrent threads never mix. */
 static void print_tokens(const char *label, const int32_t *t, size_t n)
 {
-    printf("%s:", label);
-    for (size_t i = 0; i < n; i++)
-        printf(" %d", (int)t[i]);
-    printf("\n");
+    char line[CAP * 12 + 64];
+    int k = snprintf(line, sizeof line, "%s:", label);
+    for (size_t i = 0; i < n && k < (int)sizeof line - 12; i++)
+        k += snprintf(line + k, sizeof line - (size_t)k, " %d", (int)t[i]);
+    printf("%s\n", line);
     fflush(stdout);
 }
 
@@ -181,6 +181,41 @@ static int generate_print(talon_rt *rt, const char *label, const int32_t *ids, s
     return 0;
 }
 
+struct job {
+    const char *engine; /* open it in the thread first (NULL: use rt) */
+    talon_rt *rt;
+    const char *label;
+    const int32_t *ids;
+    size_t n, max_new;
+    int status;
+};
+
+static void *job_main(void *arg)
+{
+    struct job *j = arg;
+    j->status = j->engine ? talon_rt_open(j->engine, NULL, &j->rt) : TALON_RT_OK;
+    if (j->status != TALON_RT_OK)
+        fprintf(stderr, "open: %s\n", talon_rt_last_error(NULL));
+    else
+        j->status = generate_print(j->rt, j->label, j->ids, j->n, j->max_new);
+    return NULL;
+}
+
+/* Run the jobs at the same time, one thread each. */
+static int run_concurrently(struct job *jobs, int n_jobs)
+{
+    pthread_t t[4];
+    int bad = 0;
+    for (int i = 0; i < n_jobs; i++)
+        if (pthread_create(&t[i], NULL, job_main, &jobs[i]) != 0)
+            return 1;
+    for (int i = 0; i < n_jobs; i++) {
+        pthread_join(t[i], NULL);
+        bad |= jobs[i].status;
+    }
+    return bad;
+}
+
 static int run_two(const char *a, const char *b, const char *ids_s, size_t max_new)
 {
     int32_t ids[CAP];
@@ -192,81 +227,31 @@ static int run_two(const char *a, const char *b, const char *ids_s, size_t max_n
     }
     int bad = generate_print(ra, "a1", ids, n, max_new) | generate_print(rb, "b1", ids, n, max_new) |
               generate_print(ra, "a2", ids, n, max_new) | generate_print(rb, "b2", ids, n, max_new);
+    struct job both[2] = {{NULL, ra, "a3", ids, n, max_new, 1}, {NULL, rb, "b3", ids, n, max_new, 1}};
+    bad |= run_concurrently(both, 2);
     return bad | talon_rt_close(ra) | talon_rt_close(rb);
 }
 
-struct job {
-    talon_rt *rt;
-    const int32_t *ids;
-    size_t n, max_new;
-    int status;
-};
-
-static void *thread_main(void *arg)
-{
-    struct job *j = arg;
-    j->status = generate_print(j->rt, "thread", j->ids, j->n, j->max_new);
-    return NULL;
-}
-
+/* The interpreter starts on a thread that then exits; the handle moves between threads; two
+ * handles generate at the same time. */
 static int run_thread(const char *engine, const char *ids_s, size_t max_new)
 {
     int32_t ids[CAP];
     size_t n = parse_ids(ids_s, ids);
-    talon_rt *rt = NULL;
-    if (talon_rt_open(engine, NULL, &rt)) {
-        fprintf(stderr, "open: %s\n", talon_rt_last_error(NULL));
+    struct job first = {engine, NULL, "t1", ids, n, max_new, 1};
+    if (run_concurrently(&first, 1) != 0)
         return 1;
-    }
+    talon_rt *rt = first.rt, *rt2 = NULL;
     int bad = generate_print(rt, "main", ids, n, max_new);
-    struct job j = {rt, ids, n, max_new, 1};
-    pthread_t t;
-    if (pthread_create(&t, NULL, thread_main, &j) != 0)
-        return 1;
-    pthread_join(t, NULL);
-    return bad | j.status | talon_rt_close(rt);
-}
-
-/* ---- bench ------------------------------------------------------------------------------------- */
-
-static int cmp_double(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int run_bench(const char *engine, const char *ids_s, int calls)
-{
-    int32_t ids[CAP], out[CAP];
-    size_t n = parse_ids(ids_s, ids), n_out = 0;
-    talon_rt *rt = NULL;
-    if (talon_rt_open(engine, "{\"policy\": \"ar\"}", &rt)) {
+    struct job later = {NULL, rt, "t2", ids, n, max_new, 1};
+    bad |= run_concurrently(&later, 1);
+    if (talon_rt_open(engine, NULL, &rt2) != TALON_RT_OK) {
         fprintf(stderr, "open: %s\n", talon_rt_last_error(NULL));
         return 1;
     }
-    double *t = malloc((size_t)calls * sizeof *t);
-    for (int i = -3; i < calls; i++) { /* 3 warm-up calls */
-        double t0 = now_s();
-        int s = talon_rt_generate_ids(rt, ids, n, 1, out, CAP, &n_out);
-        double dt = now_s() - t0;
-        if (s != TALON_RT_OK) {
-            fprintf(stderr, "generate: %s\n", talon_rt_last_error(rt));
-            return 1;
-        }
-        if (i >= 0)
-            t[i] = dt;
-    }
-    qsort(t, (size_t)calls, sizeof *t, cmp_double);
-    printf("bench calls=%d median_s=%.9f min_s=%.9f\n", calls, t[calls / 2], t[0]);
-    free(t);
-    return talon_rt_close(rt);
+    struct job both[2] = {{NULL, rt, "c1", ids, n, max_new, 1}, {NULL, rt2, "c2", ids, n, max_new, 1}};
+    bad |= run_concurrently(both, 2);
+    return bad | talon_rt_close(rt) | talon_rt_close(rt2);
 }
 
 int main(int argc, char **argv)
@@ -277,9 +262,6 @@ int main(int argc, char **argv)
         return run_two(argv[2], argv[3], argv[4], (size_t)atoi(argv[5]));
     if (argc == 5 && strcmp(argv[1], "thread") == 0)
         return run_thread(argv[2], argv[3], (size_t)atoi(argv[4]));
-    if (argc == 5 && strcmp(argv[1], "bench") == 0)
-        return run_bench(argv[2], argv[3], atoi(argv[4]));
-    fprintf(stderr, "usage: %s errors ENGINE | two A B IDS MAX | thread ENGINE IDS MAX | "
-                    "bench ENGINE IDS N\n", argv[0]);
+    fprintf(stderr, "usage: %s errors ENGINE | two A B IDS MAX | thread ENGINE IDS MAX\n", argv[0]);
     return 2;
 }
