@@ -16,7 +16,8 @@
  *   talon_rt_open creates a handle; talon_rt_close releases its engine. Every handle the library
  *   has ever returned is remembered in a registry, and a function only dereferences a pointer found
  *   there. A closed handle's small struct (under 200 bytes) is kept, marked closed, for the life of
- *   the process, so its address is never reused for a new handle. Hence:
+ *   the process, so its address is never reused for a new handle (the registry is meant for hosts
+ *   that open a few engines, not millions). Hence:
  *     - NULL, a pointer never returned by talon_rt_open, or a closed handle passed to any function
  *       gives TALON_RT_E_HANDLE (nothing is dereferenced);
  *     - talon_rt_close on a closed handle (double close) gives TALON_RT_E_HANDLE and does nothing;
@@ -40,10 +41,10 @@
  *   sys.path) and the repository root on sys.path; Python's signal handlers are not installed and
  *   the interpreter is never finalised (it lives until the process exits). Override at run time
  *   with the environment: TALON_RT_PYTHON=<venv>/bin/python, TALON_RT_ROOT=<directory holding the
- *   `runtime` package>. If the host already runs an interpreter (same libpython), it is used as is
- *   and TALON_RT_ROOT (or the built-in root) is added to its sys.path when `runtime` is not
- *   importable; such a host must not keep the GIL on a thread that is not the caller (release it
- *   with PyEval_SaveThread after Py_Initialize, as embedding hosts usually do), or the call waits.
+ *   `runtime` package>. If the host already runs an interpreter (same libpython), it is used as is,
+ *   TALON_RT_ROOT (or the built-in root) being appended to its sys.path if missing; such a host must
+ *   not keep the GIL on a thread other than the caller's (release it with PyEval_SaveThread after
+ *   Py_Initialize, as embedding hosts usually do), or the call waits for it.
  *   A failed interpreter start is final for the process (TALON_RT_E_INIT every time); a failed
  *   import of the runtime is retried by the next talon_rt_open.
  *
@@ -55,9 +56,10 @@
  *   talon_rt_last_error(NULL)); copy it if you need it longer.
  *
  * TOKENS
- *   Token ids are int32_t. A `size_t *n_out` is set to 0 by any failure except TALON_RT_E_BUFFER. max_new_tokens == 0 means "the handle's default" (the options_json
- *   `max_new_tokens`, else the engine manifest's default). Generated tokens exclude the prompt and
- *   include the EOS token when one was generated.
+ *   Token ids are int32_t. A `size_t *n_out` is set to 0 by any failure except TALON_RT_E_BUFFER.
+ *   max_new_tokens == 0 means "the handle's default" (the options_json `max_new_tokens`, else the
+ *   engine manifest's default). Generated tokens exclude the prompt and include the EOS token when
+ *   one was generated.
  */
 #ifndef TALON_RT_H
 #define TALON_RT_H
