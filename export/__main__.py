@@ -23,6 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-prefill-chunk", type=int, default=_D.max_prefill_chunk)
     p.add_argument("--k-max", type=int, default=_D.k_max)
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--check", action="store_true",
+                   help="run the graphs once through ONNX Runtime against the PyTorch reference before finishing")
     return p.parse_args(argv)
 
 
@@ -38,6 +40,7 @@ def main(argv=None) -> int:
         opts = ExportOptions(dtype=args.dtype, max_seq_len=args.max_seq_len, max_tree_tokens=args.max_tree_tokens,
                              max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max)
         export_engine(args.model, args.draft, args.out, opts, name=args.name, force=args.force,
+                      check=args.check,
                       log=lambda msg: console.print(f"[green]✓[/] {escape(msg)}"))
     except ExportError as e:
         console.print(f"[red]export failed:[/] {escape(str(e))}")

@@ -101,8 +101,12 @@ def special_tokens(model_dir: Path, tokenizer_file: Path, vocab_size: int) -> di
 
 def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | Path,
                   opts: ExportOptions = ExportOptions(), name: str | None = None, force: bool = False,
-                  log: Callable[[str], None] = lambda msg: None) -> Path:
-    """Build the engine directory `out_dir`; returns its path. `log` receives one line per stage."""
+                  check: bool = False, log: Callable[[str], None] = lambda msg: None) -> Path:
+    """Build the engine directory `out_dir`; returns its path. `log` receives one line per stage.
+
+    check: run the graphs once through ORT against the reference modules (export.check) before the
+    directory is moved into place; a failure leaves nothing behind.
+    """
     opts.check()
     model_dir, draft_dir, out_dir = Path(model_dir), Path(draft_dir), Path(out_dir)
     for label, d in (("--model", model_dir), ("--draft", draft_dir)):
@@ -153,6 +157,13 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             verify_engine_dir(tmp)
             stage("wrote tokenizer.json, manifest.json (sha256 of every file)", t0)
+            if check:
+                from export.check import check_engine
+                t0 = time.perf_counter()
+                r = check_engine(tmp, target, head)
+                stage(f"checked against the reference: target max |diff| {r['target_max_abs_diff']:.1e} "
+                      f"(top-1 {r['target_top1']:.0%}), draft max |diff| {r['draft_max_abs_diff']:.1e} "
+                      f"(top-1 {r['draft_top1']:.0%})", t0)
             _replace_dir(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

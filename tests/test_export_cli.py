@@ -24,10 +24,10 @@ def test_cli_round_trip(tiny_pair, tmp_path):
     model_dir, draft_dir = tiny_pair
     out = tmp_path / "engines" / "cli"
     r = _export("--model", model_dir, "--draft", draft_dir, "--out", out, "--name", "cli-tiny",
-                "--max-seq-len", 128, "--max-tree-tokens", 32, "--max-prefill-chunk", 64, "--k-max", 8)
+                "--max-seq-len", 128, "--max-tree-tokens", 32, "--max-prefill-chunk", 64, "--k-max", 8, "--check")
     assert r.returncode == 0, r.stderr
     for stage in ("loaded target", "loaded EAGLE-3 head", "target.onnx", "draft_fc.onnx", "draft.onnx",
-                  "manifest.json", "engine directory ready"):
+                  "manifest.json", "checked against the reference", "engine directory ready"):
         assert stage in r.stderr
     m = verify_engine_dir(out)
     assert m["name"] == "cli-tiny" and m["draft"]["k_max"] == 8
