@@ -150,7 +150,7 @@ class OrtBackend(Backend):
         # small host inputs, shared by the target and the draft (they never run at once)
         self.ids = np.zeros(qm, np.int64)
         self.pos = np.zeros(qm, np.int64)
-        self.mask = np.zeros(qm * qm, np.bool_)
+        self.mask = np.zeros(qm * S, np.bool_)     # [q, T] with T <= S (draft scratch + new rows)
         self.past = np.zeros(1, np.int64)
         L, kvh, hd, V, F, H = md.num_layers, md.num_kv_heads, md.head_dim, md.vocab_size, m.feature_size, md.hidden_size
         kvd, hdd, k = dd.num_kv_heads, dd.head_dim, dd.k_max
