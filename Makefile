@@ -53,6 +53,7 @@ bench-peers: install  ## onnxruntime-genai and transformers beside talon-rt, sam
 
 capi: install  ## build runtime/capi/libtalon_rt.so (the C API; CAPI_OUT=<dir> builds it elsewhere)
 	@cfg=$$($(PYTHON) -c 'import sys; print("%s/bin/python%d.%d-config" % (sys.base_prefix, *sys.version_info[:2]))') && \
+	{ test -x "$$cfg" || { echo "make capi: $$cfg not found (the venv's base Python needs its development files)" >&2; exit 1; }; } && \
 	out="$(or $(CAPI_OUT),runtime/capi)" && mkdir -p "$$out" && \
 	echo "$(CC) ... runtime/capi/talon_rt.c -> $$out/libtalon_rt.so (embedding $(abspath $(PYTHON)))" && \
 	$(CC) -std=c99 -O2 -g -Wall -Wextra -fPIC -shared $$($$cfg --includes) \
