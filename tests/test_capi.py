@@ -87,15 +87,19 @@ def talon_rt_cli(*args) -> dict:
 
 # ---- generation through the example host --------------------------------------------------------
 
-def test_example_host_ids_match_cli(capi, tiny_engine):
-    c = parse_generate(run([capi["generate"], "--ids", "--options", json.dumps(OPTIONS), tiny_engine, PROMPT,
+@pytest.mark.parametrize("options", [OPTIONS, {"policy": "chain", "chain_depth": 3},
+                                     {"policy": "eagle3", "temperature": 0.9, "top_p": 0.9, "seed": 7}],
+                         ids=["talon-greedy", "chain-greedy", "eagle3-sampled"])
+def test_example_host_ids_match_cli(capi, tiny_engine, options):
+    c = parse_generate(run([capi["generate"], "--ids", "--options", json.dumps(options), tiny_engine, PROMPT,
                             24]).stdout)
-    cli = talon_rt_cli("run", "--engine", tiny_engine, "--prompt-ids", PROMPT, "--policy", "talon",
-                       "--budget", 8, "--max-new-tokens", 24)
+    flags = [x for k, v in options.items() for x in (f"--{k.replace('_', '-')}", v)]
+    cli = talon_rt_cli("run", "--engine", tiny_engine, "--prompt-ids", PROMPT, *flags, "--max-new-tokens", 24)
     assert c["tokens"] == cli["tokens"]
     assert len(c["tokens"]) == c["stats"]["n_tokens"]
     assert c["stats"]["rounds"] == cli["stats"]["rounds"]
-    assert c["stats"]["tau"] == pytest.approx(cli["stats"]["tau"])
+    assert c["stats"]["tau"] == pytest.approx(cli["stats"]["tau"], abs=1e-3)
+    assert c["stats"]["delta"] == pytest.approx(cli["stats"]["delta"], abs=1e-3)
 
 
 def test_example_host_text_matches_cli(capi, tiny_engine):
