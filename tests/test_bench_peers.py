@@ -1,11 +1,16 @@
 """Peers: the unavailable paths (fast) and every configuration on the tiny target (slow)."""
 
+import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from runtime.bench.peers import PEERS, PeerPrompt, PeerSpec, run_peers, run_worker
 
+ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [PeerPrompt("rand", "a", [5, 9, 17, 33, 65, 129, 7, 11]), PeerPrompt("rand", "b", [3, 4, 5, 6, 3, 4, 5, 6])]
 
 
@@ -38,16 +43,25 @@ def _draft_lm(target, out):
 
 
 @pytest.mark.slow
-def test_every_peer_runs_on_the_tiny_target(tiny_pair, tmp_path):
+def test_every_peer_runs_beside_talon_rt(tiny_pair, tiny_engine, tmp_path):
+    """`talon-rt bench --peers` on the tiny pair: every configuration runs, and greedy peers give
+    talon-rt's own ar output token for token (same weights, same prompt ids, all modes greedy)."""
     pytest.importorskip("onnxruntime_genai")
     pytest.importorskip("onnx_ir")
     target = tiny_pair[0]
     draft = _draft_lm(target, tmp_path / "draft-lm")
-    rows = run_peers(PROMPTS, hf_model=str(target), draft_lm=str(draft), max_new_tokens=16, threads=2,
-                     cache_dir=tmp_path / "cache", timeout_s=600)
-    assert [r["peer"] for r in rows] == [p.label for p in PEERS]
-    for r in rows:
-        assert r["status"] == "ok", r
-        assert r["tokens_per_s"] > 0 and r["prompts"] == 2 and r["new_tokens"] > 0
-    greedy = rows[0]
-    assert greedy["tau"] == pytest.approx(1.0)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "runtime.bench", "--engine", str(tiny_engine), "--dataset",
+                           "humaneval", "--limit", "2", "--policies", "ar,talon", "--budgets", "8",
+                           "--max-new-tokens", "16", "--peers", "--hf-model", str(target), "--draft-lm", str(draft),
+                           "--peers-cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    peers = json.loads((out / "results.json").read_text())["peers"]
+    assert [p["peer"] for p in peers] == [p.label for p in PEERS]
+    for p in peers:
+        assert p["status"] == "ok", p
+        assert p["tokens_per_s"] > 0 and p["prompts"] == 2 and p["talon_rt_ar_over_peer"] > 0
+        assert p["same_output_as_ar"] == "2/2", p  # every mode here is lossless greedy
+    assert peers[0]["tau"] == pytest.approx(1.0)
+    assert "same output as ar" in (out / "results.md").read_text()

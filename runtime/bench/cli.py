@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         extra["defaults_written"] = str(sweep.write_default_budget(args.engine, best["budget"]))
     peers_rows: list[dict] = []
     if args.peers:
-        peers_rows = _run_peers(args, plan, rows)
+        peers_rows = _run_peers(args, plan, rows, runs)
     settings = {"datasets": args.dataset, "prompts_per_dataset": args.limit or "all", "warmup": plan.warmup,
                 "max_new_tokens": args.max_new_tokens, "threads": args.threads, "policies": policies,
                 "budgets": budgets, "mus": mus, "temperatures": args.temperature, "seed": args.seed,
@@ -179,17 +179,24 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict]) -> list[dict]:
+def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list[Any]) -> list[dict]:
     from runtime.bench.peers import PeerPrompt, default_cache_dir, run_peers
+    from runtime.bench.report import output_digest
     prompts = [PeerPrompt(p.dataset, p.id, ids) for p, ids in zip(plan.prompts, plan.prompt_ids)]
     cache = Path(args.peers_cache) if args.peers_cache else default_cache_dir()
     say = None if args.no_progress else (lambda label: print(f"peer: {label}", file=sys.stderr, flush=True))
     peers = run_peers(prompts, hf_model=args.hf_model, draft_lm=args.draft_lm, max_new_tokens=args.max_new_tokens,
                       threads=args.threads, warmup=plan.warmup, cache_dir=cache, progress=say)
     ar = {r["dataset"]: r["tokens_per_s"] for r in rows if r["policy"] == "ar" and r["temperature"] == 0}
+    ar_out = {(r.dataset, r.prompt_id): r.tokens for r in runs if r.config.policy == "ar" and r.config.temperature == 0}
     for p in peers:
         base = ar.get(p["dataset"])
         p["talon_rt_ar_over_peer"] = base / p["tokens_per_s"] if base and p["tokens_per_s"] else None
+        same = [tuple(r["tokens"]) == ar_out[(r["dataset"], r["id"])] for r in p.get("runs", ())
+                if (r["dataset"], r["id"]) in ar_out]
+        p["same_output_as_ar"] = f"{sum(same)}/{len(same)}" if same else None
+        for r in p.get("runs", ()):
+            r["output_digest"] = output_digest(r.pop("tokens"))
     return peers
 
 

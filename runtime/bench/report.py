@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -70,8 +71,15 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+def output_digest(tokens: Sequence[int]) -> str:
+    """A short fingerprint of an output (token ids), for comparing outputs in results.json."""
+    return hashlib.sha256(",".join(map(str, tokens)).encode()).hexdigest()[:16]
+
+
 def prompt_run_json(r: PromptRun) -> dict[str, Any]:
     d = _jsonable(r)
+    d.pop("tokens")
+    d["output_digest"] = output_digest(r.tokens)
     d["tokens_per_s"] = r.tokens_per_s
     d["shapes"] = [[s.depth, s.width, s.size] for s in r.shapes]  # compact: [depth, width, size]
     return d
@@ -155,8 +163,9 @@ def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
             key = (r["dataset"], "ar" if r["policy"] == "ar" else "best")
             if key[1] == "ar" or r["tokens_per_s"] > ours.get(key, {}).get("tokens_per_s", 0):
                 ours[key] = r
-    out = ["| dataset | peer configuration | tok/s (median) | τ | talon-rt best / peer | talon-rt ar / peer | status |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["| dataset | peer configuration | tok/s (median) | τ | talon-rt best / peer | talon-rt ar / peer | "
+           "same output as ar | status |",
+           "|---|---|---|---|---|---|---|---|"]
     for p in peers:
         best, ar = ours.get((p["dataset"], "best")), ours.get((p["dataset"], "ar"))
         tps = p.get("tokens_per_s")
@@ -164,7 +173,8 @@ def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
         ra = ar["tokens_per_s"] / tps if ar and tps else None
         tag = f" ({_policy_label(best)})" if best and rb is not None else ""
         out.append(f"| {p['dataset']} | {p['peer']} | {_f(tps, '{:.1f}')} | {_f(p.get('tau'))} | "
-                   f"{_f(rb, '{:.2f}x')}{tag} | {_f(ra, '{:.2f}x')} | {p['status']} |")
+                   f"{_f(rb, '{:.2f}x')}{tag} | {_f(ra, '{:.2f}x')} | {p.get('same_output_as_ar') or '–'} | "
+                   f"{p['status']} |")
     return out
 
 

@@ -80,6 +80,7 @@ class PromptRun:
     runtime_tokens_per_s: float
     shapes: tuple[RoundShape, ...] = ()
     pool_truncated: int = 0
+    tokens: tuple[int, ...] = field(default=(), repr=False)  # the output, to compare across policies/peers
 
     @property
     def tokens_per_s(self) -> float:
@@ -108,7 +109,7 @@ def record_run(prompt: Prompt, config: BenchConfig, prompt_ids: Sequence[int], r
         target_calls=int(stats.target_calls), draft_calls=int(stats.draft_calls),
         engine_s=float(stats.engine_s), host_s=float(stats.host_s),
         runtime_tokens_per_s=float(stats.tokens_per_s), shapes=shapes,
-        pool_truncated=sum(int(r.pool_truncated) for r in stats.per_round),
+        pool_truncated=sum(int(r.pool_truncated) for r in stats.per_round), tokens=tuple(result.tokens),
     )
 
 

@@ -10,7 +10,7 @@ from runtime.bench.peers import PeerUnavailable
 PROMPT_LOOKUP_TOKENS = 10  # transformers' documented example value
 
 
-def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[int, int | None]], dict[str, Any]]:
+def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[list[int], int | None]], dict[str, Any]]:
     try:
         import torch
         import transformers
@@ -34,13 +34,13 @@ def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[int, int | No
     cfg = model.generation_config
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
 
-    def generate(ids: list[int], max_new_tokens: int) -> tuple[int, int | None]:
+    def generate(ids: list[int], max_new_tokens: int) -> tuple[list[int], int | None]:
         x = torch.tensor([ids], dtype=torch.long)
         with torch.inference_mode():
             out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=pad, **extra)
-        new = int(out.shape[1]) - len(ids)
-        return new, new if job["mode"] == "greedy" else None
+        new = [int(t) for t in out[0, len(ids):]]
+        return new, len(new) if job["mode"] == "greedy" else None
 
     detail = {"transformers": transformers.__version__, "torch": torch.__version__,
               "threads": torch.get_num_threads()}

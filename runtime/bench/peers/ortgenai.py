@@ -94,7 +94,7 @@ def speculative_dir(target: Path, draft: Path, cache: Path) -> Path:
     return root
 
 
-def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[int, int | None]], dict[str, Any]]:
+def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[list[int], int | None]], dict[str, Any]]:
     try:
         import numpy as np
         import onnxruntime_genai as og
@@ -116,7 +116,7 @@ def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[int, int | No
     _with_threads(target, job["threads"])
     model = og.Model(str(_with_threads(model_dir, job["threads"])))
 
-    def generate(ids: list[int], max_new_tokens: int) -> tuple[int, int | None]:
+    def generate(ids: list[int], max_new_tokens: int) -> tuple[list[int], int | None]:
         params = og.GeneratorParams(model)
         params.set_search_options(do_sample=False, max_length=len(ids) + max_new_tokens)
         if spec_opts:
@@ -125,8 +125,8 @@ def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[int, int | No
         gen.append_tokens(np.asarray([ids], dtype=np.int32))
         while not gen.is_done():
             gen.generate_next_token()
-        new = int(gen.token_count()) - len(ids)
-        calls = int(gen.get_speculative_stats()["target_forward_passes"]) if spec_opts else new
+        new = [int(t) for t in gen.get_sequence(0)[len(ids):]]
+        calls = int(gen.get_speculative_stats()["target_forward_passes"]) if spec_opts else len(new)
         return new, calls
 
     detail = {"onnxruntime-genai": og.__version__, "model_dir": str(model_dir),

@@ -3,7 +3,7 @@
     python -m runtime.bench.peers.worker JOB.json OUT.json
 
 A family module (`ortgenai`, `hf`) exposes `open_peer(job) -> generate(ids, max_new_tokens)`,
-which returns (new tokens, target calls or None). Timing is the wall clock of one generate call,
+which returns (generated ids, target calls or None). Timing is the wall clock of one generate call,
 prefill included, as for talon-rt.
 """
 
@@ -33,9 +33,10 @@ def run_job(job: dict) -> dict:
         runs = []
         for p in prompts:
             t0 = time.perf_counter()
-            new, calls = generate(p["ids"], job["max_new_tokens"])
-            runs.append({"dataset": p["dataset"], "id": p["id"], "new_tokens": int(new),
-                         "wall_s": time.perf_counter() - t0, "target_calls": calls})
+            tokens, calls = generate(p["ids"], job["max_new_tokens"])
+            runs.append({"dataset": p["dataset"], "id": p["id"], "new_tokens": len(tokens),
+                         "wall_s": time.perf_counter() - t0, "target_calls": calls,
+                         "tokens": [int(t) for t in tokens]})
     except Exception as e:  # reported as the peer's status: a row with a reason, never a hole
         return {"status": f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
     return {"status": "ok", "runs": runs, "detail": detail}
