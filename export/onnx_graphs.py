@@ -90,7 +90,8 @@ class _Graph:
     def rmsnorm(self, x: str, norm, prefix: str) -> str:
         """RMSNorm over the last axis; statistics in fp32."""
         xf = self.op("Cast", x, to=TensorProto.FLOAT) if self.half else x
-        ms = self.op("ReduceMean", self.op("Mul", xf, xf), axes=[-1], keepdims=1)
+        # Pow/ReduceMean/Add/Sqrt/Div/Mul: the pattern ORT fuses into one SimplifiedLayerNormalization
+        ms = self.op("ReduceMean", self.op("Pow", xf, self.const(2.0, np.float32)), axes=[-1], keepdims=1)
         rms = self.op("Sqrt", self.op("Add", ms, self.const(norm.eps, np.float32)))
         y = self.op("Div", xf, rms)
         if self.half:
