@@ -39,7 +39,7 @@ engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs
 	$(PYTHON) -m export.trt "$(ENGINES)/$(NAME)"
 
 BENCH_OUT ?= bench/results
-BENCH_ARGS ?= --dataset humaneval,mtbench,gsm8k --limit 8 --temperature 0,1 --max-new-tokens 96
+BENCH_ARGS ?= --dataset humaneval,mtbench,gsm8k --limit 10 --temperature 0,1 --max-new-tokens 128
 
 bench: install  ## benchmark ar/chain/eagle3/talon on the demo engine (reduced prompt count) into bench/results/
 	@test -f $(ENGINES)/$(NAME)/manifest.json || $(MAKE) demo

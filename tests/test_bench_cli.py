@@ -1,6 +1,7 @@
 """`talon-rt bench` end to end on the tiny engine: outputs, sweep + write-defaults, errors."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "runtime.bench", *map(str, args), "--no-progress"],
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "bench", *map(str, args), "--no-progress"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -56,6 +57,7 @@ def test_sweep_writes_default_budget(tiny_engine, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "alpaca"], "unknown dataset 'alpaca'"),
+    (["--budgets", "8,x"], "expected comma-separated int values"),
     (["--policies", "ar,beam"], r"--policies: unknown \['beam'\]"),
     (["--budgets", "500"], r"--budgets: \[500\] outside \[1, limits.max_tree_tokens=64\]"),
     (["--max-new-tokens", "400"], "--max-new-tokens 400 leaves no room for a prompt"),
@@ -64,7 +66,7 @@ def test_sweep_writes_default_budget(tiny_engine, tmp_path):
 def test_bench_errors(tiny_engine, tmp_path, args, message):
     proc = _bench("--engine", tiny_engine, "--limit", 1, "--out", tmp_path, *args, check=False)
     assert proc.returncode == 2
-    assert "talon-rt bench:" in proc.stderr and __import__("re").search(message, proc.stderr), proc.stderr
+    assert proc.stderr.startswith("talon-rt bench: error:") and re.search(message, proc.stderr), proc.stderr
     assert "Traceback" not in proc.stderr
 
 

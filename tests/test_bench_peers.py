@@ -51,7 +51,7 @@ def test_every_peer_runs_beside_talon_rt(tiny_pair, tiny_engine, tmp_path):
     target = tiny_pair[0]
     draft = _draft_lm(target, tmp_path / "draft-lm")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "runtime.bench", "--engine", str(tiny_engine), "--dataset",
+    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "bench", "--engine", str(tiny_engine), "--dataset",
                            "humaneval", "--limit", "2", "--policies", "ar,talon", "--budgets", "8",
                            "--max-new-tokens", "16", "--peers", "--hf-model", str(target), "--draft-lm", str(draft),
                            "--peers-cache", str(tmp_path / "cache"), "--out", str(out), "--no-progress"],

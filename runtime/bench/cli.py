@@ -1,7 +1,7 @@
 """`talon-rt bench`: the comparison table, the budget sweep, the peers and the synthetic microbench.
 
-Registered by runtime/cli.py through `add_parser(subparsers)`; also runs alone as
-`python -m runtime.bench ...`.
+Registered by runtime/cli.py through `add_parser(subparsers)`; `python -m runtime.bench ...` is the
+same command.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from runtime.errors import OptionError, TalonError
+from runtime.errors import OptionError
 
 DEFAULT_BUDGETS = (8, 16, 32, 60)
 SWEEP_BUDGETS = (4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 60)
@@ -108,13 +108,10 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The subcommand; a TalonError propagates to runtime.cli, which prints it in one line."""
     if args.synthetic:
         return _synthetic(args)
-    try:
-        return _run(args)
-    except TalonError as e:
-        print(f"talon-rt bench: {e}", file=sys.stderr)
-        return 2
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -201,11 +198,9 @@ def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="talon-rt")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
+    """`python -m runtime.bench ARGS` == `talon-rt bench ARGS`."""
+    from runtime import cli
+    return cli.main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
