@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from export import checkpoints, onnx_graphs
+from export.config import HeadConfig
 from export.engine_dir import FORMAT_VERSION, file_record, verify_engine_dir
 from export.errors import CheckpointError, ExportError
 
@@ -123,7 +124,7 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
 
     with torch.no_grad():
         t0 = time.perf_counter()
-        head_cfg = checkpoints.HeadConfig.from_hf(checkpoints.read_config(draft_dir), str(draft_dir / "config.json"))
+        head_cfg = HeadConfig.from_hf(checkpoints.read_config(draft_dir), str(draft_dir / "config.json"))
         target = checkpoints.load_target(model_dir, feature_layers=head_cfg.feature_layers)
         tc = target.config
         stage(f"loaded target {tc.architecture}: {tc.num_layers} layers, hidden {tc.hidden_size}, "
