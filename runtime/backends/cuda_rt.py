@@ -84,6 +84,19 @@ class CudaRT:
         self._check(self.lib.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
 
 
+def copy_rows(cuda: CudaRT, cache: int, new: int, kvh: int, row_bytes: int, S: int, q: int, past_len: int,
+              rows, stream: int | None = None) -> None:
+    """KV rows on the device: new [kvh, q, row] rows `rows` -> cache [kvh, S, row] rows past_len + j."""
+    n = len(rows)
+    if n and int(rows[-1]) == n - 1:   # rows 0..n-1 (a prefix): one 2-D copy
+        cuda.memcpy2d(cache + past_len * row_bytes, S * row_bytes, new, q * row_bytes, n * row_bytes, kvh,
+                      D2D, stream)
+        return
+    for j, r in enumerate(rows):
+        cuda.memcpy2d(cache + (past_len + j) * row_bytes, S * row_bytes, new + int(r) * row_bytes, q * row_bytes,
+                      row_bytes, kvh, D2D, stream)
+
+
 def load() -> CudaRT:
     lib = _lib()
     if lib is None:

@@ -272,14 +272,13 @@ class OrtBackend(Backend):
 
     def _commit_cuda(self, cache: Any, new: Any, slabs: int, kvh: int, hd: int, past_len: int, q: int,
                      rows: np.ndarray) -> None:
-        """Copy rows of new [slabs][kvh, q, hd] to cache [slabs][kvh, S, hd] rows past_len+j (device)."""
+        """Rows of new [slabs][kvh, q, hd] -> cache [slabs][kvh, S, hd] rows past_len + j, on the device.
+        run_with_iobinding has synchronised ORT's stream, so the default stream sees the outputs."""
+        from runtime.backends import cuda_rt
         row = hd * self.features.dtype.itemsize
         for s in range(slabs):
-            src = new.data_ptr() + s * kvh * self.q_max * row
-            dst = cache.data_ptr() + s * kvh * self.S * row
-            for j, r in enumerate(rows):
-                self._cuda.memcpy2d(dst + (past_len + j) * row, self.S * row, src + int(r) * row, q * row,
-                                    row, kvh, self._cuda.D2D)
+            cuda_rt.copy_rows(self._cuda, cache.data_ptr() + s * kvh * self.S * row,
+                              new.data_ptr() + s * kvh * self.q_max * row, kvh, row, self.S, q, past_len, rows)
 
     def buffer_ids(self) -> tuple[int, ...]:
         bufs = (self.kv_t, self.new_t, self.kv_d, self.new_d, self.logits, self.features, self.fc_in,
