@@ -112,3 +112,18 @@ def test_tree_matches_each_root_to_node_path(family):
         r = ref(tree, torch.tensor([positions]), full, cache=ref(prompt).new_kv)
     assert np.abs(out["logits"] - r.logits.numpy()).max() < TOL
     assert np.abs(out["features"] - r.features.numpy()).max() < TOL
+
+
+def test_greedy_decode_matches_generate(family):
+    """20 greedy steps through target.onnx with its static KV buffers == transformers' generate."""
+    _, hf, _, sess, prompt, _ = family
+    run = GraphRunner.target(sess)
+    out = run.run({"input_ids": prompt.numpy()}, np.arange(PROMPT), causal(PROMPT))
+    tokens = [int(out["logits"][0, -1].argmax())]
+    for step in range(19):
+        out = run.run({"input_ids": np.array([[tokens[-1]]])}, [PROMPT + step], causal(1))
+        tokens.append(int(out["logits"][0, -1].argmax()))
+    with torch.no_grad():
+        expect = hf.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)[0, PROMPT:].tolist()
+    assert tokens == expect
