@@ -23,7 +23,7 @@ from typing import Any, Sequence
 @dataclass(frozen=True)
 class PeerSpec:
     family: str   # "ortgenai" | "hf"
-    mode: str     # ortgenai: greedy | draft | ngram;  hf: greedy | assisted | prompt_lookup
+    mode: str     # ortgenai: greedy | draft | draft-nospin | ngram;  hf: greedy | assisted | prompt_lookup
     label: str
     needs_draft: bool = False
 
@@ -31,6 +31,7 @@ class PeerSpec:
 PEERS = (
     PeerSpec("ortgenai", "greedy", "onnxruntime-genai fp32 greedy"),
     PeerSpec("ortgenai", "draft", "onnxruntime-genai fp32 draft-model (K=4)", needs_draft=True),
+    PeerSpec("ortgenai", "draft-nospin", "onnxruntime-genai fp32 draft-model (K=4, no spinning)", needs_draft=True),
     PeerSpec("ortgenai", "ngram", "onnxruntime-genai fp32 n-gram (n=3, K=8, chained)"),
     PeerSpec("hf", "greedy", "transformers greedy generate"),
     PeerSpec("hf", "assisted", "transformers assisted generation (draft LM)", needs_draft=True),

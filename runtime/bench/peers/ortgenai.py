@@ -51,18 +51,25 @@ def build(src: Path, cache: Path) -> Path:
     return out
 
 
-def _set_threads(decoder: dict, threads: int) -> None:
+SPIN_KEY = "session.intra_op.allow_spinning"
+
+
+def _set_threads(decoder: dict, threads: int, spinning: bool) -> None:
     so = decoder.setdefault("session_options", {})
     so["intra_op_num_threads"] = threads
     so["inter_op_num_threads"] = 1
+    if spinning:
+        so.pop(SPIN_KEY, None)  # ORT's default: spinning on
+    else:
+        so[SPIN_KEY] = "0"
 
 
-def _with_threads(model_dir: Path, threads: int) -> Path:
+def _with_threads(model_dir: Path, threads: int, spinning: bool = True) -> Path:
     path = model_dir / "genai_config.json"
     cfg = json.loads(path.read_text())
-    _set_threads(cfg["model"]["decoder"], threads)
+    _set_threads(cfg["model"]["decoder"], threads, spinning)
     if "draft" in cfg["model"]:
-        _set_threads(cfg["model"]["draft"], threads)
+        _set_threads(cfg["model"]["draft"], threads, spinning)
     path.write_text(json.dumps(cfg, indent=2))
     return model_dir
 
@@ -103,18 +110,21 @@ def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[list[int], in
     cache = Path(job["cache_dir"])
     target = build(Path(job["hf_model"]), cache)
     mode, spec_opts = job["mode"], None
+    # two sessions on two cores: spinning pools fight (DESIGN §8), so the draft mode also runs without
+    spinning = not mode.endswith("-nospin")
+    mode = mode.removesuffix("-nospin")
     if mode == "greedy":
         model_dir = target
     elif mode == "ngram":
         model_dir, spec_opts = target, dict(NGRAM)
     elif mode == "draft":
         draft = build(Path(job["draft_lm"]), cache)
-        _with_threads(draft, job["threads"])
+        _with_threads(draft, job["threads"], spinning)
         model_dir, spec_opts = speculative_dir(target, draft, cache), {"max_draft_tokens": DRAFT_K}
     else:
         raise PeerUnavailable(f"unknown onnxruntime-genai mode {mode!r}")
-    _with_threads(target, job["threads"])
-    model = og.Model(str(_with_threads(model_dir, job["threads"])))
+    _with_threads(target, job["threads"], spinning)
+    model = og.Model(str(_with_threads(model_dir, job["threads"], spinning)))
 
     def generate(ids: list[int], max_new_tokens: int) -> tuple[list[int], int | None]:
         params = og.GeneratorParams(model)
@@ -130,5 +140,5 @@ def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[list[int], in
         return new, calls
 
     detail = {"onnxruntime-genai": og.__version__, "model_dir": str(model_dir),
-              "speculative_options": spec_opts, "threads": job["threads"]}
+              "speculative_options": spec_opts, "threads": job["threads"], "spinning": spinning}
     return generate, detail
