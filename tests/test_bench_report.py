@@ -73,7 +73,10 @@ def test_configs_and_interleaving(tmp_path):
     assert [c for _, c in log[:n]] == configs
     measured = log[n:]
     assert len(measured) == 5 * n and [c for _, c in measured[:n]] == configs
-    assert all(len(set(ids for ids, _ in measured[i * n:(i + 1) * n])) == 1 for i in range(5))
+    assert [c for _, c in measured[n:2 * n]] == configs[1:] + configs[:1]  # rotated start
+    for i in range(5):
+        block = measured[i * n:(i + 1) * n]
+        assert len({ids for ids, _ in block}) == 1 and {c for _, c in block} == set(configs)
     assert all(g.closed for g in opened)
     assert len(runs) == 5 * n
     assert plan.truncated_prompts and all(len(ids) <= 6 for ids, _ in log)

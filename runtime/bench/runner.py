@@ -136,7 +136,8 @@ def _encode_all(plan: RunPlan, encode: Callable[[str], list[int]]) -> list[list[
 
 
 def run_plan(plan: RunPlan, open_generator: OpenGenerator, progress: bool = True) -> list[PromptRun]:
-    """Open one generator per configuration, warm each up, then run prompt-major."""
+    """Open one generator per configuration, warm each up, then run prompt-major: each prompt
+    through every configuration before the next prompt."""
     gens: dict[BenchConfig, GeneratorLike] = {}
     try:
         for c in plan.configs:
@@ -150,8 +151,10 @@ def run_plan(plan: RunPlan, open_generator: OpenGenerator, progress: bool = True
                 for c in plan.configs:
                     gens[c].generate(pid, plan.max_new_tokens)
                     advance(f"warm-up {c.label}")
-            for prompt, pid in zip(plan.prompts, ids):
-                for c in plan.configs:
+            n = len(plan.configs)
+            for i, (prompt, pid) in enumerate(zip(plan.prompts, ids)):
+                # prompt-major; the starting configuration rotates so none always runs first
+                for c in plan.configs[i % n:] + plan.configs[:i % n]:
                     t0 = time.perf_counter()
                     res = gens[c].generate(pid, plan.max_new_tokens)
                     wall = time.perf_counter() - t0
