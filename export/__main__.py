@@ -12,16 +12,22 @@ _D = ExportOptions()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.split(":", 1)[1].strip())
+    p = argparse.ArgumentParser(prog="python -m export", description="Build an engine directory "
+                                "(docs/engine-format.md) from a local HF target and EAGLE-3 head.")
     p.add_argument("--model", required=True, type=Path, help="local Hugging Face target folder")
     p.add_argument("--draft", required=True, type=Path, help="local EAGLE-3 head folder")
     p.add_argument("--out", required=True, type=Path, help="engine directory to create")
     p.add_argument("--name", help="engine name in the manifest (default: the --out folder name)")
-    p.add_argument("--dtype", default=_D.dtype, choices=["float32", "float16"])
-    p.add_argument("--max-seq-len", type=int, default=_D.max_seq_len)
-    p.add_argument("--max-tree-tokens", type=int, default=_D.max_tree_tokens)
-    p.add_argument("--max-prefill-chunk", type=int, default=_D.max_prefill_chunk)
-    p.add_argument("--k-max", type=int, default=_D.k_max)
+    p.add_argument("--dtype", default=_D.dtype, choices=["float32", "float16"],
+                   help="weights, KV, features and hidden (logits stay float32; default %(default)s)")
+    p.add_argument("--max-seq-len", type=int, default=_D.max_seq_len,
+                   help="rows of every static KV buffer: prompt + generated (default %(default)s)")
+    p.add_argument("--max-tree-tokens", type=int, default=_D.max_tree_tokens,
+                   help="largest verify call, root included: the top tree budget (default %(default)s)")
+    p.add_argument("--max-prefill-chunk", type=int, default=_D.max_prefill_chunk,
+                   help="largest prefill call (default %(default)s)")
+    p.add_argument("--k-max", type=int, default=_D.k_max,
+                   help="children per draft row in topk_ids/topk_logp (default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--check", action="store_true",
                    help="run the graphs once through ONNX Runtime against the PyTorch reference before finishing")

@@ -180,9 +180,10 @@ def build_engine_plans(engine_dir: Path, workspace_gb: float = 4.0, check: bool 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.trt", description="Build TensorRT plans for an engine dir.")
-    p.add_argument("engine_dir", type=Path)
-    p.add_argument("--workspace-gb", type=float, default=4.0)
+    p = argparse.ArgumentParser(prog="python -m export.trt",
+                                description="Build TensorRT plans (<role>.plan) for an engine directory.")
+    p.add_argument("engine_dir", type=Path, help="an engine directory written by `python -m export`")
+    p.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace (default %(default)s)")
     p.add_argument("--check", action="store_true", help="run each plan once against ORT CPU and report the diff")
     args = p.parse_args(argv)
     try:
