@@ -1,7 +1,6 @@
 """Peers: the unavailable paths (fast) and every configuration on the tiny target (slow)."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,8 @@ def test_worker_reports_unavailable_family(tmp_path):
 
 
 def _draft_lm(target, out):
-    """A 1-layer Llama with the target's vocabulary and tokenizer: a standalone draft LM."""
+    """A 1-layer Llama with the target's vocabulary: a standalone draft LM (weights only: its
+    onnxruntime-genai build borrows the target's tokenizer files)."""
     torch = pytest.importorskip("torch")
     from transformers import AutoConfig, LlamaForCausalLM
     cfg = AutoConfig.from_pretrained(target)
@@ -36,9 +36,6 @@ def _draft_lm(target, out):
     cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim = 2, 1, 16
     torch.manual_seed(1)
     LlamaForCausalLM(cfg).save_pretrained(out)
-    for f in target.iterdir():
-        if f.name.startswith("tokenizer"):
-            shutil.copy2(f, out / f.name)
     return out
 
 

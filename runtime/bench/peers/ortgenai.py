@@ -31,11 +31,26 @@ def _key(src: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def build(src: Path, cache: Path) -> Path:
+def _with_tokenizer(src: Path, tokenizer_dir: Path | None, cache: Path) -> Path:
+    """The builder copies the tokenizer files into its output and fails without them: a draft LM
+    folder that has none is staged (links) with the target's."""
+    if tokenizer_dir is None or (src / "tokenizer.json").is_file():
+        return src
+    stage = cache / f"stage-{src.name}-{_key(src)}"
+    stage.mkdir(parents=True, exist_ok=True)
+    for f in [*src.iterdir(), *(t for t in tokenizer_dir.iterdir() if t.name.startswith("tokenizer"))]:
+        link = stage / f.name
+        if f.is_file() and not link.exists():
+            link.symlink_to(f.resolve())
+    return stage
+
+
+def build(src: Path, cache: Path, tokenizer_dir: Path | None = None) -> Path:
     """Export an HF folder with onnxruntime-genai's builder (fp32, cpu), once."""
     out = cache / f"ortgenai-{src.name}-{_key(src)}"
     if (out / "genai_config.json").is_file():
         return out
+    src = _with_tokenizer(src, tokenizer_dir, cache)
     if importlib.util.find_spec("onnx_ir") is None:
         raise PeerUnavailable("onnxruntime-genai's builder needs onnx_ir (pip install onnx-ir)")
     tmp = out.with_name(out.name + ".tmp")
@@ -118,7 +133,7 @@ def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[list[int], in
     elif mode == "ngram":
         model_dir, spec_opts = target, dict(NGRAM)
     elif mode == "draft":
-        draft = build(Path(job["draft_lm"]), cache)
+        draft = build(Path(job["draft_lm"]), cache, tokenizer_dir=Path(job["hf_model"]))
         _with_threads(draft, job["threads"], spinning)
         model_dir, spec_opts = speculative_dir(target, draft, cache), {"max_draft_tokens": DRAFT_K}
     else:
