@@ -125,7 +125,9 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
     with torch.no_grad():
         t0 = time.perf_counter()
         head_cfg = HeadConfig.from_hf(checkpoints.read_config(draft_dir), str(draft_dir / "config.json"))
-        target = checkpoints.load_target(model_dir, feature_layers=head_cfg.feature_layers)
+        # fp16 engines: load in fp16 (half the memory of a large model; the graph weights are the same)
+        target = checkpoints.load_target(model_dir, feature_layers=head_cfg.feature_layers,
+                                         dtype=torch.float16 if opts.dtype == "float16" else torch.float32)
         tc = target.config
         stage(f"loaded target {tc.architecture}: {tc.num_layers} layers, hidden {tc.hidden_size}, "
               f"vocab {tc.vocab_size}, taps {list(tc.feature_layers)}", t0)

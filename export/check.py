@@ -54,7 +54,7 @@ def check_engine(engine_dir: str | Path, target: Target, head: Eagle3Head) -> di
     deeper = d.run({"input_ids": kids, "hidden": np.repeat(first["hidden_out"][:, -1:], 3, 1)},
                    [PROMPT] * 3, np.eye(3, dtype=bool), commit=False)
     with torch.no_grad():
-        h0 = head.fuse(torch.from_numpy(pre["features"].astype(np.float32)))
+        h0 = head.fuse(torch.from_numpy(pre["features"]).to(head.fc.weight.dtype))
         r0 = head(ids, h0)
         full = torch.cat([torch.ones(1, 3, PROMPT, dtype=torch.bool), torch.eye(3, dtype=torch.bool)[None]], 2)
         r1 = head(torch.from_numpy(kids), r0.hidden_out[:, -1:].expand(1, 3, -1), torch.full((1, 3), PROMPT),

@@ -8,6 +8,7 @@ unpickle). Every expected tensor is checked by name and shape before use; a prob
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -77,7 +78,7 @@ def _read_file(path: Path) -> dict[str, Tensor]:
 
 def _fill(module: torch.nn.Module, tensors: dict[str, Tensor], origin: dict[str, str], folder: Path,
           optional: tuple[str, ...] = ()) -> None:
-    """Copy checkpoint tensors into `module` (float32), checking every name and shape."""
+    """Copy checkpoint tensors into `module` (converted to its dtypes), checking every name and shape."""
     expected = module.state_dict()
     for key, param in expected.items():
         if key not in tensors:
@@ -98,13 +99,28 @@ def _fill(module: torch.nn.Module, tensors: dict[str, Tensor], origin: dict[str,
                 param.copy_(tensors[key].to(param.dtype))
 
 
-def load_target(folder: str | Path, feature_layers=None) -> Target:
-    """HF folder -> `Target` in float32, eval mode. `feature_layers` overrides the default taps."""
+@contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """Allocate a module's floating-point weights in `dtype` directly (no fp32 copy of a large model)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def load_target(folder: str | Path, feature_layers=None, dtype: torch.dtype = torch.float32) -> Target:
+    """HF folder -> `Target` with weights in `dtype` (float32 by default), eval mode.
+
+    `feature_layers` overrides the default taps. Rotary tables stay float32 whatever `dtype` is.
+    """
     folder = Path(folder)
     cfg = TargetConfig.from_hf(read_config(folder), str(folder / "config.json"))
     if feature_layers is not None:
         cfg = cfg.with_feature_layers(feature_layers)
-    model = Target(cfg).eval()
+    with _default_dtype(dtype):
+        model = Target(cfg).eval()
     tensors, origin = read_weights(folder)
     if cfg.tie_word_embeddings:  # lm_head is the embedding; a stored copy is redundant
         tensors.pop("lm_head.weight", None)
@@ -113,7 +129,8 @@ def load_target(folder: str | Path, feature_layers=None) -> Target:
 
 
 def load_head(folder: str | Path, target: Target) -> Eagle3Head:
-    """EAGLE-3 folder -> `Eagle3Head` in float32, eval mode; embedding from the target when absent."""
+    """EAGLE-3 folder -> `Eagle3Head` in the target's weight dtype, eval mode; embedding from the
+    target when absent."""
     folder = Path(folder)
     source = str(folder / "config.json")
     cfg = HeadConfig.from_hf(read_config(folder), source)
@@ -125,7 +142,8 @@ def load_head(folder: str | Path, target: Target) -> Eagle3Head:
     if cfg.draft_vocab_size > cfg.vocab_size:
         raise CheckpointError(f"{source}: draft_vocab_size {cfg.draft_vocab_size} > vocab_size {cfg.vocab_size}")
     tensors, origin = read_weights(folder)
-    head = Eagle3Head(cfg, with_embedding="embed_tokens.weight" in tensors).eval()
+    with _default_dtype(target.lm_head.weight.dtype):
+        head = Eagle3Head(cfg, with_embedding="embed_tokens.weight" in tensors).eval()
     # d2t/t2d may be absent only when the draft vocabulary is the target's
     optional = ("d2t", "t2d") if cfg.draft_vocab_size == cfg.vocab_size else ()
     _fill(head, tensors, origin, folder, optional=optional)

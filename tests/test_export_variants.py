@@ -16,7 +16,8 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="module")
 def fp16_engine(tiny_pair, tmp_path_factory):
     opts = ExportOptions(dtype="float16", max_seq_len=256, max_tree_tokens=64, k_max=32)
-    return export_engine(*tiny_pair, tmp_path_factory.mktemp("fp16") / "tiny16", opts)
+    # check=True: the fp16 graphs are run against the fp16-loaded reference before the dir is finished
+    return export_engine(*tiny_pair, tmp_path_factory.mktemp("fp16") / "tiny16", opts, check=True)
 
 
 def test_fp16_manifest_and_io_dtypes(fp16_engine):
