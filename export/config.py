@@ -73,6 +73,9 @@ class TargetConfig:
             raise CheckpointError(f"{source}: hidden_act {act!r} is not supported (only 'silu')")
         if cfg.get("use_sliding_window"):
             raise CheckpointError(f"{source}: use_sliding_window=true is not supported")
+        other = sorted({t for t in cfg.get("layer_types") or [] if t != "full_attention"})
+        if other:
+            raise CheckpointError(f"{source}: layer_types {other} are not supported (only 'full_attention')")
         H, nh = _req(cfg, "hidden_size", source), _req(cfg, "num_attention_heads", source)
         L = _req(cfg, "num_hidden_layers", source)
         attention_bias = bool(cfg.get("attention_bias", False))

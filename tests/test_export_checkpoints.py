@@ -146,3 +146,12 @@ def test_head_config_names_other_taps(pair, tmp_path):
     out = export_engine(pair[0], d, tmp_path / "eng", ExportOptions(max_seq_len=64, max_tree_tokens=16,
                                                                     max_prefill_chunk=16, k_max=4))
     assert json.loads((out / "manifest.json").read_text())["model"]["feature_layers"] == [1, 2, 3]
+
+
+def test_sliding_window_layers_are_refused(pair, tmp_path):
+    d = _clone(pair[0], tmp_path, "sliding")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["layer_types"] = ["full_attention", "sliding_attention", "full_attention", "full_attention"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"layer_types \['sliding_attention'\] are not supported"):
+        checkpoints.load_target(d)
