@@ -157,21 +157,23 @@ def detail_table(rows: Sequence[dict]) -> list[str]:
 
 
 def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
-    ours = {}
+    """Each peer configuration beside talon-rt's `ar` and `talon` at its best budget (T=0)."""
+    ar, talon = {}, {}
     for r in rows:
-        if r["temperature"] == 0:
-            key = (r["dataset"], "ar" if r["policy"] == "ar" else "best")
-            if key[1] == "ar" or r["tokens_per_s"] > ours.get(key, {}).get("tokens_per_s", 0):
-                ours[key] = r
-    out = ["| dataset | peer configuration | tok/s (median) | τ | talon-rt best / peer | talon-rt ar / peer | "
+        if r["temperature"] != 0:
+            continue
+        if r["policy"] == "ar":
+            ar[r["dataset"]] = r
+        elif r["policy"] == "talon" and r["tokens_per_s"] > talon.get(r["dataset"], {}).get("tokens_per_s", 0):
+            talon[r["dataset"]] = r
+    out = ["| dataset | peer configuration | tok/s (median) | τ | talon best / peer | ar / peer | "
            "same output as ar | status |",
            "|---|---|---|---|---|---|---|---|"]
     for p in peers:
-        best, ar = ours.get((p["dataset"], "best")), ours.get((p["dataset"], "ar"))
-        tps = p.get("tokens_per_s")
+        best, base, tps = talon.get(p["dataset"]), ar.get(p["dataset"]), p.get("tokens_per_s")
         rb = best["tokens_per_s"] / tps if best and tps else None
-        ra = ar["tokens_per_s"] / tps if ar and tps else None
-        tag = f" ({_policy_label(best)})" if best and rb is not None else ""
+        ra = base["tokens_per_s"] / tps if base and tps else None
+        tag = f" (N={best['budget']})" if rb is not None else ""
         out.append(f"| {p['dataset']} | {p['peer']} | {_f(tps, '{:.1f}')} | {_f(p.get('tau'))} | "
                    f"{_f(rb, '{:.2f}x')}{tag} | {_f(ra, '{:.2f}x')} | {p.get('same_output_as_ar') or '–'} | "
                    f"{p['status']} |")
