@@ -46,7 +46,7 @@ class OracleDraft(Backend):
 
     def draft(self, ids, hidden, positions, mask, past_len):
         topk, logp, hidden_out = self.inner.draft(ids, hidden, positions, mask, past_len)
-        topk = topk.copy()
+        topk, logp = topk.copy(), logp.copy()
         for r, pos in enumerate(positions):
             t = int(pos) + 2   # the row at position t holds token t+1 and proposes token t+2
             rank = (0, 0, 1, 0, 0, 2, 0, None)[t % 8]
@@ -57,6 +57,8 @@ class OracleDraft(Backend):
             if hit.size:
                 topk[r, hit[0]] = topk[r, rank]
             topk[r, rank] = want
+            if rank == 0:
+                logp[r, 0] = max(logp[r, 0], -1e-3)   # a confident draft: the policies grow deep here
         return topk, logp, hidden_out
 
 
@@ -126,3 +128,22 @@ def test_greedy_oracle_draft_equals_ar(tiny_engine, reference, policy):
         assert nonprefix > N_PROMPTS, f"{policy}: only {nonprefix} commits of a non-prefix path"
     print("\n".join(notes) or f"{policy}+oracle: all {len(ps)} prompts equal, {accepted / rounds:.2f} "
           f"accepted drafts per round, {nonprefix} non-prefix commits")
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_oracle_draft_to_the_end_of_the_context(tiny_engine, policy):
+    """Long accepted paths while the tree is capped by the context's end: same output as ar, stop
+    reason context_full, and never a write past max_seq_len."""
+    S = 256
+    prompt = [1] + np.random.default_rng(99).integers(3, 320, size=199).tolist()   # 2 prefill chunks
+    with Generator.open(tiny_engine, policy="ar") as gen:
+        want = gen.generate(prompt, max_new_tokens=200)
+    with Generator.open(tiny_engine, policy=policy) as gen:
+        oracle = OracleDraft(gen._decoder.backend, prompt + want.tokens)
+        gen._decoder.backend = gen._decoder.drafter.backend = oracle
+        res = gen.generate(prompt, max_new_tokens=200)
+    assert res.stop_reason == want.stop_reason
+    if want.stop_reason == "context_full":
+        assert len(prompt) + len(res.tokens) == S + 1
+    assert res.tokens == want.tokens
+    assert max(r.accepted for r in res.stats.per_round) >= (2 if policy == "chain" else 3)
