@@ -30,18 +30,24 @@ def _same(a, b):
     return all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
 
 
-def test_sharded_safetensors(pair, tmp_path):
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_sharded(pair, tmp_path, fmt):
     ref = checkpoints.load_target(pair[0])
     d = _clone(pair[0], tmp_path, "sharded")
     state = load_file(str(d / "model.safetensors"))
     (d / "model.safetensors").unlink()
     keys = sorted(state)
-    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    stem, ext = ("model", "safetensors") if fmt == "safetensors" else ("pytorch_model", "bin")
+    shards = {f"{stem}-00001-of-00002.{ext}": keys[::2], f"{stem}-00002-of-00002.{ext}": keys[1::2]}
     for fname, ks in shards.items():
-        save_file({k: state[k] for k in ks}, str(d / fname))
+        part = {k: state[k] for k in ks}
+        save_file(part, str(d / fname)) if fmt == "safetensors" else torch.save(part, d / fname)
     index = {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}
-    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    (d / f"{stem}.{ext}.index.json").write_text(json.dumps(index))
     assert _same(checkpoints.load_target(d), ref)
+    next(d.glob(f"*00002*.{ext}")).unlink()
+    with pytest.raises(CheckpointError, match=r"00002-of-00002\.(safetensors|bin): weight file not found"):
+        checkpoints.load_target(d)
 
 
 def test_pytorch_model_bin(pair, tmp_path):
