@@ -23,6 +23,8 @@ from talon import (Acceptance, ChainPolicy, DraftTree, Eagle3Policy, TalonPolicy
                    make_policy, sample_token, verify_greedy, verify_sample)
 
 OnTokens = Callable[[list[int]], None]
+ROOT_ONLY = np.zeros(1, np.int64)          # the accepted path of a one-node tree
+ROOT_MASK = np.ones((1, 1), np.bool_)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class Sampler:
 
     def verify(self, tree: DraftTree, logits: np.ndarray) -> Acceptance:
         if self.greedy:
+            if tree.size == 1:   # the root alone (ar, or a capped round): its argmax is the token
+                return Acceptance(nodes=ROOT_ONLY, tokens=np.array([np.argmax(logits[0])], np.int64))
             return verify_greedy(tree, np.argmax(logits, axis=-1))
         probs = logits_to_probs(logits, self.o.temperature, self.o.top_p, self.o.top_k)
         return verify_sample(tree, probs, self.rng)
@@ -159,7 +163,8 @@ class Decoder:
 
     def verify_call(self, tree: DraftTree) -> np.ndarray:
         t0 = time.perf_counter_ns()
-        logits = self.backend.target(tree.tokens, tree.positions(self.P), tree.mask(), self.P)
+        mask = ROOT_MASK if tree.size == 1 else tree.mask()
+        logits = self.backend.target(tree.tokens, tree.positions(self.P), mask, self.P)
         self.target_ns += time.perf_counter_ns() - t0
         return logits
 

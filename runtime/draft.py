@@ -85,17 +85,17 @@ class Drafter:
             raise RuntimeError(f"draft scratch overflow: {s0 + q} rows > capacity {self.cap}")
         self._ensure_nodes(tree.size)
         parent_slot = self.slot_of[tree.parents[rows]]            # [q]
-        slots = np.arange(s0, s0 + q)
-        self.slot_of[rows] = slots
-        self.anc[slots] = self.anc[parent_slot]                    # inherit the ancestors' rows
-        self.anc[slots, slots] = True                              # and see itself
-        positions = (tree.depth[rows] + (self.past - 1)).astype(np.int64)
+        new = slice(s0, s0 + q)                                    # this call's scratch slots
+        self.slot_of[rows] = np.arange(s0, s0 + q)
+        self.anc[new] = self.anc[parent_slot]                      # inherit the ancestors' rows
+        np.fill_diagonal(self.anc[new, new], True)                 # and see itself
+        positions = tree.depth[rows] + (self.past - 1)
         t0 = time.perf_counter_ns()
         ids, logp, hidden_out = self.backend.draft(tree.tokens[rows], self.hid[parent_slot], positions,
-                                                   self.anc[slots, :s0 + q], self.past + s0)
+                                                   self.anc[new, :s0 + q], self.past + s0)
         self.engine_ns += time.perf_counter_ns() - t0
         self.calls += 1
-        self.hid[slots] = hidden_out
+        self.hid[new] = hidden_out
         self.scratch = s0 + q
         return ids, logp
 
