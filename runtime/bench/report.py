@@ -32,7 +32,8 @@ def machine_info() -> dict[str, Any]:
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     return {"host": platform.node(), "os": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
             "usable_cores": len(affinity) if affinity is not None else os.cpu_count(),
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            "load_avg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def versions() -> dict[str, str | None]:
@@ -184,14 +185,15 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     m, s, e, g = results["machine"], results["settings"], results["engine"], results["git"]
     v = results["versions"]
     lines = [f"# talon-rt bench: {e.get('name', '?')}", "",
-             f"- machine: {m['cpu']} ({m['usable_cores']} usable cores), {m['os']}, Python {m['python']}",
+             f"- machine: {m['cpu']} ({m['usable_cores']} usable cores), {m['os']}, Python {m['python']}"
+             + (f"; load average {m['load_avg_1_5_15'][0]:.1f} when written" if m.get("load_avg_1_5_15") else ""),
              f"- versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x),
              f"- commit: {g.get('commit') or 'unknown'}{' (dirty)' if g.get('dirty') else ''}; created {results['created']}",
              f"- settings: datasets {', '.join(s['datasets'])}; {s['prompts_per_dataset']} prompt(s) each "
              f"after {s['warmup']} warm-up; max_new_tokens {s['max_new_tokens']}; threads {s['threads']}",
              "- tokens/s: median over prompts of new tokens / wall time of one generate call (prefill "
              "included); ×ar: ratio of medians against `ar` of the same engine in the same run; "
-             "τ (MAT): tokens per target call; δ: draft calls per target call.", ""]
+             "τ (MAT): tokens per verify call; δ: draft calls per verify call.", ""]
     if results["rows"]:
         lines += ["## MAT (τ) and speed-up over ar, per dataset", ""] + table1(results["rows"])
         lines += ["## All numbers", ""] + detail_table(results["rows"]) + [""]
