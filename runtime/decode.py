@@ -75,9 +75,6 @@ class Sampler:
         self.o = o
         self.rng = np.random.default_rng(o.seed)
 
-    def reseed(self, seed: int | None) -> None:
-        self.rng = np.random.default_rng(seed)
-
     def first(self, logits: np.ndarray) -> int:
         if self.greedy:
             return int(np.argmax(logits))
@@ -114,11 +111,8 @@ class Decoder:
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def generate(self, prompt: list[int], max_new_tokens: int, on_tokens: OnTokens | None = None,
-                 seed: int | None = None) -> Decoded:
+    def generate(self, prompt: list[int], max_new_tokens: int, on_tokens: OnTokens | None = None) -> Decoded:
         self.check_prompt(prompt)
-        if seed is not None:
-            self.sampler.reseed(seed)
         t0 = time.perf_counter()
         root = self.prefill(np.asarray(prompt, dtype=np.int64))
         out = [root]
@@ -162,9 +156,10 @@ class Decoder:
             self.drafter.run_feed()
 
     def verify_call(self, tree: DraftTree) -> np.ndarray:
-        t0 = time.perf_counter_ns()
         mask = ROOT_MASK if tree.size == 1 else tree.mask()
-        logits = self.backend.target(tree.tokens, tree.positions(self.P), mask, self.P)
+        positions = tree.positions(self.P)
+        t0 = time.perf_counter_ns()
+        logits = self.backend.target(tree.tokens, positions, mask, self.P)
         self.target_ns += time.perf_counter_ns() - t0
         return logits
 
