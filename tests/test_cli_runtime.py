@@ -118,3 +118,14 @@ def test_inspect_bad_manifest(tiny_engine, tmp_path):
     (eng / "manifest.json").write_text("{")
     r = cli("inspect", str(eng))
     assert r.returncode == 2 and "manifest.json: invalid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_thread_modes_agree(tiny_engine):
+    """Each threading mode in its own process (the shared pool is process-wide): same greedy output."""
+    outs = {}
+    for mode in ("nospin", "spin", "shared"):
+        r = cli("run", "--engine", str(tiny_engine), "--prompt-ids", "1,5,9", "--max-new-tokens", "16",
+                "--thread-mode", mode, "--threads", "2", "--json")
+        assert r.returncode == 0, r.stderr
+        outs[mode] = json.loads(r.stdout)["tokens"]
+    assert outs["spin"] == outs["nospin"] == outs["shared"]
