@@ -273,12 +273,16 @@ class OrtBackend(Backend):
     def _commit_cuda(self, cache: Any, new: Any, slabs: int, kvh: int, hd: int, past_len: int, q: int,
                      rows: np.ndarray) -> None:
         """Rows of new [slabs][kvh, q, hd] -> cache [slabs][kvh, S, hd] rows past_len + j, on the device.
-        run_with_iobinding has synchronised ORT's stream, so the default stream sees the outputs."""
+
+        run_with_iobinding has synchronised ORT's stream, so the copies (on the legacy default stream)
+        see the outputs; ORT's stream may not wait for the default stream, so they finish before return.
+        """
         from runtime.backends import cuda_rt
         row = hd * self.features.dtype.itemsize
         for s in range(slabs):
             cuda_rt.copy_rows(self._cuda, cache.data_ptr() + s * kvh * self.S * row,
                               new.data_ptr() + s * kvh * self.q_max * row, kvh, row, self.S, q, past_len, rows)
+        self._cuda.sync(0)
 
     def buffer_ids(self) -> tuple[int, ...]:
         bufs = (self.kv_t, self.new_t, self.kv_d, self.new_d, self.logits, self.features, self.fc_in,
