@@ -11,7 +11,7 @@ import transformers
 from .corpus import HELDOUT_MOD, SKIP_DIRS
 from .recipe import Recipe
 
-COMMAND = ".venv/bin/python -m export.demo all --out models/demo --work runs/demo"
+COMMAND = ".venv/bin/python -m export.demo all --out models/demo --work runs/demo --threads 1"
 
 
 def _load(path: Path) -> dict | None:

@@ -49,16 +49,20 @@ TOKENIZER_VOCAB = 4096
 # 12 x 256, 8 heads over 2 KV heads: ~10.5 M parameters; deep and narrow so a one-layer head costs
 # about 1/12 of a target step, and the taps (2, 6, 9) are distinct.
 TARGET = LMSpec(layers=12, hidden=256, heads=8, kv_heads=2, intermediate=704)
-# Sized from a measured ~3 k tokens/s to fit ~50 minutes; 8192 tokens per step.
-TARGET_TRAIN = TrainSpec(tokens=8_192_000, batch=16, seq_len=512, lr=2e-3, warmup_steps=50)
+# Sized to ~60 minutes at the ~1-1.5 k tokens/s this shared 2-core machine gives (3 k when idle);
+# 8192 tokens per step, 720 steps.
+TARGET_TRAIN = TrainSpec(tokens=5_898_240, batch=16, seq_len=512, lr=2e-3, warmup_steps=50)
 
 HEAD = HeadSpec()
-# ~20 minutes: the head's step costs a frozen target forward plus ttt_steps one-layer passes.
-HEAD_TRAIN = TrainSpec(tokens=1_000_000, batch=8, seq_len=256, lr=1e-3, warmup_steps=30, weight_decay=0.0)
+# ~20 minutes: a step costs a frozen target forward plus ttt_steps one-layer passes, about as much per
+# position as a target training step. 256-token windows halve the cost of the unfused rollout attention.
+HEAD_TRAIN = TrainSpec(tokens=1_600_000, batch=8, seq_len=256, lr=1e-3, warmup_steps=30, weight_decay=0.0,
+                       eval_windows=200)
 
 # The classic draft-model baseline: 2 layers of the target's width, ~3.4 M parameters.
 DRAFT_LM = LMSpec(layers=2, hidden=256, heads=8, kv_heads=2, intermediate=704)
-DRAFT_LM_TRAIN = TrainSpec(tokens=2_048_000, batch=16, seq_len=512, lr=3e-3, warmup_steps=30)
+# ~5 minutes (a 2-layer step costs about a quarter of a target step).
+DRAFT_LM_TRAIN = TrainSpec(tokens=1_228_800, batch=16, seq_len=512, lr=3e-3, warmup_steps=20)
 
 
 @dataclass(frozen=True)
