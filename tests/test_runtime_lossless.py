@@ -44,6 +44,9 @@ class OracleDraft(Backend):
     def draft_fc(self, rows):
         return self.inner.draft_fc(rows)
 
+    def close(self):
+        self.inner.close()
+
     def draft(self, ids, hidden, positions, mask, past_len):
         topk, logp, hidden_out = self.inner.draft(ids, hidden, positions, mask, past_len)
         topk, logp = topk.copy(), logp.copy()
