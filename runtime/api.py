@@ -68,7 +68,7 @@ class Generator:
 
     def decode(self, ids: Sequence[int]) -> str:
         self._live()
-        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)   # text for people: no </s>
 
     def close(self) -> None:
         if self._decoder is not None:
