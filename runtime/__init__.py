@@ -1,0 +1,12 @@
+"""talon-rt's execution layer (DESIGN §1–§4, §8): engine directories, backends, the decode loop.
+
+api.py        Generator: the Python facade (docs/python-api.md) the CLI, bench and C API call
+manifest.py   open and validate an engine directory (schema, names, sha256, graph I/O vs dims)
+options.py    generation/session options, typed, with the manifest's defaults and the limits
+backends/     Backend interface; ORT (CPU/CUDA, IO binding, static KV), TensorRT, libcudart helpers
+decode.py     the loop: prefill, then policy.build -> verify call -> verify -> commit
+draft.py      the draft side of a round: the `expand` callback, scratch rows and tree masks
+stats.py      RoundStats and RunStats (tau, delta, tokens/s, host share)
+cli.py        `talon-rt`; subcommands in commands/ (run, inspect) and bench/
+errors.py     TalonError and its subclasses
+"""
