@@ -5,8 +5,9 @@ docs/engine-format.md. Standard ONNX ops only (opset 17), so TensorRT can parse 
 inside a graph the token rows are 2-D `[q, H]` and every linear layer is a `Gemm(x, W, transB=1)` on the
 checkpoint's own `[out, in]` weight (a tied lm_head shares the embedding initializer).
 
-fp16 graphs keep weights, KV, features and hidden in fp16; RMSNorm statistics, softmax, logits and
-log-probs are computed in fp32 (as transformers does), and `logits` / `topk_logp` are float32.
+fp16 graphs keep weights, KV, features and hidden in fp16; RMSNorm statistics, softmax and the draft's
+log-softmax run in fp32 (as transformers does); the lm_head Gemm runs in fp16 and its output is cast,
+so `logits` / `topk_logp` are float32.
 """
 from __future__ import annotations
 
