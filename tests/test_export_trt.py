@@ -60,3 +60,27 @@ def test_build_plans_and_check(tiny_engine, tmp_path):
         assert entry["shape_inputs"].get("past_len", {"max": [255]})["max"] == [255]
     from runtime.manifest import open_manifest
     assert open_manifest(eng).plan("target") is not None
+
+
+@pytest.mark.parametrize("role", ["target", "draft_fc", "draft"])
+def test_profiles_cover_every_dynamic_input(tiny_engine, role):
+    """Runs without TensorRT: every input with a symbolic dim gets min/opt/max of its rank."""
+    import onnx
+
+    from export.trt import profile_shapes
+    m = verify_engine_dir(tiny_engine)
+    shapes, values = profile_shapes(m, role)
+    graph = onnx.load(str(tiny_engine / m["graphs"][role]["file"]), load_external_data=False).graph
+    for inp in graph.input:
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in inp.type.tensor_type.shape.dim]
+        if inp.name == "past_len":
+            assert values["past_len"] == ([0], [128], [255])
+        elif any(isinstance(d, str) for d in dims):
+            lo, opt, hi = shapes[inp.name]
+            assert len(lo) == len(opt) == len(hi) == len(dims)
+            assert all(a <= b <= c for a, b, c in zip(lo, opt, hi))
+            assert hi[1] == 128 and opt[1] == 16  # max(max_tree_tokens, max_prefill_chunk); budget
+            fixed = [d for d in dims if not isinstance(d, str)]
+            assert fixed == [d for d, s in zip(hi, dims) if not isinstance(s, str)]
+        else:
+            assert inp.name not in shapes
