@@ -66,4 +66,5 @@ def test_graphs_are_standard_and_match_the_contract(tiny_engine, role):
     model = onnx.load(str(path))
     assert {op.domain for op in model.opset_import} == {""} and model.opset_import[0].version == 17
     assert {n.domain for n in model.graph.node} <= {""}  # "standard": no com.microsoft ops
+    onnx.checker.check_model(model, full_check=True)  # includes strict shape inference
     check_graph_io(m, role, *ort_io(ort_session(path)))
