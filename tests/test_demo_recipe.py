@@ -33,7 +33,7 @@ PUBLISHED_KEYS = {
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     out, work = root / "out", root / "work"
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     pipeline.run(list(pipeline.STEPS), TINY, out, work)
     return out, work
 
