@@ -320,6 +320,8 @@ class Eagle3Head(nn.Module):
         x = torch.cat([lay.input_layernorm(self.embed(input_ids).to(hidden.dtype)), normed_h], dim=-1)
         qs, ks, vs = lay.self_attn.qkv(x, cos, sin)
         if ttt_kv:
+            if cache is not None:
+                raise ValueError("Eagle3Head: pass either a cache (inference) or ttt_kv (training), not both")
             attn = _ttt_attention(qs, ks, vs, ttt_kv, mask)
         else:
             k_all = ks if cache is None else torch.cat([cache[0], ks], 2)
