@@ -15,11 +15,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("step", choices=(*STEPS, "all"), help="recipe step; 'all' runs every step in order")
     ap.add_argument("--out", type=Path, default=Path("models/demo"), help="committed model folders")
     ap.add_argument("--work", type=Path, default=Path("runs/demo"), help="scratch: token streams, checkpoints")
-    # one thread: on a shared 2-core machine a second OpenMP thread stalls every op while it waits its turn
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads; 0: all cores while the machine is otherwise idle, else 1")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    run(list(STEPS) if args.step == "all" else [args.step], DEFAULT, args.out, args.work)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run(list(STEPS) if args.step == "all" else [args.step], DEFAULT, args.out, args.work, args.threads)
 
 
 if __name__ == "__main__":

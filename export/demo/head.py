@@ -116,7 +116,8 @@ def ttt_loss(head: Eagle3Head, target: LlamaForCausalLM, ids: Tensor, spec: Head
     return total
 
 
-def train(recipe: Recipe, target: LlamaForCausalLM, stream: np.ndarray, work: Path) -> tuple[Eagle3Head, dict]:
+def train(recipe: Recipe, target: LlamaForCausalLM, stream: np.ndarray, work: Path,
+          threads: int = 0) -> tuple[Eagle3Head, dict]:
     spec, tspec = recipe.head, recipe.head_train
     for p in target.parameters():
         p.requires_grad_(False)
@@ -128,7 +129,7 @@ def train(recipe: Recipe, target: LlamaForCausalLM, stream: np.ndarray, work: Pa
         ids = torch.from_numpy(data.random_windows(stream, tspec.batch, tspec.seq_len, tspec.seed, step))
         return ttt_loss(head, target, ids, spec, taps), tspec.batch * tspec.seq_len
 
-    stats = loop.train("head", head, step_loss, tspec, work)
+    stats = loop.train("head", head, step_loss, tspec, work, threads)
     head.eval()
     return head, stats
 
@@ -200,11 +201,11 @@ def save(head: Eagle3Head, target: LlamaForCausalLM, folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 
-def run(recipe: Recipe, out: Path, work: Path) -> None:
+def run(recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:
     target = lm.load(out / "target")
     train_stream = data.load(work / "data" / "train.npy")
     heldout_stream = data.load(work / "data" / "heldout.npy")
-    head, stats = train(recipe, target, train_stream, work / "head")
+    head, stats = train(recipe, target, train_stream, work / "head", threads)
     stats["agreement"] = agreement(head, target, heldout_stream, recipe.head_train.seq_len, 7,
                                    recipe.head_train.eval_windows)
     stats["params"] = sum(p.numel() for p in head.parameters())

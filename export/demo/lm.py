@@ -38,14 +38,15 @@ def lm_loss(model: LlamaForCausalLM, ids: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids[:, 1:].flatten())
 
 
-def train(name: str, spec: LMSpec, tspec: TrainSpec, stream: np.ndarray, work: Path) -> tuple[LlamaForCausalLM, dict]:
+def train(name: str, spec: LMSpec, tspec: TrainSpec, stream: np.ndarray, work: Path,
+          threads: int = 0) -> tuple[LlamaForCausalLM, dict]:
     model = build(spec, tspec.seed)
 
     def step_loss(step: int) -> tuple[torch.Tensor, int]:
         ids = torch.from_numpy(data.random_windows(stream, tspec.batch, tspec.seq_len + 1, tspec.seed, step))
         return lm_loss(model, ids), tspec.batch * tspec.seq_len
 
-    stats = loop.train(name, model, step_loss, tspec, work)
+    stats = loop.train(name, model, step_loss, tspec, work, threads)
     model.eval()
     return model, stats
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .recipe import TrainSpec
+from .threads import ThreadGovernor
 
 console = Console()
 if not console.is_terminal:
@@ -38,9 +39,11 @@ def train(
     step_loss: Callable[[int], tuple[torch.Tensor, int]],
     spec: TrainSpec,
     work: Path,
+    threads: int = 0,
 ) -> dict:
     """Run `spec.steps` optimiser steps of `step_loss(step) -> (loss, tokens)` on module's trainable
-    parameters, resuming from work/ckpt.pt. Returns {"steps", "tokens", "seconds", "loss"}."""
+    parameters, resuming from work/ckpt.pt; `threads` 0 follows the machine's load (threads.py).
+    Returns {"steps", "tokens", "seconds", "loss"}."""
     work.mkdir(parents=True, exist_ok=True)
     params = [p for p in module.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -70,7 +73,9 @@ def train(
     log_every = max(1, spec.steps // 100)
     with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task(name, total=spec.steps, completed=start_step, info="")
+        governor = ThreadGovernor(threads)
         for step in range(start_step, spec.steps):
+            n_threads = governor.update()
             for group in opt.param_groups:
                 group["lr"] = lr_at(spec, step)
             loss, n_tokens = step_loss(step)
@@ -83,7 +88,7 @@ def train(
             state.update(step=step + 1, tokens=state["tokens"] + n_tokens, loss=ema,
                          seconds=base_seconds + time.monotonic() - t0)
             tps = (state["tokens"] - base_tokens) / max(1e-9, time.monotonic() - t0)
-            info = f"loss {ema:.3f}  {tps:,.0f} tok/s  lr {lr_at(spec, step):.2e}"
+            info = f"loss {ema:.3f}  {tps:,.0f} tok/s  lr {lr_at(spec, step):.2e}  {n_threads} thr"
             bar.update(task, completed=step + 1, info=info)
             if not console.is_terminal and ((step + 1) % log_every == 0 or step + 1 == spec.steps):
                 console.log(f"{name} step {step + 1}/{spec.steps}  {state['tokens']:,} tokens  {info}")

@@ -12,7 +12,7 @@ from .recipe import Recipe
 STEPS = ("tokenizer", "corpus", "target", "head", "draftlm", "readme")
 
 
-def run_tokenizer(recipe: Recipe, out: Path, work: Path) -> None:
+def run_tokenizer(recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:
     train_files, heldout_files = corpus.load(limit=recipe.corpus_limit)
     tok = tokenizer.train(train_files, recipe.tokenizer_vocab)
     out.mkdir(parents=True, exist_ok=True)
@@ -21,7 +21,7 @@ def run_tokenizer(recipe: Recipe, out: Path, work: Path) -> None:
     console.log(f"tokenizer: {tok.get_vocab_size()} tokens -> {out / 'tokenizer.json'}")
 
 
-def run_corpus(recipe: Recipe, out: Path, work: Path) -> None:
+def run_corpus(recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:
     tok = tokenizer.load(out / "tokenizer.json")
     train_files, heldout_files = corpus.load(limit=recipe.corpus_limit)
     stats = {}
@@ -33,12 +33,12 @@ def run_corpus(recipe: Recipe, out: Path, work: Path) -> None:
     console.log(f"corpus: {stats}")
 
 
-def _train_lm(recipe: Recipe, out: Path, work: Path, which: str) -> None:
+def _train_lm(recipe: Recipe, out: Path, work: Path, which: str, threads: int) -> None:
     spec, tspec = (recipe.target, recipe.target_train) if which == "target" else (recipe.draft_lm, recipe.draft_lm_train)
     folder = out / which
     train_stream = data.load(work / "data" / "train.npy")
     heldout_stream = data.load(work / "data" / "heldout.npy")
-    model, stats = lm.train(which, spec, tspec, train_stream, work / which)
+    model, stats = lm.train(which, spec, tspec, train_stream, work / which, threads)
     stats["heldout_loss"] = lm.heldout_loss(model, heldout_stream, tspec.seq_len, tspec.eval_windows)
     stats["params"] = lm.param_count(model)
     stats["corpus_tokens"] = int(len(train_stream))
@@ -49,21 +49,21 @@ def _train_lm(recipe: Recipe, out: Path, work: Path, which: str) -> None:
     console.log(f"{which}: {stats}")
 
 
-def run_target(recipe: Recipe, out: Path, work: Path) -> None:
-    _train_lm(recipe, out, work, "target")
+def run_target(recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:
+    _train_lm(recipe, out, work, "target", threads)
 
 
-def run_draftlm(recipe: Recipe, out: Path, work: Path) -> None:
-    _train_lm(recipe, out, work, "draft-lm")
+def run_draftlm(recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:
+    _train_lm(recipe, out, work, "draft-lm", threads)
 
 
-def run_head(recipe: Recipe, out: Path, work: Path) -> None:
+def run_head(recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:
     from . import head
 
-    head.run(recipe, out, work)
+    head.run(recipe, out, work, threads)
 
 
-def run_readme(recipe: Recipe, out: Path, work: Path) -> None:
+def run_readme(recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:
     from . import readme
 
     readme.write(recipe, out, work)
@@ -73,6 +73,7 @@ RUNNERS = {"tokenizer": run_tokenizer, "corpus": run_corpus, "target": run_targe
            "head": run_head, "draftlm": run_draftlm, "readme": run_readme}
 
 
-def run(steps: list[str], recipe: Recipe, out: Path, work: Path) -> None:
+def run(steps: list[str], recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:
+    """`threads` 0: follow the machine's load (export/demo/threads.py); > 0: fixed."""
     for step in steps:
-        RUNNERS[step](recipe, out, work)
+        RUNNERS[step](recipe, out, work, threads)

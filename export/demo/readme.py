@@ -11,7 +11,7 @@ import transformers
 from .corpus import HELDOUT_MOD, SKIP_DIRS
 from .recipe import Recipe
 
-COMMAND = ".venv/bin/python -m export.demo all --out models/demo --work runs/demo --threads 1"
+COMMAND = ".venv/bin/python -m export.demo all --out models/demo --work runs/demo"
 
 
 def _load(path: Path) -> dict | None:
@@ -45,7 +45,7 @@ def write(recipe: Recipe, out: Path, work: Path) -> None:
         "    " + COMMAND,
         "",
         f"Reproduces every file here (Python {platform.python_version()} standard library as the corpus, "
-        f"torch {torch.__version__}, transformers {transformers.__version__}, 2 threads; data order and",
+        f"torch {torch.__version__}, transformers {transformers.__version__}; data order and",
         "initialisation are seeded, so a rerun matches up to floating-point reduction order). Steps can run",
         "one at a time (`tokenizer`, `corpus`, `target`, `head`, `draftlm`, `readme`) and resume from",
         "`runs/demo/<step>/ckpt.pt` when interrupted.",
