@@ -28,6 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="largest prefill call (default %(default)s)")
     p.add_argument("--k-max", type=int, default=_D.k_max,
                    help="children per draft row in topk_ids/topk_logp (default %(default)s)")
+    p.add_argument("--flavour", default=_D.flavour, choices=["standard", "gqa"],
+                   help="attention in target/draft: standard ONNX ops (TensorRT and ORT) or ORT's "
+                        "GroupQueryAttention writing the KV cache in place (ORT only; default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--check", action="store_true",
                    help="run the graphs once through ONNX Runtime against the PyTorch reference before finishing")
@@ -44,7 +47,8 @@ def main(argv=None) -> int:
         from export.build import export_engine
         from export.errors import ExportError
         opts = ExportOptions(dtype=args.dtype, max_seq_len=args.max_seq_len, max_tree_tokens=args.max_tree_tokens,
-                             max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max)
+                             max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max,
+                             flavour=args.flavour)
         export_engine(args.model, args.draft, args.out, opts, name=args.name, force=args.force,
                       check=args.check,
                       log=lambda msg: console.print(f"[green]✓[/] {escape(msg)}"))

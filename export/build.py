@@ -31,10 +31,13 @@ class ExportOptions:
     max_tree_tokens: int = 64  # bounds q of a verify call (budget N, root included); paper's N=60 fits
     max_prefill_chunk: int = 128  # bounds q of a prefill call
     k_max: int = 32  # children per draft row in topk_*; >= the widest layer a policy asks for
+    flavour: str = "standard"  # target/draft attention: standard ops (TensorRT, ORT) | gqa (ORT only, in-place KV)
 
     def check(self) -> None:
         if self.dtype not in onnx_graphs.DTYPES:
             raise ExportError(f"--dtype {self.dtype!r}: expected one of {', '.join(onnx_graphs.DTYPES)}")
+        if self.flavour not in onnx_graphs.FLAVOURS:
+            raise ExportError(f"--flavour {self.flavour!r}: expected one of {', '.join(onnx_graphs.FLAVOURS)}")
         for name in ("max_seq_len", "max_tree_tokens", "max_prefill_chunk", "k_max"):
             if getattr(self, name) < 1:
                 raise ExportError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -144,9 +147,11 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
         try:
             files: list[Path] = []
             for fname, build in (
-                    ("target.onnx", lambda: onnx_graphs.build_target(target, opts.dtype, opts.max_seq_len)),
+                    ("target.onnx", lambda: onnx_graphs.build_target(target, opts.dtype, opts.max_seq_len,
+                                                                     opts.flavour)),
                     ("draft_fc.onnx", lambda: onnx_graphs.build_draft_fc(head, opts.dtype)),
-                    ("draft.onnx", lambda: onnx_graphs.build_draft(head, opts.dtype, opts.max_seq_len, opts.k_max))):
+                    ("draft.onnx", lambda: onnx_graphs.build_draft(head, opts.dtype, opts.max_seq_len, opts.k_max,
+                                                                   opts.flavour))):
                 t0 = time.perf_counter()
                 written = onnx_graphs.save(build(), tmp / fname)
                 files += written
@@ -190,7 +195,9 @@ def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, fil
         "limits": {"max_seq_len": opts.max_seq_len, "max_tree_tokens": opts.max_tree_tokens,
                    "max_prefill_chunk": opts.max_prefill_chunk},
         "defaults": default_run_settings(opts),
-        "graphs": {role: {"file": f"{role}.onnx", "flavour": "standard"} for role in ("target", "draft_fc", "draft")},
+        # draft_fc has no attention: always standard ops
+        "graphs": {role: {"file": f"{role}.onnx", "flavour": "standard" if role == "draft_fc" else opts.flavour}
+                   for role in ("target", "draft_fc", "draft")},
         "files": {p.name: file_record(p) for p in sorted(files, key=lambda p: p.name)},
     }
 

@@ -1,7 +1,10 @@
-"""Build target.onnx, draft_fc.onnx and draft.onnx (flavour "standard") from the reference modules.
+"""Build target.onnx, draft_fc.onnx and draft.onnx from the reference modules, in one of two flavours.
 
 The graphs are written node by node with `onnx.helper` (no tracing), so the I/O is exactly the one in
-docs/engine-format.md. Standard ONNX ops only (opset 17), so TensorRT can parse them. Batch is 1, so
+docs/engine-format.md. Flavour "standard": standard ONNX ops only (opset 17), so TensorRT can parse
+them; the graph returns the q new K/V rows. Flavour "gqa" (ONNX Runtime, CPU and CUDA): attention is
+one `com.microsoft.GroupQueryAttention` per layer (rotary in the op) with the static cache bound as
+both past and present, so the op writes the q new rows at [P, P+q) in place. Batch is 1, so
 inside a graph the token rows are 2-D `[q, H]` and every linear layer is a `Gemm(x, W, transB=1)` on the
 checkpoint's own `[out, in]` weight (a tied lm_head shares the embedding initializer).
 
@@ -22,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from export.reference import Eagle3Head, Target
 
 OPSET = 17
+FLAVOURS = ("standard", "gqa")
 EXTERNAL_DATA_BYTES = 1_500_000_000  # above this a graph's weights go to `<file>.data` (protobuf caps at 2 GB)
 MASK_NEG = -1e9  # additive bias for a hidden key: exp(-1e9) == 0 in fp32, finite for TensorRT
 
@@ -45,9 +49,11 @@ class _Graph:
         self._n += 1
         return f"{hint}_{self._n}"
 
-    def op(self, op_type: str, *inputs: str, outputs: int | list[str] = 1, **attrs) -> str | list[str]:
+    def op(self, op_type: str, *inputs: str, outputs: int | list[str] = 1, domain: str = "",
+           **attrs) -> str | list[str]:
         names = outputs if isinstance(outputs, list) else [self._name(op_type) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self._name("n_" + op_type), **attrs))
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=self._name("n_" + op_type),
+                                           domain=domain, **attrs))
         return names[0] if len(names) == 1 else names
 
     def init(self, name: str, array: np.ndarray) -> str:
@@ -71,11 +77,19 @@ class _Graph:
 
     def output(self, value: str, name: str, elem: int, shape: list) -> None:
         self.op("Identity", value, outputs=[name])
+        self.declare_output(name, elem, shape)
+
+    def declare_output(self, name: str, elem: int, shape: list) -> None:
+        """A graph output that a node already produces under `name` (no Identity: an in-place KV
+        output must be the op's own output, or ORT would copy it)."""
         self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
 
     def model(self, name: str) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.inits)
-        m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="talon-rt")
+        opsets = [helper.make_opsetid("", OPSET)]
+        if any(n.domain == "com.microsoft" for n in self.nodes):
+            opsets.append(helper.make_opsetid("com.microsoft", 1))
+        m = helper.make_model(graph, opset_imports=opsets, producer_name="talon-rt")
         m.ir_version = 8  # readable by ORT >= 1.14 and TensorRT 10
         return m
 
@@ -151,6 +165,44 @@ class _Graph:
         return (self.op("Unsqueeze", self.op("Gather", cos_t, position_ids), ax),
                 self.op("Unsqueeze", self.op("Gather", sin_t, position_ids), ax))
 
+    def gqa_inputs(self, inv_freq: torch.Tensor, max_seq_len: int, tree_mask: str, past_len: str,
+                   q_len: str) -> dict[str, str]:
+        """The per-call inputs every GroupQueryAttention of a graph shares.
+
+        cos/sin caches [S, hd/2] (the op rotates q and k itself, rotate-half convention, at
+        position_ids); seqlens_k [1] int32 = P+q-1; total_sequence_length scalar int32 = P+q;
+        attention_bias [1, 1, q, P+q] in the graph dtype (the op is causal as well, which a tree mask
+        already implies: ancestors come before their descendants).
+        """
+        freqs = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq.float()[None]
+        total = self.op("Add", past_len, q_len)                                       # [1] int64
+        bias = self.mask_bias(tree_mask, past_len, q_len)
+        if self.half:
+            bias = self.op("Cast", bias, to=self.onnx_dtype)                          # -1e9 -> -inf: still exp() == 0
+        return {
+            "cos": self.weight("rope.cos_cache", freqs.cos()),
+            "sin": self.weight("rope.sin_cache", freqs.sin()),
+            "seqlens_k": self.op("Cast", self.op("Sub", total, self.const([1])), to=TensorProto.INT32),
+            "total": self.op("Cast", self.op("Squeeze", total, self.const([0])), to=TensorProto.INT32),
+            "bias": bias,
+        }
+
+    def gqa(self, q: str, k: str, v: str, past_k: str, past_v: str, present_k: str, present_v: str,
+            position_ids: str, shared: dict[str, str], nh: int, kvh: int, hd: int) -> str:
+        """q [q, nh*hd], k, v [q, kvh*hd] before rotary -> attention output [q, nh*hd].
+
+        past_k/past_v are the static caches [1, kvh, S, hd]; bound to the same buffers as present_k /
+        present_v, the op writes the rotated k and v at rows [P, P+q) in place.
+        """
+        batch = self.const([0])
+        out, _, _ = self.op("GroupQueryAttention", self.op("Unsqueeze", q, batch), self.op("Unsqueeze", k, batch),
+                      self.op("Unsqueeze", v, batch), past_k, past_v, shared["seqlens_k"], shared["total"],
+                      shared["cos"], shared["sin"], position_ids, shared["bias"],
+                      outputs=[self._name("gqa"), present_k, present_v], domain="com.microsoft",
+                      num_heads=nh, kv_num_heads=kvh, do_rotary=1, rotary_interleaved=0,
+                      scale=1.0 / math.sqrt(hd))
+        return self.op("Reshape", out, self.const([-1, nh * hd]))
+
     def mask_bias(self, tree_mask: str, past_len: str, q_len: str) -> str:
         """tree_mask [1, q, T] bool over the trailing T of P+q keys -> additive [1, 1, q, P+q] fp32."""
         t_len = self.op("Slice", self.op("Shape", tree_mask), self.const([2]), self.const([3]))
@@ -162,8 +214,14 @@ class _Graph:
         return self.op("Unsqueeze", self.op("Concat", visible, tree, axis=2), self.const([1]))
 
 
-def build_target(model: Target, dtype: str, max_seq_len: int) -> onnx.ModelProto:
-    """target.onnx: logits, EAGLE-3 features and the new K/V for q tokens (engine-format.md)."""
+def _check_flavour(flavour: str) -> None:
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour {flavour!r}: expected one of {', '.join(FLAVOURS)}")
+
+
+def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "standard") -> onnx.ModelProto:
+    """target.onnx: logits, their argmax, EAGLE-3 features and the new K/V for q tokens (engine-format.md)."""
+    _check_flavour(flavour)
     c = model.config
     g = _Graph(dtype)
     S, kvh, hd, nh = max_seq_len, c.num_kv_heads, c.head_dim, c.num_heads
@@ -175,41 +233,55 @@ def build_target(model: Target, dtype: str, max_seq_len: int) -> onnx.ModelProto
              g.input(f"past_value_{i}", g.onnx_dtype, [1, kvh, S, hd])) for i in range(c.num_layers)]
 
     q_len = g.op("Slice", g.op("Shape", ids), g.const([1]), g.const([2]))
-    cos, sin = g.rope_tables(model.inv_freq, S, pos)
-    bias = g.mask_bias(tree_mask, past_len, q_len)
+    if flavour == "gqa":
+        shared = g.gqa_inputs(model.inv_freq, S, tree_mask, past_len, q_len)
+    else:
+        cos, sin = g.rope_tables(model.inv_freq, S, pos)
+        bias = g.mask_bias(tree_mask, past_len, q_len)
     embed = g.weight("model.embed_tokens.weight", model.model.embed_tokens.weight)
     x = g.op("Gather", embed, g.op("Reshape", ids, g.const([-1])))  # [q, H]
     hidden_states = [x]
     for i, layer in enumerate(model.model.layers):
         p, at = f"model.layers.{i}", layer.self_attn
         h = g.rmsnorm(x, layer.input_layernorm, p + ".input_layernorm")
-        qs = g.heads(g.linear(h, at.q_proj, p + ".self_attn.q_proj"), nh, hd)
-        ks = g.heads(g.linear(h, at.k_proj, p + ".self_attn.k_proj"), kvh, hd)
-        vs = g.heads(g.linear(h, at.v_proj, p + ".self_attn.v_proj"), kvh, hd)
-        if c.qk_norm:
-            qs = g.rmsnorm(qs, at.q_norm, p + ".self_attn.q_norm")
-            ks = g.rmsnorm(ks, at.k_norm, p + ".self_attn.k_norm")
-        qs = g.rope(g.op("Transpose", qs, perm=[0, 2, 1, 3]), cos, sin, hd)
-        ks = g.rope(g.op("Transpose", ks, perm=[0, 2, 1, 3]), cos, sin, hd)
-        vs = g.op("Transpose", vs, perm=[0, 2, 1, 3])
-        a = g.attention(qs, ks, vs, past[i][0], past[i][1], past_len, bias, nh, kvh, hd)
+        qs = g.linear(h, at.q_proj, p + ".self_attn.q_proj")   # [q, nh*hd]
+        ks = g.linear(h, at.k_proj, p + ".self_attn.k_proj")   # [q, kvh*hd]
+        vs = g.linear(h, at.v_proj, p + ".self_attn.v_proj")
+        if c.qk_norm:   # per head, before rotary
+            qs = g.rmsnorm(g.heads(qs, nh, hd), at.q_norm, p + ".self_attn.q_norm")
+            ks = g.rmsnorm(g.heads(ks, kvh, hd), at.k_norm, p + ".self_attn.k_norm")
+        if flavour == "gqa":
+            qs = g.op("Reshape", qs, g.const([-1, nh * hd]))
+            ks = g.op("Reshape", ks, g.const([-1, kvh * hd]))
+            a = g.gqa(qs, ks, vs, past[i][0], past[i][1], f"present_key_{i}", f"present_value_{i}", pos,
+                      shared, nh, kvh, hd)
+            g.declare_output(f"present_key_{i}", g.onnx_dtype, [1, kvh, S, hd])
+            g.declare_output(f"present_value_{i}", g.onnx_dtype, [1, kvh, S, hd])
+        else:
+            qs = g.rope(g.op("Transpose", g.heads(qs, nh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
+            ks = g.rope(g.op("Transpose", g.heads(ks, kvh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
+            vs = g.op("Transpose", g.heads(vs, kvh, hd), perm=[0, 2, 1, 3])
+            a = g.attention(qs, ks, vs, past[i][0], past[i][1], past_len, bias, nh, kvh, hd)
+            g.output(ks, f"present_key_{i}", g.onnx_dtype, [1, kvh, "q", hd])
+            g.output(vs, f"present_value_{i}", g.onnx_dtype, [1, kvh, "q", hd])
         x = g.op("Add", x, g.linear(a, at.o_proj, p + ".self_attn.o_proj"))
         x = g.op("Add", x, g.mlp(g.rmsnorm(x, layer.post_attention_layernorm, p + ".post_attention_layernorm"),
                                  layer.mlp, p + ".mlp"))
         hidden_states.append(x)
-        g.output(ks, f"present_key_{i}", g.onnx_dtype, [1, kvh, "q", hd])
-        g.output(vs, f"present_value_{i}", g.onnx_dtype, [1, kvh, "q", hd])
     h = g.rmsnorm(x, model.model.norm, "model.norm")
     lm_w = embed if c.tie_word_embeddings else g.weight("lm_head.weight", model.lm_head.weight)
     logits = g.op("Gemm", h, lm_w, transB=1)
     if g.half:
         logits = g.op("Cast", logits, to=TensorProto.FLOAT)
     feats = g.op("Concat", *[hidden_states[i] for i in c.feature_layers], axis=-1)
-    # outputs in the documented order: logits, features, then the K/V pairs
+    # outputs in the documented order: logits, argmax, features, then the K/V pairs
     kv_outputs = g.outputs
     g.outputs = []
     g.output(g.op("Reshape", logits, g.const([1, -1, c.vocab_size])), "logits", TensorProto.FLOAT,
              [1, "q", c.vocab_size])
+    # greedy verification reads q ids instead of q x V floats (first index of the maximum, as numpy)
+    g.output(g.op("Reshape", g.op("ArgMax", logits, axis=-1, keepdims=0), g.const([1, -1])), "argmax",
+             TensorProto.INT64, [1, "q"])
     g.output(g.op("Reshape", feats, g.const([1, -1, 3 * c.hidden_size])), "features", g.onnx_dtype,
              [1, "q", 3 * c.hidden_size])
     g.outputs += kv_outputs
@@ -226,8 +298,10 @@ def build_draft_fc(head: Eagle3Head, dtype: str) -> onnx.ModelProto:
     return g.model("draft_fc")
 
 
-def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int) -> onnx.ModelProto:
+def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int,
+                flavour: str = "standard") -> onnx.ModelProto:
     """draft.onnx: one EAGLE-3 layer + top-k_max over the draft vocab, ids mapped to target ids."""
+    _check_flavour(flavour)
     c, lay = head.config, head.midlayer
     if not 1 <= k_max <= c.draft_vocab_size:
         raise ValueError(f"k_max {k_max} must be in [1, draft_vocab_size={c.draft_vocab_size}]")
@@ -242,21 +316,25 @@ def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int) -> o
     past_v = g.input("past_value", g.onnx_dtype, [1, kvh, S, hd])
 
     q_len = g.op("Slice", g.op("Shape", ids), g.const([1]), g.const([2]))
-    cos, sin = g.rope_tables(head.inv_freq, S, pos)
-    bias = g.mask_bias(tree_mask, past_len, q_len)
     embed_w = head.embed_tokens.weight if head.embed_tokens is not None else head._target_embed
     emb = g.op("Gather", g.weight("embed_tokens.weight", embed_w), g.op("Reshape", ids, g.const([-1])))
     h_in = g.op("Reshape", hidden, g.const([-1, H]))
     normed_h = g.rmsnorm(h_in, lay.hidden_norm, "midlayer.hidden_norm")
     x = g.op("Concat", g.rmsnorm(emb, lay.input_layernorm, "midlayer.input_layernorm"), normed_h, axis=-1)
     at = lay.self_attn
-    qs = g.rope(g.op("Transpose", g.heads(g.linear(x, at.q_proj, "midlayer.self_attn.q_proj"), nh, hd),
-                     perm=[0, 2, 1, 3]), cos, sin, hd)
-    ks = g.rope(g.op("Transpose", g.heads(g.linear(x, at.k_proj, "midlayer.self_attn.k_proj"), kvh, hd),
-                     perm=[0, 2, 1, 3]), cos, sin, hd)
-    vs = g.op("Transpose", g.heads(g.linear(x, at.v_proj, "midlayer.self_attn.v_proj"), kvh, hd),
-              perm=[0, 2, 1, 3])
-    a = g.attention(qs, ks, vs, past_k, past_v, past_len, bias, nh, kvh, hd)
+    qs = g.linear(x, at.q_proj, "midlayer.self_attn.q_proj")   # [q, nh*hd]
+    ks = g.linear(x, at.k_proj, "midlayer.self_attn.k_proj")   # [q, kvh*hd]
+    vs = g.linear(x, at.v_proj, "midlayer.self_attn.v_proj")
+    if flavour == "gqa":
+        shared = g.gqa_inputs(head.inv_freq, S, tree_mask, past_len, q_len)
+        a = g.gqa(qs, ks, vs, past_k, past_v, "present_key", "present_value", pos, shared, nh, kvh, hd)
+    else:
+        cos, sin = g.rope_tables(head.inv_freq, S, pos)
+        bias = g.mask_bias(tree_mask, past_len, q_len)
+        qs = g.rope(g.op("Transpose", g.heads(qs, nh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
+        ks = g.rope(g.op("Transpose", g.heads(ks, kvh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
+        vs = g.op("Transpose", g.heads(vs, kvh, hd), perm=[0, 2, 1, 3])
+        a = g.attention(qs, ks, vs, past_k, past_v, past_len, bias, nh, kvh, hd)
     residual = normed_h if c.norm_before_residual else h_in
     h = g.op("Add", residual, g.linear(a, at.o_proj, "midlayer.self_attn.o_proj"))
     h = g.op("Add", h, g.mlp(g.rmsnorm(h, lay.post_attention_layernorm, "midlayer.post_attention_layernorm"),
@@ -272,8 +350,12 @@ def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int) -> o
     g.output(g.op("Reshape", top_ids, g.const([1, -1, k_max])), "topk_ids", TensorProto.INT64, [1, "q", k_max])
     g.output(g.op("Reshape", top_logp, g.const([1, -1, k_max])), "topk_logp", TensorProto.FLOAT, [1, "q", k_max])
     g.output(g.op("Reshape", h, g.const([1, -1, H])), "hidden_out", g.onnx_dtype, [1, "q", H])
-    g.output(ks, "present_key", g.onnx_dtype, [1, kvh, "q", hd])
-    g.output(vs, "present_value", g.onnx_dtype, [1, kvh, "q", hd])
+    if flavour == "gqa":
+        g.declare_output("present_key", g.onnx_dtype, [1, kvh, S, hd])
+        g.declare_output("present_value", g.onnx_dtype, [1, kvh, S, hd])
+    else:
+        g.output(ks, "present_key", g.onnx_dtype, [1, kvh, "q", hd])
+        g.output(vs, "present_value", g.onnx_dtype, [1, kvh, "q", hd])
     return g.model("draft")
 
 

@@ -47,6 +47,8 @@ class GraphRunner:
         dtype = np.float16 if k0.type == "tensor(float16)" else np.float32
         self.kv = [[np.zeros(k0.shape, dtype), np.zeros(k0.shape, dtype)] for _ in kv_names]
         self.past_len = 0
+        present = {o.name: o.shape for o in session.get_outputs()}[kv_names[0][0].replace("past_", "present_")]
+        self.in_place = present[2] == k0.shape[2]   # flavour "gqa": present is the whole static buffer
 
     @classmethod
     def target(cls, session):
@@ -70,11 +72,37 @@ class GraphRunner:
         feed["past_len"] = np.array([self.past_len], dtype=np.int64)
         for (kn, vn), (k, v) in zip(self.kv_names, self.kv):
             feed[kn], feed[vn] = k, v
+        if self.in_place:
+            out = self._run_in_place(feed)
+            if commit:
+                self.past_len += q
+            return out
         names = [o.name for o in self.sess.get_outputs()]
         out = dict(zip(names, self.sess.run(None, feed)))
         if commit:
             self.append(out, q)
         return out
+
+    def _run_in_place(self, feed: dict) -> dict:
+        """Flavour "gqa": each cache array is bound as both past_* and present_*; the graph writes the
+        q new rows at [P, P+q) itself (commit=False leaves P alone: those rows are then stale)."""
+        binding = self.sess.io_binding()
+        kv = {}
+        for (kn, vn), (k, v) in zip(self.kv_names, self.kv):
+            kv[kn], kv[vn] = k, v
+        for name, arr in feed.items():
+            if name in kv:
+                continue
+            binding.bind_cpu_input(name, np.ascontiguousarray(arr))
+        for name, arr in kv.items():
+            for bound in (name, name.replace("past_", "present_")):
+                bind = binding.bind_input if bound == name else binding.bind_output
+                bind(bound, "cpu", 0, arr.dtype, list(arr.shape), arr.ctypes.data)
+        names = [o.name for o in self.sess.get_outputs() if not o.name.startswith("present_")]
+        for name in names:
+            binding.bind_output(name, "cpu")
+        self.sess.run_with_iobinding(binding)
+        return dict(zip(names, binding.copy_outputs_to_cpu()[len(kv):]))
 
     def append(self, out: dict, q: int) -> None:
         """Write the present_* rows of `out` at [P, P+q)."""

@@ -152,6 +152,10 @@ def build_engine_plans(engine_dir: Path, workspace_gb: float = 4.0, check: bool 
                        log=print) -> dict:
     """Build `<role>.plan` for every graph, update manifest.json; returns the new manifest."""
     manifest = verify_engine_dir(engine_dir)
+    odd = [r for r in ROLES if manifest["graphs"][r]["flavour"] != "standard"]
+    if odd:
+        raise ExportError(f"{engine_dir}: graphs {odd} are flavour {manifest['graphs'][odd[0]]['flavour']!r}; "
+                          f"TensorRT needs flavour 'standard' (export with --flavour standard)")
     trt, logger, builder = load_tensorrt()
     section = {"version": trt.__version__, "device": gpu_name(), "plans": {}}
     for role in ROLES:

@@ -75,17 +75,24 @@ class Sampler:
         self.o = o
         self.rng = np.random.default_rng(o.seed)
 
-    def first(self, logits: np.ndarray) -> int:
-        if self.greedy:
-            return int(np.argmax(logits))
-        return sample_token(logits_to_probs(logits, self.o.temperature, self.o.top_p, self.o.top_k), self.rng)
+    def target_call(self, backend: Backend) -> Callable[..., np.ndarray]:
+        """What verification reads from a target call: greedy, the argmax ids [q] (in the graph, so
+        q ints instead of q x V floats); sampling, the logits [q, V]."""
+        return backend.target_argmax if self.greedy else backend.target
 
-    def verify(self, tree: DraftTree, logits: np.ndarray) -> Acceptance:
+    def first(self, row: np.ndarray) -> int:
+        """The token after the prompt from the last row of `target_call`'s output."""
+        if self.greedy:
+            return int(row)
+        return sample_token(logits_to_probs(row, self.o.temperature, self.o.top_p, self.o.top_k), self.rng)
+
+    def verify(self, tree: DraftTree, out: np.ndarray) -> Acceptance:
+        """out: `target_call`'s output for the tree's nodes."""
         if self.greedy:
             if tree.size == 1:   # the root alone (ar, or a capped round): its argmax is the token
-                return Acceptance(nodes=ROOT_ONLY, tokens=np.array([np.argmax(logits[0])], np.int64))
-            return verify_greedy(tree, np.argmax(logits, axis=-1))
-        probs = logits_to_probs(logits, self.o.temperature, self.o.top_p, self.o.top_k)
+                return Acceptance(nodes=ROOT_ONLY, tokens=np.array([out[0]], np.int64))
+            return verify_greedy(tree, out)
+        probs = logits_to_probs(out, self.o.temperature, self.o.top_p, self.o.top_k)
         return verify_sample(tree, probs, self.rng)
 
 
@@ -140,8 +147,8 @@ class Decoder:
             self.drafter.start_round(self.P)
         tree = policy.build(root, self.expand)           # one draft call per layer
         self.flush_feed()                                # a capped round may not draft at all
-        logits = self.verify_call(tree)                  # one target call over all tree tokens
-        acc = self.sampler.verify(tree, logits)          # greedy or lossless sampling (talon/)
+        out = self.verify_call(tree)                     # one target call over all tree tokens
+        acc = self.sampler.verify(tree, out)             # greedy or lossless sampling (talon/)
         self.commit(acc)                                 # accepted rows -> [P, P+a+1)
         return tree, acc, self.engine_ns() - eng0, time.perf_counter_ns() - start
 
@@ -159,9 +166,9 @@ class Decoder:
         mask = ROOT_MASK if tree.size == 1 else tree.mask()
         positions = tree.positions(self.P)
         t0 = time.perf_counter_ns()
-        logits = self.backend.target(tree.tokens, positions, mask, self.P)
+        out = self.sampler.target_call(self.backend)(tree.tokens, positions, mask, self.P)
         self.target_ns += time.perf_counter_ns() - t0
-        return logits
+        return out
 
     def commit(self, acc: Acceptance) -> None:
         t0 = time.perf_counter_ns()
@@ -183,12 +190,13 @@ class Decoder:
             e = min(s + self.chunk, n)
             q = e - s
             t0 = time.perf_counter_ns()
-            logits = self.backend.target(prompt[s:e], np.arange(s, e, dtype=np.int64), self.causal[:q, :q], s)
+            out = self.sampler.target_call(self.backend)(prompt[s:e], np.arange(s, e, dtype=np.int64),
+                                                         self.causal[:q, :q], s)
             self.backend.commit_target(s, np.arange(q))
             self.target_ns += time.perf_counter_ns() - t0
             self.P = e
             if e == n:
-                root = self.sampler.first(logits[q - 1])
+                root = self.sampler.first(out[q - 1])
             if self.drafter is not None:
                 nxt = np.append(prompt[s + 1:e], prompt[e] if e < n else root)
                 self.drafter.set_feed(np.arange(q), nxt)

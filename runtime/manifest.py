@@ -63,6 +63,11 @@ class Limits:
     max_prefill_chunk: int
 
 
+# "standard": standard ONNX ops, returns the q new K/V rows; "gqa": GroupQueryAttention writes them
+# into the bound cache in place (ORT only). draft_fc has no attention.
+FLAVOURS = {"target": ("standard", "gqa"), "draft_fc": ("standard",), "draft": ("standard", "gqa")}
+
+
 @dataclass(frozen=True)
 class GraphEntry:
     file: str
@@ -235,8 +240,10 @@ def _parse_graphs(raw: Mapping[str, Any]) -> dict[str, GraphEntry]:
     for role in ROLES:
         entry = _get(g, role, dict, "graphs")
         flavour = _get(entry, "flavour", str, f"graphs.{role}")
-        if flavour != "standard":
-            raise _err(f"graphs.{role}.flavour", f"unsupported {flavour!r} (this runtime reads 'standard')")
+        known = FLAVOURS[role]
+        if flavour not in known:
+            raise _err(f"graphs.{role}.flavour", f"unsupported {flavour!r} (this runtime reads "
+                                                 f"{' or '.join(repr(f) for f in known)})")
         graphs[role] = GraphEntry(file=_get(entry, "file", str, f"graphs.{role}"), flavour=flavour)
     return graphs
 
@@ -355,15 +362,18 @@ def expected_io(m: Manifest, role: str) -> tuple[dict[str, TensorSpec], dict[str
     """(inputs, outputs) of a graph as docs/engine-format.md fixes them for this manifest."""
     md, dd, S = m.model, m.draft, m.limits.max_seq_len
     f, i64 = m.model.dtype, "int64"
+    in_place = role in m.graphs and m.graphs[role].flavour == "gqa"
+    new_rows = S if in_place else "q"   # gqa: present_* is the whole cache, written in place
     if role == "target":
         ins = {"input_ids": TensorSpec(i64, (1, "q")), "position_ids": TensorSpec(i64, (1, "q")),
                "tree_mask": TensorSpec("bool", (1, "q", "q")), "past_len": TensorSpec(i64, (1,))}
         outs = {"logits": TensorSpec("float32", (1, "q", md.vocab_size)),
+                "argmax": TensorSpec(i64, (1, "q")),
                 "features": TensorSpec(f, (1, "q", m.feature_size))}
         for i in range(md.num_layers):
             for kind in ("key", "value"):
                 ins[f"past_{kind}_{i}"] = TensorSpec(f, (1, md.num_kv_heads, S, md.head_dim))
-                outs[f"present_{kind}_{i}"] = TensorSpec(f, (1, md.num_kv_heads, "q", md.head_dim))
+                outs[f"present_{kind}_{i}"] = TensorSpec(f, (1, md.num_kv_heads, new_rows, md.head_dim))
         return ins, outs
     if role == "draft_fc":
         return ({"features": TensorSpec(f, (1, "q", m.feature_size))},
@@ -377,8 +387,8 @@ def expected_io(m: Manifest, role: str) -> tuple[dict[str, TensorSpec], dict[str
         outs = {"topk_ids": TensorSpec(i64, (1, "q", dd.k_max)),
                 "topk_logp": TensorSpec("float32", (1, "q", dd.k_max)),
                 "hidden_out": TensorSpec(f, (1, "q", dd.hidden_size)),
-                "present_key": TensorSpec(f, (1, dd.num_kv_heads, "q", dd.head_dim)),
-                "present_value": TensorSpec(f, (1, dd.num_kv_heads, "q", dd.head_dim))}
+                "present_key": TensorSpec(f, (1, dd.num_kv_heads, new_rows, dd.head_dim)),
+                "present_value": TensorSpec(f, (1, dd.num_kv_heads, new_rows, dd.head_dim))}
         return ins, outs
     raise ValueError(f"unknown graph role {role!r}")
 

@@ -19,3 +19,20 @@ def tiny_engine(tiny_pair, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_engine") / "tiny"
     opts = ExportOptions(dtype="float32", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32)
     return export_engine(model_dir, draft_dir, out, opts, name="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_gqa(tiny_pair, tmp_path_factory):
+    """`tiny_engine` with flavour "gqa": GroupQueryAttention writing the KV caches in place."""
+    from export.build import ExportOptions, export_engine
+    model_dir, draft_dir = tiny_pair
+    out = tmp_path_factory.mktemp("tiny_engine_gqa") / "tiny-gqa"
+    opts = ExportOptions(dtype="float32", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32,
+                         flavour="gqa")
+    return export_engine(model_dir, draft_dir, out, opts, name="tiny-gqa")
+
+
+@pytest.fixture(scope="session", params=["standard", "gqa"])
+def flavour_engine(request):
+    """`tiny_engine` in each graph flavour (the losslessness tests run on both)."""
+    return request.getfixturevalue("tiny_engine" if request.param == "standard" else "tiny_engine_gqa")

@@ -56,10 +56,12 @@ def test_draft_fc(pair):
         assert np.abs(h - head.fuse(f).numpy()).max() < TOL
 
 
-def test_draft_round_matches_reference(pair):
+@pytest.mark.parametrize("flavour", ["standard", "gqa"])
+def test_draft_round_matches_reference(pair, flavour):
     target, head = pair
     H, V = head.config.hidden_size, target.config.vocab_size
-    run = GraphRunner.draft(ort_session(onnx_graphs.build_draft(head, "float32", S, K_MAX)))
+    run = GraphRunner.draft(ort_session(onnx_graphs.build_draft(head, "float32", S, K_MAX, flavour)))
+    assert run.in_place == (flavour == "gqa")
     gen = torch.Generator().manual_seed(3)
     P = 10
     ids = torch.randint(0, V, (1, P), generator=gen)
@@ -71,7 +73,8 @@ def test_draft_round_matches_reference(pair):
         r0 = head(ids, hid)
     _check_topk(out, r0.logits, head)
     assert np.abs(out["hidden_out"] - r0.hidden_out.numpy()).max() < TOL
-    assert np.abs(out["present_key"] - r0.key.numpy()).max() < TOL
+    key = run.kv[0][0][:, :, :P] if run.in_place else out["present_key"]   # gqa: written in place
+    assert np.abs(key - r0.key.numpy()).max() < TOL
     cache = (r0.key, r0.value)
 
     # 2. depth 1: three children of the root at position P, fed the last row's hidden_out
@@ -99,7 +102,8 @@ def test_draft_round_matches_reference(pair):
         r2 = head(c2, h2, torch.full((1, 4), P + 1), full2, cache)
     _check_topk(out2, r2.logits, head)
     assert np.abs(out2["hidden_out"] - r2.hidden_out.numpy()).max() < TOL
-    assert np.abs(out2["present_value"] - r2.value.numpy()).max() < TOL
+    value = run.kv[0][1][:, :, P + 3:P + 7] if run.in_place else out2["present_value"]
+    assert np.abs(value - r2.value.numpy()).max() < TOL
 
 
 def test_head_rope_theta_is_honoured(tmp_path):

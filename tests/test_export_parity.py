@@ -127,3 +127,39 @@ def test_greedy_decode_matches_generate(family):
         expect = hf.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=None,
                              pad_token_id=0)[0, PROMPT:].tolist()
     assert tokens == expect
+
+
+def test_gqa_flavour_matches_the_reference(family):
+    """Flavour "gqa" (GroupQueryAttention, KV written in place): prefill, one-token decode and the
+    13-node tree against the reference modules; the cache rows it wrote equal the reference K/V;
+    `argmax` is the logits' argmax."""
+    _, _, ref, _, prompt, tree = family
+    run = GraphRunner.target(ort_session(onnx_graphs.build_target(ref, "float32", S, "gqa")))
+    assert run.in_place
+    with torch.no_grad():
+        r_pre = ref(prompt)
+    out = run.run({"input_ids": prompt.numpy()}, np.arange(PROMPT), causal(PROMPT))
+    assert np.abs(out["logits"] - r_pre.logits.numpy()).max() < TOL
+    assert np.abs(out["features"] - r_pre.features.numpy()).max() < TOL
+    assert (out["argmax"] == out["logits"].argmax(-1)).all()
+    for i, (k, v) in enumerate(r_pre.new_kv):
+        assert np.abs(run.kv[i][0][:, :, :PROMPT] - k.numpy()).max() < TOL
+        assert np.abs(run.kv[i][1][:, :, :PROMPT] - v.numpy()).max() < TOL
+
+    n, positions = len(PARENTS), [PROMPT + d for d in depths(PARENTS)]
+    mask = ancestors_mask(PARENTS)
+    out = run.run({"input_ids": tree.numpy()}, positions, mask, commit=False)
+    full = torch.cat([torch.ones(1, n, PROMPT, dtype=torch.bool), torch.from_numpy(mask)[None]], 2)
+    with torch.no_grad():
+        r = ref(tree, torch.tensor([positions]), full, cache=r_pre.new_kv)
+    assert np.abs(out["logits"] - r.logits.numpy()).max() < TOL
+    assert np.abs(out["features"] - r.features.numpy()).max() < TOL
+    assert (out["argmax"] == out["logits"].argmax(-1)).all()
+    for i, (k, _) in enumerate(r.new_kv):   # the tree's rows, in place at [P, P+n)
+        assert np.abs(run.kv[i][0][:, :, PROMPT:PROMPT + n] - k.numpy()).max() < TOL
+
+    nxt = tree[:, :1]   # the tree's rows are stale: a decode step overwrites row P
+    out = run.run({"input_ids": nxt.numpy()}, [PROMPT], causal(1))
+    with torch.no_grad():
+        r = ref(nxt, cache=r_pre.new_kv)
+    assert np.abs(out["logits"] - r.logits.numpy()).max() < TOL

@@ -22,11 +22,11 @@ def kv(gen: Generator, rows: int, which: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("policy", ["eagle3", "talon"])
-def test_caches_equal_a_fresh_prefill(tiny_engine, policy):
+def test_caches_equal_a_fresh_prefill(flavour_engine, policy):
     prompt = [1] + np.random.default_rng(21).integers(3, 320, size=30).tolist()
-    with Generator.open(tiny_engine, policy="ar") as ref:
+    with Generator.open(flavour_engine, policy="ar") as ref:
         want = ref.generate(prompt, max_new_tokens=60).tokens
-    with Generator.open(tiny_engine, policy=policy) as gen:
+    with Generator.open(flavour_engine, policy=policy) as gen:
         oracle = OracleDraft(gen._decoder.backend, prompt + want)
         gen._decoder.backend = gen._decoder.drafter.backend = oracle
         res = gen.generate(prompt, max_new_tokens=60)
@@ -36,7 +36,7 @@ def test_caches_equal_a_fresh_prefill(tiny_engine, policy):
         Pd = min(gen._decoder.drafter.committed, P - 1)
         spec_t, spec_d = kv(gen, P, "target"), kv(gen, Pd, "draft")
     seq = prompt + res.tokens
-    with Generator.open(tiny_engine, policy=policy) as fresh:
+    with Generator.open(flavour_engine, policy=policy) as fresh:
         dec = fresh._decoder
         dec.prefill(np.asarray(seq[:P], np.int64))
         dec.drafter.run_feed()

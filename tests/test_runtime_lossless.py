@@ -1,5 +1,5 @@
 """Greedy losslessness end to end through ORT: for every policy, speculative output == `ar` output of
-the same engine, token for token, on 20 prompts x 64 new tokens.
+the same engine, token for token, on 20 prompts x 64 new tokens, for each graph flavour.
 
 Two drafts: the tiny pair's random head as exported (it almost never agrees with the target, so
 this covers the rejection path), and the same head with an *oracle* overlay that puts the target's
@@ -36,6 +36,9 @@ class OracleDraft(Backend):
 
     def target(self, ids, positions, mask, past_len):
         return self.inner.target(ids, positions, mask, past_len)
+
+    def target_argmax(self, ids, positions, mask, past_len):
+        return self.inner.target_argmax(ids, positions, mask, past_len)
 
     def commit_target(self, past_len, rows):
         self.nonprefix_commits += int(rows[-1] != len(rows) - 1)
@@ -87,8 +90,8 @@ def check_equal(gen_ar: Generator, prompt: list[int], got: list[int], want: list
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_engine):
-    gen = Generator.open(tiny_engine, policy="ar")
+def reference(flavour_engine):
+    gen = Generator.open(flavour_engine, policy="ar")
     ps = prompts(gen.manifest.model.vocab_size)
     outs = [gen.generate(p, max_new_tokens=NEW).tokens for p in ps]
     yield gen, ps, outs
@@ -96,10 +99,10 @@ def reference(tiny_engine):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_greedy_random_draft_equals_ar(tiny_engine, reference, policy):
+def test_greedy_random_draft_equals_ar(flavour_engine, reference, policy):
     gen_ar, ps, outs = reference
     notes = []
-    with Generator.open(tiny_engine, policy=policy) as gen:
+    with Generator.open(flavour_engine, policy=policy) as gen:
         for i, (p, want) in enumerate(zip(ps, outs)):
             res = gen.generate(p, max_new_tokens=NEW)
             note = check_equal(gen_ar, p, res.tokens, want, f"{policy} prompt {i}")
@@ -109,10 +112,10 @@ def test_greedy_random_draft_equals_ar(tiny_engine, reference, policy):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_greedy_oracle_draft_equals_ar(tiny_engine, reference, policy):
+def test_greedy_oracle_draft_equals_ar(flavour_engine, reference, policy):
     gen_ar, ps, outs = reference
     notes, accepted, rounds, nonprefix = [], 0, 0, 0
-    with Generator.open(tiny_engine, policy=policy) as gen:
+    with Generator.open(flavour_engine, policy=policy) as gen:
         inner = gen._decoder.backend
         for i, (p, want) in enumerate(zip(ps, outs)):
             oracle = OracleDraft(inner, p + want)
@@ -134,14 +137,14 @@ def test_greedy_oracle_draft_equals_ar(tiny_engine, reference, policy):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_oracle_draft_to_the_end_of_the_context(tiny_engine, policy):
+def test_oracle_draft_to_the_end_of_the_context(flavour_engine, policy):
     """Long accepted paths while the tree is capped by the context's end: same output as ar, stop
     reason context_full, and never a write past max_seq_len."""
     S = 256
     prompt = [1] + np.random.default_rng(99).integers(3, 320, size=199).tolist()   # 2 prefill chunks
-    with Generator.open(tiny_engine, policy="ar") as gen:
+    with Generator.open(flavour_engine, policy="ar") as gen:
         want = gen.generate(prompt, max_new_tokens=200)
-    with Generator.open(tiny_engine, policy=policy) as gen:
+    with Generator.open(flavour_engine, policy=policy) as gen:
         oracle = OracleDraft(gen._decoder.backend, prompt + want.tokens)
         gen._decoder.backend = gen._decoder.drafter.backend = oracle
         res = gen.generate(prompt, max_new_tokens=200)

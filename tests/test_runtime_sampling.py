@@ -1,6 +1,7 @@
 """Sampling end to end on a tiny-vocabulary pair (V=24): the first- and second-token distributions of
 every speculative policy match the `ar` path (two-sample chi-square) and, for the first token, the
-target's exact processed distribution (goodness of fit). Fixed seeds, so the outcome is deterministic."""
+target's exact processed distribution (goodness of fit), for each graph flavour. Fixed seeds, so the
+outcome is deterministic."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,15 +20,16 @@ POLICIES = {"chain": dict(chain_depth=3), "eagle3": dict(eagle3_top_k=4, eagle3_
             "talon": dict(budget=8, root_k=4, mu=0.1)}
 
 
-@pytest.fixture(scope="module")
-def vocab_engine(tmp_path_factory):
-    """A tiny pair with a 24-token vocabulary (draft vocab 12, k_max 8)."""
+@pytest.fixture(scope="module", params=["standard", "gqa"])
+def vocab_engine(request, tmp_path_factory):
+    """A tiny pair with a 24-token vocabulary (draft vocab 12, k_max 8), in each graph flavour."""
     from export.build import ExportOptions, export_engine
     from export.tiny import make_tiny_pair
     root = tmp_path_factory.mktemp("tiny_vocab")
     model_dir, draft_dir = make_tiny_pair(root / "pair", arch="llama", seed=0, vocab=24, draft_vocab=12,
                                           layers=4)
-    opts = ExportOptions(dtype="float32", max_seq_len=64, max_tree_tokens=16, max_prefill_chunk=16, k_max=8)
+    opts = ExportOptions(dtype="float32", max_seq_len=64, max_tree_tokens=16, max_prefill_chunk=16, k_max=8,
+                         flavour=request.param)
     return export_engine(model_dir, draft_dir, root / "engine", opts, name="tiny-vocab")
 
 

@@ -4,10 +4,11 @@ A backend owns every buffer (allocated once, at maximum shapes) and both KV cach
 `[1, kvh, S, hd]` per layer. The decode loop passes small host arrays and gets host views back;
 views stay valid until the next call of the same graph.
 
-KV bookkeeping (docs/engine-format.md): a graph returns the q new K/V rows of a call.
-- target: `target()` keeps them in its `present_*` buffers; `commit_target(P, rows)` writes rows
-  `rows` (the accepted path, in order) to cache rows `[P, P+len(rows))` — a gather of O(len(rows)),
-  no O(P) copy; the rejected rows are never written. Prefill commits all rows.
+KV bookkeeping (docs/engine-format.md): a graph returns the q new K/V rows of a call (flavour
+"standard") or writes them at [P, P+q) of the cache itself (flavour "gqa").
+- target: `target()` / `target_argmax()` leave them there; `commit_target(P, rows)` puts rows `rows`
+  (the accepted path, in order) at cache rows `[P, P+len(rows))` — a gather of O(len(rows)), no
+  O(P) copy; rows past P+len(rows) are stale and never read. Prefill commits all rows.
 - draft: `draft()` writes its q new rows at `[past_len, past_len+q)` immediately; scratch rows of a
   round are dropped by starting the next round's first call at the committed length again.
 """
@@ -25,6 +26,11 @@ class Backend(ABC):
     @abstractmethod
     def target(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> np.ndarray:
         """One target call. ids, positions: [q] int64; mask: [q, q] bool. Returns logits [q, V] float32."""
+
+    def target_argmax(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> np.ndarray:
+        """One target call for greedy verification. Returns the argmax [q] int64 of each row's logits
+        (the first maximum). Backends read the graph's `argmax` output instead of the logits."""
+        return np.argmax(self.target(ids, positions, mask, past_len), axis=-1)
 
     @abstractmethod
     def commit_target(self, past_len: int, rows: np.ndarray) -> None:

@@ -97,6 +97,19 @@ def copy_rows(cuda: CudaRT, cache: int, new: int, kvh: int, row_bytes: int, S: i
                       row_bytes, kvh, D2D, stream)
 
 
+def compact_rows(cuda: CudaRT, cache: int, kvh: int, row_bytes: int, S: int, past_len: int, rows,
+                 stream: int | None = None) -> None:
+    """In-place KV (flavour "gqa"): cache rows past_len + rows[j] -> past_len + j, for a path `rows`.
+
+    rows ascend with rows[j] >= j, so copying in ascending j on one stream never reads a row an
+    earlier copy overwrote; rows already in place (rows[j] == j) are skipped.
+    """
+    for j, r in enumerate(rows):
+        if int(r) != j:
+            cuda.memcpy2d(cache + (past_len + j) * row_bytes, S * row_bytes, cache + (past_len + int(r)) * row_bytes,
+                          S * row_bytes, row_bytes, kvh, D2D, stream)
+
+
 def load() -> CudaRT:
     lib = _lib()
     if lib is None:

@@ -5,9 +5,14 @@ call's shape; the IOBinding of each q is made once and cached (q is bounded by t
 so a step only rewrites the small inputs in place and re-binds `tree_mask` when its width changes.
 
 Layout: the K/V caches of all layers live in one array `[2L, kvh, S, hd]` (K of layer i at 2i,
-V at 2i+1; each `[1, kvh, S, hd]` slice is contiguous and bound as `past_*`), and the q new rows of
-a call in one array `[2L, kvh*q_max*hd]` whose per-layer prefix `[kvh, q, hd]` is bound as
-`present_*`. A commit is then one numpy gather for all layers.
+V at 2i+1; each `[1, kvh, S, hd]` slice is contiguous and bound as `past_*`). Flavour "standard":
+the q new rows of a call land in one array `[2L, kvh*q_max*hd]` whose per-layer prefix `[kvh, q, hd]`
+is bound as `present_*`, and a commit is one numpy gather for all layers. Flavour "gqa": `present_*`
+is bound to the same slice as `past_*`, the graph writes the q new rows at [P, P+q) itself, and a
+commit only moves an accepted path that is not a prefix down to [P, P+a).
+
+Greedy verification reads the target's in-graph `argmax` [q] (`target_argmax`); on CUDA its
+binding leaves `logits` on the device, so only q ids cross to the host.
 
 Threading (DESIGN §8: the target and draft sessions alternate on 2 cores, and an idle ORT pool that
 spins steals the core the other session needs):
@@ -18,7 +23,7 @@ spins steals the core the other session needs):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -155,10 +160,13 @@ class OrtBackend(Backend):
         L, kvh, hd, V, F, H = md.num_layers, md.num_kv_heads, md.head_dim, md.vocab_size, m.feature_size, md.hidden_size
         kvd, hdd, k = dd.num_kv_heads, dd.head_dim, dd.k_max
 
-        # target: cache [2L, kvh, S, hd]; present [2L, kvh*qm*hd]; logits and features on the host
+        self.in_place = {r: m.graphs[r].flavour == "gqa" for r in ("target", "draft")}
+
+        # target: cache [2L, kvh, S, hd]; present [2L, kvh*qm*hd] (standard); outputs read on the host
         self.kv_t = _flat(2 * L * kvh * S * hd, dt, device)
-        self.new_t = _flat(2 * L * kvh * qm * hd, dt, device)
+        self.new_t = _flat(1 if self.in_place["target"] else 2 * L * kvh * qm * hd, dt, device)
         self.logits = np.zeros(qm * V, np.float32)
+        self.argmax = np.zeros(qm, np.int64)
         self.features = np.zeros(qm * F, dt)
         small = self._small_inputs(with_t=False)
         kv_in, kv_out = [], []
@@ -167,11 +175,20 @@ class OrtBackend(Backend):
                 slab = 2 * i + j
                 kv_in.append(_Offset(f"past_{kind}_{i}", self.kv_t, dt, lambda q, t: [1, kvh, S, hd], device,
                                      offset=slab * kvh * S * hd))
-                kv_out.append(_Offset(f"present_{kind}_{i}", self.new_t, dt, lambda q, t: [1, kvh, q, hd], device,
-                                      offset=slab * kvh * qm * hd))
-        self._target = _Graph(sessions["target"], small + kv_in, [
-            _Tensor("logits", self.logits, np.float32, lambda q, t: [1, q, V]),
-            _Tensor("features", self.features, dt, lambda q, t: [1, q, F])] + kv_out)
+                if self.in_place["target"]:
+                    kv_out.append(replace(kv_in[-1], name=f"present_{kind}_{i}"))
+                else:
+                    kv_out.append(_Offset(f"present_{kind}_{i}", self.new_t, dt, lambda q, t: [1, kvh, q, hd],
+                                          device, offset=slab * kvh * qm * hd))
+        rest = [_Tensor("argmax", self.argmax, np.int64, lambda q, t: [1, q]),
+                _Tensor("features", self.features, dt, lambda q, t: [1, q, F])] + kv_out
+        self._target = _Graph(sessions["target"], small + kv_in,
+                              [_Tensor("logits", self.logits, np.float32, lambda q, t: [1, q, V])] + rest)
+        self._target_greedy = self._target
+        if device == "cuda":   # greedy: logits stay in a device buffer
+            self.logits_dev = _flat(qm * V, np.float32, device)
+            self._target_greedy = _Graph(sessions["target"], small + kv_in, [
+                _Tensor("logits", self.logits_dev, np.float32, lambda q, t: [1, q, V], device)] + rest)
         self._q_t = 0
 
         # draft_fc: features rows -> hidden
@@ -182,21 +199,25 @@ class OrtBackend(Backend):
 
         # draft: its own one-layer cache [2, kvd, S, hdd]
         self.kv_d = _flat(2 * kvd * S * hdd, dt, device)
-        self.new_d = _flat(2 * kvd * qm * hdd, dt, device)
+        self.new_d = _flat(1 if self.in_place["draft"] else 2 * kvd * qm * hdd, dt, device)
         self.hidden = np.zeros(qm * H, dt)
         self.topk_ids = np.zeros(qm * k, np.int64)
         self.topk_logp = np.zeros(qm * k, np.float32)
         self.hidden_out = np.zeros(qm * H, dt)
-        d_in = self._small_inputs(with_t=True) + [
-            _Tensor("hidden", self.hidden, dt, lambda q, t: [1, q, H]),
-            _Offset("past_key", self.kv_d, dt, lambda q, t: [1, kvd, S, hdd], device, offset=0),
-            _Offset("past_value", self.kv_d, dt, lambda q, t: [1, kvd, S, hdd], device, offset=kvd * S * hdd)]
+        d_past = [_Offset("past_key", self.kv_d, dt, lambda q, t: [1, kvd, S, hdd], device, offset=0),
+                  _Offset("past_value", self.kv_d, dt, lambda q, t: [1, kvd, S, hdd], device, offset=kvd * S * hdd)]
+        if self.in_place["draft"]:
+            d_present = [replace(x, name=x.name.replace("past_", "present_")) for x in d_past]
+        else:
+            d_present = [
+                _Offset("present_key", self.new_d, dt, lambda q, t: [1, kvd, q, hdd], device, offset=0),
+                _Offset("present_value", self.new_d, dt, lambda q, t: [1, kvd, q, hdd], device,
+                        offset=kvd * qm * hdd)]
+        d_in = self._small_inputs(with_t=True) + [_Tensor("hidden", self.hidden, dt, lambda q, t: [1, q, H])] + d_past
         d_out = [
             _Tensor("topk_ids", self.topk_ids, np.int64, lambda q, t: [1, q, k]),
             _Tensor("topk_logp", self.topk_logp, np.float32, lambda q, t: [1, q, k]),
-            _Tensor("hidden_out", self.hidden_out, dt, lambda q, t: [1, q, H]),
-            _Offset("present_key", self.new_d, dt, lambda q, t: [1, kvd, q, hdd], device, offset=0),
-            _Offset("present_value", self.new_d, dt, lambda q, t: [1, kvd, q, hdd], device, offset=kvd * qm * hdd)]
+            _Tensor("hidden_out", self.hidden_out, dt, lambda q, t: [1, q, H])] + d_present
         self._draft = _Graph(sessions["draft"], d_in, d_out)
         self._dims = (L, kvh, hd, V, F, H, kvd, hdd, k)
         if device == "cuda":
@@ -231,9 +252,18 @@ class OrtBackend(Backend):
         self._q_t = q
         return self.logits[:q * self._dims[3]].reshape(q, self._dims[3])
 
+    def target_argmax(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> np.ndarray:
+        q, _ = self._stage(ids, positions, mask, past_len)
+        self._target_greedy.run(q, q)
+        self._q_t = q
+        return self.argmax[:q]
+
     def commit_target(self, past_len: int, rows: np.ndarray) -> None:
         L, kvh, hd = self._dims[:3]
         a, q = len(rows), self._q_t
+        if self.in_place["target"]:
+            self._compact_target(past_len, rows)
+            return
         if self.device == "cuda":
             self._commit_cuda(self.kv_t, self.new_t, 2 * L, kvh, hd, past_len, q, rows)
             return
@@ -243,6 +273,23 @@ class OrtBackend(Backend):
             cache[:, :, past_len:past_len + a] = new[:, :, :a]
         else:
             cache[:, :, past_len:past_len + a] = new[:, :, rows]
+
+    def _compact_target(self, past_len: int, rows: np.ndarray) -> None:
+        """Flavour "gqa": the call left its q rows at [P, P+q); move the accepted path to [P, P+a)."""
+        L, kvh, hd = self._dims[:3]
+        a = len(rows)
+        if a == 0 or rows[-1] == a - 1:   # a prefix is already in place
+            return
+        if self.device == "cuda":
+            from runtime.backends import cuda_rt
+            row = hd * self.features.dtype.itemsize
+            for s in range(2 * L):
+                cuda_rt.compact_rows(self._cuda, self.kv_t.data_ptr() + s * kvh * self.S * row, kvh, row, self.S,
+                                     past_len, rows)
+            self._cuda.sync(0)
+            return
+        cache = self.kv_t.reshape(2 * L, kvh, self.S, hd)
+        cache[:, :, past_len:past_len + a] = cache[:, :, past_len + rows]   # fancy index: a temporary of a rows
 
     # -- draft --------------------------------------------------------------------------------------
 
@@ -260,7 +307,9 @@ class OrtBackend(Backend):
         H, kvd, hdd, k = self._dims[5], *self._dims[6:]
         self.hidden[:q * H] = hidden.reshape(-1)
         self._draft.run(q, t)
-        if self.device == "cuda":
+        if self.in_place["draft"]:
+            pass   # the graph wrote its q rows at [past_len, past_len+q)
+        elif self.device == "cuda":
             self._commit_cuda(self.kv_d, self.new_d, 2, kvd, hdd, past_len, q, np.arange(q))
         else:
             new = self.new_d.reshape(2, -1)[:, :kvd * q * hdd].reshape(2, kvd, q, hdd)
@@ -285,14 +334,14 @@ class OrtBackend(Backend):
         self._cuda.sync(0)
 
     def buffer_ids(self) -> tuple[int, ...]:
-        bufs = (self.kv_t, self.new_t, self.kv_d, self.new_d, self.logits, self.features, self.fc_in,
+        bufs = (self.kv_t, self.new_t, self.kv_d, self.new_d, self.logits, self.argmax, self.features, self.fc_in,
                 self.fc_out, self.hidden, self.topk_ids, self.topk_logp, self.hidden_out, self.ids,
                 self.pos, self.mask, self.past)
         return tuple(b.ctypes.data if isinstance(b, np.ndarray) else b.data_ptr() for b in bufs)
 
     def close(self) -> None:
         if not self._closed:
-            self._target = self._fc = self._draft = None  # type: ignore[assignment]
+            self._target = self._target_greedy = self._fc = self._draft = None  # type: ignore[assignment]
             self._closed = True
 
 

@@ -96,6 +96,10 @@ class TrtBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, m: Manifest):
+        odd = [r for r in ("target", "draft") if m.graphs[r].flavour != "standard"]
+        if odd:
+            raise OptionError(f"option backend: 'tensorrt' needs flavour 'standard' graphs; {m.dir} has "
+                              f"{m.graphs[odd[0]].flavour!r} (graphs.{odd[0]}.flavour)")
         if not trt_available():
             raise OptionError("option backend: 'tensorrt' needs the tensorrt Python package")
         if cuda_rt.device_count() == 0:
@@ -116,6 +120,7 @@ class TrtBackend(Backend):
         self.plans = {r: _Plan(trt, self._runtime, m, r, self.cuda, self.q_max) for r in ("target", "draft_fc", "draft")}
         qm = self.q_max
         self.logits = np.zeros(qm * md.vocab_size, np.float32)
+        self.argmax = np.zeros(qm, np.int64)
         self.topk_ids = np.zeros(qm * dd.k_max, np.int64)
         self.topk_logp = np.zeros(qm * dd.k_max, np.float32)
         self.hidden_out = np.zeros(qm * dd.hidden_size, m.kv_dtype)
@@ -131,7 +136,7 @@ class TrtBackend(Backend):
         plan.put("tree_mask", mask.astype(np.bool_, copy=False), self.stream)
         plan.put("past_len", self._past, self.stream)
 
-    def target(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> np.ndarray:
+    def _run_target(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> int:
         p, md = self.plans["target"], self.m.model
         q = ids.shape[0]
         self._small(p, ids, positions, mask, past_len)
@@ -139,11 +144,22 @@ class TrtBackend(Backend):
               for i in range(md.num_layers) for k in ("key", "value")}
         p.run({"input_ids": (1, q), "position_ids": (1, q), "tree_mask": (1, q, q), "past_len": (1,), **kv},
               self.stream)
-        out = self.logits[:q * md.vocab_size]
-        p.get("logits", out, self.stream)
-        self.cuda.sync(self.stream)
         self._q_t = q
-        return out.reshape(q, md.vocab_size)
+        return q
+
+    def target(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> np.ndarray:
+        q, V = self._run_target(ids, positions, mask, past_len), self.m.model.vocab_size
+        out = self.logits[:q * V]
+        self.plans["target"].get("logits", out, self.stream)
+        self.cuda.sync(self.stream)
+        return out.reshape(q, V)
+
+    def target_argmax(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> np.ndarray:
+        q = self._run_target(ids, positions, mask, past_len)
+        out = self.argmax[:q]
+        self.plans["target"].get("argmax", out, self.stream)
+        self.cuda.sync(self.stream)
+        return out
 
     def _copy_rows(self, cache: int, new: int, kvh: int, hd: int, past_len: int, q: int, rows: np.ndarray) -> None:
         cuda_rt.copy_rows(self.cuda, cache, new, kvh, hd * self.es, self.S, q, past_len, rows, self.stream)
