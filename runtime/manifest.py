@@ -418,6 +418,10 @@ def check_graph_io(m: Manifest, role: str, inputs: Sequence[tuple[str, str, Sequ
                 if isinstance(want, int) and isinstance(got, int) and got != want:
                     raise EngineError(f"{file}: {kind} {name!r} dim {axis} is {got}, manifest implies "
                                       f"{want} (shape {list(spec.shape)}); check {_dim_field(role, name, axis)}")
+                if name.startswith("present_") and isinstance(want, int) != isinstance(got, int):
+                    # the q new rows (standard) vs the whole cache written in place (gqa)
+                    raise EngineError(f"{file}: output {name!r} dim {axis} is {got!r}, the manifest's "
+                                      f"graphs.{role}.flavour {m.graphs[role].flavour!r} implies {want!r}")
         if kind == "input":
             extra = sorted(set(have) - set(expected))
             if extra:

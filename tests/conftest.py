@@ -29,7 +29,7 @@ def tiny_engine_gqa(tiny_pair, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_engine_gqa") / "tiny-gqa"
     opts = ExportOptions(dtype="float32", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32,
                          flavour="gqa")
-    return export_engine(model_dir, draft_dir, out, opts, name="tiny-gqa")
+    return export_engine(model_dir, draft_dir, out, opts, name="tiny-gqa", check=True)   # export.check on gqa too
 
 
 @pytest.fixture(scope="session", params=["standard", "gqa"])
