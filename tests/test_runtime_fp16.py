@@ -1,5 +1,5 @@
-"""An fp16 engine (fp16 KV, features and hidden in the runtime's buffers) is lossless too: talon
-with the oracle draft reproduces ar's greedy output, divergence only at a float near-tie."""
+"""An fp16 engine (fp16 KV, features and hidden in the runtime's buffers) is lossless too, in each graph
+flavour: talon with the oracle draft reproduces ar's greedy output, divergence only at a float near-tie."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,11 +9,12 @@ from runtime.api import Generator
 from test_runtime_lossless import OracleDraft, check_equal
 
 
-@pytest.fixture(scope="module")
-def engine16(tiny_pair, tmp_path_factory):
+@pytest.fixture(scope="module", params=["standard", "gqa"])
+def engine16(request, tiny_pair, tmp_path_factory):
     from export.build import ExportOptions, export_engine
     model_dir, draft_dir = tiny_pair
-    opts = ExportOptions(dtype="float16", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32)
+    opts = ExportOptions(dtype="float16", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32,
+                         flavour=request.param)
     return export_engine(model_dir, draft_dir, tmp_path_factory.mktemp("tiny16") / "tiny16", opts, name="tiny16")
 
 
