@@ -7,6 +7,7 @@ backends/     Backend interface; ORT (CPU/CUDA, IO binding, static KV), TensorRT
 decode.py     the loop: prefill, then policy.build -> verify call -> verify -> commit
 draft.py      the draft side of a round: the `expand` callback, scratch rows and tree masks
 stats.py      RoundStats and RunStats (tau, delta, tokens/s, host share)
+profile.py    `python -m runtime.profile`: one round's time by step, and the verify-cost curve
 cli.py        `talon-rt`; subcommands in commands/ (run, inspect) and bench/
 errors.py     TalonError and its subclasses
 """
