@@ -304,18 +304,21 @@ class OrtBackend(Backend):
     def draft(self, ids: np.ndarray, hidden: np.ndarray, positions: np.ndarray, mask: np.ndarray,
               past_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         q, t = self._stage(ids, positions, mask, past_len)
-        H, kvd, hdd, k = self._dims[5], *self._dims[6:]
+        H, k = self._dims[5], self._dims[8]
         self.hidden[:q * H] = hidden.reshape(-1)
         self._draft.run(q, t)
-        if self.in_place["draft"]:
-            pass   # the graph wrote its q rows at [past_len, past_len+q)
-        elif self.device == "cuda":
-            self._commit_cuda(self.kv_d, self.new_d, 2, kvd, hdd, past_len, q, np.arange(q))
-        else:
-            new = self.new_d.reshape(2, -1)[:, :kvd * q * hdd].reshape(2, kvd, q, hdd)
-            self.kv_d.reshape(2, kvd, self.S, hdd)[:, :, past_len:past_len + q] = new
+        if not self.in_place["draft"]:   # flavour gqa wrote its q rows at [past_len, past_len+q) itself
+            self._store_draft_rows(past_len, q)
         return (self.topk_ids[:q * k].reshape(q, k), self.topk_logp[:q * k].reshape(q, k),
                 self.hidden_out[:q * H].reshape(q, H))
+
+    def _store_draft_rows(self, past_len: int, q: int) -> None:
+        kvd, hdd = self._dims[6:8]
+        if self.device == "cuda":
+            self._commit_cuda(self.kv_d, self.new_d, 2, kvd, hdd, past_len, q, np.arange(q))
+            return
+        new = self.new_d.reshape(2, -1)[:, :kvd * q * hdd].reshape(2, kvd, q, hdd)
+        self.kv_d.reshape(2, kvd, self.S, hdd)[:, :, past_len:past_len + q] = new
 
     # -- device commit ------------------------------------------------------------------------------
 
