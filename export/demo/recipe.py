@@ -56,7 +56,7 @@ TARGET_TRAIN = TrainSpec(tokens=5_898_240, batch=16, seq_len=512, lr=2e-3, warmu
 HEAD = HeadSpec()
 # ~20 minutes: a step costs a frozen target forward plus ttt_steps one-layer passes, about as much per
 # position as a target training step. 256-token windows halve the cost of the unfused rollout attention.
-HEAD_TRAIN = TrainSpec(tokens=1_600_000, batch=8, seq_len=256, lr=1e-3, warmup_steps=30, weight_decay=0.0,
+HEAD_TRAIN = TrainSpec(tokens=3_000_000, batch=8, seq_len=256, lr=1e-3, warmup_steps=30, weight_decay=0.0,
                        eval_windows=200)
 
 # The classic draft-model baseline: 2 layers of the target's width, ~3.4 M parameters.
