@@ -27,8 +27,16 @@ test: install  ## run the fast test suite
 test-slow: install  ## run the slow tests too (training smoke, long losslessness runs)
 	$(BIN)/pytest -q -m 'not gpu'
 
-demo: install  ## export the committed demo pair to engines/demo and generate with talon
-	@echo "make demo: the demo model pair is not trained yet (see export/demo); nothing to run." >&2; exit 1
+DEMO        := models/demo
+DEMO_ENGINE := $(ENGINES)/demo
+DEMO_PROMPT ?= $(DEMO)/prompt.txt
+
+# Re-exported only when a committed checkpoint file is newer than the engine.
+$(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO)/target/* $(DEMO)/eagle3/*) | $(VENV)/.installed
+	$(PYTHON) -m export --model $(DEMO)/target --draft $(DEMO)/eagle3 --out $(DEMO_ENGINE) --name demo --force
+
+demo: install $(DEMO_ENGINE)/manifest.json  ## export the committed demo pair to engines/demo and generate with talon
+	$(BIN)/talon-rt run --engine $(DEMO_ENGINE) --prompt-file $(DEMO_PROMPT) --policy talon --max-new-tokens 128 --stats
 
 export: install  ## MODEL=<hf dir> DRAFT=<eagle3 dir> NAME=<name>: build engines/<name>/
 	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder>" >&2; exit 2; }
