@@ -18,9 +18,12 @@ def _pyplot():
 
 def speedup_vs_budget(rows: Sequence[dict], path: Path) -> Path:
     plt = _pyplot()
-    keys = list(dict.fromkeys((r["dataset"], r["temperature"]) for r in rows))
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
-    for ax, (ds, t) in zip(axes[0], keys):
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    temps = sorted({r["temperature"] for r in rows})
+    fig, axes = plt.subplots(len(temps), len(datasets), figsize=(4.2 * len(datasets), 3.4 * len(temps)),
+                             squeeze=False)  # rows: temperatures, columns: datasets
+    for (i, t), (j, ds) in ((it, jd) for it in enumerate(temps) for jd in enumerate(datasets)):
+        ax = axes[i][j]
         sub = [r for r in rows if r["dataset"] == ds and r["temperature"] == t and r["speedup_vs_ar"] is not None]
         for policy in ("eagle3", "talon"):
             for mu in sorted({r["mu"] for r in sub if r["policy"] == policy}, key=lambda m: m or 0):
