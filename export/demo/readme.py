@@ -104,8 +104,14 @@ def write(recipe: Recipe, out: Path, work: Path) -> None:
             "",
             f"Mean accepted length of a depth-7 chain: {a['chain_mean_accepted']:.2f} tokens (+1 bonus token "
             f"per target call). {a['coverage']:.1%} of the target's greedy tokens lie in the draft vocabulary.",
+            "Every step is fed the true next token, so step k differs from step 1 only in using the head's own",
+            "hidden state where the target's features are missing; a flat row means the head predicts mostly",
+            "from the tokens and little from the features.",
             "",
         ]
+    notes = work / "notes.md"  # facts of a particular run (interruptions, resizes), kept beside its results
+    if notes.is_file():
+        lines += ["## Notes on this run", "", notes.read_text().strip(), ""]
     lines += [
         "## Files",
         "",
