@@ -61,8 +61,10 @@ def run_worker(spec: PeerSpec, job: dict[str, Any], timeout_s: float, python: st
     with tempfile.TemporaryDirectory(prefix="talon-peer-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "out.json"
         job_path.write_text(json.dumps({**job, "family": spec.family, "mode": spec.mode}))
+        # torch's OpenMP pool sleeps instead of spinning: with any other load on 2 cores, a spinning
+        # pool made transformers' greedy generate 20x slower here (7 vs 155 tok/s)
         env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]), MKL_NUM_THREADS=str(job["threads"]),
-                   TOKENIZERS_PARALLELISM="false")
+                   OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
         try:
             proc = subprocess.run([python or sys.executable, "-m", "runtime.bench.peers.worker",
                                    str(job_path), str(out_path)], capture_output=True, text=True,

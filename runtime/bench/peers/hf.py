@@ -3,6 +3,7 @@ draft LM, and prompt lookup decoding. torch and transformers are imported here o
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from runtime.bench.peers import PeerUnavailable
@@ -43,5 +44,5 @@ def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[list[int], in
         return new, len(new) if job["mode"] == "greedy" else None
 
     detail = {"transformers": transformers.__version__, "torch": torch.__version__,
-              "threads": torch.get_num_threads()}
+              "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     return generate, detail
