@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+class PeerUnavailable(Exception):
+    """A peer configuration cannot run here; the message is the reason shown in the table."""
+
+
 @dataclass(frozen=True)
 class PeerSpec:
     family: str   # "ortgenai" | "hf"
@@ -116,6 +120,3 @@ def run_peers(prompts: Sequence[PeerPrompt], *, hf_model: str | None, draft_lm: 
             rows += peer_rows(spec, run_worker(spec, job, timeout_s), datasets)
     return rows
 
-
-class PeerUnavailable(Exception):
-    """A peer configuration cannot run here; the message is the reason shown in the table."""
