@@ -119,4 +119,3 @@ def run_peers(prompts: Sequence[PeerPrompt], *, hf_model: str | None, draft_lm: 
         else:
             rows += peer_rows(spec, run_worker(spec, job, timeout_s), datasets)
     return rows
-
