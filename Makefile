@@ -5,6 +5,8 @@ BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 NAME    ?= demo
 ENGINES ?= engines
+# graph flavour of `make export`; TensorRT (`make engines`) needs FLAVOUR=standard
+FLAVOUR ?= gqa
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow demo export engines bench bench-peers capi clean
@@ -41,9 +43,9 @@ demo: install $(DEMO_ENGINE)/manifest.json  ## export the committed demo pair to
 export: install  ## MODEL=<hf dir> DRAFT=<eagle3 dir> NAME=<name>: build engines/<name>/
 	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder>" >&2; exit 2; }
 	@test -n "$(DRAFT)" || { echo "make export: set DRAFT=<local EAGLE-3 head folder>" >&2; exit 2; }
-	$(PYTHON) -m export --model "$(MODEL)" --draft "$(DRAFT)" --out "$(ENGINES)/$(NAME)"
+	$(PYTHON) -m export --model "$(MODEL)" --draft "$(DRAFT)" --out "$(ENGINES)/$(NAME)" --flavour $(FLAVOUR)
 
-engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs a GPU and tensorrt)
+engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs a GPU, tensorrt, and `make export FLAVOUR=standard`)
 	$(PYTHON) -m export.trt "$(ENGINES)/$(NAME)"
 
 BENCH_OUT ?= bench/results

@@ -29,8 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--k-max", type=int, default=_D.k_max,
                    help="children per draft row in topk_ids/topk_logp (default %(default)s)")
     p.add_argument("--flavour", default=_D.flavour, choices=["standard", "gqa"],
-                   help="attention in target/draft: standard ONNX ops (TensorRT and ORT) or ORT's "
-                        "GroupQueryAttention writing the KV cache in place (ORT only; default %(default)s)")
+                   help="attention in target/draft: ORT's GroupQueryAttention writing the KV cache in place "
+                        "(ORT only; ORT CUDA also needs --dtype float16) or standard ONNX ops (needed by "
+                        "TensorRT; default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--check", action="store_true",
                    help="run the graphs once through ONNX Runtime against the PyTorch reference before finishing")

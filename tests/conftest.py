@@ -13,11 +13,12 @@ def tiny_pair(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_pair, tmp_path_factory):
-    """Engine directory of `tiny_pair`, fp32: max_seq_len 256, max_tree_tokens 64, k_max 32."""
+    """Engine directory of `tiny_pair`, fp32, flavour standard: max_seq_len 256, max_tree_tokens 64, k_max 32."""
     from export.build import ExportOptions, export_engine
     model_dir, draft_dir = tiny_pair
     out = tmp_path_factory.mktemp("tiny_engine") / "tiny"
-    opts = ExportOptions(dtype="float32", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32)
+    opts = ExportOptions(dtype="float32", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32,
+                         flavour="standard")
     return export_engine(model_dir, draft_dir, out, opts, name="tiny")
 
 
