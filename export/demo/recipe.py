@@ -54,14 +54,14 @@ TARGET = LMSpec(layers=12, hidden=256, heads=8, kv_heads=2, intermediate=704)
 TARGET_TRAIN = TrainSpec(tokens=5_898_240, batch=16, seq_len=512, lr=2e-3, warmup_steps=50)
 
 HEAD = HeadSpec()
-# ~20 minutes: a step costs a frozen target forward plus ttt_steps one-layer passes, about as much per
+# ~27 minutes: a step costs a frozen target forward plus ttt_steps one-layer passes, about as much per
 # position as a target training step. 256-token windows halve the cost of the unfused rollout attention.
-HEAD_TRAIN = TrainSpec(tokens=3_000_000, batch=8, seq_len=256, lr=1e-3, warmup_steps=30, weight_decay=0.0,
+HEAD_TRAIN = TrainSpec(tokens=4_500_000, batch=8, seq_len=256, lr=2e-3, warmup_steps=30, weight_decay=0.0,
                        eval_windows=200)
 
 # The classic draft-model baseline: 2 layers of the target's width, ~3.4 M parameters.
 DRAFT_LM = LMSpec(layers=2, hidden=256, heads=8, kv_heads=2, intermediate=704)
-# ~5 minutes: a 2-layer step runs at ~12 k tokens/s here.
+# ~5-8 minutes: a 2-layer step runs at 8-12 k tokens/s here.
 DRAFT_LM_TRAIN = TrainSpec(tokens=3_686_400, batch=16, seq_len=512, lr=3e-3, warmup_steps=30)
 
 
