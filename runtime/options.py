@@ -15,7 +15,7 @@ from runtime.manifest import Manifest
 POLICIES = ("ar", "chain", "eagle3", "talon")
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt")
 # How the target and draft sessions share the CPU (DESIGN §8: two spinning pools fight on 2 cores).
-THREAD_MODES = ("nospin", "shared", "spin")
+THREAD_MODES = ("runspin", "nospin", "shared", "spin")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Options:
     seed: int | None = None        # None = nondeterministic sampling
     backend: str = "auto"          # tensorrt if plans + GPU, else ort-cuda if available, else ort-cpu
     threads: int = 0               # intra-op threads per session; 0 = ORT's choice (all cores)
-    thread_mode: str = "nospin"    # measured fastest on 2 cores (see runtime/backends/ort.py)
+    thread_mode: str = "runspin"   # measured fastest on 2 cores (see runtime/backends/ort.py)
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Options))
