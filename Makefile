@@ -33,8 +33,8 @@ DEMO        := models/demo
 DEMO_ENGINE := $(ENGINES)/demo
 DEMO_PROMPT ?= $(DEMO)/prompt.txt
 
-# Re-exported only when a committed checkpoint file is newer than the engine.
-$(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO)/target/* $(DEMO)/eagle3/*) | $(VENV)/.installed
+# Re-exported only when a committed checkpoint or the exporter is newer than the engine.
+$(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO)/target/* $(DEMO)/eagle3/* export/*.py) | $(VENV)/.installed
 	$(PYTHON) -m export --model $(DEMO)/target --draft $(DEMO)/eagle3 --out $(DEMO_ENGINE) --name demo --force
 
 demo: install $(DEMO_ENGINE)/manifest.json  ## export the committed demo pair to engines/demo and generate with talon
