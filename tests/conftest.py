@@ -11,26 +11,26 @@ def tiny_pair(tmp_path_factory):
     return make_tiny_pair(tmp_path_factory.mktemp("tiny_pair"), arch="llama", seed=0)
 
 
-@pytest.fixture(scope="session")
-def tiny_engine(tiny_pair, tmp_path_factory):
-    """Engine directory of `tiny_pair`, fp32, flavour standard: max_seq_len 256, max_tree_tokens 64, k_max 32."""
+def _export_tiny(tiny_pair, tmp_path_factory, flavour: str, name: str, check: bool = False):
+    """`tiny_pair` exported fp32 with max_seq_len 256, max_tree_tokens 64, max_prefill_chunk 128, k_max 32."""
     from export.build import ExportOptions, export_engine
     model_dir, draft_dir = tiny_pair
-    out = tmp_path_factory.mktemp("tiny_engine") / "tiny"
+    out = tmp_path_factory.mktemp(name) / name
     opts = ExportOptions(dtype="float32", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32,
-                         flavour="standard")
-    return export_engine(model_dir, draft_dir, out, opts, name="tiny")
+                         flavour=flavour)
+    return export_engine(model_dir, draft_dir, out, opts, name=name, check=check)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_pair, tmp_path_factory):
+    """Engine directory of `tiny_pair`, flavour standard."""
+    return _export_tiny(tiny_pair, tmp_path_factory, "standard", "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_engine_gqa(tiny_pair, tmp_path_factory):
     """`tiny_engine` with flavour "gqa": GroupQueryAttention writing the KV caches in place."""
-    from export.build import ExportOptions, export_engine
-    model_dir, draft_dir = tiny_pair
-    out = tmp_path_factory.mktemp("tiny_engine_gqa") / "tiny-gqa"
-    opts = ExportOptions(dtype="float32", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32,
-                         flavour="gqa")
-    return export_engine(model_dir, draft_dir, out, opts, name="tiny-gqa", check=True)   # export.check on gqa too
+    return _export_tiny(tiny_pair, tmp_path_factory, "gqa", "tiny-gqa", check=True)   # export.check on gqa too
 
 
 @pytest.fixture(scope="session", params=["standard", "gqa"])
