@@ -10,6 +10,8 @@ from .loop import console
 from .recipe import Recipe
 
 STEPS = ("tokenizer", "corpus", "target", "head", "draftlm", "readme")
+# Run on their own, never by 'all': they read the corpus but build nothing under models/demo.
+SIDE_STEPS = ("prompts",)
 
 
 def run_tokenizer(recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:
@@ -69,8 +71,17 @@ def run_readme(recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:
     readme.write(recipe, out, work)
 
 
+def run_prompts(recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:
+    """`out` is the JSONL file (bench/prompts/stdlib_heldout.jsonl)."""
+    from . import prompts
+
+    rows = prompts.write(out)
+    console.log(f"prompts: {len(rows)} from the held-out files -> {out}")
+
+
 RUNNERS = {"tokenizer": run_tokenizer, "corpus": run_corpus, "target": run_target,
-           "head": run_head, "draftlm": run_draftlm, "readme": run_readme}
+           "head": run_head, "draftlm": run_draftlm, "readme": run_readme,
+           "prompts": run_prompts}
 
 
 def run(steps: list[str], recipe: Recipe, out: Path, work: Path, threads: int = 0) -> None:

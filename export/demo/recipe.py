@@ -79,3 +79,15 @@ class Recipe:
 
 
 DEFAULT = Recipe()
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Benchmark prompts cut from the held-out files (export/demo/prompts.py); builds no model."""
+    context_lines: int = 30   # file lines before the function: something for the model to continue
+    max_chars: int = 1500     # ~450 demo tokens: room for 128 new tokens and a 60-node tree in 1024 positions
+    per_file: int = 2         # 35 held-out files: 50 prompts spread over all of them, none dominating
+    min_lines: int = 6        # shorter functions leave too little body to generate
+
+
+PROMPTS = PromptSpec()
