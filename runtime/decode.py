@@ -7,6 +7,7 @@ is committed to [P, P+a+1) and the last emitted token becomes the next root.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -14,12 +15,13 @@ from typing import Callable
 import numpy as np
 
 from runtime.backends.base import Backend
+from runtime.costs import measure_cost_model
 from runtime.draft import Drafter
 from runtime.errors import InputError
 from runtime.manifest import Manifest
 from runtime.options import Options
 from runtime.stats import RoundStats, RunStats
-from talon import (Acceptance, ChainPolicy, DraftTree, Eagle3Policy, TalonPolicy, logits_to_probs,
+from talon import (Acceptance, AcceptanceModel, ChainPolicy, CostModel, DraftTree, Eagle3Policy, TalonPolicy, logits_to_probs,
                    make_policy, sample_token, verify_greedy, verify_sample)
 
 OnTokens = Callable[[list[int]], None]
@@ -34,9 +36,14 @@ class Decoded:
     stats: RunStats
 
 
-def policy_from_options(o: Options):
+def policy_from_options(o: Options, cost: CostModel | None = None):
     if o.policy == "talon":
         return make_policy("talon", budget=o.budget, root_k=o.root_k, mu=o.mu)
+    if o.policy == "talon-cost":
+        if cost is None:
+            raise ValueError("policy talon-cost needs a measured cost model")
+        return make_policy("talon", budget=o.budget, root_k=o.root_k, mu=o.mu, cost=cost,
+                           acceptance=AcceptanceModel())
     if o.policy == "eagle3":
         return make_policy("eagle3", budget=o.budget, top_k=o.eagle3_top_k, depth=o.eagle3_depth)
     if o.policy == "chain":
@@ -58,7 +65,7 @@ def footprint(policy) -> tuple[int, int]:
 def capped(policy, room: int):
     """The same policy shrunk so a round fits in `room` free cache rows (the context's end)."""
     if isinstance(policy, TalonPolicy):
-        return make_policy("talon", budget=min(policy.budget, room), root_k=policy.root_k, mu=policy.mu)
+        return dataclasses.replace(policy, budget=min(policy.budget, room))
     if isinstance(policy, Eagle3Policy):
         return make_policy("eagle3", budget=min(policy.budget, room), top_k=policy.top_k,
                            depth=min(policy.depth, room // policy.top_k))
@@ -105,7 +112,11 @@ class Decoder:
         self.chunk = m.limits.max_prefill_chunk
         self.vocab = m.model.vocab_size
         self.eos = frozenset(m.tokenizer.eos_ids)
-        self.policy = policy_from_options(o)
+        # the cost-aware extension times this machine's engine calls once, before any prompt
+        self.cost = (measure_cost_model(backend, m, o.budget, o.root_k, o.temperature == 0.0)
+                     if o.policy == "talon-cost" else None)
+        self.policy = policy_from_options(o, self.cost)
+        self.acceptance = getattr(self.policy, "acceptance", None)
         self.need = max(footprint(self.policy))
         self._capped: dict[int, object] = {}
         scratch = footprint(self.policy)[1]
@@ -150,9 +161,17 @@ class Decoder:
         out = self.verify_call(tree)                     # one target call over all tree tokens
         acc = self.sampler.verify(tree, out)             # greedy or lossless sampling (talon/)
         self.commit(acc)                                 # accepted rows -> [P, P+a+1)
+        self.learn(tree, acc, start)
         return tree, acc, self.engine_ns() - eng0, time.perf_counter_ns() - start
 
     # -- steps -------------------------------------------------------------------------------------
+
+    def learn(self, tree: DraftTree, acc: Acceptance, start_ns: int) -> None:
+        """The cost-aware extension calibrates acceptance and its rate on every round (us)."""
+        if self.acceptance is not None:
+            self.acceptance.update(tree.parents, tree.depth, tree.logp, acc.nodes,
+                                   acc.tokens if self.sampler.greedy else None)
+            self.acceptance.record_round(acc.tokens.shape[0], (time.perf_counter_ns() - start_ns) / 1e3)
 
     def expand(self, tree: DraftTree, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.drafter is not None, "the ar policy never drafts"

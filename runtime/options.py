@@ -12,7 +12,8 @@ from typing import Any, Mapping
 from runtime.errors import OptionError
 from runtime.manifest import Manifest
 
-POLICIES = ("ar", "chain", "eagle3", "talon")
+# talon-cost: TALON with the cost-aware stop and size extension (talon/cost.py); budget = its cap
+POLICIES = ("ar", "chain", "eagle3", "talon", "talon-cost")
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt")
 # How the target and draft sessions share the CPU (DESIGN §8: two spinning pools fight on 2 cores).
 THREAD_MODES = ("runspin", "nospin", "shared", "spin")

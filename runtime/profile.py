@@ -111,6 +111,7 @@ class ProfiledDecoder(Decoder):
         acc = self.sampler.verify(tree, out)
         t_accept = time.perf_counter_ns()
         self.commit(acc)
+        self.learn(tree, acc, start)
         end = time.perf_counter_ns()
         ns, calls = self.backend.take()
         draft_ns = ns.get("draft_fc", 0) + ns.get("draft_first", 0) + ns.get("draft_deeper", 0)
@@ -205,6 +206,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m runtime.profile", description=__doc__.splitlines()[0])
     p.add_argument("--engine", required=True, help="engine directory")
     p.add_argument("--budgets", default="4,8,16,32", help="talon budgets to profile (default %(default)s)")
+    p.add_argument("--cost-budgets", default="32",
+                   help="talon-cost budget caps to profile ('' for none; default %(default)s)")
     p.add_argument("--new-tokens", type=int, default=64, help="tokens per prompt (default %(default)s)")
     p.add_argument("--past", type=int, default=256, help="cache rows behind each timed call (default %(default)s)")
     p.add_argument("--reps", type=int, default=50, help="calls per call-cost median (default %(default)s)")
@@ -228,6 +231,8 @@ def main(argv=None) -> int:
           f"vocab {V}); round medians in us")
     configs = [("ar", {"policy": "ar"})] + [(f"talon N={n}", {"policy": "talon", "budget": int(n)})
                                             for n in args.budgets.split(",") if int(n) <= m.limits.max_tree_tokens]
+    configs += [(f"talon-cost N={n}", {"policy": "talon-cost", "budget": int(n)})
+                for n in filter(None, args.cost_budgets.split(",")) if int(n) <= m.limits.max_tree_tokens]
     for label, opts in configs:
         r = profile_rounds(m, prompts, args.new_tokens, temperature=0.0, **opts, **common)
         result["rounds"][label] = r

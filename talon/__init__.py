@@ -1,5 +1,6 @@
 """TALON's algorithm layer: draft-tree policies, tree tensors and verification (numpy only)."""
 
+from talon.cost import AcceptanceModel, CostModel
 from talon.policy import (POLICIES, ArPolicy, ChainPolicy, Eagle3Policy, Expand, Policy,
                           TalonPolicy, make_policy)
 from talon.sampling import logits_to_probs, sample_token
@@ -7,7 +8,7 @@ from talon.tree import BuildInfo, DraftTree, root_tree
 from talon.verify import Acceptance, verify_greedy, verify_sample
 
 __all__ = [
-    "Acceptance", "ArPolicy", "BuildInfo", "ChainPolicy", "DraftTree", "Eagle3Policy", "Expand",
+    "Acceptance", "AcceptanceModel", "ArPolicy", "BuildInfo", "ChainPolicy", "CostModel", "DraftTree", "Eagle3Policy", "Expand",
     "POLICIES", "Policy", "TalonPolicy", "logits_to_probs", "make_policy", "root_tree",
     "sample_token", "verify_greedy", "verify_sample",
 ]

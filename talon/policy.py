@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from talon.cost import AcceptanceModel, CostModel
 from talon.tree import BuildInfo, DraftTree, root_tree
 
 Expand = Callable[[DraftTree, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -59,6 +60,25 @@ def _check_int(name: str, value: int, low: int) -> None:
 
 def _layer_counts(depth: np.ndarray) -> tuple[int, ...]:
     return tuple(int(c) for c in np.bincount(depth)[1:])
+
+
+def _keep_best(nodes: _Nodes, key: np.ndarray, keep: int, calls: int, drafted: int,
+               truncated: int = 0) -> tuple[DraftTree, np.ndarray]:
+    """The root and the `keep` drafted nodes with the highest rank `key` (ties: earlier node first),
+    in drafting order, and each drafted node's index in that tree (-1: dropped). `key` must never
+    increase from a parent to its child (a running minimum of the path score), so the kept set is
+    closed under ancestors."""
+    n = nodes.n
+    kept = np.sort(np.argsort(-key[1:n], kind="stable")[:keep]) + 1
+    sel = np.concatenate(([0], kept))
+    remap = np.full(n, -1, dtype=np.int64)
+    remap[sel] = np.arange(sel.shape[0])
+    parents = remap[nodes.parents[sel]]
+    parents[0] = -1
+    depth = nodes.depth[sel]
+    info = BuildInfo(draft_calls=calls, nodes_per_layer=_layer_counts(depth), drafted=drafted,
+                     pool_truncated=truncated)
+    return DraftTree(nodes.tokens[sel], parents, depth, nodes.logp[sel], info), remap
 
 
 @dataclass(frozen=True)
@@ -147,16 +167,7 @@ class Eagle3Policy:
             key[new] = np.minimum(score, np.repeat(key[beam], kk))
             # the next beam in descending score order (EAGLE's torch.topk; ties: earlier first)
             beam = new[np.argsort(-score, kind="stable")[:k]]
-        n = nodes.n
-        kept = np.sort(np.argsort(-key[1:n], kind="stable")[:keep]) + 1
-        sel = np.concatenate(([0], kept))
-        remap = np.full(n, -1, dtype=np.int64)
-        remap[sel] = np.arange(sel.shape[0])
-        parents = remap[nodes.parents[sel]]
-        parents[0] = -1
-        depth = nodes.depth[sel]
-        info = BuildInfo(draft_calls=calls, nodes_per_layer=_layer_counts(depth), drafted=n - 1)
-        return DraftTree(nodes.tokens[sel], parents, depth, nodes.logp[sel], info)
+        return _keep_best(nodes, key, keep, calls, nodes.n - 1)[0]
 
 
 @dataclass(frozen=True)
@@ -168,12 +179,18 @@ class TalonPolicy:
     score, the candidates with score >= mu * m are kept (in log space: logp >= log(mu) + log m), and
     if they overflow the budget only the best (budget - size) by score (ties: pool order). All kept
     nodes form the next frontier. The budget is the only stop rule; there is no final rerank.
+
+    Extension (off = paper): with a `cost` model the budget becomes a cap; the policy stops deepening
+    when another layer is not expected to pay for its draft call and bigger verify, and keeps the
+    tree size with the best expected tokens per unit of round time (talon/cost.py).
     """
 
     budget: int = 60  # the paper's N on an H200; CPUs want less, the benchmark sweeps it
     root_k: int = 10  # the paper's K: robust initialisation with the root's top-10
     mu: float = 0.03  # the paper's gate: keep paths within 3 % of the layer's best path
     max_depth: int | None = None  # extension (None = paper): stop after this many draft layers
+    cost: CostModel | None = None  # extension (None = paper): cost-aware stop and size, see talon/cost.py
+    acceptance: AcceptanceModel | None = None  # with cost: calibrated acceptance (None: draft probs)
 
     def __post_init__(self) -> None:
         _check_int("budget", self.budget, 1)
@@ -182,6 +199,9 @@ class TalonPolicy:
             raise ValueError(f"mu must be in (0, 1], got {self.mu!r}")
         if self.max_depth is not None:
             _check_int("max_depth", self.max_depth, 1)
+        if self.cost is not None and self.cost.max_nodes < self.budget:
+            raise ValueError(f"cost model covers trees of up to {self.cost.max_nodes} nodes, "
+                             f"budget is {self.budget}")
 
     @property
     def max_nodes(self) -> int:
@@ -194,11 +214,21 @@ class TalonPolicy:
         nodes = _Nodes(n_max, root_token)
         ids, logp = _call(expand, nodes, np.zeros(1, dtype=np.int64))
         k0 = min(self.root_k, ids.shape[1], n_max - 1)
-        frontier = nodes.add(np.zeros(k0, dtype=np.int64), ids[0, :k0], logp[0, :k0], 1)
+        first = np.arange(k0)
+        sizer = _Sizer(self, nodes) if self.cost is not None else None
+        if sizer is not None:   # only the root's children worth their verify cost
+            first = np.flatnonzero(sizer.drafted(np.zeros(1, np.int64), ids, logp, 1)[0, :k0])
+        frontier = nodes.add(np.zeros(first.shape[0], dtype=np.int64), ids[0, first], logp[0, first], 1)
+        if sizer is not None:
+            sizer.added(frontier, first)
         calls, drafted, truncated, layer = 1, ids.shape[1], 0, 1
         log_mu = math.log(self.mu)
         max_depth = self.max_depth or n_max
         while nodes.n < n_max and layer < max_depth:
+            if sizer is not None:
+                frontier = sizer.deepen(frontier, layer)   # only the nodes whose children may pay
+                if frontier.shape[0] == 0:
+                    break
             ids, logp = _call(expand, nodes, frontier)
             calls += 1
             layer += 1
@@ -207,17 +237,101 @@ class TalonPolicy:
             passed = score >= score.max() + log_mu
             truncated += int(np.count_nonzero(passed.all(axis=1)))
             drafted += score.size
+            if sizer is not None:
+                if np.isnan(score).any():
+                    raise ValueError(f"expand: NaN log-probs at layer {layer}")
+                passed &= sizer.drafted(frontier, ids, logp, layer)
             flat = np.flatnonzero(passed)  # parent-major pool order
             if flat.shape[0] == 0:
+                if sizer is not None:   # no child worth its verify cost
+                    break
                 raise ValueError(f"expand: no child passed the gate at layer {layer} (NaN log-probs?)")
             room = n_max - nodes.n
             if flat.shape[0] > room:
                 best = np.argsort(-score.ravel()[flat], kind="stable")[:room]
                 flat = flat[np.sort(best)]
             frontier = nodes.add(frontier[flat // k], ids.ravel()[flat], score.ravel()[flat], layer)
+            if sizer is not None:
+                sizer.added(frontier, flat)
+        if sizer is not None:
+            return sizer.finish(calls, drafted, truncated)
         info = BuildInfo(draft_calls=calls, nodes_per_layer=_layer_counts(nodes.depth[:nodes.n]),
                          drafted=drafted, pool_truncated=truncated)
         return nodes.tree(info)
+
+
+class _Sizer:
+    """The cost-aware extension's bookkeeping for one TalonPolicy build (talon/cost.py)."""
+
+    LOOKAHEAD = np.arange(1, 9)   # deeper layers projected when deciding whether to draw the next
+
+    def __init__(self, policy: TalonPolicy, nodes: _Nodes):
+        cost = policy.cost
+        assert cost is not None
+        self.cost, self.nodes, self.acceptance = cost, nodes, policy.acceptance
+        rate = self.acceptance.rate if self.acceptance is not None else 0.0
+        if rate <= 0:   # nothing measured yet: the rate of root-only rounds
+            rate = 1.0 / (cost.round_base + cost.draft_call(1) + cost.verify[0])
+        self.rate = rate
+        self.node_cost = rate * cost.slope                  # acceptance a node must beat
+        self.log_min = math.log(self.node_cost) if self.node_cost > 0 else -math.inf
+        self.key = np.empty(policy.budget, dtype=np.float64)   # running-min log P(path accepted)
+        self.key[0] = 0.0
+        self.calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # (nodes, ids, logp)
+        self.cal = np.zeros((0, 0))   # the last call's children: log P(accepted | parent accepted)
+        self.alpha = 0.0              # a frontier node's best child's acceptance, from the last call
+
+    def drafted(self, frontier: np.ndarray, ids: np.ndarray, logp: np.ndarray, depth: int) -> np.ndarray:
+        """A draft call expanded `frontier` (children at `depth`); returns [f, k] bool: the children
+        whose acceptance probability pays for their verify cost."""
+        self.calls.append((frontier, ids.copy(), logp.copy()))   # expand may reuse its buffers
+        ranks = np.arange(logp.shape[1])[None, :]
+        self.cal = (logp if self.acceptance is None
+                    else self.acceptance.log_accept(logp, ranks, depth))
+        w = np.exp(self.key[frontier])
+        self.alpha = float(np.dot(w, np.exp(self.cal[:, 0])) / w.sum()) if w.sum() > 0 else 0.0
+        return self.key[frontier][:, None] + self.cal >= self.log_min
+
+    def added(self, new: np.ndarray, flat: np.ndarray) -> None:
+        """The last call's children `flat` (flat [f, k] indices) became nodes `new`."""
+        up = self.nodes.parents[new]
+        self.key[new] = np.minimum(self.key[up] + self.cal.ravel()[flat], self.key[up])
+
+    def deepen(self, frontier: np.ndarray, depth: int) -> np.ndarray:
+        """The frontier nodes (at `depth`) to expand next: those whose best child would be kept, and
+        none unless some projection of 1..8 more layers adds more expected tokens than its draft
+        calls cost. The projection grows a chain of best children from each such node, each as
+        likely to be accepted as a best child at its depth has been (acceptance runs in streaks:
+        the children of a deep accepted node are accepted more often); the first one uses the
+        draft's own confidence when that says more (alpha)."""
+        steps = (self.acceptance.best_child(depth + self.LOOKAHEAD) if self.acceptance is not None
+                 else np.full(self.LOOKAHEAD.shape[0], self.alpha))
+        reach = np.cumprod(steps)
+        reach *= max(self.alpha, steps[0]) / steps[0]
+        chain = np.exp(self.key[frontier])
+        good = chain * reach[0] >= self.node_cost
+        frontier, chain = frontier[good], chain[good]
+        if frontier.shape[0] == 0:
+            return frontier
+        # gain of l more layers: every projected node above the threshold, net of its verify cost
+        proj = chain[None, :] * reach[:, None]
+        gain = np.cumsum(np.maximum(proj - self.node_cost, 0.0).sum(axis=1))
+        if not (gain > self.rate * self.cost.draft_call(frontier.shape[0]) * self.LOOKAHEAD).any():
+            return frontier[:0]
+        return frontier
+
+    def finish(self, calls: int, drafted: int, truncated: int) -> DraftTree:
+        """The root and every node worth its verify cost; tells the acceptance model which kept
+        nodes were expanded."""
+        n = self.nodes.n
+        keep = int(np.count_nonzero(self.key[1:n] >= self.log_min))
+        tree, remap = _keep_best(self.nodes, self.key, keep, calls, drafted, truncated)
+        if self.acceptance is not None:
+            nodes = np.concatenate([c[0] for c in self.calls])
+            kept = remap[nodes] >= 0
+            self.acceptance.expanded(remap[nodes][kept], np.concatenate([c[1] for c in self.calls])[kept],
+                                     np.concatenate([c[2] for c in self.calls])[kept])
+        return tree
 
 
 Policy = ArPolicy | ChainPolicy | Eagle3Policy | TalonPolicy

@@ -27,7 +27,8 @@ def test_bench_writes_three_outputs(tiny_engine, tmp_path):
     assert "| talon (N=8, mu=0.03) |" in proc.stdout
     data = json.loads((out / "results.json").read_text())
     policies = {(r["policy"], r["budget"]) for r in data["rows"]}
-    assert policies == {("ar", 1), ("chain", 5), ("eagle3", 8), ("eagle3", 16), ("talon", 8), ("talon", 16)}
+    assert policies == {("ar", 1), ("chain", 5), ("eagle3", 8), ("eagle3", 16), ("talon", 8), ("talon", 16),
+                        ("talon-cost", 8), ("talon-cost", 16)}
     for r in data["rows"]:
         assert r["dataset"] == "humaneval" and r["temperature"] == 0 and r["prompts"] == 2
         assert r["tokens_per_s"] > 0 and r["tau"] >= 1 and r["speedup_vs_ar"] > 0

@@ -17,7 +17,7 @@ import pytest
 from runtime.api import Generator
 from runtime.backends.base import Backend
 
-POLICIES = ("chain", "eagle3", "talon")
+POLICIES = ("chain", "eagle3", "talon", "talon-cost")
 N_PROMPTS, NEW = 20, 64
 NEAR_TIE = 1e-4
 

@@ -15,7 +15,7 @@ def test_profile_runs_and_adds_up(request, engine, tmp_path, capsys):
                  "--reps", "2", "--past", "32", "--threads", "1", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["flavour"] == ("gqa" if engine.endswith("gqa") else "standard")
-    assert set(r["rounds"]) == {"ar", "talon N=8"}
+    assert set(r["rounds"]) == {"ar", "talon N=8", "talon-cost N=32"}
     talon = r["rounds"]["talon N=8"]
     assert talon["median_us"]["verify_call"] > 0 and talon["median_us"]["draft_first"] > 0
     assert r["rounds"]["ar"]["median_us"]["draft_first"] == 0

@@ -17,7 +17,7 @@ from runtime.errors import OptionError
 DEFAULT_BUDGETS = (8, 16, 32, 60)
 SWEEP_BUDGETS = (4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 60)
 DEFAULT_OUT = "bench/results"
-POLICIES = ("ar", "chain", "eagle3", "talon")
+POLICIES = ("ar", "chain", "eagle3", "talon", "talon-cost")
 
 
 def _csv(kind: type):
@@ -38,7 +38,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dataset", type=_csv(str), default=["humaneval"],
                    help="humaneval, mtbench, gsm8k or PATH.jsonl; comma-separated for several (default humaneval)")
     p.add_argument("--limit", type=int, default=None, help="first N prompts of each dataset")
-    p.add_argument("--policies", type=_csv(str), default=list(POLICIES), help="default ar,chain,eagle3,talon")
+    p.add_argument("--policies", type=_csv(str), default=list(POLICIES), help="default ar,chain,eagle3,talon,talon-cost")
     p.add_argument("--budgets", type=_csv(int), default=None,
                    help=f"tree budgets N incl. the root for eagle3/talon (default {','.join(map(str, DEFAULT_BUDGETS))}, "
                         "capped at the engine's limits.max_tree_tokens)")

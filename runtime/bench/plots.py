@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-COLORS = {"ar": "0.4", "chain": "tab:green", "eagle3": "tab:blue", "talon": "tab:red"}
+COLORS = {"ar": "0.4", "chain": "tab:green", "eagle3": "tab:blue", "talon": "tab:red", "talon-cost": "tab:purple"}
 
 
 def _pyplot():
@@ -25,18 +25,18 @@ def speedup_vs_budget(rows: Sequence[dict], path: Path) -> Path:
     for (i, t), (j, ds) in ((it, jd) for it in enumerate(temps) for jd in enumerate(datasets)):
         ax = axes[i][j]
         sub = [r for r in rows if r["dataset"] == ds and r["temperature"] == t and r["speedup_vs_ar"] is not None]
-        for policy in ("eagle3", "talon"):
+        for policy in ("eagle3", "talon", "talon-cost"):
             for mu in sorted({r["mu"] for r in sub if r["policy"] == policy}, key=lambda m: m or 0):
                 pts = sorted((r["budget"], r["speedup_vs_ar"]) for r in sub if r["policy"] == policy and r["mu"] == mu)
                 if pts:
-                    label = policy + (f" mu={mu:g}" if mu is not None and policy == "talon" else "")
+                    label = policy + (f" mu={mu:g}" if mu is not None and policy != "eagle3" else "")
                     ax.plot(*zip(*pts), marker="o", color=COLORS[policy], label=label)
         for policy in ("ar", "chain"):
             for r in (r for r in sub if r["policy"] == policy):
                 ax.axhline(r["speedup_vs_ar"], color=COLORS[policy], ls="--", lw=1,
                            label=f"{policy}" + (f" (depth {r['budget'] - 1})" if policy == "chain" else ""))
         ax.set_xscale("log", base=2)
-        ticks = sorted({r["budget"] for r in sub if r["policy"] in ("eagle3", "talon")})
+        ticks = sorted({r["budget"] for r in sub if r["policy"] in ("eagle3", "talon", "talon-cost")})
         if ticks:
             ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.minorticks_off()

@@ -158,26 +158,31 @@ def detail_table(rows: Sequence[dict]) -> list[str]:
 
 
 def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
-    """Each peer configuration beside talon-rt's `ar` and `talon` at its best budget (T=0)."""
-    ar, talon = {}, {}
+    """Each peer configuration beside talon-rt's `ar`, and `talon` and `talon-cost` at their best
+    budgets (T=0)."""
+    ar: dict[str, dict] = {}
+    best: dict[str, dict[str, dict]] = {"talon": {}, "talon-cost": {}}
     for r in rows:
         if r["temperature"] != 0:
             continue
         if r["policy"] == "ar":
             ar[r["dataset"]] = r
-        elif r["policy"] == "talon" and r["tokens_per_s"] > talon.get(r["dataset"], {}).get("tokens_per_s", 0):
-            talon[r["dataset"]] = r
-    out = ["| dataset | peer configuration | tok/s (median) | τ | talon best / peer | ar / peer | "
-           "same output as ar | status |",
-           "|---|---|---|---|---|---|---|---|"]
+        elif r["policy"] in best and r["tokens_per_s"] > best[r["policy"]].get(r["dataset"], {}).get("tokens_per_s", 0):
+            best[r["policy"]][r["dataset"]] = r
+    out = ["| dataset | peer configuration | tok/s (median) | τ | talon best / peer | talon-cost best / peer | "
+           "ar / peer | same output as ar | status |",
+           "|---|---|---|---|---|---|---|---|---|"]
+
+    def ratio(r: dict | None, tps: float | None, tag: bool) -> str:
+        if not r or not tps:
+            return "–"
+        return f"{r['tokens_per_s'] / tps:.2f}x" + (f" (N={r['budget']})" if tag else "")
+
     for p in peers:
-        best, base, tps = talon.get(p["dataset"]), ar.get(p["dataset"]), p.get("tokens_per_s")
-        rb = best["tokens_per_s"] / tps if best and tps else None
-        ra = base["tokens_per_s"] / tps if base and tps else None
-        tag = f" (N={best['budget']})" if rb is not None else ""
-        out.append(f"| {p['dataset']} | {p['peer']} | {_f(tps, '{:.1f}')} | {_f(p.get('tau'))} | "
-                   f"{_f(rb, '{:.2f}x')}{tag} | {_f(ra, '{:.2f}x')} | {p.get('same_output_as_ar') or '–'} | "
-                   f"{p['status']} |")
+        ds, tps = p["dataset"], p.get("tokens_per_s")
+        out.append(f"| {ds} | {p['peer']} | {_f(tps, '{:.1f}')} | {_f(p.get('tau'))} | "
+                   f"{ratio(best['talon'].get(ds), tps, True)} | {ratio(best['talon-cost'].get(ds), tps, True)} | "
+                   f"{ratio(ar.get(ds), tps, False)} | {p.get('same_output_as_ar') or '–'} | {p['status']} |")
     return out
 
 

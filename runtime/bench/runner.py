@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from runtime.bench.datasets import Prompt
 
-POLICY_ORDER = ("ar", "chain", "eagle3", "talon")
+POLICY_ORDER = ("ar", "chain", "eagle3", "talon", "talon-cost")
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class BenchConfig:
     policy: str
     budget: int
     temperature: float = 0.0
-    mu: float | None = None  # talon only
+    mu: float | None = None  # talon and talon-cost only
 
     @property
     def label(self) -> str:
@@ -34,8 +34,8 @@ class BenchConfig:
 
 def make_configs(policies: Sequence[str], budgets: Sequence[int], temperatures: Sequence[float],
                  mus: Sequence[float], chain_depth: int) -> list[BenchConfig]:
-    """ar and chain once per temperature (their tree does not depend on the budget); eagle3 and
-    talon once per budget (talon once per mu too)."""
+    """ar and chain once per temperature (their tree does not depend on the budget); eagle3,
+    talon and talon-cost once per budget (talon and talon-cost once per mu too)."""
     configs = []
     for t in temperatures:
         for p in sorted(set(policies), key=POLICY_ORDER.index):
@@ -46,7 +46,7 @@ def make_configs(policies: Sequence[str], budgets: Sequence[int], temperatures: 
             elif p == "eagle3":
                 configs.extend(BenchConfig("eagle3", n, t) for n in budgets)
             else:
-                configs.extend(BenchConfig("talon", n, t, mu) for n in budgets for mu in mus)
+                configs.extend(BenchConfig(p, n, t, mu) for n in budgets for mu in mus)
     return configs
 
 

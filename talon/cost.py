@@ -1,0 +1,200 @@
+"""Cost-aware tree sizing: an extension beside the paper's budget-only TALON (off unless asked for).
+
+TALON stops growing a tree only at its budget N. Where a target call over q tokens costs much more
+than over one (a CPU: verify(16) ~ 2.6 x verify(1) on the demo engine), the deep and unlikely
+nodes of a budget-sized tree cost more verify time than the tokens they are expected to add. With
+a measured cost model the policy keeps a node only if its probability of being accepted pays for
+the verify time it adds at the decoder's current rate R (tokens per unit of time):
+
+    keep a node  iff  P(its path is accepted) >= R * slope      (slope: verify cost per extra node)
+    draw a layer iff  the expected accepted tokens of some projection of the next 1..8 layers
+                      (each frontier node growing a chain of best children) beats R * their draft
+                      calls, counting only nodes that would be kept.
+
+P(accepted) comes from an `AcceptanceModel` that the decode loop calibrates on every verified
+round; R is the rate the decoder measured on its recent rounds. Kept nodes have a running-minimum
+path probability above a threshold, so the tree is closed under ancestors. The budget stays a cap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Measured engine cost of one round, in one time unit (microseconds by convention).
+
+    verify[n - 1]: one target call over an n-node tree (n = 1 .. len(verify)); made non-decreasing
+    by lowering any cost above a later one (timing noise is spikes, not dips).
+    A draft call over r rows costs draft_base + draft_row * r (host work of a layer included).
+    round_base: the round's fixed cost besides these (the first draft call, feed, commit, host).
+    """
+
+    verify: tuple[float, ...]
+    draft_base: float
+    draft_row: float = 0.0
+    round_base: float = 0.0
+
+    def __post_init__(self) -> None:
+        v = tuple(float(x) for x in self.verify)
+        if not v or not all(math.isfinite(x) and x > 0 for x in v):
+            raise ValueError(f"cost model: verify costs must be positive and finite, got {self.verify!r}")
+        for name in ("draft_base", "draft_row", "round_base"):
+            x = getattr(self, name)
+            if not (isinstance(x, (int, float)) and math.isfinite(x) and x >= 0):
+                raise ValueError(f"cost model: {name} must be a finite number >= 0, got {x!r}")
+        object.__setattr__(self, "verify", tuple(np.minimum.accumulate(np.asarray(v)[::-1])[::-1].tolist()))
+
+    @property
+    def max_nodes(self) -> int:
+        return len(self.verify)
+
+    def draft_call(self, rows: int) -> float:
+        return self.draft_base + self.draft_row * rows
+
+    @property
+    def slope(self) -> float:
+        """Verify cost per extra tree node, averaged over the curve (its local slope is noisy)."""
+        v = self.verify
+        return (v[-1] - v[0]) / (len(v) - 1) if len(v) > 1 else 0.0
+
+    @classmethod
+    def from_points(cls, points: dict[int, float], max_nodes: int, draft_base: float,
+                    draft_row: float = 0.0, round_base: float = 0.0) -> CostModel:
+        """Verify costs measured at a few tree sizes, linearly interpolated to 1..max_nodes
+        (extrapolated from the last two points past the largest measured size)."""
+        qs = np.array(sorted(points), dtype=np.float64)
+        us = np.array([points[int(q)] for q in qs], dtype=np.float64)
+        n = np.arange(1, max_nodes + 1, dtype=np.float64)
+        v = np.interp(n, qs, us)
+        if qs.shape[0] >= 2 and max_nodes > qs[-1]:
+            slope = (us[-1] - us[-2]) / (qs[-1] - qs[-2])
+            far = n > qs[-1]
+            v[far] = us[-1] + slope * (n[far] - qs[-1])
+        return cls(tuple(v.tolist()), draft_base, draft_row, round_base)
+
+
+class AcceptanceModel:
+    """What the decode loop has learned about its own rounds: how often a drafted node is accepted
+    once its parent is, by its depth, its rank among its siblings and its conditional draft
+    probability; and the rate R at which rounds emit tokens.
+
+    A draft head trained to match the target's distribution is not calibrated for greedy
+    verification, which accepts the target's argmax: on the demo pair a best child of draft
+    probability 0.05 is accepted about a third of the time, a third child of the same probability
+    rarely, and a chain that got three tokens accepted gets the fourth ~90 % of the time. Per cell
+    the model counts tested and accepted nodes. A cell's estimate starts from `prior` pseudo-tests
+    at the shallower depth's estimate (depth 1: at the bin's own probability), so cells the policy
+    has not reached yet borrow what the shallower ones learned. Mutable: the decode loop calls
+    `update` after every verification and `record_round` after every round.
+    """
+
+    EDGES = (0.02, 0.05, 0.1, 0.2, 0.4, 0.7)   # inner edges of the conditional probability bins
+    RANKS = 4                                  # ranks 0, 1, 2 and 3+
+    DEPTHS = (2, 3, 5)                         # depth buckets 1, 2, 3-4 and 5+
+    RATE_DECAY = 0.95                          # weight of the past in the rate's moving sums
+    REFRESH = 4                                # rounds between estimate refreshes, once warm
+
+    def __init__(self, prior: float = 2.0, rate: float = 0.0):
+        if not prior > 0:
+            raise ValueError(f"acceptance model: prior must be > 0, got {prior}")
+        edges = np.concatenate(([0.0], self.EDGES, [1.0]))
+        self.centres = np.tile((edges[:-1] + edges[1:]) / 2, self.RANKS)
+        self.prior = float(prior)
+        self.log_edges = np.log(np.asarray(self.EDGES))
+        self.bins = len(self.EDGES) + 1
+        self.shape = (len(self.DEPTHS) + 1, self.RANKS * self.bins)
+        self.tested = np.zeros(self.shape)
+        self.accepted = np.zeros(self.shape)
+        self.table = np.zeros(self.shape)     # log P(accepted) per cell
+        self.best = np.zeros(self.shape[0])   # P(accepted) of a best child per depth bucket
+        self._updates = 0
+        self._estimate()
+        self.rate = rate                       # tokens per unit of round time; 0 = not measured yet
+        self._tokens = self._time = 0.0
+        self._expanded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def _cell(self, cond_logp: np.ndarray, rank: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Flat cell index of nodes at `depth` (>= 1) with sibling `rank` and `cond_logp`."""
+        d = np.searchsorted(self.DEPTHS, depth, side="right")
+        col = np.minimum(rank, self.RANKS - 1) * self.bins + np.searchsorted(self.log_edges, cond_logp,
+                                                                              side="right")
+        return d * self.shape[1] + col
+
+    def _estimate(self) -> None:
+        above, best = self.centres, 0.5
+        b = self.bins
+        for d in range(self.shape[0]):
+            est = (self.accepted[d] + self.prior * above) / (self.tested[d] + self.prior)
+            self.table[d] = np.log(np.maximum(est, 1e-6))
+            above = est
+            best = (self.accepted[d, :b].sum() + self.prior * best) / (self.tested[d, :b].sum() + self.prior)
+            self.best[d] = best
+
+    def best_child(self, depth: int | np.ndarray) -> np.ndarray:
+        """P(accepted | parent accepted) of a best child at `depth`, over all draft probabilities."""
+        return self.best[np.searchsorted(self.DEPTHS, depth, side="right")]
+
+    def log_accept(self, cond_logp: np.ndarray, rank: np.ndarray, depth: int | np.ndarray) -> np.ndarray:
+        """log P(accepted | parent accepted) of nodes at `depth` with conditional draft log-probs
+        `cond_logp` and sibling ranks `rank` (0 = the draft's best child)."""
+        return self.table.ravel()[self._cell(cond_logp, rank, depth)]
+
+    def record_round(self, tokens: int, elapsed: float) -> None:
+        """A round emitted `tokens` in `elapsed` time (the cost model's unit)."""
+        self._tokens = self.RATE_DECAY * self._tokens + tokens
+        self._time = self.RATE_DECAY * self._time + elapsed
+        self.rate = self._tokens / self._time if self._time > 0 else 0.0
+
+    def expanded(self, nodes: np.ndarray, ids: np.ndarray, logp: np.ndarray) -> None:
+        """The last build's draft calls: tree nodes `nodes` [e] had top-k children `ids`, `logp`
+        [e, k] (conditional, best first). Greedy updates test every one of them, kept or not."""
+        self._expanded = (nodes, ids, logp)
+
+    def update(self, parents: np.ndarray, depth: np.ndarray, logp: np.ndarray, path: np.ndarray,
+               target_tokens: np.ndarray | None = None) -> None:
+        """One verified tree (`parents`, `depth`, cumulative `logp`) and its accepted path (node
+        indices, root first). Greedy (`target_tokens`: the target's token after each path node):
+        every drafted child of an expanded path node was tested, and accepted if it is the target's
+        token. Otherwise: every tree node whose parent is on the path was tested."""
+        expanded, self._expanded = self._expanded, None
+        if target_tokens is not None and expanded is not None:
+            nodes, ids, cond = expanded
+            where = np.full(parents.shape[0], -1, dtype=np.int64)
+            where[path] = np.arange(path.shape[0])
+            j = where[nodes]
+            on = j >= 0
+            if not on.any():
+                return
+            hit = ids[on] == target_tokens[j[on]][:, None]
+            cell = self._cell(cond[on], np.arange(ids.shape[1])[None, :], depth[nodes[on]][:, None] + 1)
+            self._count(cell.ravel(), hit.ravel())
+            return
+        n = parents.shape[0]
+        if n < 2:
+            return
+        on_path = np.zeros(n, dtype=np.bool_)
+        on_path[path] = True
+        tested = np.flatnonzero(on_path[parents[1:]]) + 1
+        if tested.shape[0] == 0:
+            return
+        cond = logp[tested] - logp[parents[tested]]
+        # rank among the tested siblings (all children of one path node), best first
+        order = np.lexsort((-cond, parents[tested]))
+        grouped = parents[tested][order]
+        first = np.r_[0, np.flatnonzero(grouped[1:] != grouped[:-1]) + 1]
+        rank = np.empty(tested.shape[0], dtype=np.int64)
+        rank[order] = np.arange(tested.shape[0]) - np.repeat(first, np.diff(np.r_[first, tested.shape[0]]))
+        self._count(self._cell(cond, rank, depth[tested]), on_path[tested])
+
+    def _count(self, cell: np.ndarray, hit: np.ndarray) -> None:
+        flat_t, flat_a = self.tested.reshape(-1), self.accepted.reshape(-1)
+        np.add.at(flat_t, cell, 1.0)
+        np.add.at(flat_a, cell[hit], 1.0)
+        self._updates += 1
+        if self._updates % self.REFRESH == 0 or self._updates < self.REFRESH:
+            self._estimate()
