@@ -18,6 +18,7 @@ path probability above a threshold, so the tree is closed under ancestors. The b
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -98,6 +99,7 @@ class AcceptanceModel:
     DEPTHS = (2, 3, 5)                         # depth buckets 1, 2, 3-4 and 5+
     RATE_DECAY = 0.95                          # weight of the past in the rate's moving sums
     REFRESH = 4                                # rounds between estimate refreshes, once warm
+    REACH = 8                                  # chain steps `reach` projects
 
     def __init__(self, prior: float = 2.0, rate: float = 0.0):
         if not prior > 0:
@@ -113,6 +115,8 @@ class AcceptanceModel:
         self.table = np.zeros(self.shape)     # log P(accepted) per cell
         self.best = np.zeros(self.shape[0])   # P(accepted) of a best child per depth bucket
         self._updates = 0
+        self._rank_cols = np.zeros(0, dtype=np.int64)
+        self._reach = np.zeros((0, self.REACH))
         self._estimate()
         self.rate = rate                       # tokens per unit of round time; 0 = not measured yet
         self._tokens = self._time = 0.0
@@ -134,6 +138,7 @@ class AcceptanceModel:
             above = est
             best = (self.accepted[d, :b].sum() + self.prior * best) / (self.tested[d, :b].sum() + self.prior)
             self.best[d] = best
+        self._reach = np.zeros((0, self.REACH))   # rebuilt on demand
 
     def best_child(self, depth: int | np.ndarray) -> np.ndarray:
         """P(accepted | parent accepted) of a best child at `depth`, over all draft probabilities."""
@@ -143,6 +148,26 @@ class AcceptanceModel:
         """log P(accepted | parent accepted) of nodes at `depth` with conditional draft log-probs
         `cond_logp` and sibling ranks `rank` (0 = the draft's best child)."""
         return self.table.ravel()[self._cell(cond_logp, rank, depth)]
+
+    def log_accept_children(self, logp: np.ndarray, depth: int) -> np.ndarray:
+        """`log_accept` of a draft call's [f, k] children (column = sibling rank), all at `depth`."""
+        k = logp.shape[1]
+        if self._rank_cols.shape[0] != k:
+            self._rank_cols = np.minimum(np.arange(k), self.RANKS - 1) * self.bins
+        row = self.table[bisect.bisect_right(self.DEPTHS, depth)]
+        return row[self._rank_cols + self.log_edges.searchsorted(logp, side="right")]
+
+    def reach(self, depth: int) -> np.ndarray:
+        """[REACH] P(a chain of best children below a node at `depth` is accepted down to each of
+        the next REACH depths), one best-child probability per depth."""
+        if self._reach.shape[0] <= depth:
+            self._reach_table(depth + 1)
+        return self._reach[depth]
+
+    def _reach_table(self, depths: int) -> None:
+        steps = self.best_child(np.arange(1, depths + self.REACH + 1))
+        windows = np.lib.stride_tricks.sliding_window_view(steps, self.REACH)[:depths]
+        self._reach = np.cumprod(windows, axis=1)   # row d: the chain below a node at depth d
 
     def record_round(self, tokens: int, elapsed: float) -> None:
         """A round emitted `tokens` in `elapsed` time (the cost model's unit)."""

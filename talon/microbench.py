@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from talon.cost import AcceptanceModel, CostModel
 from talon.policy import make_policy
 from talon.synthetic import CannedExpand
 from talon.tree import DraftTree
@@ -28,16 +29,21 @@ def _first_child_argmax(tree: DraftTree) -> np.ndarray:
 
 
 def _policy(name: str, budget: int):
-    """The policy with a tree of at most `budget` nodes (chain: budget-1 drafts; ar: the root)."""
+    """The policy with a tree of at most `budget` nodes (chain: budget-1 drafts; ar: the root;
+    talon-cost: the extension with the demo engine's CPU costs in us and a fresh calibration)."""
     if name == "chain":
         return make_policy(name, depth=budget - 1)
+    if name == "talon-cost":
+        cost = CostModel(tuple(700.0 + 75.0 * np.arange(budget)), draft_base=150.0, draft_row=5.0)
+        return make_policy("talon", budget=budget, cost=cost, acceptance=AcceptanceModel())
     return make_policy(name) if name == "ar" else make_policy(name, budget=budget)
 
 
 def run_microbench(budgets: tuple[int, ...] = (16, 32, 60), policies: tuple[str, ...] = ("talon", "eagle3"),
                    rounds: int = 2000, sample_rounds: int = 200, seed: int = 0,
                    draft: str = "mixed") -> dict:
-    """{policy: {budget: {layer_us, build_us, mask_us, verify_us, round_us, sample_verify_us, layers}}}."""
+    """{policy: {budget: {layer_us, build_us, mask_us, verify_us, round_us, sample_verify_us, layers}}}.
+    verify_us includes talon-cost's calibration update."""
     expand = CannedExpand(vocab=VOCAB, seed=seed, shape=draft)
     rng = np.random.default_rng(seed)
     probs = rng.random((max(budgets), VOCAB))
@@ -58,7 +64,11 @@ def run_microbench(budgets: tuple[int, ...] = (16, 32, 60), policies: tuple[str,
                 tree.mask()
                 tree.positions(512)
                 t3 = clock()
-                verify_greedy(tree, argmax)
+                acc = verify_greedy(tree, argmax)
+                learn = getattr(policy, "acceptance", None)
+                if learn is not None:   # the decode loop's per-round calibration
+                    learn.update(tree.parents, tree.depth, tree.logp, acc.nodes, acc.tokens)
+                    learn.record_round(acc.tokens.shape[0], 2000.0)
                 t4 = clock()
                 rows[r] = t1 - t0, t3 - t2, t4 - t3, (t1 - t0) + (t4 - t2), tree.info.draft_calls
             sample = []
@@ -86,11 +96,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="canned draft rows: peaked makes deep narrow talon trees, flat wide ones")
     args = ap.parse_args(argv)
     res = run_microbench(tuple(args.budgets), tuple(args.policies), rounds=args.rounds, draft=args.draft)
-    print(f"{'policy':8} {'N':>4} {'layers':>6} {'us/layer':>9} {'build':>8} {'mask':>7} "
+    print(f"{'policy':10} {'N':>4} {'layers':>6} {'us/layer':>9} {'build':>8} {'mask':>7} "
           f"{'verify':>7} {'round':>8} {'sample-verify':>14}   (median host us)")
     for name, per_budget in res.items():
         for budget, s in per_budget.items():
-            print(f"{name:8} {budget:>4} {s['layers']:>6.1f} {s['layer_us']:>9.1f} {s['build_us']:>8.1f} "
+            print(f"{name:10} {budget:>4} {s['layers']:>6.1f} {s['layer_us']:>9.1f} {s['build_us']:>8.1f} "
                   f"{s['mask_us']:>7.1f} {s['verify_us']:>7.1f} {s['round_us']:>8.1f} "
                   f"{s['sample_verify_us']:>14.1f}")
 

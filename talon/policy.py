@@ -263,7 +263,7 @@ class TalonPolicy:
 class _Sizer:
     """The cost-aware extension's bookkeeping for one TalonPolicy build (talon/cost.py)."""
 
-    LOOKAHEAD = np.arange(1, 9)   # deeper layers projected when deciding whether to draw the next
+    LOOKAHEAD = np.arange(1, AcceptanceModel.REACH + 1)   # layers projected when deciding to draw
 
     def __init__(self, policy: TalonPolicy, nodes: _Nodes):
         cost = policy.cost
@@ -285,12 +285,14 @@ class _Sizer:
         """A draft call expanded `frontier` (children at `depth`); returns [f, k] bool: the children
         whose acceptance probability pays for their verify cost."""
         self.calls.append((frontier, ids.copy(), logp.copy()))   # expand may reuse its buffers
-        ranks = np.arange(logp.shape[1])[None, :]
-        self.cal = (logp if self.acceptance is None
-                    else self.acceptance.log_accept(logp, ranks, depth))
-        w = np.exp(self.key[frontier])
-        self.alpha = float(np.dot(w, np.exp(self.cal[:, 0])) / w.sum()) if w.sum() > 0 else 0.0
-        return self.key[frontier][:, None] + self.cal >= self.log_min
+        self.cal = logp if self.acceptance is None else self.acceptance.log_accept_children(logp, depth)
+        top = self.key[frontier]
+        if top.shape[0] == 1:
+            self.alpha = math.exp(self.cal[0, 0])
+        else:
+            w = np.exp(top)
+            self.alpha = float(np.dot(w, np.exp(self.cal[:, 0])) / w.sum())
+        return top[:, None] + self.cal >= self.log_min
 
     def added(self, new: np.ndarray, flat: np.ndarray) -> None:
         """The last call's children `flat` (flat [f, k] indices) became nodes `new`."""
@@ -304,21 +306,30 @@ class _Sizer:
         likely to be accepted as a best child at its depth has been (acceptance runs in streaks:
         the children of a deep accepted node are accepted more often); the first one uses the
         draft's own confidence when that says more (alpha)."""
-        steps = (self.acceptance.best_child(depth + self.LOOKAHEAD) if self.acceptance is not None
-                 else np.full(self.LOOKAHEAD.shape[0], self.alpha))
-        reach = np.cumprod(steps)
-        reach *= max(self.alpha, steps[0]) / steps[0]
-        chain = np.exp(self.key[frontier])
-        good = chain * reach[0] >= self.node_cost
-        frontier, chain = frontier[good], chain[good]
-        if frontier.shape[0] == 0:
+        if self.acceptance is not None:
+            reach = self.acceptance.reach(depth)
+            if self.alpha > reach[0]:
+                reach = reach * (self.alpha / reach[0])
+        else:
+            reach = self.alpha ** self.LOOKAHEAD
+        key = self.key[frontier]
+        if key.shape[0] == 1:
+            chain = math.exp(key[0])
+            if chain * reach[0] < self.node_cost:
+                return frontier[:0]
+            proj = reach * chain - self.node_cost
+        else:
+            chain = np.exp(key)
+            good = chain * reach[0] >= self.node_cost
+            frontier, chain = frontier[good], chain[good]
+            if frontier.shape[0] == 0:
+                return frontier
+            proj = np.multiply.outer(reach, chain).sum(axis=1) - self.node_cost * chain.shape[0]
+        # gain of l more layers (the projected nodes net of their verify cost) against l draft calls
+        gain = np.maximum(proj, 0.0).cumsum()
+        if (gain > self.rate * self.cost.draft_call(frontier.shape[0]) * self.LOOKAHEAD).any():
             return frontier
-        # gain of l more layers: every projected node above the threshold, net of its verify cost
-        proj = chain[None, :] * reach[:, None]
-        gain = np.cumsum(np.maximum(proj - self.node_cost, 0.0).sum(axis=1))
-        if not (gain > self.rate * self.cost.draft_call(frontier.shape[0]) * self.LOOKAHEAD).any():
-            return frontier[:0]
-        return frontier
+        return frontier[:0]
 
     def finish(self, calls: int, drafted: int, truncated: int) -> DraftTree:
         """The root and every node worth its verify cost; tells the acceptance model which kept

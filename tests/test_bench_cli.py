@@ -35,7 +35,7 @@ def test_bench_writes_three_outputs(tiny_engine, tmp_path):
     talon = next(r for r in data["rows"] if r["policy"] == "talon" and r["budget"] == 16)
     assert talon["delta"] > 0 and talon["rounds"] > 0 and talon["depth_hist"]
     assert data["engine"]["name"] == "tiny" and data["git"]["commit"]
-    assert len(data["prompt_runs"]) == 2 * 6
+    assert len(data["prompt_runs"]) == 2 * 8
     assert "## MAT (τ) and speed-up over ar" in (out / "results.md").read_text()
     assert (out / "speedup_vs_budget.png").stat().st_size > 0
     assert (out / "tree_depth_width.png").stat().st_size > 0
