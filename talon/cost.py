@@ -116,7 +116,7 @@ class AcceptanceModel:
         self.best = np.zeros(self.shape[0])   # P(accepted) of a best child per depth bucket
         self._updates = 0
         self._rank_cols = np.zeros(0, dtype=np.int64)
-        self._reach = np.zeros((0, self.REACH))
+        self._reach: list[list[float]] = []
         self._estimate()
         self.rate = rate                       # tokens per unit of round time; 0 = not measured yet
         self._tokens = self._time = 0.0
@@ -138,7 +138,7 @@ class AcceptanceModel:
             above = est
             best = (self.accepted[d, :b].sum() + self.prior * best) / (self.tested[d, :b].sum() + self.prior)
             self.best[d] = best
-        self._reach = np.zeros((0, self.REACH))   # rebuilt on demand
+        self._reach = []   # rebuilt on demand
 
     def best_child(self, depth: int | np.ndarray) -> np.ndarray:
         """P(accepted | parent accepted) of a best child at `depth`, over all draft probabilities."""
@@ -157,17 +157,14 @@ class AcceptanceModel:
         row = self.table[bisect.bisect_right(self.DEPTHS, depth)]
         return row[self._rank_cols + self.log_edges.searchsorted(logp, side="right")]
 
-    def reach(self, depth: int) -> np.ndarray:
-        """[REACH] P(a chain of best children below a node at `depth` is accepted down to each of
-        the next REACH depths), one best-child probability per depth."""
-        if self._reach.shape[0] <= depth:
-            self._reach_table(depth + 1)
+    def reach(self, depth: int) -> list[float]:
+        """P(a chain of best children below a node at `depth` is accepted down to each of the next
+        REACH depths), one best-child probability per depth; a list (the policy's scalar path)."""
+        if len(self._reach) <= depth:
+            steps = self.best_child(np.arange(1, 2 * depth + self.REACH + 2))
+            windows = np.lib.stride_tricks.sliding_window_view(steps, self.REACH)[:2 * depth + 1]
+            self._reach = np.cumprod(windows, axis=1).tolist()   # row d: below a node at depth d
         return self._reach[depth]
-
-    def _reach_table(self, depths: int) -> None:
-        steps = self.best_child(np.arange(1, depths + self.REACH + 1))
-        windows = np.lib.stride_tricks.sliding_window_view(steps, self.REACH)[:depths]
-        self._reach = np.cumprod(windows, axis=1)   # row d: the chain below a node at depth d
 
     def record_round(self, tokens: int, elapsed: float) -> None:
         """A round emitted `tokens` in `elapsed` time (the cost model's unit)."""

@@ -215,7 +215,7 @@ class TalonPolicy:
         ids, logp = _call(expand, nodes, np.zeros(1, dtype=np.int64))
         k0 = min(self.root_k, ids.shape[1], n_max - 1)
         first = np.arange(k0)
-        sizer = _Sizer(self, nodes) if self.cost is not None else None
+        sizer = _Sizer(self, nodes, min(ids.shape[1], 32)) if self.cost is not None else None
         if sizer is not None:   # only the root's children worth their verify cost
             first = np.flatnonzero(sizer.drafted(np.zeros(1, np.int64), ids, logp, 1)[0, :k0])
         frontier = nodes.add(np.zeros(first.shape[0], dtype=np.int64), ids[0, first], logp[0, first], 1)
@@ -234,18 +234,19 @@ class TalonPolicy:
             layer += 1
             k = ids.shape[1]
             score = nodes.logp[frontier][:, None] + logp  # [f, k] cumulative log-prob
-            passed = score >= score.max() + log_mu
+            best = score.max()
+            if best != best:
+                raise ValueError(f"expand: NaN log-probs at layer {layer}")
+            passed = score >= best + log_mu
             truncated += int(np.count_nonzero(passed.all(axis=1)))
             drafted += score.size
             if sizer is not None:
-                if np.isnan(score).any():
-                    raise ValueError(f"expand: NaN log-probs at layer {layer}")
                 passed &= sizer.drafted(frontier, ids, logp, layer)
             flat = np.flatnonzero(passed)  # parent-major pool order
             if flat.shape[0] == 0:
                 if sizer is not None:   # no child worth its verify cost
                     break
-                raise ValueError(f"expand: no child passed the gate at layer {layer} (NaN log-probs?)")
+                raise ValueError(f"expand: no child passed the gate at layer {layer}")
             room = n_max - nodes.n
             if flat.shape[0] > room:
                 best = np.argsort(-score.ravel()[flat], kind="stable")[:room]
@@ -265,7 +266,7 @@ class _Sizer:
 
     LOOKAHEAD = np.arange(1, AcceptanceModel.REACH + 1)   # layers projected when deciding to draw
 
-    def __init__(self, policy: TalonPolicy, nodes: _Nodes):
+    def __init__(self, policy: TalonPolicy, nodes: _Nodes, k: int):
         cost = policy.cost
         assert cost is not None
         self.cost, self.nodes, self.acceptance = cost, nodes, policy.acceptance
@@ -275,16 +276,23 @@ class _Sizer:
         self.rate = rate
         self.node_cost = rate * cost.slope                  # acceptance a node must beat
         self.log_min = math.log(self.node_cost) if self.node_cost > 0 else -math.inf
-        self.key = np.empty(policy.budget, dtype=np.float64)   # running-min log P(path accepted)
+        n = policy.budget
+        self.key = np.empty(n, dtype=np.float64)       # running-min log P(path accepted)
         self.key[0] = 0.0
-        self.calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []   # (nodes, ids, logp)
+        # each expanded node's top-k children (the acceptance model tests them after verification)
+        self.exp_ids = np.empty((n, k), dtype=np.int64)
+        self.exp_logp = np.empty((n, k), dtype=np.float64)
+        self.expanded = np.zeros(n, dtype=np.bool_)
         self.cal = np.zeros((0, 0))   # the last call's children: log P(accepted | parent accepted)
         self.alpha = 0.0              # a frontier node's best child's acceptance, from the last call
 
     def drafted(self, frontier: np.ndarray, ids: np.ndarray, logp: np.ndarray, depth: int) -> np.ndarray:
         """A draft call expanded `frontier` (children at `depth`); returns [f, k] bool: the children
         whose acceptance probability pays for their verify cost."""
-        self.calls.append((frontier, ids.copy(), logp.copy()))   # expand may reuse its buffers
+        k = self.exp_ids.shape[1]
+        self.exp_ids[frontier] = ids[:, :k]          # copies: expand may reuse its buffers
+        self.exp_logp[frontier] = logp[:, :k]
+        self.expanded[frontier] = True
         self.cal = logp if self.acceptance is None else self.acceptance.log_accept_children(logp, depth)
         top = self.key[frontier]
         if top.shape[0] == 1:
@@ -296,8 +304,8 @@ class _Sizer:
 
     def added(self, new: np.ndarray, flat: np.ndarray) -> None:
         """The last call's children `flat` (flat [f, k] indices) became nodes `new`."""
-        up = self.nodes.parents[new]
-        self.key[new] = np.minimum(self.key[up] + self.cal.ravel()[flat], self.key[up])
+        up = self.key[self.nodes.parents[new]]
+        self.key[new] = np.minimum(up + self.cal.ravel()[flat], up)
 
     def deepen(self, frontier: np.ndarray, depth: int) -> np.ndarray:
         """The frontier nodes (at `depth`) to expand next: those whose best child would be kept, and
@@ -308,41 +316,45 @@ class _Sizer:
         draft's own confidence when that says more (alpha)."""
         if self.acceptance is not None:
             reach = self.acceptance.reach(depth)
-            if self.alpha > reach[0]:
-                reach = reach * (self.alpha / reach[0])
+            scale = self.alpha / reach[0] if self.alpha > reach[0] else 1.0
         else:
-            reach = self.alpha ** self.LOOKAHEAD
-        key = self.key[frontier]
-        if key.shape[0] == 1:
-            chain = math.exp(key[0])
-            if chain * reach[0] < self.node_cost:
-                return frontier[:0]
-            proj = reach * chain - self.node_cost
-        else:
-            chain = np.exp(key)
+            reach, scale = (self.alpha ** self.LOOKAHEAD).tolist(), 1.0
+        chain = np.exp(self.key[frontier]) * scale
+        if chain.shape[0] > 1:
             good = chain * reach[0] >= self.node_cost
             frontier, chain = frontier[good], chain[good]
-            if frontier.shape[0] == 0:
+        mass, count = float(chain.sum()), chain.shape[0]
+        call = self.rate * self.cost.draft_call(count)
+        gain = 0.0
+        for layers, r in enumerate(reach, 1):
+            # the projected layer's nodes, net of their verify cost, against one more draft call
+            net = r * mass - self.node_cost * count
+            if net <= 0.0:
+                break
+            gain += net
+            if gain > call * layers:
                 return frontier
-            proj = np.multiply.outer(reach, chain).sum(axis=1) - self.node_cost * chain.shape[0]
-        # gain of l more layers (the projected nodes net of their verify cost) against l draft calls
-        gain = np.maximum(proj, 0.0).cumsum()
-        if (gain > self.rate * self.cost.draft_call(frontier.shape[0]) * self.LOOKAHEAD).any():
-            return frontier
         return frontier[:0]
 
     def finish(self, calls: int, drafted: int, truncated: int) -> DraftTree:
-        """The root and every node worth its verify cost; tells the acceptance model which kept
+        """The root and every node worth its verify cost, in drafting order (closed under ancestors:
+        the key never grows from a parent to its child); tells the acceptance model which kept
         nodes were expanded."""
-        n = self.nodes.n
-        keep = int(np.count_nonzero(self.key[1:n] >= self.log_min))
-        tree, remap = _keep_best(self.nodes, self.key, keep, calls, drafted, truncated)
+        nodes, n = self.nodes, self.nodes.n
+        keep = self.key[:n] >= self.log_min
+        keep[0] = True
+        sel = np.flatnonzero(keep)
+        remap = np.full(n, -1, dtype=np.int64)
+        remap[sel] = np.arange(sel.shape[0])
+        parents = remap[nodes.parents[sel]]
+        parents[0] = -1
+        depth = nodes.depth[sel]
+        info = BuildInfo(draft_calls=calls, nodes_per_layer=_layer_counts(depth), drafted=drafted,
+                         pool_truncated=truncated)
         if self.acceptance is not None:
-            nodes = np.concatenate([c[0] for c in self.calls])
-            kept = remap[nodes] >= 0
-            self.acceptance.expanded(remap[nodes][kept], np.concatenate([c[1] for c in self.calls])[kept],
-                                     np.concatenate([c[2] for c in self.calls])[kept])
-        return tree
+            ex = sel[self.expanded[sel]]
+            self.acceptance.expanded(remap[ex], self.exp_ids[ex], self.exp_logp[ex])
+        return DraftTree(nodes.tokens[sel], parents, depth, nodes.logp[sel], info)
 
 
 Policy = ArPolicy | ChainPolicy | Eagle3Policy | TalonPolicy

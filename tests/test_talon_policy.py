@@ -228,5 +228,5 @@ def test_nan_draft_is_a_clear_error():
     def expand(tree, rows):
         return np.zeros((len(rows), 2), dtype=np.int64), np.full((len(rows), 2), np.nan)
 
-    with pytest.raises(ValueError, match="no child passed the gate at layer 2"):
+    with pytest.raises(ValueError, match="NaN log-probs at layer 2"):
         TalonPolicy(budget=8).build(0, expand)
