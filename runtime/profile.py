@@ -159,8 +159,9 @@ def profile_rounds(m: Manifest, prompts: list[list[int]], new_tokens: int, **opt
     }
 
 
-def _median_us(fn, reps: int) -> float:
-    fn()
+def _median_us(fn, reps: int, warmup: int = 5) -> float:
+    for _ in range(warmup):   # the first calls after a change of shape run slow
+        fn()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter_ns()
