@@ -120,7 +120,7 @@ class AcceptanceModel:
         self._estimate()
         self.rate = rate                       # tokens per unit of round time; 0 = not measured yet
         self._tokens = self._time = 0.0
-        self._expanded: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._expanded: tuple[list, np.ndarray] | None = None
 
     def _cell(self, cond_logp: np.ndarray, rank: np.ndarray, depth: np.ndarray) -> np.ndarray:
         """Flat cell index of nodes at `depth` (>= 1) with sibling `rank` and `cond_logp`."""
@@ -172,10 +172,12 @@ class AcceptanceModel:
         self._time = self.RATE_DECAY * self._time + elapsed
         self.rate = self._tokens / self._time if self._time > 0 else 0.0
 
-    def expanded(self, nodes: np.ndarray, ids: np.ndarray, logp: np.ndarray) -> None:
-        """The last build's draft calls: tree nodes `nodes` [e] had top-k children `ids`, `logp`
-        [e, k] (conditional, best first). Greedy updates test every one of them, kept or not."""
-        self._expanded = (nodes, ids, logp)
+    def expanded(self, calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]], kept: np.ndarray) -> None:
+        """The last build's draft calls: per call the expanded nodes [e] (drafting order indices)
+        and their top-k children `ids`, `logp` [e, k] (conditional, best first); `kept[i]` is the
+        drafting order index of the built tree's node i. Greedy updates test every drafted child
+        of an accepted node, kept in the tree or not."""
+        self._expanded = (calls, kept)
 
     def update(self, parents: np.ndarray, depth: np.ndarray, logp: np.ndarray, path: np.ndarray,
                target_tokens: np.ndarray | None = None) -> None:
@@ -185,15 +187,23 @@ class AcceptanceModel:
         token. Otherwise: every tree node whose parent is on the path was tested."""
         expanded, self._expanded = self._expanded, None
         if target_tokens is not None and expanded is not None:
-            nodes, ids, cond = expanded
-            where = np.full(parents.shape[0], -1, dtype=np.int64)
-            where[path] = np.arange(path.shape[0])
-            j = where[nodes]
-            on = j >= 0
-            if not on.any():
+            calls, kept = expanded
+            at = {node: j for j, node in enumerate(kept[path].tolist())}   # drafting index -> path position
+            rows_ids, rows_logp, picks = [], [], []
+            for nodes, ids, cond in calls:
+                for r, node in enumerate(nodes.tolist()):
+                    j = at.get(node)
+                    if j is not None:
+                        rows_ids.append(ids[r])
+                        rows_logp.append(cond[r])
+                        picks.append(j)
+            if not picks:
                 return
-            hit = ids[on] == target_tokens[j[on]][:, None]
-            cell = self._cell(cond[on], np.arange(ids.shape[1])[None, :], depth[nodes[on]][:, None] + 1)
+            j = np.asarray(picks)
+            ids = np.stack(rows_ids)
+            hit = ids == target_tokens[j][:, None]
+            # path position j is depth j: its children are at depth j + 1
+            cell = self._cell(np.stack(rows_logp), np.arange(ids.shape[1])[None, :], j[:, None] + 1)
             self._count(cell.ravel(), hit.ravel())
             return
         n = parents.shape[0]

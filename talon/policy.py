@@ -215,7 +215,7 @@ class TalonPolicy:
         ids, logp = _call(expand, nodes, np.zeros(1, dtype=np.int64))
         k0 = min(self.root_k, ids.shape[1], n_max - 1)
         first = np.arange(k0)
-        sizer = _Sizer(self, nodes, min(ids.shape[1], 32)) if self.cost is not None else None
+        sizer = _Sizer(self, nodes) if self.cost is not None else None
         if sizer is not None:   # only the root's children worth their verify cost
             first = np.flatnonzero(sizer.drafted(np.zeros(1, np.int64), ids, logp, 1)[0, :k0])
         frontier = nodes.add(np.zeros(first.shape[0], dtype=np.int64), ids[0, first], logp[0, first], 1)
@@ -266,7 +266,7 @@ class _Sizer:
 
     LOOKAHEAD = np.arange(1, AcceptanceModel.REACH + 1)   # layers projected when deciding to draw
 
-    def __init__(self, policy: TalonPolicy, nodes: _Nodes, k: int):
+    def __init__(self, policy: TalonPolicy, nodes: _Nodes):
         cost = policy.cost
         assert cost is not None
         self.cost, self.nodes, self.acceptance = cost, nodes, policy.acceptance
@@ -276,23 +276,18 @@ class _Sizer:
         self.rate = rate
         self.node_cost = rate * cost.slope                  # acceptance a node must beat
         self.log_min = math.log(self.node_cost) if self.node_cost > 0 else -math.inf
-        n = policy.budget
-        self.key = np.empty(n, dtype=np.float64)       # running-min log P(path accepted)
+        self.key = np.empty(policy.budget, dtype=np.float64)   # running-min log P(path accepted)
         self.key[0] = 0.0
-        # each expanded node's top-k children (the acceptance model tests them after verification)
-        self.exp_ids = np.empty((n, k), dtype=np.int64)
-        self.exp_logp = np.empty((n, k), dtype=np.float64)
-        self.expanded = np.zeros(n, dtype=np.bool_)
+        # (expanded nodes, their top-k children): the acceptance model tests them after verification
+        self.calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.cal = np.zeros((0, 0))   # the last call's children: log P(accepted | parent accepted)
         self.alpha = 0.0              # a frontier node's best child's acceptance, from the last call
 
     def drafted(self, frontier: np.ndarray, ids: np.ndarray, logp: np.ndarray, depth: int) -> np.ndarray:
         """A draft call expanded `frontier` (children at `depth`); returns [f, k] bool: the children
         whose acceptance probability pays for their verify cost."""
-        k = self.exp_ids.shape[1]
-        self.exp_ids[frontier] = ids[:, :k]          # copies: expand may reuse its buffers
-        self.exp_logp[frontier] = logp[:, :k]
-        self.expanded[frontier] = True
+        if self.acceptance is not None:   # copies: expand may reuse its buffers
+            self.calls.append((frontier, ids.copy(), logp.copy()))
         self.cal = logp if self.acceptance is None else self.acceptance.log_accept_children(logp, depth)
         top = self.key[frontier]
         if top.shape[0] == 1:
@@ -352,8 +347,7 @@ class _Sizer:
         info = BuildInfo(draft_calls=calls, nodes_per_layer=_layer_counts(depth), drafted=drafted,
                          pool_truncated=truncated)
         if self.acceptance is not None:
-            ex = sel[self.expanded[sel]]
-            self.acceptance.expanded(remap[ex], self.exp_ids[ex], self.exp_logp[ex])
+            self.acceptance.expanded(self.calls, sel)
         return DraftTree(nodes.tokens[sel], parents, depth, nodes.logp[sel], info)
 
 

@@ -41,8 +41,8 @@ def test_acceptance_model_learns_greedy_outcomes():
     depth = np.array([0, 1, 1, 2])
     logp = np.log([1.0, 0.5, 0.3, 0.25])
     for _ in range(40):
-        a.expanded(np.array([0, 1]), np.array([[7, 8, 9], [4, 5, 6]]),
-                   np.log([[0.5, 0.3, 0.1], [0.5, 0.2, 0.1]]))
+        a.expanded([(np.array([0]), np.array([[7, 8, 9]]), np.log([[0.5, 0.3, 0.1]])),
+                    (np.array([1]), np.array([[4, 5, 6]]), np.log([[0.5, 0.2, 0.1]]))], np.arange(4))
         # the path root -> n1; the target chose 7 after the root and 5 (the draft's second) after n1
         a.update(parents, depth, logp, np.array([0, 1]), target_tokens=np.array([7, 5]))
     best_d1 = np.exp(a.log_accept(np.log([0.5]), np.array([0]), 1))[0]
