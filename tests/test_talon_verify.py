@@ -187,3 +187,17 @@ def test_sample_token_follows_probs():
     p = np.array([0.1, 0.0, 0.6, 0.3])
     draws = np.bincount([sample_token(p, rng) for _ in range(20_000)], minlength=4)
     assert draws[1] == 0 and chisquare(draws[[0, 2, 3]], 20_000 * p[[0, 2, 3]]).pvalue > 0.01
+
+
+@PROPERTY
+@given(trees_and_argmax(max_nodes=32))
+def test_greedy_small_tree_walk_equals_the_vectorised_path(case):
+    import talon.verify as tv
+    tree, argmax = case
+    walk = tv._verify_greedy_small(tree, argmax)
+    saved, tv.SMALL_TREE = tv.SMALL_TREE, 0
+    try:
+        vec = verify_greedy(tree, argmax)
+    finally:
+        tv.SMALL_TREE = saved
+    assert walk.nodes.tolist() == vec.nodes.tolist() and walk.tokens.tolist() == vec.tokens.tolist()
