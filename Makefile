@@ -31,11 +31,15 @@ test-slow: install  ## run the slow tests too (training smoke, long losslessness
 
 DEMO        := models/demo
 DEMO_ENGINE := $(ENGINES)/demo
+# int4 draft weights: lossless (the fp32 target verifies every token), cheaper draft calls on the CPU
+DEMO_DRAFT_WEIGHTS ?= int4
+DRAFT_WEIGHTS ?= float
 DEMO_PROMPT ?= $(DEMO)/prompt.txt
 
 # Re-exported only when a committed checkpoint or the exporter is newer than the engine.
-$(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO)/target/* $(DEMO)/eagle3/* export/*.py) | $(VENV)/.installed
-	$(PYTHON) -m export --model $(DEMO)/target --draft $(DEMO)/eagle3 --out $(DEMO_ENGINE) --name demo --force
+$(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO)/target/* $(DEMO)/eagle3/* export/*.py) Makefile | $(VENV)/.installed
+	$(PYTHON) -m export --model $(DEMO)/target --draft $(DEMO)/eagle3 --out $(DEMO_ENGINE) --name demo \
+		--draft-weights $(DEMO_DRAFT_WEIGHTS) --force
 
 demo: install $(DEMO_ENGINE)/manifest.json  ## export the committed demo pair to engines/demo and generate with talon
 	$(BIN)/talon-rt run --engine $(DEMO_ENGINE) --prompt-file $(DEMO_PROMPT) --policy talon --max-new-tokens 128 --stats
@@ -43,7 +47,8 @@ demo: install $(DEMO_ENGINE)/manifest.json  ## export the committed demo pair to
 export: install  ## MODEL=<hf dir> DRAFT=<eagle3 dir> NAME=<name>: build engines/<name>/
 	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder>" >&2; exit 2; }
 	@test -n "$(DRAFT)" || { echo "make export: set DRAFT=<local EAGLE-3 head folder>" >&2; exit 2; }
-	$(PYTHON) -m export --model "$(MODEL)" --draft "$(DRAFT)" --out "$(ENGINES)/$(NAME)" --flavour $(FLAVOUR)
+	$(PYTHON) -m export --model "$(MODEL)" --draft "$(DRAFT)" --out "$(ENGINES)/$(NAME)" --flavour $(FLAVOUR) \
+		--draft-weights $(DRAFT_WEIGHTS)
 
 engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs a GPU, tensorrt, and `make export FLAVOUR=standard`)
 	$(PYTHON) -m export.trt "$(ENGINES)/$(NAME)"

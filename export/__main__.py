@@ -32,6 +32,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="attention in target/draft: ORT's GroupQueryAttention writing the KV cache in place "
                         "(ORT only; ORT CUDA also needs --dtype float16) or standard ONNX ops (needed by "
                         "TensorRT; default %(default)s)")
+    p.add_argument("--draft-weights", default=_D.draft_weights, choices=["float", "int8", "int4"],
+                   help="draft graphs' MatMul weights: float, or int8/int4 blockwise (ORT only; lossless, "
+                        "the target verifies every draft token; default %(default)s)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--check", action="store_true",
                    help="run the graphs once through ONNX Runtime against the PyTorch reference before finishing")
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
         from export.errors import ExportError
         opts = ExportOptions(dtype=args.dtype, max_seq_len=args.max_seq_len, max_tree_tokens=args.max_tree_tokens,
                              max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max,
-                             flavour=args.flavour)
+                             flavour=args.flavour, draft_weights=args.draft_weights)
         export_engine(args.model, args.draft, args.out, opts, name=args.name, force=args.force,
                       check=args.check,
                       log=lambda msg: console.print(f"[green]✓[/] {escape(msg)}"))

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from export import checkpoints, onnx_graphs
+from export import checkpoints, onnx_graphs, quantize
 from export.config import HeadConfig
 from export.engine_dir import FORMAT_VERSION, file_record, verify_engine_dir
 from export.errors import CheckpointError, ExportError
@@ -34,12 +34,23 @@ class ExportOptions:
     # target/draft attention: gqa (ORT only, KV written in place; 8-17 % cheaper target calls than
     # standard on the 2-core CPU, demo engine) | standard (standard ops: TensorRT needs it)
     flavour: str = "gqa"
+    # draft_fc/draft MatMul weights: float (dtype) | int8 | int4 (ORT MatMulNBits; lossless: the
+    # target verifies every draft token; export/quantize.py)
+    draft_weights: str = "float"
 
     def check(self) -> None:
         if self.dtype not in onnx_graphs.DTYPES:
             raise ExportError(f"--dtype {self.dtype!r}: expected one of {', '.join(onnx_graphs.DTYPES)}")
         if self.flavour not in onnx_graphs.FLAVOURS:
             raise ExportError(f"--flavour {self.flavour!r}: expected one of {', '.join(onnx_graphs.FLAVOURS)}")
+        if self.draft_weights not in quantize.DRAFT_WEIGHTS:
+            raise ExportError(f"--draft-weights {self.draft_weights!r}: expected one of "
+                              f"{', '.join(quantize.DRAFT_WEIGHTS)}")
+        if self.draft_weights != "float" and self.dtype != "float32":
+            raise ExportError(f"--draft-weights {self.draft_weights} needs --dtype float32, got {self.dtype}")
+        if self.draft_weights != "float" and self.flavour != "gqa":
+            raise ExportError(f"--draft-weights {self.draft_weights} needs --flavour gqa (ONNX Runtime only; "
+                              f"TensorRT plans need float draft weights)")
         for name in ("max_seq_len", "max_tree_tokens", "max_prefill_chunk", "k_max"):
             if getattr(self, name) < 1:
                 raise ExportError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -156,9 +167,13 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
                                                                    opts.flavour))):
                 t0 = time.perf_counter()
                 written = onnx_graphs.save(build(), tmp / fname)
+                kind = opts.dtype
+                if fname == "draft.onnx" and opts.draft_weights != "float":   # draft_fc is one Gemm: kept
+                    n = quantize.quantize_graph(tmp / fname, opts.draft_weights)
+                    kind = f"{n} MatMul weights {opts.draft_weights}"
                 files += written
                 stage(f"wrote {', '.join(p.name for p in written)} "
-                      f"({sum(p.stat().st_size for p in written) / 1e6:.1f} MB, {opts.dtype})", t0)
+                      f"({sum(p.stat().st_size for p in written) / 1e6:.1f} MB, {kind})", t0)
             t0 = time.perf_counter()
             shutil.copyfile(tokenizer_src, tmp / "tokenizer.json")
             files.append(tmp / "tokenizer.json")
@@ -192,7 +207,8 @@ def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, fil
                   "num_layers": tc.num_layers, "num_heads": tc.num_heads, "num_kv_heads": tc.num_kv_heads,
                   "head_dim": tc.head_dim, "feature_layers": list(tc.feature_layers), "dtype": opts.dtype},
         "draft": {"hidden_size": hc.hidden_size, "num_heads": hc.num_heads, "num_kv_heads": hc.num_kv_heads,
-                  "head_dim": hc.head_dim, "draft_vocab_size": hc.draft_vocab_size, "k_max": opts.k_max},
+                  "head_dim": hc.head_dim, "draft_vocab_size": hc.draft_vocab_size, "k_max": opts.k_max,
+                  "weights": opts.draft_weights},
         "tokenizer": tokenizer,
         "limits": {"max_seq_len": opts.max_seq_len, "max_tree_tokens": opts.max_tree_tokens,
                    "max_prefill_chunk": opts.max_prefill_chunk},

@@ -46,6 +46,7 @@ class DraftDims:
     head_dim: int
     draft_vocab_size: int
     k_max: int
+    weights: str = "float"   # draft graphs' MatMul weights: float | int8 | int4 (ORT MatMulNBits)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Limits:
 
 # "standard": standard ONNX ops, returns the q new K/V rows; "gqa": GroupQueryAttention writes them
 # into the bound cache in place (ORT only). draft_fc has no attention.
+DRAFT_WEIGHTS = ("float", "int8", "int4")
 FLAVOURS = {"target": ("standard", "gqa"), "draft_fc": ("standard",), "draft": ("standard", "gqa")}
 
 
@@ -191,7 +193,10 @@ def _parse_draft(raw: Mapping[str, Any], model: ModelDims) -> DraftDims:
         head_dim=_positive(d, "head_dim", "draft"),
         draft_vocab_size=_positive(d, "draft_vocab_size", "draft"),
         k_max=_positive(d, "k_max", "draft"),
+        weights=_get(d, "weights", str, "draft", optional=True) or "float",
     )
+    if dims.weights not in DRAFT_WEIGHTS:
+        raise _err("draft.weights", f"{dims.weights!r} is not one of {', '.join(DRAFT_WEIGHTS)}")
     if dims.hidden_size != model.hidden_size:
         raise _err("draft.hidden_size", f"{dims.hidden_size} != model.hidden_size={model.hidden_size}")
     if dims.draft_vocab_size > model.vocab_size:

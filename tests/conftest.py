@@ -11,13 +11,14 @@ def tiny_pair(tmp_path_factory):
     return make_tiny_pair(tmp_path_factory.mktemp("tiny_pair"), arch="llama", seed=0)
 
 
-def _export_tiny(tiny_pair, tmp_path_factory, flavour: str, name: str, check: bool = False):
-    """`tiny_pair` exported fp32 with max_seq_len 256, max_tree_tokens 64, max_prefill_chunk 128, k_max 32."""
+def _export_tiny(tiny_pair, tmp_path_factory, flavour: str, name: str, check: bool = False, **options):
+    """`tiny_pair` exported fp32 with max_seq_len 256, max_tree_tokens 64, max_prefill_chunk 128, k_max 32
+    (and any other ExportOptions field in `options`)."""
     from export.build import ExportOptions, export_engine
     model_dir, draft_dir = tiny_pair
     out = tmp_path_factory.mktemp(name) / name
     opts = ExportOptions(dtype="float32", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32,
-                         flavour=flavour)
+                         flavour=flavour, **options)
     return export_engine(model_dir, draft_dir, out, opts, name=name, check=check)
 
 
