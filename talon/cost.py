@@ -108,6 +108,7 @@ class AcceptanceModel:
         self.centres = np.tile((edges[:-1] + edges[1:]) / 2, self.RANKS)
         self.prior = float(prior)
         self.log_edges = np.log(np.asarray(self.EDGES))
+        self._depth_edges = np.asarray(self.DEPTHS)
         self.bins = len(self.EDGES) + 1
         self.shape = (len(self.DEPTHS) + 1, self.RANKS * self.bins)
         self.tested = np.zeros(self.shape)
@@ -116,7 +117,7 @@ class AcceptanceModel:
         self.best = np.zeros(self.shape[0])   # P(accepted) of a best child per depth bucket
         self._updates = 0
         self._rank_cols = np.zeros(0, dtype=np.int64)
-        self._reach: list[list[float]] = []
+        self._reach: dict[int, list[float]] = {}   # depth -> reach row, until the next refresh
         self._estimate()
         self.rate = rate                       # tokens per unit of round time; 0 = not measured yet
         self._tokens = self._time = 0.0
@@ -124,9 +125,8 @@ class AcceptanceModel:
 
     def _cell(self, cond_logp: np.ndarray, rank: np.ndarray, depth: np.ndarray) -> np.ndarray:
         """Flat cell index of nodes at `depth` (>= 1) with sibling `rank` and `cond_logp`."""
-        d = np.searchsorted(self.DEPTHS, depth, side="right")
-        col = np.minimum(rank, self.RANKS - 1) * self.bins + np.searchsorted(self.log_edges, cond_logp,
-                                                                              side="right")
+        d = self._depth_edges.searchsorted(depth, side="right")
+        col = np.minimum(rank, self.RANKS - 1) * self.bins + self.log_edges.searchsorted(cond_logp, side="right")
         return d * self.shape[1] + col
 
     def _estimate(self) -> None:
@@ -138,11 +138,11 @@ class AcceptanceModel:
             above = est
             best = (self.accepted[d, :b].sum() + self.prior * best) / (self.tested[d, :b].sum() + self.prior)
             self.best[d] = best
-        self._reach = []   # rebuilt on demand
+        self._reach = {}   # rebuilt on demand
 
     def best_child(self, depth: int | np.ndarray) -> np.ndarray:
         """P(accepted | parent accepted) of a best child at `depth`, over all draft probabilities."""
-        return self.best[np.searchsorted(self.DEPTHS, depth, side="right")]
+        return self.best[self._depth_edges.searchsorted(depth, side="right")]
 
     def log_accept(self, cond_logp: np.ndarray, rank: np.ndarray, depth: int | np.ndarray) -> np.ndarray:
         """log P(accepted | parent accepted) of nodes at `depth` with conditional draft log-probs
@@ -160,11 +160,15 @@ class AcceptanceModel:
     def reach(self, depth: int) -> list[float]:
         """P(a chain of best children below a node at `depth` is accepted down to each of the next
         REACH depths), one best-child probability per depth; a list (the policy's scalar path)."""
-        if len(self._reach) <= depth:
-            steps = self.best_child(np.arange(1, 2 * depth + self.REACH + 2))
-            windows = np.lib.stride_tricks.sliding_window_view(steps, self.REACH)[:2 * depth + 1]
-            self._reach = np.cumprod(windows, axis=1).tolist()   # row d: below a node at depth d
-        return self._reach[depth]
+        row = self._reach.get(depth)
+        if row is None:
+            best, edges, p = self.best.tolist(), self.DEPTHS, 1.0
+            row = []
+            for d in range(depth + 1, depth + 1 + self.REACH):
+                p *= best[bisect.bisect_right(edges, d)]
+                row.append(p)
+            self._reach[depth] = row
+        return row
 
     def record_round(self, tokens: int, elapsed: float) -> None:
         """A round emitted `tokens` in `elapsed` time (the cost model's unit)."""
@@ -224,9 +228,9 @@ class AcceptanceModel:
         self._count(self._cell(cond, rank, depth[tested]), on_path[tested])
 
     def _count(self, cell: np.ndarray, hit: np.ndarray) -> None:
-        flat_t, flat_a = self.tested.reshape(-1), self.accepted.reshape(-1)
-        np.add.at(flat_t, cell, 1.0)
-        np.add.at(flat_a, cell[hit], 1.0)
+        size = self.tested.size
+        self.tested += np.bincount(cell, minlength=size).reshape(self.shape)
+        self.accepted += np.bincount(cell[hit], minlength=size).reshape(self.shape)
         self._updates += 1
         if self._updates % self.REFRESH == 0 or self._updates < self.REFRESH:
             self._estimate()
