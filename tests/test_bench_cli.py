@@ -56,6 +56,24 @@ def test_sweep_writes_default_budget(tiny_engine, tmp_path):
     assert manifest.defaults["budget"] == best
 
 
+def test_sweep_over_mu_and_root_k_writes_all_three(tiny_engine, tmp_path):
+    from runtime.manifest import open_manifest
+    engine = tmp_path / "engine"
+    shutil.copytree(tiny_engine, engine)
+    out = tmp_path / "out"
+    proc = _bench("--engine", engine, "--dataset", "humaneval", "--limit", 1, "--warmup", 0, "--sweep",
+                  "--budgets", "4", "--mu", "0.03,0.3", "--root-k", "1,10", "--max-new-tokens", 8,
+                  "--write-defaults", "--out", out)
+    data = json.loads((out / "results.json").read_text())
+    talon = {(r["mu"], r["root_k"]) for r in data["rows"] if r["policy"] == "talon"}
+    assert talon == {(0.03, 1), (0.03, 10), (0.3, 1), (0.3, 10)}
+    best = data["best_budget"]
+    assert len(best["candidates"]) == 4 and "(N=4, mu=0.3, K=1)" in proc.stdout
+    manifest = open_manifest(engine, verify_checksums=True)
+    assert (manifest.defaults["budget"], manifest.defaults["mu"], manifest.defaults["root_k"]) == \
+        (4, best["mu"], best["root_k"])
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "alpaca"], "unknown dataset 'alpaca'"),
     (["--budgets", "8,x"], "expected comma-separated int values"),

@@ -31,6 +31,13 @@ def test_limit():
         load_prompts("humaneval", limit=0)
 
 
+def test_offset_skips_the_first_prompts():
+    first = load_prompts("humaneval", 12)
+    assert [p.id for p in load_prompts("humaneval", 2, offset=10)] == [p.id for p in first[10:12]]
+    with pytest.raises(DatasetError, match="--offset must be >= 0, got -1"):
+        load_prompts("humaneval", 2, offset=-1)
+
+
 def test_jsonl_file(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text('{"prompt": "def f():"}\n\n{"prompt": "x = 1", "id": "b"}\n')

@@ -38,11 +38,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dataset", type=_csv(str), default=["humaneval"],
                    help="humaneval, mtbench, gsm8k or PATH.jsonl; comma-separated for several (default humaneval)")
     p.add_argument("--limit", type=int, default=None, help="first N prompts of each dataset")
+    p.add_argument("--offset", type=int, default=0,
+                   help="skip the first N prompts of each dataset (a tuning set disjoint from a benchmark's)")
     p.add_argument("--policies", type=_csv(str), default=list(POLICIES), help="default ar,chain,eagle3,talon,talon-cost")
     p.add_argument("--budgets", type=_csv(int), default=None,
                    help=f"tree budgets N incl. the root for eagle3/talon (default {','.join(map(str, DEFAULT_BUDGETS))}, "
                         "capped at the engine's limits.max_tree_tokens)")
     p.add_argument("--mu", type=_csv(float), default=None, help="talon's mu, comma-separated (default: the engine's)")
+    p.add_argument("--root-k", type=_csv(int), default=None,
+                   help="talon's root fan-out K, comma-separated (default: the engine's)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=_csv(float), default=[0.0], help="comma-separated; 0 = greedy (default 0)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (T > 0)")
@@ -52,7 +56,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true",
                    help="find the best talon budget for this engine on this machine (budgets default to a sweep grid)")
     p.add_argument("--write-defaults", action="store_true",
-                   help="with --sweep: write the best budget into the engine's manifest defaults")
+                   help="with --sweep: write the best budget (and mu / root K when several were given) "
+                        "into the engine's manifest defaults")
     p.add_argument("--peers", action="store_true",
                    help="also run onnxruntime-genai and transformers on the same target weights and prompts")
     p.add_argument("--hf-model", help="the target in Hugging Face format (for --peers)")
@@ -127,10 +132,10 @@ def _run(args: argparse.Namespace) -> int:
     budgets, dropped = _budgets(args, manifest.limits.max_tree_tokens)
     mus = args.mu or [float(manifest.defaults.get("mu", 0.03))]
     chain_depth = int(manifest.defaults.get("chain_depth", 4))
-    configs = make_configs(policies, budgets, args.temperature, mus, chain_depth)
+    configs = make_configs(policies, budgets, args.temperature, mus, chain_depth, args.root_k or [None])
     if not configs:
         raise OptionError("nothing to run: no policy/budget left (check --policies and --budgets)")
-    prompts = [p for name in args.dataset for p in load_prompts(name, args.limit)]
+    prompts = [p for name in args.dataset for p in load_prompts(name, args.limit, args.offset)]
     largest_tree = max(c.budget for c in configs)
     max_prompt = manifest.limits.max_seq_len - args.max_new_tokens - largest_tree - 1
     if max_prompt < 1:
@@ -145,6 +150,8 @@ def _run(args: argparse.Namespace) -> int:
             opts["chain_depth"] = c.budget - 1
         if c.mu is not None:
             opts["mu"] = c.mu
+        if c.root_k is not None:
+            opts["root_k"] = c.root_k
         return Generator.open(args.engine, **opts)
 
     runs = run_plan(plan, open_generator, progress=not args.no_progress)
@@ -152,11 +159,12 @@ def _run(args: argparse.Namespace) -> int:
     best = metrics.best_budget(rows) if "talon" in policies else None
     extra: dict[str, Any] = {"truncated_prompts": plan.truncated_prompts, "budgets_dropped": dropped}
     if args.sweep and args.write_defaults and best is not None:
-        extra["defaults_written"] = str(sweep.write_default_budget(args.engine, best["budget"]))
+        extra["defaults_written"] = str(sweep.write_defaults(args.engine, best))
     peers_rows: list[dict] = []
     if args.peers:
         peers_rows = _run_peers(args, plan, rows, runs)
-    settings = {"datasets": args.dataset, "prompts_per_dataset": args.limit or "all", "warmup": plan.warmup,
+    settings = {"datasets": args.dataset, "prompts_per_dataset": args.limit or "all", "offset": args.offset,
+                "warmup": plan.warmup,
                 "max_new_tokens": args.max_new_tokens, "threads": args.threads, "policies": policies,
                 "budgets": budgets, "mus": mus, "temperatures": args.temperature, "seed": args.seed,
                 "chain_depth": chain_depth, "max_prompt_tokens": max_prompt, "sweep": args.sweep}
@@ -170,7 +178,8 @@ def _run(args: argparse.Namespace) -> int:
     if peers_rows:
         print("\n".join(report.peers_table(peers_rows, rows)))
     if best is not None:
-        print(f"best talon budget here: N={best['budget']} ({best['tokens_per_s_geomean']:.1f} tok/s)"
+        extra_k = "".join(f", {n}={best[k]:g}" for k, n in (("mu", "mu"), ("root_k", "K")) if best.get(k) is not None)
+        print(f"best talon budget here: N={best['budget']}{extra_k} ({best['tokens_per_s_geomean']:.1f} tok/s)"
               + (f"; written into {extra['defaults_written']}" if "defaults_written" in extra else ""))
     print(f"wrote {js}, {md}" + "".join(f", {p}" for p in written))
     return 0

@@ -114,10 +114,13 @@ def _file_prompts(path: Path) -> list[Prompt]:
     return prompts
 
 
-def load_prompts(name: str, limit: int | None = None) -> list[Prompt]:
-    """The prompts of a packaged dataset (by name) or of a JSONL file (by path); the first `limit`."""
+def load_prompts(name: str, limit: int | None = None, offset: int = 0) -> list[Prompt]:
+    """The prompts of a packaged dataset (by name) or of a JSONL file (by path): `limit` of them
+    after the first `offset` (a tuning set disjoint from a benchmark's first prompts)."""
     if limit is not None and limit < 1:
         raise DatasetError(f"--limit must be >= 1, got {limit}")
+    if offset < 0:
+        raise DatasetError(f"--offset must be >= 0, got {offset}")
     if name in PACKAGED:
         prompts = _packaged_prompts(name)
     elif name.endswith((".jsonl", ".jsonl.gz")) or Path(name).exists():
@@ -125,4 +128,5 @@ def load_prompts(name: str, limit: int | None = None) -> list[Prompt]:
     else:
         raise DatasetError(f"unknown dataset {name!r} (expected one of {', '.join(PACKAGED)} "
                            f"or a path to a .jsonl file)")
+    prompts = prompts[offset:]
     return prompts[:limit] if limit else prompts

@@ -38,6 +38,7 @@ def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
         "budget": c.budget,
         "temperature": c.temperature,
         "mu": c.mu,
+        "root_k": c.root_k,
         "prompts": len(runs),
         "tau": _ratio(sum(r.tau * r.rounds for r in runs), rounds),
         "delta": _ratio(sum(r.delta * r.rounds for r in runs), rounds),
@@ -64,7 +65,7 @@ def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
 
 def _order(row: dict[str, Any], datasets: Sequence[str]) -> tuple:
     return (datasets.index(row["dataset"]), row["temperature"], POLICY_ORDER.index(row["policy"]), row["budget"],
-            row["mu"] or 0.0)
+            row["mu"] or 0.0, row.get("root_k") or 0)
 
 
 def build_rows(runs: Sequence[PromptRun]) -> list[dict[str, Any]]:
@@ -81,15 +82,20 @@ def build_rows(runs: Sequence[PromptRun]) -> list[dict[str, Any]]:
 
 
 def best_budget(rows: Sequence[dict[str, Any]], policy: str = "talon") -> dict[str, Any] | None:
-    """The budget with the highest geometric-mean tokens/s over the datasets and temperatures run
-    (each dataset weighs the same); ties go to the smaller budget."""
-    by_budget: dict[tuple[int, float | None], list[float]] = defaultdict(list)
+    """The (budget, mu, root_k) with the highest geometric-mean tokens/s over the datasets and
+    temperatures run (each dataset weighs the same); ties go to the smaller budget."""
+    by_config: dict[tuple[int, float | None, int | None], list[float]] = defaultdict(list)
     for r in rows:
         if r["policy"] == policy and r["tokens_per_s"] > 0:
-            by_budget[(r["budget"], r["mu"])].append(r["tokens_per_s"])
-    if not by_budget:
+            by_config[(r["budget"], r["mu"], r.get("root_k"))].append(r["tokens_per_s"])
+    if not by_config:
         return None
-    score = {k: math.exp(statistics.fmean(math.log(v) for v in vs)) for k, vs in by_budget.items()}
-    (budget, mu), best = max(score.items(), key=lambda kv: (kv[1], -kv[0][0]))
-    return {"policy": policy, "budget": budget, "mu": mu, "tokens_per_s_geomean": best,
-            "candidates": {str(b): s for (b, _m), s in sorted(score.items())}}
+    score = {k: math.exp(statistics.fmean(math.log(v) for v in vs)) for k, vs in by_config.items()}
+    (budget, mu, root_k), best = max(score.items(), key=lambda kv: (kv[1], -kv[0][0]))
+
+    def name(b: int, m: float | None, k: int | None) -> str:
+        return str(b) + (f" mu={m:g}" if m is not None and len({c[1] for c in score}) > 1 else "") + \
+            (f" K={k}" if k is not None and len({c[2] for c in score}) > 1 else "")
+    return {"policy": policy, "budget": budget, "mu": mu, "root_k": root_k, "tokens_per_s_geomean": best,
+            "candidates": {name(*c): s for c, s in sorted(score.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0,
+                                                                                     kv[0][2] or 0))}}

@@ -26,10 +26,14 @@ def speedup_vs_budget(rows: Sequence[dict], path: Path) -> Path:
         ax = axes[i][j]
         sub = [r for r in rows if r["dataset"] == ds and r["temperature"] == t and r["speedup_vs_ar"] is not None]
         for policy in ("eagle3", "talon", "talon-cost"):
-            for mu in sorted({r["mu"] for r in sub if r["policy"] == policy}, key=lambda m: m or 0):
-                pts = sorted((r["budget"], r["speedup_vs_ar"]) for r in sub if r["policy"] == policy and r["mu"] == mu)
+            variants = sorted({(r["mu"], r.get("root_k")) for r in sub if r["policy"] == policy},
+                              key=lambda v: (v[0] or 0, v[1] or 0))
+            for mu, k in variants:
+                pts = sorted((r["budget"], r["speedup_vs_ar"]) for r in sub
+                             if r["policy"] == policy and (r["mu"], r.get("root_k")) == (mu, k))
                 if pts:
-                    label = policy + (f" mu={mu:g}" if mu is not None and policy != "eagle3" else "")
+                    label = policy + (f" mu={mu:g}" if mu is not None and policy != "eagle3" else "") + \
+                        (f" K={k}" if k is not None else "")
                     ax.plot(*zip(*pts), marker="o", color=COLORS[policy], label=label)
         for policy in ("ar", "chain"):
             for r in (r for r in sub if r["policy"] == policy):

@@ -114,7 +114,8 @@ def _policy_label(row: dict) -> str:
     if row["policy"] in ("ar", "chain"):
         return row["policy"] if row["policy"] == "ar" else f"chain (depth {row['budget'] - 1})"
     mu = f", mu={row['mu']:g}" if row.get("mu") is not None else ""
-    return f"{row['policy']} (N={row['budget']}{mu})"
+    k = f", K={row['root_k']}" if row.get("root_k") is not None else ""
+    return f"{row['policy']} (N={row['budget']}{mu}{k})"
 
 
 def table1(rows: Sequence[dict]) -> list[str]:
@@ -126,11 +127,12 @@ def table1(rows: Sequence[dict]) -> list[str]:
         out += [f"### T = {temp:g}", ""]
         head = "| policy | " + " | ".join(f"{d} τ | {d} ×ar" for d in datasets) + " | mean ×ar |"
         out += [head, "|" + "---|" * (1 + 2 * len(datasets) + 1)]
-        keys = list(dict.fromkeys((r["policy"], r["budget"], r["mu"]) for r in sub))
+        keys = list(dict.fromkeys((r["policy"], r["budget"], r["mu"], r.get("root_k")) for r in sub))
         for key in keys:
             cells, speedups, label = [], [], None
             for d in datasets:
-                row = next((r for r in sub if r["dataset"] == d and (r["policy"], r["budget"], r["mu"]) == key), None)
+                row = next((r for r in sub if r["dataset"] == d
+                            and (r["policy"], r["budget"], r["mu"], r.get("root_k")) == key), None)
                 if row is None:
                     cells += ["–", "–"]
                     continue
@@ -195,7 +197,8 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
              f"- versions: " + ", ".join(f"{k} {x}" for k, x in v.items() if x),
              f"- commit: {g.get('commit') or 'unknown'}{' (dirty)' if g.get('dirty') else ''}; created {results['created']}",
              f"- settings: datasets {', '.join(s['datasets'])}; {s['prompts_per_dataset']} prompt(s) each "
-             f"after {s['warmup']} warm-up; max_new_tokens {s['max_new_tokens']}; threads {s['threads']}",
+             + (f"(skipping the first {s['offset']}) " if s.get("offset") else "")
+             + f"after {s['warmup']} warm-up; max_new_tokens {s['max_new_tokens']}; threads {s['threads']}",
              "- tokens/s: median over prompts of new tokens / wall time of one generate call (prefill "
              "included); ×ar: ratio of medians against `ar` of the same engine in the same run; "
              "τ (MAT): tokens per verify call; δ: draft calls per verify call.", ""]
@@ -205,7 +208,9 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     if results.get("best_budget"):
         b = results["best_budget"]
         lines += ["## Best budget on this machine", "",
-                  f"{b['policy']} N={b['budget']}: {b['tokens_per_s_geomean']:.1f} tok/s (geometric mean over the "
+                  f"{b['policy']} N={b['budget']}"
+                  + "".join(f", {n}={b[k]:g}" for k, n in (("mu", "mu"), ("root_k", "K")) if b.get(k) is not None)
+                  + f": {b['tokens_per_s_geomean']:.1f} tok/s (geometric mean over the "
                   f"datasets run); candidates: " + ", ".join(f"N={k}: {x:.1f}" for k, x in b["candidates"].items()),
                   ""]
         if results.get("defaults_written"):

@@ -25,17 +25,20 @@ class BenchConfig:
     budget: int
     temperature: float = 0.0
     mu: float | None = None  # talon and talon-cost only
+    root_k: int | None = None  # talon and talon-cost only; None = the engine's default
 
     @property
     def label(self) -> str:
         mu = f" mu={self.mu:g}" if self.mu is not None else ""
-        return f"{self.policy} N={self.budget}{mu} T={self.temperature:g}"
+        k = f" K={self.root_k}" if self.root_k is not None else ""
+        return f"{self.policy} N={self.budget}{mu}{k} T={self.temperature:g}"
 
 
 def make_configs(policies: Sequence[str], budgets: Sequence[int], temperatures: Sequence[float],
-                 mus: Sequence[float], chain_depth: int) -> list[BenchConfig]:
+                 mus: Sequence[float], chain_depth: int,
+                 root_ks: Sequence[int | None] = (None,)) -> list[BenchConfig]:
     """ar and chain once per temperature (their tree does not depend on the budget); eagle3,
-    talon and talon-cost once per budget (talon and talon-cost once per mu too)."""
+    talon and talon-cost once per budget (talon and talon-cost once per mu and root_k too)."""
     configs = []
     for t in temperatures:
         for p in sorted(set(policies), key=POLICY_ORDER.index):
@@ -46,7 +49,7 @@ def make_configs(policies: Sequence[str], budgets: Sequence[int], temperatures: 
             elif p == "eagle3":
                 configs.extend(BenchConfig("eagle3", n, t) for n in budgets)
             else:
-                configs.extend(BenchConfig(p, n, t, mu) for n in budgets for mu in mus)
+                configs.extend(BenchConfig(p, n, t, mu, k) for n in budgets for mu in mus for k in root_ks)
     return configs
 
 
