@@ -33,13 +33,16 @@ DEMO        := models/demo
 DEMO_ENGINE := $(ENGINES)/demo
 # int4 draft weights: lossless (the fp32 target verifies every token), cheaper draft calls on the CPU
 DEMO_DRAFT_WEIGHTS ?= int4
+# talon's budget, mu and root K for this 2-core CPU: `talon-rt bench --sweep` on HumanEval/10-39, prompts
+# `make bench` never runs (bench/results/sweep/); the paper's N=60, mu=0.03, K=10 suit a GPU
+DEMO_DEFAULTS ?= --default budget=8 --default mu=0.3 --default root_k=1
 DRAFT_WEIGHTS ?= float
 DEMO_PROMPT ?= $(DEMO)/prompt.txt
 
 # Re-exported only when a committed checkpoint or the exporter is newer than the engine.
 $(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO)/target/* $(DEMO)/eagle3/* export/*.py) Makefile | $(VENV)/.installed
 	$(PYTHON) -m export --model $(DEMO)/target --draft $(DEMO)/eagle3 --out $(DEMO_ENGINE) --name demo \
-		--draft-weights $(DEMO_DRAFT_WEIGHTS) --force
+		--draft-weights $(DEMO_DRAFT_WEIGHTS) $(DEMO_DEFAULTS) --force
 
 demo: install $(DEMO_ENGINE)/manifest.json  ## export the committed demo pair to engines/demo and generate with talon
 	$(BIN)/talon-rt run --engine $(DEMO_ENGINE) --prompt-file $(DEMO_PROMPT) --policy talon --max-new-tokens 128 --stats

@@ -11,6 +11,18 @@ from export.build import ExportOptions
 _D = ExportOptions()
 
 
+def _default(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m export", description="Build an engine directory "
                                 "(docs/engine-format.md) from a local HF target and EAGLE-3 head.")
@@ -35,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--draft-weights", default=_D.draft_weights, choices=["float", "int8", "int4"],
                    help="draft graphs' MatMul weights: float, or int8/int4 blockwise (ORT only; lossless, "
                         "the target verifies every draft token; default %(default)s)")
+    p.add_argument("--default", action="append", type=_default, default=[], metavar="KEY=VALUE",
+                   help="a manifest default the runtime uses when a caller leaves the option out, e.g. "
+                        "budget=8 mu=0.3 root_k=1 from a `talon-rt bench --sweep` (repeatable)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--check", action="store_true",
                    help="run the graphs once through ONNX Runtime against the PyTorch reference before finishing")
@@ -52,7 +67,8 @@ def main(argv=None) -> int:
         from export.errors import ExportError
         opts = ExportOptions(dtype=args.dtype, max_seq_len=args.max_seq_len, max_tree_tokens=args.max_tree_tokens,
                              max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max,
-                             flavour=args.flavour, draft_weights=args.draft_weights)
+                             flavour=args.flavour, draft_weights=args.draft_weights,
+                             defaults=tuple(args.default))
         export_engine(args.model, args.draft, args.out, opts, name=args.name, force=args.force,
                       check=args.check,
                       log=lambda msg: console.print(f"[green]✓[/] {escape(msg)}"))

@@ -37,6 +37,9 @@ class ExportOptions:
     # draft_fc/draft MatMul weights: float (dtype) | int8 | int4 (ORT MatMulNBits; lossless: the
     # target verifies every draft token; export/quantize.py)
     draft_weights: str = "float"
+    # manifest defaults to set instead of default_run_settings' values, as (key, value) pairs
+    # (`--default budget=8`: a budget sweep's answer for the machine the engine is built for)
+    defaults: tuple[tuple[str, object], ...] = ()
 
     def check(self) -> None:
         if self.dtype not in onnx_graphs.DTYPES:
@@ -51,6 +54,14 @@ class ExportOptions:
         if self.draft_weights != "float" and self.flavour != "gqa":
             raise ExportError(f"--draft-weights {self.draft_weights} needs --flavour gqa (ONNX Runtime only; "
                               f"TensorRT plans need float draft weights)")
+        known = default_run_settings(ExportOptions())
+        for key, value in self.defaults:
+            if key not in known:
+                raise ExportError(f"--default {key}={value}: unknown key (expected one of {', '.join(known)})")
+            if type(value) is not type(known[key]) and not (isinstance(known[key], float) and type(value) is int):
+                raise ExportError(f"--default {key}={value}: expected a {type(known[key]).__name__}")
+            if key == "budget" and not 1 <= value <= self.max_tree_tokens:
+                raise ExportError(f"--default budget={value}: outside [1, --max-tree-tokens {self.max_tree_tokens}]")
         for name in ("max_seq_len", "max_tree_tokens", "max_prefill_chunk", "k_max"):
             if getattr(self, name) < 1:
                 raise ExportError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -61,7 +72,12 @@ class ExportOptions:
 
 
 def default_run_settings(opts: ExportOptions) -> dict:
-    """manifest `defaults`: what the runtime uses for an option the caller leaves out."""
+    """manifest `defaults`: what the runtime uses for an option the caller leaves out (`opts.defaults`
+    override these)."""
+    return {**_builtin_settings(opts), **dict(opts.defaults)}
+
+
+def _builtin_settings(opts: ExportOptions) -> dict:
     return {
         "policy": "talon",
         "budget": min(16, opts.max_tree_tokens),  # CPUs want a small tree (DESIGN §8); the bench sweeps it

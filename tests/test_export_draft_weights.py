@@ -72,3 +72,21 @@ def test_tensorrt_refuses_quantized_draft_weights(tiny_engine, tmp_path):
     engine = _with_draft_weights(tiny_engine, tmp_path, "int4")
     with pytest.raises(ExportError, match="TensorRT plans need float draft weights"):
         build_engine_plans(engine, log=lambda *a: None)
+
+
+def test_export_defaults_override_the_builtin_ones(tiny_pair, tmp_path_factory):
+    engine = _export_tiny(tiny_pair, tmp_path_factory, "gqa", "tiny-defaults",
+                          defaults=(("budget", 8), ("mu", 0.3), ("root_k", 1)))
+    with Generator.open(engine) as gen:
+        o = gen.options
+        assert (o.policy, o.budget, o.mu, o.root_k) == ("talon", 8, 0.3, 1)
+
+
+@pytest.mark.parametrize("defaults, message", [
+    ((("beam", 4),), "--default beam=4: unknown key"),
+    ((("budget", 0.5),), "--default budget=0.5: expected a int"),
+    ((("budget", 99),), r"--default budget=99: outside \[1, --max-tree-tokens 64\]"),
+])
+def test_bad_export_defaults_are_named(defaults, message):
+    with pytest.raises(ExportError, match=message):
+        ExportOptions(defaults=defaults).check()
