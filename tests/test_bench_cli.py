@@ -24,7 +24,7 @@ def test_bench_writes_three_outputs(tiny_engine, tmp_path):
     out = tmp_path / "out"
     proc = _bench("--engine", tiny_engine, "--dataset", "humaneval", "--limit", 2, "--budgets", "8,16",
                   "--max-new-tokens", 12, "--out", out)
-    assert "| talon (N=8, mu=0.03) |" in proc.stdout
+    assert "| talon (N=8, mu=0.03, K=10) |" in proc.stdout
     data = json.loads((out / "results.json").read_text())
     policies = {(r["policy"], r["budget"]) for r in data["rows"]}
     assert policies == {("ar", 1), ("chain", 5), ("eagle3", 8), ("eagle3", 16), ("talon", 8), ("talon", 16),

@@ -132,7 +132,8 @@ def _run(args: argparse.Namespace) -> int:
     budgets, dropped = _budgets(args, manifest.limits.max_tree_tokens)
     mus = args.mu or [float(manifest.defaults.get("mu", 0.03))]
     chain_depth = int(manifest.defaults.get("chain_depth", 4))
-    configs = make_configs(policies, budgets, args.temperature, mus, chain_depth, args.root_k or [None])
+    root_ks = args.root_k or [int(manifest.defaults.get("root_k", 10))]
+    configs = make_configs(policies, budgets, args.temperature, mus, chain_depth, root_ks)
     if not configs:
         raise OptionError("nothing to run: no policy/budget left (check --policies and --budgets)")
     prompts = [p for name in args.dataset for p in load_prompts(name, args.limit, args.offset)]
