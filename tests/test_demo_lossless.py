@@ -19,11 +19,13 @@ DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
 N_PROMPTS, NEW = 20, 128
 
 
-@pytest.fixture(scope="module", params=["gqa", "standard"])
+@pytest.fixture(scope="module", params=["gqa", "standard", "gqa-int4"])
 def demo_engine(request, tmp_path_factory):
     from export.build import ExportOptions, export_engine
     out = tmp_path_factory.mktemp("demo_engine") / f"demo-{request.param}"
-    return export_engine(DEMO / "target", DEMO / "eagle3", out, ExportOptions(flavour=request.param), name="demo")
+    flavour, _, weights = request.param.partition("-")   # gqa-int4: the int4 draft make demo ships
+    opts = ExportOptions(flavour=flavour, draft_weights=weights or "float")
+    return export_engine(DEMO / "target", DEMO / "eagle3", out, opts, name="demo")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def reference(demo_engine):
     gen.close()
 
 
-@pytest.mark.parametrize("policy", ["talon", "eagle3"])
+@pytest.mark.parametrize("policy", ["talon", "eagle3", "talon-cost"])
 def test_demo_pair_greedy_equals_ar(demo_engine, reference, policy):
     gen_ar, prompts, outs = reference
     notes, emitted, rounds = [], 0, 0
