@@ -1,5 +1,6 @@
-"""Greedy losslessness on the committed demo pair: `talon` and `eagle3` emit exactly what `ar` emits,
-on 20 HumanEval prompts x 128 new tokens, for both graph flavours.
+"""Greedy losslessness on the committed demo pair: `talon`, `eagle3` and `talon-cost` emit exactly
+what `ar` emits, on 20 HumanEval prompts x 128 new tokens, for both graph flavours and for the
+int4-draft engine `make demo` builds.
 
 Unlike the tiny random pair, the demo head agrees with its target ~70 % of the time, so these runs
 accept long paths through real trees. A divergence is tolerated only at a float near-tie of the
