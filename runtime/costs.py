@@ -23,7 +23,7 @@ HOST_PER_LAYER_US = 50.0
 GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
-def _medians_us(calls: dict, reps: int, warmup: int = 2, passes: int = 2) -> dict:
+def medians_us(calls: dict, reps: int, warmup: int = 2, passes: int = 2) -> dict:
     """Per call of `calls` ({key: fn}): the median us of `reps` back-to-back calls (a round's calls of
     one kind follow each other with warm caches), the lowest over `passes` passes (drift, spikes)."""
     best: dict = {}
@@ -57,7 +57,7 @@ def measure_cost_model(backend: Backend, m: Manifest, budget: int, fan_out: int,
     for r in sorted({1, max(1, min(fan_out, budget - 1))}):
         calls[("draft", r)] = _call(backend.draft, rng.integers(0, V, r), np.zeros((r, H), m.kv_dtype),
                                     np.zeros(r, np.int64), np.eye(r, dtype=np.bool_), 0)
-    us = _medians_us(calls, reps)
+    us = medians_us(calls, reps)
     verify = {q: t for (kind, q), t in us.items() if kind == "target"}
     draft = {r: t for (kind, r), t in us.items() if kind == "draft"}
     rows = sorted(draft)

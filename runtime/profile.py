@@ -28,6 +28,7 @@ import numpy as np
 
 from runtime.backends import open_backend
 from runtime.backends.base import Backend
+from runtime.costs import medians_us
 from runtime.decode import Decoder
 from runtime.manifest import Manifest, open_manifest
 from runtime.options import resolve_options
@@ -160,14 +161,9 @@ def profile_rounds(m: Manifest, prompts: list[list[int]], new_tokens: int, **opt
 
 
 def _median_us(fn, reps: int, warmup: int = 5) -> float:
-    for _ in range(warmup):   # the first calls after a change of shape run slow
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter_ns()
-        fn()
-        times.append(time.perf_counter_ns() - t0)
-    return float(np.median(times)) / 1e3
+    """Median us of `reps` back-to-back calls of fn after `warmup` (the first calls after a change
+    of shape run slow)."""
+    return medians_us({0: fn}, reps, warmup=warmup, passes=1)[0]
 
 
 def call_costs(m: Manifest, past: int, reps: int, qs: list[int], **options) -> dict[str, Any]:

@@ -62,23 +62,24 @@ def _layer_counts(depth: np.ndarray) -> tuple[int, ...]:
     return tuple(int(c) for c in np.bincount(depth)[1:])
 
 
-def _keep_best(nodes: _Nodes, key: np.ndarray, keep: int, calls: int, drafted: int,
-               truncated: int = 0) -> tuple[DraftTree, np.ndarray]:
+def _keep_best(nodes: _Nodes, key: np.ndarray, keep: int, calls: int, drafted: int) -> DraftTree:
     """The root and the `keep` drafted nodes with the highest rank `key` (ties: earlier node first),
-    in drafting order, and each drafted node's index in that tree (-1: dropped). `key` must never
-    increase from a parent to its child (a running minimum of the path score), so the kept set is
-    closed under ancestors."""
-    n = nodes.n
-    kept = np.sort(np.argsort(-key[1:n], kind="stable")[:keep]) + 1
-    sel = np.concatenate(([0], kept))
-    remap = np.full(n, -1, dtype=np.int64)
+    in drafting order. `key` must never increase from a parent to its child (a running minimum of
+    the path score), so the kept set is closed under ancestors."""
+    kept = np.sort(np.argsort(-key[1:nodes.n], kind="stable")[:keep]) + 1
+    return _subtree(nodes, np.concatenate(([0], kept)), calls, drafted)
+
+
+def _subtree(nodes: _Nodes, sel: np.ndarray, calls: int, drafted: int, truncated: int = 0) -> DraftTree:
+    """The tree of drafted nodes `sel` (ascending, the root first, closed under ancestors)."""
+    remap = np.full(nodes.n, -1, dtype=np.int64)
     remap[sel] = np.arange(sel.shape[0])
     parents = remap[nodes.parents[sel]]
     parents[0] = -1
     depth = nodes.depth[sel]
     info = BuildInfo(draft_calls=calls, nodes_per_layer=_layer_counts(depth), drafted=drafted,
                      pool_truncated=truncated)
-    return DraftTree(nodes.tokens[sel], parents, depth, nodes.logp[sel], info), remap
+    return DraftTree(nodes.tokens[sel], parents, depth, nodes.logp[sel], info)
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ class Eagle3Policy:
             key[new] = np.minimum(score, np.repeat(key[beam], kk))
             # the next beam in descending score order (EAGLE's torch.topk; ties: earlier first)
             beam = new[np.argsort(-score, kind="stable")[:k]]
-        return _keep_best(nodes, key, keep, calls, nodes.n - 1)[0]
+        return _keep_best(nodes, key, keep, calls, nodes.n - 1)
 
 
 @dataclass(frozen=True)
@@ -335,20 +336,12 @@ class _Sizer:
         """The root and every node worth its verify cost, in drafting order (closed under ancestors:
         the key never grows from a parent to its child); tells the acceptance model which kept
         nodes were expanded."""
-        nodes, n = self.nodes, self.nodes.n
-        keep = self.key[:n] >= self.log_min
+        keep = self.key[:self.nodes.n] >= self.log_min
         keep[0] = True
         sel = np.flatnonzero(keep)
-        remap = np.full(n, -1, dtype=np.int64)
-        remap[sel] = np.arange(sel.shape[0])
-        parents = remap[nodes.parents[sel]]
-        parents[0] = -1
-        depth = nodes.depth[sel]
-        info = BuildInfo(draft_calls=calls, nodes_per_layer=_layer_counts(depth), drafted=drafted,
-                         pool_truncated=truncated)
         if self.acceptance is not None:
             self.acceptance.expanded(self.calls, sel)
-        return DraftTree(nodes.tokens[sel], parents, depth, nodes.logp[sel], info)
+        return _subtree(self.nodes, sel, calls, drafted, truncated)
 
 
 Policy = ArPolicy | ChainPolicy | Eagle3Policy | TalonPolicy
