@@ -168,3 +168,17 @@ def test_not_a_gguf_and_unsupported_architecture_are_named(tmp_path, gguf_file):
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     with pytest.raises(CheckpointError, match="general.architecture 'gpt2' is not supported"):
         GGUFModel.open(other).config
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_bench_applies_the_chat_template_unless_raw(gguf_engine, tmp_path, raw):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "prompt": "def fib(n):"}) + "\n")
+    cmd = [sys.executable, "-m", "runtime.cli", "bench", "--engine", str(gguf_engine), "--dataset", str(prompts),
+           "--policies", "ar", "--max-new-tokens", "4", "--out", str(tmp_path / "out"), "--no-progress"]
+    r = subprocess.run(cmd + (["--raw"] if raw else []), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["settings"]["chat_template"] is (not raw)
+    n = results["prompt_runs"][0]["prompt_tokens"]
+    assert n > 8 if not raw else n < 8   # the template adds role markers and newlines around the prompt
