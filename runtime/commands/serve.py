@@ -42,6 +42,10 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def threads_per_instance(instances: int) -> int:
+    return max(1, (os.cpu_count() or 1) // instances)
+
+
 def open_pool(args: argparse.Namespace):
     from runtime.api import Generator
     from runtime.serve.pool import Pool
@@ -52,7 +56,7 @@ def open_pool(args: argparse.Namespace):
         raise OptionError(f"--max-queue: {args.max_queue} must be >= 0")
     options = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None}
     if "threads" not in options and args.instances > 1:   # N instances share the cores instead of each taking all
-        options["threads"] = max(1, (os.cpu_count() or 1) // args.instances)
+        options["threads"] = threads_per_instance(args.instances)
     generators: list[Generator] = []
     try:
         for _ in range(args.instances):
