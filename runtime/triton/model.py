@@ -16,8 +16,7 @@ import triton_python_backend_utils as pb_utils  # provided by Triton's python ba
 
 from runtime.api import Generator
 from runtime.errors import TalonError
-from runtime.triton.spec import piece_arrays, read_request
-from runtime.triton.stream import generate_stream
+from runtime.triton.stream import generate_stream, piece_arrays, read_request
 
 
 class TritonPythonModel:

@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterator
 
 from runtime.api import Generator
 from runtime.errors import TalonError
-from runtime.triton.spec import INPUTS, MODEL_NAME, OUTPUTS, piece_arrays, read_request
-from runtime.triton.stream import generate_stream
+from runtime.triton.spec import INPUTS, MODEL_NAME, OUTPUTS
+from runtime.triton.stream import generate_stream, piece_arrays, read_request
 
 
 def infer_function(gen: Generator) -> Callable[[list], Iterator[list[dict[str, Any]]]]:

@@ -4,12 +4,8 @@ the engine's defaults; every response carries one streamed piece: its text and i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
-
-from runtime.errors import InputError
-from runtime.triton.stream import Piece, StreamRequest
 
 MODEL_NAME = "talon"
 
@@ -40,26 +36,3 @@ OUTPUTS = (
     TensorSpec("token_ids", np.int64, (-1,)),                     # this piece's token ids
 )
 
-
-def read_request(tensor: Callable[[str], "np.ndarray | None"]) -> StreamRequest:
-    """A StreamRequest from a request's tensors (`tensor(name)`: the array, None when not sent)."""
-    prompt = tensor("text_input")
-    if prompt is None or prompt.size != 1:
-        raise InputError("text_input: expected one UTF-8 string")
-    raw = prompt.reshape(-1)[0]
-    try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-    except UnicodeDecodeError:
-        raise InputError("text_input: not UTF-8") from None
-    scalars = {spec.name: tensor(spec.name) for spec in INPUTS if spec.optional}
-    for name, value in scalars.items():
-        if value is not None and value.size != 1:
-            raise InputError(f"{name}: expected one value, got shape {list(value.shape)}")
-    given = {k: v.reshape(-1)[0].item() for k, v in scalars.items() if v is not None}
-    return StreamRequest(text, given.pop("max_tokens", None), given)
-
-
-def piece_arrays(piece: Piece) -> dict[str, np.ndarray]:
-    """One response's outputs."""
-    return {"text_output": np.array([piece.text.encode("utf-8")], dtype=np.object_),
-            "token_ids": np.array(piece.tokens, dtype=np.int64)}
