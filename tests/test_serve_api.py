@@ -382,3 +382,5 @@ def test_serve_cli_rejects_bad_settings(tiny_engine, capsys):
     from runtime.cli import main
     assert main(["serve", "--engine", str(tiny_engine), "--instances", "0"]) == 2
     assert "--instances: 0 must be >= 1" in capsys.readouterr().err
+    assert main(["serve", "--engine", str(tiny_engine), "--max-queue", "0"]) == 2
+    assert "--max-queue: 0 must be >= 1" in capsys.readouterr().err

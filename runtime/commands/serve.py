@@ -52,8 +52,8 @@ def open_pool(args: argparse.Namespace):
 
     if args.instances < 1:
         raise OptionError(f"--instances: {args.instances} must be >= 1")
-    if args.max_queue < 0:
-        raise OptionError(f"--max-queue: {args.max_queue} must be >= 0")
+    if args.max_queue < 1:
+        raise OptionError(f"--max-queue: {args.max_queue} must be >= 1")
     options = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None}
     if "threads" not in options and args.instances > 1:   # N instances share the cores instead of each taking all
         options["threads"] = threads_per_instance(args.instances)

@@ -141,7 +141,7 @@ def create_app(pool: Pool, model_name: str) -> FastAPI:
                 event = await next_event(job, request)
             over = True
             if isinstance(event, Failed):
-                status, kind = status_of(event.error)
+                kind = status_of(event.error)[1]
                 metrics.errors.labels(kind).inc()
                 yield sse(error_body(kind, str(event.error)))
                 return

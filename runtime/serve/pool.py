@@ -72,7 +72,10 @@ class Job:
     enqueued: float = field(default_factory=time.perf_counter)
 
     def post(self, event: Delta | Done | Failed) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:          # the event loop is closed: the server is shutting down, nobody listens
+            self.cancel()
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -139,6 +142,8 @@ class Pool:
     def __init__(self, generators: Sequence[Generator], max_queue: int):
         if not generators:
             raise ValueError("a pool needs at least one generator")
+        if max_queue < 1:
+            raise ValueError(f"max_queue: {max_queue} must be >= 1 (queue.Queue reads 0 as unbounded)")
         self.manifest = generators[0].manifest
         self.options = generators[0].options
         self.max_queue = max_queue
