@@ -97,6 +97,17 @@ def sse_events(lines: Iterator[str]) -> list[Any]:
     return events
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def health(url: str) -> dict:
+    return httpx.get(url + "/health").json()
+
+
 def metric(url: str, name: str, **labels: str) -> float:
     text = httpx.get(url + "/metrics").text
     for family in text_string_to_metric_families(text):
@@ -290,10 +301,10 @@ def test_queue_full_is_a_429_with_retry_after(chat_engine):
         first = []
         waiting = [threading.Thread(target=lambda: first.append(post(url, "/v1/completions", body)))
                    for _ in range(2)]
-        for t in waiting:                        # one runs (held), one waits in the queue
-            t.start()
-            time.sleep(0.3)
-        assert httpx.get(url + "/health").json()["waiting"] == 1
+        waiting[0].start()                       # runs (held by the gate)
+        wait_until(lambda: health(url)["busy"] == 1, "the first request to start")
+        waiting[1].start()                       # waits in the queue
+        wait_until(lambda: health(url)["waiting"] == 1, "the second request to queue")
         r = post(url, "/v1/completions", body)
         assert r.status_code == 429 and r.json()["error"]["type"] == "QueueFull"
         assert int(r.headers["retry-after"]) >= 1
@@ -334,13 +345,13 @@ def test_a_waiting_request_whose_client_left_never_runs(chat_engine):
         body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 4}
         running = threading.Thread(target=lambda: post(url, "/v1/completions", body))
         running.start()
-        time.sleep(0.3)
+        wait_until(lambda: health(url)["busy"] == 1, "the first request to start")
         with pytest.raises(httpx.ReadTimeout):   # queued behind the held one; the client gives up
             httpx.post(url + "/v1/completions", json=body, timeout=0.5)
-        time.sleep(0.6)                          # the handler notices within DISCONNECT_POLL_S
+        wait_until(lambda: metric(url, "talon_cancelled_total") == 1, "the handler to see the client leave")
         gate.set()
         running.join()
-        time.sleep(0.3)
+        wait_until(lambda: health(url)["waiting"] == 0 and health(url)["busy"] == 0, "the queue to drain")
         assert len(gen.results) == 1             # only the held request generated
         assert metric(url, "talon_cancelled_total") == 1
 
