@@ -107,3 +107,29 @@ def test_stats_are_consistent(tiny_engine):
     assert all(r.tree_size <= 8 and r.tree_size == 1 + sum(r.nodes_per_layer) for r in s.per_round)
     assert all(r.depth == len(r.nodes_per_layer) for r in s.per_round)
     assert s.tau == pytest.approx(59 / s.rounds) and 0.0 <= s.host_share <= 1.0
+
+
+class Steps:
+    """A tracer and a learner in one: the order in which a round's steps end."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def lap(self, step):
+        self.seen.append(step)
+
+    def learn(self, tree, acc, greedy):
+        self.seen.append("learn")
+
+    def record_round(self, tokens, elapsed):
+        self.seen.append("record")
+
+
+@pytest.mark.parametrize("policy", ["ar", "talon"])
+def test_round_steps_in_order_with_tracer_and_learner(tiny_engine, policy):
+    gen = generator(tiny_engine, successor_table(), policy=policy, budget=8)
+    steps = Steps()
+    gen._decoder.tracer = gen._decoder.learner = steps
+    res = gen.generate([1, 5], max_new_tokens=20)
+    assert res.tokens == list(range(6, 26))
+    assert steps.seen == ["build", "verify", "accept", "learn", "record"] * res.stats.rounds

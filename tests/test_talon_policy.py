@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from talon import (ArPolicy, ChainPolicy, DraftTree, Eagle3Policy, TalonPolicy, make_policy)
+from talon import (AcceptanceModel, ArPolicy, ChainPolicy, CostModel, DraftTree, Eagle3Policy, TalonPolicy,
+                   make_policy)
 from talon.synthetic import SyntheticDraft
 
 PROPERTY = settings(max_examples=500, deadline=None, derandomize=True)
@@ -223,3 +225,53 @@ def test_nan_draft_is_a_clear_error():
 
     with pytest.raises(ValueError, match="NaN log-probs at layer 2"):
         TalonPolicy(budget=8).build(0, expand)
+
+
+@st.composite
+def any_policy(draw):
+    name = draw(st.sampled_from(["ar", "chain", "eagle3", "talon", "talon-cost"]))
+    if name == "chain":
+        return ChainPolicy(depth=draw(st.integers(1, 12)))
+    if name == "eagle3":
+        return Eagle3Policy(budget=draw(st.integers(1, 70)), top_k=draw(st.integers(1, 6)),
+                            depth=draw(st.integers(0, 5)))
+    if name in ("talon", "talon-cost"):
+        talon = TalonPolicy(budget=draw(st.integers(1, 60)), root_k=draw(st.integers(1, 12)),
+                            mu=draw(st.sampled_from([1e-3, 0.03, 0.5])))
+        if name == "talon":
+            return talon
+        return make_policy("talon-cost", **asdict(talon),
+                           cost=CostModel(tuple(1.0 + draw(st.floats(0.0, 0.05)) * np.arange(64)), draft_base=0.1))
+    return ArPolicy()
+
+
+def rows_written(policy, draft: SyntheticDraft) -> tuple[int, int]:
+    """(tree nodes, draft scratch rows) of one build: every draft call after the root's writes scratch."""
+    tree = policy.build(3, draft)
+    return tree.size, sum(draft.calls[1:])
+
+
+@PROPERTY
+@given(any_policy(), draft_and_k(), st.integers(1, 80))
+def test_footprint_bounds_a_round_and_capped_fits_the_room(policy, draft, room):
+    target_rows, scratch_rows = policy.footprint()
+    nodes, scratch = rows_written(policy, draft)
+    assert nodes <= target_rows and scratch <= scratch_rows
+    small = policy.capped(room)
+    assert max(small.footprint()) <= room
+    draft.calls.clear()
+    nodes, scratch = rows_written(small, draft)
+    assert nodes <= room and scratch <= room
+    assert small.learner is policy.learner
+
+
+def test_only_talon_cost_learns_and_its_learner_is_outside_the_config():
+    cost = CostModel(tuple(1.0 + np.arange(16)), draft_base=1.0)
+    assert all(make_policy(name).learner is None for name in ("ar", "chain", "eagle3", "talon"))
+    a, b = make_policy("talon-cost", budget=16, cost=cost), make_policy("talon-cost", budget=16, cost=cost)
+    assert isinstance(a.learner, AcceptanceModel) and a.learner is not b.learner
+    assert a.talon == TalonPolicy(budget=16) and a.capped(4).talon == TalonPolicy(budget=4)
+    with pytest.raises(ValueError, match="policy 'talon-cost' needs option 'cost'"):
+        make_policy("talon-cost", budget=16)
+    with pytest.raises(ValueError, match="policy 'talon-cost' has no option 'depth'"):
+        make_policy("talon-cost", cost=cost, depth=3)
