@@ -176,7 +176,7 @@ class _Pool:
         ids, logp = self.nodes.expand(self.expand, frontier)
         self.calls += 1
         self.depth += 1
-        score = self.nodes.logp[frontier][:, None] + logp
+        score = self.nodes.logp[frontier][:, None] + logp   # [f, k]
         best = score.max()
         if best != best:
             raise ValueError(f"expand: NaN log-probs at layer {self.depth}")
