@@ -150,54 +150,27 @@ class Eagle3Policy:
                             depth=min(self.depth, room // self.top_k))
 
 
-class _Pool:
-    """Algorithm 2's candidate pool, one draft call (one layer) at a time: every child of every
-    frontier node scored by cumulative path log-prob, gated at mu times the best score, and cut to
-    the budget's room by score. Counts the build's draft calls, drafted and truncated nodes."""
+def _gate(parent_logp: np.ndarray, logp: np.ndarray, log_mu: float,
+          layer: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Algorithm 2's candidate pool over one draft call: the children's cumulative scores [f, k], the
+    gate score >= log(mu) + the best score (p >= mu * m in log space), and how many parents had all
+    their k children pass (the pool was cut by k there)."""
+    score = parent_logp[:, None] + logp   # [f, k]
+    best = score.max()
+    if best != best:
+        raise ValueError(f"expand: NaN log-probs at layer {layer}")
+    passed = score >= best + log_mu
+    return score, passed, int(np.count_nonzero(passed.all(axis=1)))
 
-    def __init__(self, budget: int, root_token: int, expand: Expand, mu: float):
-        self.nodes = Nodes(budget, root_token)
-        self.budget, self.expand, self.log_mu = budget, expand, math.log(mu)
-        self.calls = self.drafted = self.truncated = self.depth = 0
 
-    def root(self) -> tuple[np.ndarray, np.ndarray]:
-        """The root's draft call: its children (ids, logp) [1, k]."""
-        ids, logp = self.nodes.expand(self.expand, ROOT)
-        self.calls, self.drafted, self.depth = 1, ids.shape[1], 1
-        return ids, logp
-
-    def first(self, ids: np.ndarray, logp: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        """Layer 1: the root's children `cols`; returns them, the first frontier."""
-        return self.nodes.add(np.zeros(cols.shape[0], dtype=np.int64), ids[0, cols], logp[0, cols], 1)
-
-    def layer(self, frontier: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Expand `frontier`: its children (ids, logp), their scores [f, k] (cumulative log-prob) and
-        the gate: score >= log(mu) + the best score (p >= mu * m in log space)."""
-        ids, logp = self.nodes.expand(self.expand, frontier)
-        self.calls += 1
-        self.depth += 1
-        score = self.nodes.logp[frontier][:, None] + logp   # [f, k]
-        best = score.max()
-        if best != best:
-            raise ValueError(f"expand: NaN log-probs at layer {self.depth}")
-        passed = score >= best + self.log_mu
-        self.truncated += int(np.count_nonzero(passed.all(axis=1)))
-        self.drafted += score.size
-        return ids, logp, score, passed
-
-    def keep(self, frontier: np.ndarray, ids: np.ndarray, score: np.ndarray,
-             flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Add the candidates `flat` (flat [f, k] indices, pool order), only the best by score
-        (ties: pool order) if they overflow the budget; returns (the new nodes, the flat indices)."""
-        room = self.budget - self.nodes.n
-        if flat.shape[0] > room:
-            best = np.argsort(-score.ravel()[flat], kind="stable")[:room]
-            flat = flat[np.sort(best)]
-        new = self.nodes.add(frontier[flat // ids.shape[1]], ids.ravel()[flat], score.ravel()[flat], self.depth)
-        return new, flat
-
-    def full(self) -> bool:
-        return self.nodes.n >= self.budget
+def _add_best(nodes: Nodes, frontier: np.ndarray, ids: np.ndarray, score: np.ndarray, flat: np.ndarray,
+              room: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """Add the candidates `flat` (flat [f, k] indices, pool order) as layer `layer`, only the best
+    `room` by score (ties: pool order) if they overflow; returns (the new nodes, their flat indices)."""
+    if flat.shape[0] > room:
+        best = np.argsort(-score.ravel()[flat], kind="stable")[:room]
+        flat = flat[np.sort(best)]
+    return nodes.add(frontier[flat // ids.shape[1]], ids.ravel()[flat], score.ravel()[flat], layer), flat
 
 
 @dataclass(frozen=True)
@@ -225,18 +198,23 @@ class TalonPolicy:
     def build(self, root_token: int, expand: Expand) -> DraftTree:
         if self.budget == 1:
             return _root_only(root_token)
-        pool = _Pool(self.budget, root_token, expand, self.mu)
-        ids, logp = pool.root()
-        frontier = pool.first(ids, logp, np.arange(min(self.root_k, ids.shape[1], self.budget - 1)))
-        while not pool.full():
-            ids, _, score, passed = pool.layer(frontier)
+        nodes = Nodes(self.budget, root_token)
+        ids, logp = nodes.expand(expand, ROOT)
+        k0 = min(self.root_k, ids.shape[1], self.budget - 1)
+        frontier = nodes.add(np.zeros(k0, dtype=np.int64), ids[0, :k0], logp[0, :k0], 1)
+        layer, drafted, truncated, log_mu = 1, ids.shape[1], 0, math.log(self.mu)
+        while nodes.n < self.budget:
+            ids, logp = nodes.expand(expand, frontier)
+            layer += 1
+            score, passed, cut = _gate(nodes.logp[frontier], logp, log_mu, layer)
+            drafted, truncated = drafted + score.size, truncated + cut
             flat = np.flatnonzero(passed)
             if flat.shape[0] == 0:
-                raise ValueError(f"expand: no child passed the gate at layer {pool.depth}")
-            frontier, _ = pool.keep(frontier, ids, score, flat)
-        info = BuildInfo(draft_calls=pool.calls, nodes_per_layer=layer_counts(pool.nodes.depth[:pool.nodes.n]),
-                         drafted=pool.drafted, pool_truncated=pool.truncated)
-        return pool.nodes.tree(info)
+                raise ValueError(f"expand: no child passed the gate at layer {layer}")
+            frontier, _ = _add_best(nodes, frontier, ids, score, flat, self.budget - nodes.n, layer)
+        info = BuildInfo(draft_calls=layer, nodes_per_layer=layer_counts(nodes.depth[:nodes.n]),
+                         drafted=drafted, pool_truncated=truncated)
+        return nodes.tree(info)
 
     def footprint(self) -> tuple[int, int]:
         return self.budget, self.budget - 1
@@ -272,24 +250,28 @@ class TalonCostPolicy:
         budget = self.talon.budget
         if budget == 1:
             return _root_only(root_token)
-        pool = _Pool(budget, root_token, expand, self.talon.mu)
-        sizer = Sizer(self.cost, self.acceptance, pool.nodes, budget)
-        ids, logp = pool.root()
+        nodes = Nodes(budget, root_token)
+        sizer = Sizer(self.cost, self.acceptance, nodes, budget)
+        ids, logp = nodes.expand(expand, ROOT)
         k0 = min(self.talon.root_k, ids.shape[1], budget - 1)
         first = np.flatnonzero(sizer.drafted(ROOT, ids, logp, 1)[0, :k0])   # those worth their verify
-        frontier = pool.first(ids, logp, first)
+        frontier = nodes.add(np.zeros(first.shape[0], dtype=np.int64), ids[0, first], logp[0, first], 1)
         sizer.added(frontier, first)
-        while not pool.full():
-            frontier = sizer.deepen(frontier, pool.depth)   # only the nodes whose children may pay
+        layer, drafted, truncated, log_mu = 1, ids.shape[1], 0, math.log(self.talon.mu)
+        while nodes.n < budget:
+            frontier = sizer.deepen(frontier, layer)   # only the nodes whose children may pay
             if frontier.shape[0] == 0:
                 break
-            ids, logp, score, passed = pool.layer(frontier)
-            flat = np.flatnonzero(passed & sizer.drafted(frontier, ids, logp, pool.depth))
+            ids, logp = nodes.expand(expand, frontier)
+            layer += 1
+            score, passed, cut = _gate(nodes.logp[frontier], logp, log_mu, layer)
+            drafted, truncated = drafted + score.size, truncated + cut
+            flat = np.flatnonzero(passed & sizer.drafted(frontier, ids, logp, layer))
             if flat.shape[0] == 0:   # no child worth its verify cost
                 break
-            frontier, flat = pool.keep(frontier, ids, score, flat)
+            frontier, flat = _add_best(nodes, frontier, ids, score, flat, budget - nodes.n, layer)
             sizer.added(frontier, flat)
-        return sizer.finish(pool.calls, pool.drafted, pool.truncated)
+        return sizer.finish(layer, drafted, truncated)
 
     def footprint(self) -> tuple[int, int]:
         return self.talon.footprint()
