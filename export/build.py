@@ -80,7 +80,7 @@ def default_run_settings(opts: ExportOptions) -> dict:
 def _builtin_settings(opts: ExportOptions) -> dict:
     return {
         "policy": "talon",
-        "budget": min(16, opts.max_tree_tokens),  # CPUs want a small tree (DESIGN §8); the bench sweeps it
+        "budget": min(16, opts.max_tree_tokens),  # CPUs want a small tree (docs/design.md §7); the bench sweeps it
         "mu": 0.03,  # the paper's confidence ratio
         "root_k": 10,  # the paper's K for layer 0
         "eagle3_top_k": 10,  # EAGLE-3's top_k

@@ -1,4 +1,4 @@
-"""The decode loop (DESIGN §4): prefill, then rounds of build -> verify -> accept -> commit.
+"""The decode loop (docs/design.md §3): prefill, then rounds of build -> verify -> accept -> commit -> learn.
 
 Token bookkeeping: the target cache holds P committed tokens; the *root* (the next token, already
 streamed) is not in it yet. A round verifies the tree rooted there; the accepted path (root first)
@@ -7,7 +7,6 @@ is committed to [P, P+a+1) and the last emitted token becomes the next root.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -21,8 +20,8 @@ from runtime.errors import InputError
 from runtime.manifest import Manifest
 from runtime.options import Options
 from runtime.stats import RoundStats, RunStats
-from talon import (Acceptance, AcceptanceModel, ChainPolicy, CostModel, DraftTree, Eagle3Policy, TalonPolicy, logits_to_probs,
-                   make_policy, sample_token, verify_greedy, verify_sample)
+from talon import (Acceptance, CostModel, DraftTree, Policy, logits_to_probs, make_policy, sample_token,
+                   verify_greedy, verify_sample)
 
 # called with each round's new tokens; returning False cancels the generation (stop_reason "cancelled")
 OnTokens = Callable[[list[int]], "bool | None"]
@@ -37,41 +36,22 @@ class Decoded:
     stats: RunStats
 
 
-def policy_from_options(o: Options, cost: CostModel | None = None):
-    if o.policy == "talon":
-        return make_policy("talon", budget=o.budget, root_k=o.root_k, mu=o.mu)
-    if o.policy == "talon-cost":
-        if cost is None:
-            raise ValueError("policy talon-cost needs a measured cost model")
-        return make_policy("talon", budget=o.budget, root_k=o.root_k, mu=o.mu, cost=cost,
-                           acceptance=AcceptanceModel())
+class Tracer:
+    """Told when each step of a round ends: `lap("build")`, `lap("verify")`, `lap("accept")`. The
+    decoder's default does nothing; runtime/profile.py times the steps with one."""
+
+    def lap(self, step: str) -> None:
+        pass
+
+
+def policy_from_options(o: Options, cost: CostModel | None = None) -> Policy:
+    if o.policy in ("talon", "talon-cost"):
+        extra = {"cost": cost} if o.policy == "talon-cost" else {}
+        return make_policy(o.policy, budget=o.budget, root_k=o.root_k, mu=o.mu, **extra)
     if o.policy == "eagle3":
         return make_policy("eagle3", budget=o.budget, top_k=o.eagle3_top_k, depth=o.eagle3_depth)
     if o.policy == "chain":
         return make_policy("chain", depth=o.chain_depth)
-    return make_policy("ar")
-
-
-def footprint(policy) -> tuple[int, int]:
-    """(target rows, draft scratch rows) a round of `policy` may write past P."""
-    if isinstance(policy, TalonPolicy):
-        return policy.budget, policy.budget - 1
-    if isinstance(policy, Eagle3Policy):
-        return policy.budget, (policy.depth * policy.top_k if policy.budget > 1 else 0)
-    if isinstance(policy, ChainPolicy):
-        return policy.depth + 1, policy.depth - 1
-    return 1, 0
-
-
-def capped(policy, room: int):
-    """The same policy shrunk so a round fits in `room` free cache rows (the context's end)."""
-    if isinstance(policy, TalonPolicy):
-        return dataclasses.replace(policy, budget=min(policy.budget, room))
-    if isinstance(policy, Eagle3Policy):
-        return make_policy("eagle3", budget=min(policy.budget, room), top_k=policy.top_k,
-                           depth=min(policy.depth, room // policy.top_k))
-    if isinstance(policy, ChainPolicy) and room >= 2:
-        return make_policy("chain", depth=min(policy.depth, room - 1))
     return make_policy("ar")
 
 
@@ -117,16 +97,17 @@ class Decoder:
         self.cost = (measure_cost_model(backend, m, o.budget, o.root_k, o.temperature == 0.0)
                      if o.policy == "talon-cost" else None)
         self.policy = policy_from_options(o, self.cost)
-        self.acceptance = getattr(self.policy, "acceptance", None)
-        self.need = max(footprint(self.policy))
-        self._capped: dict[int, object] = {}
-        scratch = footprint(self.policy)[1]
+        self.learner = self.policy.learner     # None unless the policy learns from its rounds
+        rows, scratch = self.policy.footprint()
+        self.need = max(rows, scratch)
+        self._capped: dict[int, Policy] = {}
         self.drafter = (Drafter(backend, m.draft.hidden_size, m.kv_dtype, max(scratch, 1), self.chunk)
                         if o.policy != "ar" else None)
         self.sampler = Sampler(o)
         self.causal = np.tril(np.ones((self.chunk, self.chunk), np.bool_))
         self.P = 0
         self.target_ns = 0
+        self.tracer = Tracer()
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -152,25 +133,32 @@ class Decoder:
     def round(self, root: int) -> tuple[DraftTree, Acceptance, int, int]:
         """One speculative round; returns (tree, acceptance, engine ns, wall ns)."""
         start, eng0 = time.perf_counter_ns(), self.engine_ns()
-        policy = self.policy_for_room()
-        if self.drafter is not None:
-            self.drafter.start_round(self.P)
-        tree = policy.build(root, self.expand)           # one draft call per layer
-        self.flush_feed()                                # a capped round may not draft at all
+        tree = self.build(root)                          # one draft call per layer
+        self.tracer.lap("build")
         out = self.verify_call(tree)                     # one target call over all tree tokens
+        self.tracer.lap("verify")
         acc = self.sampler.verify(tree, out)             # greedy or lossless sampling (talon/)
+        self.tracer.lap("accept")
         self.commit(acc)                                 # accepted rows -> [P, P+a+1)
-        self.learn(tree, acc, start)
+        self.learn(tree, acc, start)                     # a policy that learns sees the outcome
         return tree, acc, self.engine_ns() - eng0, time.perf_counter_ns() - start
 
     # -- steps -------------------------------------------------------------------------------------
 
+    def build(self, root: int) -> DraftTree:
+        """The policy's tree (capped at the context's end), then the draft feed a round owes."""
+        policy = self.policy_for_room()
+        if self.drafter is not None:
+            self.drafter.start_round(self.P)
+        tree = policy.build(root, self.expand)
+        self.flush_feed()                                # a capped round may not draft at all
+        return tree
+
     def learn(self, tree: DraftTree, acc: Acceptance, start_ns: int) -> None:
-        """The cost-aware extension calibrates acceptance and its rate on every round (us)."""
-        if self.acceptance is not None:
-            self.acceptance.update(tree.parents, tree.depth, tree.logp, acc.nodes,
-                                   acc.tokens if self.sampler.greedy else None)
-            self.acceptance.record_round(acc.tokens.shape[0], (time.perf_counter_ns() - start_ns) / 1e3)
+        """Feed the policy's learner the verified round and the round's time so far (us)."""
+        if self.learner is not None:
+            self.learner.learn(tree, acc, self.sampler.greedy)
+            self.learner.record_round(acc.tokens.shape[0], (time.perf_counter_ns() - start_ns) / 1e3)
 
     def expand(self, tree: DraftTree, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.drafter is not None, "the ar policy never drafts"
@@ -242,12 +230,12 @@ class Decoder:
             return "context_full"
         return None
 
-    def policy_for_room(self):
+    def policy_for_room(self) -> Policy:
         room = self.S - self.P
         if room >= self.need:
             return self.policy
         if room not in self._capped:
-            self._capped[room] = capped(self.policy, room)
+            self._capped[room] = self.policy.capped(room)
         return self._capped[room]
 
     def check_prompt(self, prompt: list[int]) -> None:

@@ -1,4 +1,4 @@
-"""The draft side of a round: the `expand(tree, rows)` callback the policies call (DESIGN §5).
+"""The draft side of a round: the `expand(tree, rows)` callback the policies call (docs/design.md §3).
 
 EAGLE-3 round structure (docs/engine-format.md): after the target has committed P tokens, the
 draft has committed rows for positions [0, P - a) and holds a pending feed of a rows — the target

@@ -15,7 +15,7 @@ from runtime.manifest import Manifest
 # talon-cost: TALON with the cost-aware stop and size extension (talon/cost.py); budget = its cap
 POLICIES = ("ar", "chain", "eagle3", "talon", "talon-cost")
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt")
-# How the target and draft sessions share the CPU (DESIGN §8: two spinning pools fight on 2 cores).
+# How the target and draft sessions share the CPU (docs/design.md §7: two spinning pools fight on 2 cores).
 THREAD_MODES = ("runspin", "nospin", "shared", "spin")
 
 

@@ -5,14 +5,14 @@ code prompts, in microseconds per round:
 - engine: `draft_fc`, the first draft call (last round's accepted tokens; the root's children), the
   deeper draft calls (one per tree layer), the verify (target) call, the KV commit;
 - host: the policy's build without its draft calls, verify prep (tree mask, positions), acceptance
-  (talon/ greedy or sampling verification), the rest of the round (drafter bookkeeping, stats,
-  streaming, stop checks).
+  (talon/ greedy or sampling verification), the rest of the round (the commit's host side, the
+  policy's learner).
 Engine numbers time the backend methods, so they include binding and host-side copies.
 
 Call costs: the target at q = 1, 2, 4, ..., 64 over a cache of --past rows (the verify-cost curve),
 the draft at q = 1 and 10, draft_fc at q = 1; medians of --reps calls.
 
-The round mirrors `Decoder.round` step for step (runtime/decode.py) with a clock between steps.
+The round is `Decoder.round` itself (runtime/decode.py), timed by a tracer told when each step ends.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ import numpy as np
 from runtime.backends import open_backend
 from runtime.backends.base import Backend
 from runtime.costs import medians_us
-from runtime.decode import Decoder
+from runtime.decode import Decoder, Tracer
 from runtime.manifest import Manifest, open_manifest
 from runtime.options import resolve_options
 
@@ -88,45 +89,46 @@ class TimedBackend(Backend):
         self.inner.close()
 
 
+class Laps(Tracer):
+    """The time each step of a round ended (ns), by step name."""
+
+    def __init__(self) -> None:
+        self.at: dict[str, int] = {}
+
+    def lap(self, step: str) -> None:
+        self.at[step] = time.perf_counter_ns()
+
+
 class ProfiledDecoder(Decoder):
-    """`Decoder` whose round records the time of each step (`records`, one dict per round, ns)."""
+    """`Decoder` whose rounds record the time of each step (`records`, one dict per round, ns)."""
 
     backend: TimedBackend
 
     def __init__(self, backend: TimedBackend, m: Manifest, o):
         super().__init__(backend, m, o)
         self.records: list[dict[str, Any]] = []
+        self.laps = self.tracer = Laps()
 
     def round(self, root: int):
         self.backend.take()   # drop the prefill's calls and anything between rounds
-        start, eng0 = time.perf_counter_ns(), self.engine_ns()
-        policy = self.policy_for_room()
-        if self.drafter is not None:
-            self.drafter.start_round(self.P)
-        tree = policy.build(root, self.expand)
-        t_build = time.perf_counter_ns()
-        self.flush_feed()
-        t_flush = time.perf_counter_ns()
-        out = self.verify_call(tree)
-        t_verify = time.perf_counter_ns()
-        acc = self.sampler.verify(tree, out)
-        t_accept = time.perf_counter_ns()
-        self.commit(acc)
-        self.learn(tree, acc, start)
+        start = time.perf_counter_ns()
+        result = super().round(root)
         end = time.perf_counter_ns()
+        tree, acc = result[0], result[1]
+        at = self.laps.at
         ns, calls = self.backend.take()
         draft_ns = ns.get("draft_fc", 0) + ns.get("draft_first", 0) + ns.get("draft_deeper", 0)
         rec = {k: ns.get(k, 0) for k in ENGINE_KEYS}
-        rec["build_host"] = (t_flush - start) - draft_ns
-        rec["verify_prep"] = (t_verify - t_flush) - ns.get("verify_call", 0)
-        rec["accept"] = t_accept - t_verify
-        rec["rest"] = (end - t_accept) - ns.get("commit", 0)
+        rec["build_host"] = (at["build"] - start) - draft_ns
+        rec["verify_prep"] = (at["verify"] - at["build"]) - ns.get("verify_call", 0)
+        rec["accept"] = at["accept"] - at["verify"]
+        rec["rest"] = (end - at["accept"]) - ns.get("commit", 0)
         rec["round"] = end - start
         rec["deeper_calls"] = calls.get("draft_deeper", 0)
         rec["tree_size"] = tree.size
         rec["emitted"] = len(acc.tokens)
         self.records.append(rec)
-        return tree, acc, self.engine_ns() - eng0, end - start
+        return result
 
 
 def _open(m: Manifest, **options) -> ProfiledDecoder:
@@ -242,8 +244,7 @@ def main(argv=None) -> int:
         print("  target (logits) " + "  ".join(f"q={q}: {v:.0f}" for q, v in c["target_logits"].items()))
         print(f"  draft q=1: {c['draft'][1]:.0f}  q=10: {c['draft'][10]:.0f}  draft_fc q=1: {c['draft_fc']:.0f}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Per-round records and the per-run summary (DESIGN §5 cost model: speed-up ~ tau / (1 + c*delta))."""
+"""Per-round records and the per-run summary (docs/design.md §6: speed-up ~ tau / (1 + c*delta))."""
 
 from __future__ import annotations
 

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from talon.tree import DraftTree
+from talon.verify import Acceptance
+
 
 @dataclass(frozen=True)
 class CostModel:
@@ -32,19 +35,17 @@ class CostModel:
     verify[n - 1]: one target call over an n-node tree (n = 1 .. len(verify)); made non-decreasing
     by lowering any cost above a later one (timing noise is spikes, not dips).
     A draft call over r rows costs draft_base + draft_row * r (host work of a layer included).
-    round_base: the round's fixed cost besides these (the first draft call, feed, commit, host).
     """
 
     verify: tuple[float, ...]
     draft_base: float
     draft_row: float = 0.0
-    round_base: float = 0.0
 
     def __post_init__(self) -> None:
         v = tuple(float(x) for x in self.verify)
         if not v or not all(math.isfinite(x) and x > 0 for x in v):
             raise ValueError(f"cost model: verify costs must be positive and finite, got {self.verify!r}")
-        for name in ("draft_base", "draft_row", "round_base"):
+        for name in ("draft_base", "draft_row"):
             x = getattr(self, name)
             if not (isinstance(x, (int, float)) and math.isfinite(x) and x >= 0):
                 raise ValueError(f"cost model: {name} must be a finite number >= 0, got {x!r}")
@@ -65,7 +66,7 @@ class CostModel:
 
     @classmethod
     def from_points(cls, points: dict[int, float], max_nodes: int, draft_base: float,
-                    draft_row: float = 0.0, round_base: float = 0.0) -> CostModel:
+                    draft_row: float = 0.0) -> CostModel:
         """Verify costs measured at a few tree sizes, linearly interpolated to 1..max_nodes
         (extrapolated from the last two points past the largest measured size)."""
         qs = np.array(sorted(points), dtype=np.float64)
@@ -76,7 +77,7 @@ class CostModel:
             slope = (us[-1] - us[-2]) / (qs[-1] - qs[-2])
             far = n > qs[-1]
             v[far] = us[-1] + slope * (n[far] - qs[-1])
-        return cls(tuple(v.tolist()), draft_base, draft_row, round_base)
+        return cls(tuple(v.tolist()), draft_base, draft_row)
 
 
 class AcceptanceModel:
@@ -90,8 +91,9 @@ class AcceptanceModel:
     rarely, and a chain that got three tokens accepted gets the fourth ~90 % of the time. Per cell
     the model counts tested and accepted nodes. A cell's estimate starts from `prior` pseudo-tests
     at the shallower depth's estimate (depth 1: at the bin's own probability), so cells the policy
-    has not reached yet borrow what the shallower ones learned. Mutable: the decode loop calls
-    `update` after every verification and `record_round` after every round.
+    has not reached yet borrow what the shallower ones learned. Mutable, the talon-cost policy's
+    `Learner` (talon/policy.py): the decode loop calls `learn` after every verification and
+    `record_round` after every round.
     """
 
     EDGES = (0.02, 0.05, 0.1, 0.2, 0.4, 0.7)   # inner edges of the conditional probability bins
@@ -175,6 +177,11 @@ class AcceptanceModel:
         self._tokens = self.RATE_DECAY * self._tokens + tokens
         self._time = self.RATE_DECAY * self._time + elapsed
         self.rate = self._tokens / self._time if self._time > 0 else 0.0
+
+    def learn(self, tree: DraftTree, acc: Acceptance, greedy: bool) -> None:
+        """`update` with a verified tree and its acceptance (greedy: acc.tokens are the target's
+        argmax after each path node)."""
+        self.update(tree.parents, tree.depth, tree.logp, acc.nodes, acc.tokens if greedy else None)
 
     def expanded(self, calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]], kept: np.ndarray) -> None:
         """The last build's draft calls: per call the expanded nodes [e] (drafting order indices)

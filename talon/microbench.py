@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from talon.cost import AcceptanceModel, CostModel
+from talon.cost import CostModel
 from talon.policy import make_policy
 from talon.synthetic import CannedExpand
 from talon.tree import DraftTree
@@ -35,7 +35,7 @@ def _policy(name: str, budget: int):
         return make_policy(name, depth=budget - 1)
     if name == "talon-cost":
         cost = CostModel(tuple(700.0 + 75.0 * np.arange(budget)), draft_base=150.0, draft_row=5.0)
-        return make_policy("talon", budget=budget, cost=cost, acceptance=AcceptanceModel())
+        return make_policy("talon-cost", budget=budget, cost=cost)
     return make_policy(name) if name == "ar" else make_policy(name, budget=budget)
 
 
@@ -65,10 +65,9 @@ def run_microbench(budgets: tuple[int, ...] = (16, 32, 60), policies: tuple[str,
                 tree.positions(512)
                 t3 = clock()
                 acc = verify_greedy(tree, argmax)
-                learn = getattr(policy, "acceptance", None)
-                if learn is not None:   # the decode loop's per-round calibration
-                    learn.update(tree.parents, tree.depth, tree.logp, acc.nodes, acc.tokens)
-                    learn.record_round(acc.tokens.shape[0], 2000.0)
+                if policy.learner is not None:   # the decode loop's per-round calibration
+                    policy.learner.learn(tree, acc, True)
+                    policy.learner.record_round(acc.tokens.shape[0], 2000.0)
                 t4 = clock()
                 rows[r] = t1 - t0, t3 - t2, t4 - t3, (t1 - t0) + (t4 - t2), tree.info.draft_calls
             sample = []

@@ -1,95 +1,71 @@
-"""Draft-tree policies: ar, chain, eagle3 (EAGLE-2/3 topK_genrate) and talon (paper Algorithm 2).
+"""Draft-tree policies: ar, chain, eagle3 (EAGLE-2/3 topK_genrate), talon (paper Algorithm 2) and
+talon-cost (TALON with the cost-aware extension). docs/design.md §4.
 
-Every policy is a frozen config dataclass with one method, `build(root_token, expand) -> DraftTree`.
-`expand(tree, rows)` is one draft engine call: given the tree built so far (every node added so far,
-parents before children) and the node indices `rows` (int64 [r], never empty), it returns
-`(ids int64 [r, k], logp float [r, k])`, each row's top-k children by draft log-prob, descending.
+Every policy answers the decoder through one interface (`Policy`):
+- `build(root_token, expand) -> DraftTree`: `expand(tree, rows)` is one draft engine call: given the
+  tree built so far (every node added so far, parents before children) and the node indices `rows`
+  (int64 [r], never empty), it returns `(ids int64 [r, k], logp float [r, k])`, each row's top-k
+  children by draft log-prob, descending;
+- `footprint() -> (target rows, draft scratch rows)` a round may write past the committed cache;
+- `capped(room)`: the same policy shrunk so that a round fits in `room` free cache rows;
+- `learner`: None, or the `Learner` the decoder feeds every verified round.
+ar, chain, eagle3 and talon are frozen config dataclasses; talon-cost composes talon's config, the
+engine's cost model and the state it learns.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import ClassVar
+from dataclasses import dataclass, fields, replace
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from talon.cost import AcceptanceModel, CostModel
+from talon.nodes import ROOT, Expand, Nodes, check_int, layer_counts
+from talon.sizer import Sizer
 from talon.tree import BuildInfo, DraftTree, root_tree
-
-Expand = Callable[[DraftTree, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-class _Nodes:
-    """Append-only node buffers; `tree()` views the nodes added so far without copying."""
-
-    def __init__(self, capacity: int, root_token: int):
-        self.tokens = np.empty(capacity, dtype=np.int64)
-        self.parents = np.empty(capacity, dtype=np.int64)
-        self.depth = np.empty(capacity, dtype=np.int64)
-        self.logp = np.empty(capacity, dtype=np.float64)
-        self.tokens[0], self.parents[0], self.depth[0], self.logp[0] = root_token, -1, 0, 0.0
-        self.n = 1
-
-    def tree(self, info: BuildInfo | None = None) -> DraftTree:
-        n = self.n
-        return DraftTree(self.tokens[:n], self.parents[:n], self.depth[:n], self.logp[:n], info)
-
-    def add(self, parents: np.ndarray, tokens: np.ndarray, logp: np.ndarray, depth: int) -> np.ndarray:
-        """Append one layer; return the new node indices."""
-        a, b = self.n, self.n + tokens.shape[0]
-        self.tokens[a:b], self.parents[a:b], self.logp[a:b] = tokens, parents, logp
-        self.depth[a:b] = depth
-        self.n = b
-        return np.arange(a, b)
+from talon.verify import Acceptance
 
 
-def _call(expand: Expand, nodes: _Nodes, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    ids, logp = expand(nodes.tree(), rows)
-    if ids.ndim != 2 or ids.shape[0] != rows.shape[0] or logp.shape != ids.shape or ids.shape[1] < 1:
-        raise ValueError(f"expand: expected ids and logp of shape ({rows.shape[0]}, k>=1), "
-                         f"got {ids.shape} and {logp.shape}")
-    return ids, logp
+class Learner(Protocol):
+    """What a policy learns from its own rounds; the decoder calls both after every verification."""
+
+    def learn(self, tree: DraftTree, acc: Acceptance, greedy: bool) -> None:
+        """The verified `tree` and its acceptance (`greedy`: acc.tokens are the target's argmax)."""
+
+    def record_round(self, tokens: int, elapsed: float) -> None:
+        """The round emitted `tokens` in `elapsed` microseconds (its learning included)."""
 
 
-def _check_int(name: str, value: int, low: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+class Policy(Protocol):
+    learner: Learner | None
+
+    def build(self, root_token: int, expand: Expand) -> DraftTree: ...
+
+    def footprint(self) -> tuple[int, int]: ...
+
+    def capped(self, room: int) -> Policy: ...
 
 
-def _layer_counts(depth: np.ndarray) -> tuple[int, ...]:
-    return tuple(int(c) for c in np.bincount(depth)[1:])
-
-
-def _keep_best(nodes: _Nodes, key: np.ndarray, keep: int, calls: int, drafted: int) -> DraftTree:
-    """The root and the `keep` drafted nodes with the highest rank `key` (ties: earlier node first),
-    in drafting order. `key` must never increase from a parent to its child (a running minimum of
-    the path score), so the kept set is closed under ancestors."""
-    kept = np.sort(np.argsort(-key[1:nodes.n], kind="stable")[:keep]) + 1
-    return _subtree(nodes, np.concatenate(([0], kept)), calls, drafted)
-
-
-def _subtree(nodes: _Nodes, sel: np.ndarray, calls: int, drafted: int, truncated: int = 0) -> DraftTree:
-    """The tree of drafted nodes `sel` (ascending, the root first, closed under ancestors)."""
-    remap = np.full(nodes.n, -1, dtype=np.int64)
-    remap[sel] = np.arange(sel.shape[0])
-    parents = remap[nodes.parents[sel]]
-    parents[0] = -1
-    depth = nodes.depth[sel]
-    info = BuildInfo(draft_calls=calls, nodes_per_layer=_layer_counts(depth), drafted=drafted,
-                     pool_truncated=truncated)
-    return DraftTree(nodes.tokens[sel], parents, depth, nodes.logp[sel], info)
+def _root_only(root_token: int) -> DraftTree:
+    return root_tree(root_token, BuildInfo(draft_calls=0, nodes_per_layer=(), drafted=0))
 
 
 @dataclass(frozen=True)
 class ArPolicy:
     """No draft: the tree is the root alone (the autoregressive baseline through the same loop)."""
 
-    max_nodes: ClassVar[int] = 1
+    learner: ClassVar[None] = None
 
     def build(self, root_token: int, expand: Expand) -> DraftTree:
-        return root_tree(root_token, BuildInfo(draft_calls=0, nodes_per_layer=(), drafted=0))
+        return _root_only(root_token)
+
+    def footprint(self) -> tuple[int, int]:
+        return 1, 0
+
+    def capped(self, room: int) -> ArPolicy:
+        return self
 
 
 @dataclass(frozen=True)
@@ -97,22 +73,25 @@ class ChainPolicy:
     """Classic speculative decoding: the draft's top-1 token, `depth` times."""
 
     depth: int = 4  # at the trial head's ~0.7 acceptance per step a 5th draft is reached < 25 % of rounds
+    learner: ClassVar[None] = None
 
     def __post_init__(self) -> None:
-        _check_int("depth", self.depth, 1)
-
-    @property
-    def max_nodes(self) -> int:
-        return self.depth + 1
+        check_int("depth", self.depth, 1)
 
     def build(self, root_token: int, expand: Expand) -> DraftTree:
-        nodes = _Nodes(self.depth + 1, root_token)
-        row = np.zeros(1, dtype=np.int64)
+        nodes = Nodes(self.depth + 1, root_token)
+        row = ROOT
         for d in range(1, self.depth + 1):
-            ids, logp = _call(expand, nodes, row)
+            ids, logp = nodes.expand(expand, row)
             row = nodes.add(row, ids[:, 0], nodes.logp[row] + logp[:, 0], d)
         info = BuildInfo(draft_calls=self.depth, nodes_per_layer=(1,) * self.depth, drafted=self.depth)
         return nodes.tree(info)
+
+    def footprint(self) -> tuple[int, int]:
+        return self.depth + 1, self.depth - 1   # the first call appends the feed, not scratch
+
+    def capped(self, room: int) -> ChainPolicy | ArPolicy:
+        return ChainPolicy(depth=min(self.depth, room - 1)) if room >= 2 else ArPolicy()
 
 
 @dataclass(frozen=True)
@@ -131,44 +110,67 @@ class Eagle3Policy:
     budget: int = 60  # EAGLE-3's total_token=60: 59 drafts + root
     top_k: int = 10  # EAGLE-3's default beam width and children per node
     depth: int = 7  # EAGLE-3's default: 7 expansions after the root's call, 8 draft calls in all
-    # extension (off = EAGLE): skip the remaining calls once no deeper node can enter the kept set;
-    # the tree is unchanged, only the draft calls drop
-    exact_stop: bool = False
+    learner: ClassVar[None] = None
 
     def __post_init__(self) -> None:
-        _check_int("budget", self.budget, 1)
-        _check_int("top_k", self.top_k, 1)
-        _check_int("depth", self.depth, 0)
-
-    @property
-    def max_nodes(self) -> int:
-        return self.budget
+        check_int("budget", self.budget, 1)
+        check_int("top_k", self.top_k, 1)
+        check_int("depth", self.depth, 0)
 
     def build(self, root_token: int, expand: Expand) -> DraftTree:
         if self.budget == 1:
-            return root_tree(root_token, BuildInfo(draft_calls=0, nodes_per_layer=(), drafted=0))
+            return _root_only(root_token)
         k, keep = self.top_k, self.budget - 1
-        nodes = _Nodes(1 + k + self.depth * k * k, root_token)
+        nodes = Nodes(1 + k + self.depth * k * k, root_token)
         key = np.empty(nodes.tokens.shape[0], dtype=np.float64)  # running-min score, the rank key
         key[0] = 0.0
-        ids, logp = _call(expand, nodes, np.zeros(1, dtype=np.int64))
+        ids, logp = nodes.expand(expand, ROOT)
         ids, logp = ids[:, :k], logp[:, :k]
         beam = nodes.add(np.zeros(ids.shape[1], dtype=np.int64), ids[0], logp[0], 1)
         key[beam] = np.minimum(nodes.logp[beam], 0.0)
-        calls = 1
         for d in range(2, self.depth + 2):
-            if self.exact_stop and np.count_nonzero(key[1:nodes.n] >= key[beam].max()) >= keep:
-                break
-            ids, logp = _call(expand, nodes, beam)
+            ids, logp = nodes.expand(expand, beam)
             ids, logp = ids[:, :k], logp[:, :k]
-            calls += 1
             kk = ids.shape[1]
             score = (nodes.logp[beam][:, None] + logp).ravel()  # [beam * kk], parent-major
             new = nodes.add(np.repeat(beam, kk), ids.ravel(), score, d)
             key[new] = np.minimum(score, np.repeat(key[beam], kk))
             # the next beam in descending score order (EAGLE's torch.topk; ties: earlier first)
             beam = new[np.argsort(-score, kind="stable")[:k]]
-        return _keep_best(nodes, key, keep, calls, nodes.n - 1)
+        # the root and the `keep` drafted nodes with the highest key (ties: earlier node first), in
+        # drafting order: the key never increases from a parent to its child, so the set is closed
+        kept = np.sort(np.argsort(-key[1:nodes.n], kind="stable")[:keep]) + 1
+        return nodes.subtree(np.concatenate(([0], kept)), self.depth + 1, nodes.n - 1)
+
+    def footprint(self) -> tuple[int, int]:
+        return self.budget, (self.depth * self.top_k if self.budget > 1 else 0)
+
+    def capped(self, room: int) -> Eagle3Policy:
+        return Eagle3Policy(budget=min(self.budget, room), top_k=self.top_k,
+                            depth=min(self.depth, room // self.top_k))
+
+
+def _gate(parent_logp: np.ndarray, logp: np.ndarray, log_mu: float,
+          layer: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Algorithm 2's candidate pool over one draft call: the children's cumulative scores [f, k], the
+    gate score >= log(mu) + the best score (p >= mu * m in log space), and how many parents had all
+    their k children pass (the pool was cut by k there)."""
+    score = parent_logp[:, None] + logp   # [f, k]
+    best = score.max()
+    if best != best:
+        raise ValueError(f"expand: NaN log-probs at layer {layer}")
+    passed = score >= best + log_mu
+    return score, passed, int(np.count_nonzero(passed.all(axis=1)))
+
+
+def _add_best(nodes: Nodes, frontier: np.ndarray, ids: np.ndarray, score: np.ndarray, flat: np.ndarray,
+              room: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """Add the candidates `flat` (flat [f, k] indices, pool order) as layer `layer`, only the best
+    `room` by score (ties: pool order) if they overflow; returns (the new nodes, their flat indices)."""
+    if flat.shape[0] > room:
+        best = np.argsort(-score.ravel()[flat], kind="stable")[:room]
+        flat = flat[np.sort(best)]
+    return nodes.add(frontier[flat // ids.shape[1]], ids.ravel()[flat], score.ravel()[flat], layer), flat
 
 
 @dataclass(frozen=True)
@@ -180,183 +182,123 @@ class TalonPolicy:
     score, the candidates with score >= mu * m are kept (in log space: logp >= log(mu) + log m), and
     if they overflow the budget only the best (budget - size) by score (ties: pool order). All kept
     nodes form the next frontier. The budget is the only stop rule; there is no final rerank.
-
-    Extension (off = paper): with a `cost` model the budget becomes a cap; the policy stops deepening
-    when another layer is not expected to pay for its draft call and bigger verify, and keeps the
-    tree size with the best expected tokens per unit of round time (talon/cost.py).
     """
 
     budget: int = 60  # the paper's N on an H200; CPUs want less, the benchmark sweeps it
     root_k: int = 10  # the paper's K: robust initialisation with the root's top-10
     mu: float = 0.03  # the paper's gate: keep paths within 3 % of the layer's best path
-    max_depth: int | None = None  # extension (None = paper): stop after this many draft layers
-    cost: CostModel | None = None  # extension (None = paper): cost-aware stop and size, see talon/cost.py
-    acceptance: AcceptanceModel | None = None  # with cost: calibrated acceptance (None: draft probs)
+    learner: ClassVar[None] = None
 
     def __post_init__(self) -> None:
-        _check_int("budget", self.budget, 1)
-        _check_int("root_k", self.root_k, 1)
+        check_int("budget", self.budget, 1)
+        check_int("root_k", self.root_k, 1)
         if not (isinstance(self.mu, (int, float)) and 0.0 < self.mu <= 1.0):
             raise ValueError(f"mu must be in (0, 1], got {self.mu!r}")
-        if self.max_depth is not None:
-            _check_int("max_depth", self.max_depth, 1)
-        if self.cost is not None and self.cost.max_nodes < self.budget:
-            raise ValueError(f"cost model covers trees of up to {self.cost.max_nodes} nodes, "
-                             f"budget is {self.budget}")
-
-    @property
-    def max_nodes(self) -> int:
-        return self.budget
 
     def build(self, root_token: int, expand: Expand) -> DraftTree:
-        n_max = self.budget
-        if n_max == 1:
-            return root_tree(root_token, BuildInfo(draft_calls=0, nodes_per_layer=(), drafted=0))
-        nodes = _Nodes(n_max, root_token)
-        ids, logp = _call(expand, nodes, np.zeros(1, dtype=np.int64))
-        k0 = min(self.root_k, ids.shape[1], n_max - 1)
-        first = np.arange(k0)
-        sizer = _Sizer(self, nodes) if self.cost is not None else None
-        if sizer is not None:   # only the root's children worth their verify cost
-            first = np.flatnonzero(sizer.drafted(np.zeros(1, np.int64), ids, logp, 1)[0, :k0])
-        frontier = nodes.add(np.zeros(first.shape[0], dtype=np.int64), ids[0, first], logp[0, first], 1)
-        if sizer is not None:
-            sizer.added(frontier, first)
-        calls, drafted, truncated, layer = 1, ids.shape[1], 0, 1
-        log_mu = math.log(self.mu)
-        max_depth = self.max_depth or n_max
-        while nodes.n < n_max and layer < max_depth:
-            if sizer is not None:
-                frontier = sizer.deepen(frontier, layer)   # only the nodes whose children may pay
-                if frontier.shape[0] == 0:
-                    break
-            ids, logp = _call(expand, nodes, frontier)
-            calls += 1
+        if self.budget == 1:
+            return _root_only(root_token)
+        nodes = Nodes(self.budget, root_token)
+        ids, logp = nodes.expand(expand, ROOT)
+        k0 = min(self.root_k, ids.shape[1], self.budget - 1)
+        frontier = nodes.add(np.zeros(k0, dtype=np.int64), ids[0, :k0], logp[0, :k0], 1)
+        layer, drafted, truncated, log_mu = 1, ids.shape[1], 0, math.log(self.mu)
+        while nodes.n < self.budget:
+            ids, logp = nodes.expand(expand, frontier)
             layer += 1
-            k = ids.shape[1]
-            score = nodes.logp[frontier][:, None] + logp  # [f, k] cumulative log-prob
-            best = score.max()
-            if best != best:
-                raise ValueError(f"expand: NaN log-probs at layer {layer}")
-            passed = score >= best + log_mu
-            truncated += int(np.count_nonzero(passed.all(axis=1)))
-            drafted += score.size
-            if sizer is not None:
-                passed &= sizer.drafted(frontier, ids, logp, layer)
-            flat = np.flatnonzero(passed)  # parent-major pool order
+            score, passed, cut = _gate(nodes.logp[frontier], logp, log_mu, layer)
+            drafted, truncated = drafted + score.size, truncated + cut
+            flat = np.flatnonzero(passed)
             if flat.shape[0] == 0:
-                if sizer is not None:   # no child worth its verify cost
-                    break
                 raise ValueError(f"expand: no child passed the gate at layer {layer}")
-            room = n_max - nodes.n
-            if flat.shape[0] > room:
-                best = np.argsort(-score.ravel()[flat], kind="stable")[:room]
-                flat = flat[np.sort(best)]
-            frontier = nodes.add(frontier[flat // k], ids.ravel()[flat], score.ravel()[flat], layer)
-            if sizer is not None:
-                sizer.added(frontier, flat)
-        if sizer is not None:
-            return sizer.finish(calls, drafted, truncated)
-        info = BuildInfo(draft_calls=calls, nodes_per_layer=_layer_counts(nodes.depth[:nodes.n]),
+            frontier, _ = _add_best(nodes, frontier, ids, score, flat, self.budget - nodes.n, layer)
+        info = BuildInfo(draft_calls=layer, nodes_per_layer=layer_counts(nodes.depth[:nodes.n]),
                          drafted=drafted, pool_truncated=truncated)
         return nodes.tree(info)
 
+    def footprint(self) -> tuple[int, int]:
+        return self.budget, self.budget - 1
 
-class _Sizer:
-    """The cost-aware extension's bookkeeping for one TalonPolicy build (talon/cost.py)."""
+    def capped(self, room: int) -> TalonPolicy:
+        return replace(self, budget=min(self.budget, room))
 
-    LOOKAHEAD = np.arange(1, AcceptanceModel.REACH + 1)   # layers projected when deciding to draw
 
-    def __init__(self, policy: TalonPolicy, nodes: _Nodes):
-        cost = policy.cost
-        assert cost is not None
-        self.cost, self.nodes, self.acceptance = cost, nodes, policy.acceptance
-        rate = self.acceptance.rate if self.acceptance is not None else 0.0
-        if rate <= 0:   # nothing measured yet: the rate of root-only rounds
-            rate = 1.0 / (cost.round_base + cost.draft_call(1) + cost.verify[0])
-        self.rate = rate
-        self.node_cost = rate * cost.slope                  # acceptance a node must beat
-        self.log_min = math.log(self.node_cost) if self.node_cost > 0 else -math.inf
-        self.key = np.empty(policy.budget, dtype=np.float64)   # running-min log P(path accepted)
-        self.key[0] = 0.0
-        # (expanded nodes, their top-k children): the acceptance model tests them after verification
-        self.calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.cal = np.zeros((0, 0))   # the last call's children: log P(accepted | parent accepted)
-        self.alpha = 0.0              # a frontier node's best child's acceptance, from the last call
+class TalonCostPolicy:
+    """TALON with the cost-aware stop and size, an extension beside the paper (talon/cost.py).
 
-    def drafted(self, frontier: np.ndarray, ids: np.ndarray, logp: np.ndarray, depth: int) -> np.ndarray:
-        """A draft call expanded `frontier` (children at `depth`); returns [f, k] bool: the children
-        whose acceptance probability pays for their verify cost."""
-        if self.acceptance is not None:   # copies: expand may reuse its buffers
-            self.calls.append((frontier, ids.copy(), logp.copy()))
-        self.cal = logp if self.acceptance is None else self.acceptance.log_accept_children(logp, depth)
-        top = self.key[frontier]
-        if top.shape[0] == 1:
-            self.alpha = math.exp(self.cal[0, 0])
-        else:
-            w = np.exp(top)
-            self.alpha = float(np.dot(w, np.exp(self.cal[:, 0])) / w.sum())
-        return top[:, None] + self.cal >= self.log_min
+    `talon` is the paper's config, its budget now a cap; `cost` the engine's measured call costs;
+    `acceptance` what the decode loop learns about its rounds (the policy's `learner`; None: the
+    draft's own probabilities stand for acceptance). The policy grows TALON's layers but deepens only
+    while another layer is expected to pay for its draft call and bigger verify, and keeps the root's
+    children and every node whose acceptance probability pays for the verify time it adds.
+    """
 
-    def added(self, new: np.ndarray, flat: np.ndarray) -> None:
-        """The last call's children `flat` (flat [f, k] indices) became nodes `new`."""
-        up = self.key[self.nodes.parents[new]]
-        self.key[new] = np.minimum(up + self.cal.ravel()[flat], up)
+    def __init__(self, talon: TalonPolicy, cost: CostModel, acceptance: AcceptanceModel | None = None):
+        if cost.max_nodes < talon.budget:
+            raise ValueError(f"cost model covers trees of up to {cost.max_nodes} nodes, "
+                             f"budget is {talon.budget}")
+        self.talon, self.cost, self.acceptance = talon, cost, acceptance
 
-    def deepen(self, frontier: np.ndarray, depth: int) -> np.ndarray:
-        """The frontier nodes (at `depth`) to expand next: those whose best child would be kept, and
-        none unless some projection of 1..8 more layers adds more expected tokens than its draft
-        calls cost. The projection grows a chain of best children from each such node, each as
-        likely to be accepted as a best child at its depth has been (acceptance runs in streaks:
-        the children of a deep accepted node are accepted more often); the first one uses the
-        draft's own confidence when that says more (alpha)."""
-        if self.acceptance is not None:
-            reach = self.acceptance.reach(depth)
-            scale = self.alpha / reach[0] if self.alpha > reach[0] else 1.0
-        else:
-            reach, scale = (self.alpha ** self.LOOKAHEAD).tolist(), 1.0
-        chain = np.exp(self.key[frontier]) * scale
-        if chain.shape[0] > 1:
-            good = chain * reach[0] >= self.node_cost
-            frontier, chain = frontier[good], chain[good]
-        mass, count = float(chain.sum()), chain.shape[0]
-        call = self.rate * self.cost.draft_call(count)
-        gain = 0.0
-        for layers, r in enumerate(reach, 1):
-            # the projected layer's nodes, net of their verify cost, against one more draft call
-            net = r * mass - self.node_cost * count
-            if net <= 0.0:
+    def __repr__(self) -> str:
+        return f"TalonCostPolicy({self.talon!r}, {self.cost!r}, {self.acceptance!r})"
+
+    @property
+    def learner(self) -> AcceptanceModel | None:
+        return self.acceptance
+
+    def build(self, root_token: int, expand: Expand) -> DraftTree:
+        budget = self.talon.budget
+        if budget == 1:
+            return _root_only(root_token)
+        nodes = Nodes(budget, root_token)
+        sizer = Sizer(self.cost, self.acceptance, nodes, budget)
+        ids, logp = nodes.expand(expand, ROOT)
+        k0 = min(self.talon.root_k, ids.shape[1], budget - 1)
+        first = np.flatnonzero(sizer.drafted(ROOT, ids, logp, 1)[0, :k0])   # those worth their verify
+        frontier = nodes.add(np.zeros(first.shape[0], dtype=np.int64), ids[0, first], logp[0, first], 1)
+        sizer.added(frontier, first)
+        layer, drafted, truncated, log_mu = 1, ids.shape[1], 0, math.log(self.talon.mu)
+        while nodes.n < budget:
+            frontier = sizer.deepen(frontier, layer)   # only the nodes whose children may pay
+            if frontier.shape[0] == 0:
                 break
-            gain += net
-            if gain > call * layers:
-                return frontier
-        return frontier[:0]
+            ids, logp = nodes.expand(expand, frontier)
+            layer += 1
+            score, passed, cut = _gate(nodes.logp[frontier], logp, log_mu, layer)
+            drafted, truncated = drafted + score.size, truncated + cut
+            flat = np.flatnonzero(passed & sizer.drafted(frontier, ids, logp, layer))
+            if flat.shape[0] == 0:   # no child worth its verify cost
+                break
+            frontier, flat = _add_best(nodes, frontier, ids, score, flat, budget - nodes.n, layer)
+            sizer.added(frontier, flat)
+        return sizer.finish(layer, drafted, truncated)
 
-    def finish(self, calls: int, drafted: int, truncated: int) -> DraftTree:
-        """The root and every node worth its verify cost, in drafting order (closed under ancestors:
-        the key never grows from a parent to its child); tells the acceptance model which kept
-        nodes were expanded."""
-        keep = self.key[:self.nodes.n] >= self.log_min
-        keep[0] = True
-        sel = np.flatnonzero(keep)
-        if self.acceptance is not None:
-            self.acceptance.expanded(self.calls, sel)
-        return _subtree(self.nodes, sel, calls, drafted, truncated)
+    def footprint(self) -> tuple[int, int]:
+        return self.talon.footprint()
+
+    def capped(self, room: int) -> TalonCostPolicy:
+        return TalonCostPolicy(self.talon.capped(room), self.cost, self.acceptance)
 
 
-Policy = ArPolicy | ChainPolicy | Eagle3Policy | TalonPolicy
 POLICIES: dict[str, type] = {"ar": ArPolicy, "chain": ChainPolicy, "eagle3": Eagle3Policy,
-                             "talon": TalonPolicy}
+                             "talon": TalonPolicy, "talon-cost": TalonCostPolicy}
 
 
 def make_policy(name: str, **options) -> Policy:
-    """A policy by name (ar | chain | eagle3 | talon) with its config fields as keyword options."""
+    """A policy by name with its config fields as keyword options. talon-cost takes talon's and
+    `cost` (the engine's CostModel), and learns from a fresh AcceptanceModel."""
     if name not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")
-    cls = POLICIES[name]
-    allowed = {f.name for f in fields(cls)}
+    costed = name == "talon-cost"
+    config = TalonPolicy if costed else POLICIES[name]
+    allowed = {f.name for f in fields(config)} | ({"cost"} if costed else set())
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"policy {name!r} has no option {unknown[0]!r} "
                          f"(options: {', '.join(sorted(allowed)) or 'none'})")
-    return cls(**options)
+    if not costed:
+        return config(**options)
+    cost = options.pop("cost", None)
+    if cost is None:
+        raise ValueError("policy 'talon-cost' needs option 'cost' (the engine's measured CostModel)")
+    return TalonCostPolicy(TalonPolicy(**options), cost, AcceptanceModel())

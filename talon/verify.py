@@ -1,4 +1,4 @@
-"""Verification of a draft tree against one target call: greedy and lossless sampling (DESIGN §6)."""
+"""Verification of a draft tree against one target call: greedy and lossless sampling (docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The runtime stays lean: importing it (and the CLI) never pulls torch or export/ (DESIGN §1)."""
+"""The runtime stays lean: importing it (and the CLI) never pulls torch or export/ (docs/design.md §1)."""
 from __future__ import annotations
 
 import subprocess

@@ -145,3 +145,29 @@ def test_with_options_shares_the_sessions(tiny_engine):
         gen.with_options(threads=3)
     with pytest.raises(OptionError, match="option budget"):
         gen.with_options(budget=10_000)
+
+
+class Steps:
+    """A tracer and a learner in one: the order in which a round's steps end."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def lap(self, step):
+        self.seen.append(step)
+
+    def learn(self, tree, acc, greedy):
+        self.seen.append("learn")
+
+    def record_round(self, tokens, elapsed):
+        self.seen.append("record")
+
+
+@pytest.mark.parametrize("policy", ["ar", "talon"])
+def test_round_steps_in_order_with_tracer_and_learner(tiny_engine, policy):
+    gen = generator(tiny_engine, successor_table(), policy=policy, budget=8)
+    steps = Steps()
+    gen._decoder.tracer = gen._decoder.learner = steps
+    res = gen.generate([1, 5], max_new_tokens=20)
+    assert res.tokens == list(range(6, 26))
+    assert steps.seen == ["build", "verify", "accept", "learn", "record"] * res.stats.rounds

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from talon import AcceptanceModel, CostModel, TalonPolicy, make_policy
+from talon import AcceptanceModel, CostModel, TalonCostPolicy, TalonPolicy, make_policy
 from talon.synthetic import SyntheticDraft
 
 PROPERTY = settings(max_examples=300, deadline=None, derandomize=True)
@@ -29,7 +29,7 @@ def test_cost_model_checks_and_shapes():
     assert m.slope == pytest.approx((220.0 - 100.0) / 9)
     assert m.draft_call(5) == 40.0
     with pytest.raises(ValueError, match="cost model covers trees of up to 10 nodes, budget is 16"):
-        TalonPolicy(budget=16, cost=m)
+        TalonCostPolicy(TalonPolicy(budget=16), m)
 
 
 def test_acceptance_model_learns_greedy_outcomes():
@@ -77,7 +77,7 @@ def test_free_engine_calls_give_the_paper_tree(seed, budget, root_k, mu, peak):
     """With verify and draft calls free every node pays: the extension builds TALON's own tree."""
     draft = SyntheticDraft(vocab=50, k=8, seed=seed, peak=peak)
     paper = TalonPolicy(budget=budget, root_k=root_k, mu=mu).build(3, draft)
-    costed = TalonPolicy(budget=budget, root_k=root_k, mu=mu, cost=FREE).build(3, draft)
+    costed = TalonCostPolicy(TalonPolicy(budget=budget, root_k=root_k, mu=mu), FREE).build(3, draft)
     for field in ("tokens", "parents", "depth"):
         np.testing.assert_array_equal(getattr(costed, field), getattr(paper, field))
 
@@ -92,7 +92,7 @@ def test_costed_trees_are_valid_and_pay(seed, budget, peak, slope, draft, learne
     if acceptance is not None:
         acceptance.record_round(2, 1000.0)
     expand = SyntheticDraft(vocab=50, k=8, seed=seed, peak=peak)
-    policy = TalonPolicy(budget=budget, cost=cost, acceptance=acceptance)
+    policy = TalonCostPolicy(TalonPolicy(budget=budget), cost, acceptance)
     tree = policy.build(3, expand)
     tree.validate()
     assert tree.size <= budget
@@ -107,11 +107,11 @@ def test_costed_trees_are_valid_and_pay(seed, budget, peak, slope, draft, learne
 
 def test_expensive_verify_keeps_the_root_alone():
     cost = CostModel(verify=tuple(1.0 + 1e6 * np.arange(16)), draft_base=0.0)
-    tree = TalonPolicy(budget=16, cost=cost).build(3, SyntheticDraft(vocab=50, k=8, seed=1, peak=5.0))
+    tree = TalonCostPolicy(TalonPolicy(budget=16), cost).build(3, SyntheticDraft(vocab=50, k=8, seed=1, peak=5.0))
     assert tree.size == 1 and tree.info.draft_calls == 1
 
 
 def test_confident_draft_and_cheap_verify_go_deep():
     cost = CostModel(verify=tuple(700.0 + 10.0 * np.arange(32)), draft_base=20.0)
-    tree = make_policy("talon", budget=32, cost=cost).build(3, SyntheticDraft(vocab=50, k=8, seed=2, peak=8.0))
+    tree = TalonCostPolicy(make_policy("talon", budget=32), cost).build(3, SyntheticDraft(vocab=50, k=8, seed=2, peak=8.0))
     assert tree.depth.max() >= 5

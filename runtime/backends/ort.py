@@ -14,7 +14,7 @@ commit only moves an accepted path that is not a prefix down to [P, P+a).
 Greedy verification reads the target's in-graph `argmax` [q] (`target_argmax`); on CUDA its
 binding leaves `logits` on the device, so only q ids cross to the host.
 
-Threading (DESIGN §8: the target and draft sessions alternate on 2 cores, and an idle ORT pool that
+Threading (docs/design.md §7: the target and draft sessions alternate on 2 cores, and an idle ORT pool that
 spins steals the core the other session needs):
 - "runspin": per-session pools that spin between the ops of a run but stop when the run returns
   (`session.force_spinning_stop=1`), so an idle session leaves the cores to the other (default:

@@ -1,5 +1,5 @@
 """Evaluation prompts: HumanEval, MT-bench and GSM8K from the registry packages that ship them
-(DESIGN §7), or a JSONL file with one {"prompt": ...} object per line.
+(docs/design.md §8), or a JSONL file with one {"prompt": ...} object per line.
 
 Nothing is fetched at run time; a missing package is an error that names the install command.
 """

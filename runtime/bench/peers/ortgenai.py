@@ -125,7 +125,7 @@ def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[list[int], in
     cache = Path(job["cache_dir"])
     target = build(Path(job["hf_model"]), cache)
     mode, spec_opts = job["mode"], None
-    # two sessions on two cores: spinning pools fight (DESIGN §8), so the draft mode also runs without
+    # two sessions on two cores: spinning pools fight (docs/design.md §7), so the draft mode also runs without
     spinning = not mode.endswith("-nospin")
     mode = mode.removesuffix("-nospin")
     if mode == "greedy":
