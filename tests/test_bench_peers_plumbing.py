@@ -167,3 +167,12 @@ def test_cli_passes_gguf_stop_ids_and_records_agreement(monkeypatch, tmp_path, w
     assert p["same_output_as_ar"] == ("1/2" if expected else "1/2 (speed only)")
     assert p["talon_rt_ar_over_peer"] == 2.0 and "tokens" not in p["runs"][0]
     assert "1/2" in "\n".join(peers_table(peers, rows))
+
+
+def test_results_md_lists_each_peer_settings_once():
+    from runtime.bench.report import peer_settings
+    detail = {"llama-cpp-python": "0.3.36", "cmake_args": "-DGGML_NATIVE=ON", "n_threads": 2}
+    peers = [{"peer": "llama.cpp greedy (GGUF)", "detail": detail}, {"peer": "llama.cpp greedy (GGUF)", "detail": detail},
+             {"peer": "x", "status": "unavailable: y"}]
+    assert peer_settings(peers) == ["- llama.cpp greedy (GGUF): llama-cpp-python 0.3.36; cmake_args -DGGML_NATIVE=ON; "
+                                    "n_threads 2"]
