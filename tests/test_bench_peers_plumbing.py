@@ -137,6 +137,15 @@ def test_agreement_counts_and_where_outputs_part():
     assert agreement(runs[2:], ar, expected=True) is None and label(None) is None
 
 
+def test_a_final_stop_id_on_one_side_only_is_no_divergence():
+    """onnxruntime-genai's sequence ends before the eos that talon-rt's output ends with."""
+    ar = {("d", "a"): (5, 6, 2), ("d", "b"): (5, 6, 2)}
+    runs = [{"dataset": "d", "id": "a", "tokens": [5, 6]}, {"dataset": "d", "id": "b", "tokens": [5, 6, 7]}]
+    assert agreement(runs, ar, expected=True, stop_ids=[2]) == {"same": 1, "prompts": 2, "expected": True,
+                                                                "first_divergence": {"d/b": 2}}
+    assert agreement(runs[:1], ar, expected=True)["same"] == 0
+
+
 def _bench_run(dataset, pid, tokens):
     return SimpleNamespace(dataset=dataset, prompt_id=pid, tokens=tuple(tokens),
                            config=SimpleNamespace(policy="ar", temperature=0.0))

@@ -215,7 +215,8 @@ def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list
     for p in peers:
         base = ar.get(p["dataset"])
         p["talon_rt_ar_over_peer"] = base / p["tokens_per_s"] if base and p["tokens_per_s"] else None
-        p["agreement"] = agreement(p.get("runs", ()), ar_out, expected=p["same_weights"] and fp32_engine)
+        p["agreement"] = agreement(p.get("runs", ()), ar_out, expected=p["same_weights"] and fp32_engine,
+                                   stop_ids=manifest.tokenizer.stop_ids)
         p["same_output_as_ar"] = label(p["agreement"])
         for r in p.get("runs", ()):
             r["output_digest"] = output_digest(r.pop("tokens"))

@@ -21,10 +21,16 @@ def first_divergence(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def _content(tokens: Sequence[int], stop_ids: frozenset[int]) -> list[int]:
+    """`tokens` without a final stop id: talon-rt and transformers emit it, onnxruntime-genai does not."""
+    return list(tokens[:-1]) if tokens and tokens[-1] in stop_ids else list(tokens)
+
+
 def agreement(runs: Sequence[Mapping[str, Any]], ar_tokens: Mapping[tuple[str, str], Sequence[int]],
-              expected: bool) -> dict[str, Any] | None:
-    """Compare each run's `tokens` with `ar`'s on the same (dataset, prompt id); None when no run
-    has an `ar` counterpart."""
+              expected: bool, stop_ids: Sequence[int] = ()) -> dict[str, Any] | None:
+    """Compare each run's `tokens` with `ar`'s on the same (dataset, prompt id), a final stop id
+    aside; None when no run has an `ar` counterpart."""
+    stop = frozenset(stop_ids)
     diverged: dict[str, int] = {}
     compared = 0
     for r in runs:
@@ -32,7 +38,7 @@ def agreement(runs: Sequence[Mapping[str, Any]], ar_tokens: Mapping[tuple[str, s
         if key not in ar_tokens:
             continue
         compared += 1
-        at = first_divergence(r["tokens"], ar_tokens[key])
+        at = first_divergence(_content(r["tokens"], stop), _content(ar_tokens[key], stop))
         if at is not None:
             diverged[f"{key[0]}/{key[1]}"] = at
     if not compared:
