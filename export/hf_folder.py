@@ -29,7 +29,10 @@ def write_hf_folder(gguf: str | Path, out: str | Path) -> Path:
     if not is_gguf(gguf):
         raise CheckpointError(f"{gguf}: not a GGUF file (no GGUF magic)")
     transformers.logging.set_verbosity_error()
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except (ValueError, KeyError, OSError) as e:  # an architecture or tensor type transformers does not read
+        raise CheckpointError(f"{gguf}: transformers cannot load it: {str(e).splitlines()[0][:200]}") from None
     config = copy.deepcopy(loaded.config)
     if hasattr(config, "quantization_config"):  # the saved folder holds float32 weights, not the GGUF's
         del config.quantization_config
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(write_hf_folder(args.gguf, args.out))
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"export.hf_folder: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -69,10 +69,6 @@ def llama_cpp_dir(cache: Path) -> Path:
     return cache / f"llamacpp-{LLAMA_CPP_PYTHON}"
 
 
-def llama_cpp_binary(cache: Path, name: str) -> Path:
-    return llama_cpp_dir(cache) / "build" / "vendor" / "llama.cpp" / "bin" / name
-
-
 def _run(cmd: Sequence[str], log: Path, env: dict | None = None) -> None:
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
