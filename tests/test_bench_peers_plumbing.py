@@ -185,3 +185,15 @@ def test_results_md_lists_each_peer_settings_once():
              {"peer": "x", "status": "unavailable: y"}]
     assert peer_settings(peers) == ["- llama.cpp greedy (GGUF): llama-cpp-python 0.3.36; cmake_args -DGGML_NATIVE=ON; "
                                     "n_threads 2"]
+
+
+def test_gguf_must_be_the_engines_source(tmp_path):
+    from runtime.errors import OptionError
+    gguf = tmp_path / "other.Q4_1.gguf"
+    gguf.write_bytes(b"GGUF")
+    manifest = SimpleNamespace(dir=tmp_path, source={"format": "gguf", "name": "SmolLM2.Q4_1.gguf"})
+    with pytest.raises(OptionError, match=r"--gguf .*other.Q4_1.gguf: not the engine's source \(source.name = "
+                                          r"'SmolLM2.Q4_1.gguf'"):
+        bench_cli.check_gguf(str(gguf), manifest)
+    bench_cli.check_gguf(str(gguf), SimpleNamespace(dir=tmp_path, source=None))  # an HF-exported engine
+    bench_cli.check_gguf(None, manifest)

@@ -122,6 +122,19 @@ def _check_args(args: argparse.Namespace) -> None:
         raise OptionError("--engine is required (except with --synthetic)")
 
 
+def check_gguf(gguf: str | None, manifest: Any) -> None:
+    """--gguf must be a file, and the engine's own source when its manifest names a GGUF: the peers
+    and talon-rt run the same model."""
+    if not gguf:
+        return
+    if not Path(gguf).is_file():
+        raise OptionError(f"--gguf {gguf}: no such file")
+    src = manifest.source or {}
+    if src.get("format") == "gguf" and src.get("name") != Path(gguf).name:
+        raise OptionError(f"--gguf {gguf}: not the engine's source (source.name = {src.get('name')!r} in "
+                          f"{manifest.dir}/manifest.json)")
+
+
 def run(args: argparse.Namespace) -> int:
     """The subcommand; a TalonError propagates to runtime.cli, which prints it in one line."""
     if args.synthetic:
@@ -138,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     manifest = open_manifest(args.engine, verify_checksums=False)  # Generator.open verifies them
+    check_gguf(args.gguf, manifest)
     policies = ["ar", "talon"] if args.sweep and args.policies == list(POLICIES) else args.policies
     budgets, dropped = _budgets(args, manifest.limits.max_tree_tokens)
     mus = args.mu or [float(manifest.defaults.get("mu", 0.03))]
