@@ -192,8 +192,11 @@ def test_gguf_must_be_the_engines_source(tmp_path):
     gguf = tmp_path / "other.Q4_1.gguf"
     gguf.write_bytes(b"GGUF")
     manifest = SimpleNamespace(dir=tmp_path, source={"format": "gguf", "name": "SmolLM2.Q4_1.gguf"})
-    with pytest.raises(OptionError, match=r"--gguf .*other.Q4_1.gguf: not the engine's source \(source.name = "
+    with pytest.raises(OptionError, match=r"--gguf .*other.Q4_1.gguf: not the engine's source \(source = gguf "
                                           r"'SmolLM2.Q4_1.gguf'"):
         bench_cli.check_gguf(str(gguf), manifest)
-    bench_cli.check_gguf(str(gguf), SimpleNamespace(dir=tmp_path, source=None))  # an HF-exported engine
+    with pytest.raises(OptionError, match=r"not the engine's source \(source = hf 'target'"):
+        bench_cli.check_gguf(str(gguf), SimpleNamespace(dir=tmp_path, source={"format": "hf", "name": "target"}))
+    bench_cli.check_gguf(str(gguf), SimpleNamespace(dir=tmp_path, source=None))  # an engine from before sources
+    bench_cli.check_gguf(str(gguf), SimpleNamespace(dir=tmp_path, source={"format": "gguf", "name": gguf.name}))
     bench_cli.check_gguf(None, manifest)

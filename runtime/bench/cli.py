@@ -123,16 +123,16 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def check_gguf(gguf: str | None, manifest: Any) -> None:
-    """--gguf must be a file, and the engine's own source when its manifest names a GGUF: the peers
+    """--gguf must be a file, and the engine's own source when its manifest names one: the peers
     and talon-rt run the same model."""
     if not gguf:
         return
     if not Path(gguf).is_file():
         raise OptionError(f"--gguf {gguf}: no such file")
-    src = manifest.source or {}
-    if src.get("format") == "gguf" and src.get("name") != Path(gguf).name:
-        raise OptionError(f"--gguf {gguf}: not the engine's source (source.name = {src.get('name')!r} in "
-                          f"{manifest.dir}/manifest.json)")
+    src = manifest.source
+    if src and (src.get("format"), src.get("name")) != ("gguf", Path(gguf).name):
+        raise OptionError(f"--gguf {gguf}: not the engine's source (source = {src.get('format')} "
+                          f"{src.get('name')!r} in {manifest.dir}/manifest.json)")
 
 
 def run(args: argparse.Namespace) -> int:
