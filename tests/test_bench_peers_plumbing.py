@@ -4,6 +4,7 @@ no llama.cpp build, no onnxruntime-genai export, no 93 MB wheel."""
 
 import argparse
 import importlib.util
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -200,3 +201,64 @@ def test_gguf_must_be_the_engines_source(tmp_path):
     bench_cli.check_gguf(str(gguf), SimpleNamespace(dir=tmp_path, source=None))  # an engine from before sources
     bench_cli.check_gguf(str(gguf), SimpleNamespace(dir=tmp_path, source={"format": "gguf", "name": gguf.name}))
     bench_cli.check_gguf(None, manifest)
+
+
+def _fake_llama_cpp(monkeypatch):
+    """Stand-ins for llama_cpp and llama_cpp.llama_speculative with the API the peer calls."""
+    made = []
+
+    class Llama:
+        def __init__(self, **kwargs):
+            self.kwargs, self.n_tokens = kwargs, 0
+            made.append(self)
+
+        def token_eos(self):
+            return 2
+
+        def reset(self):
+            self.n_tokens = 0
+
+        def eval(self, tokens):
+            self.n_tokens += len(tokens)
+
+        def generate(self, ids, **kwargs):
+            self.eval(ids)  # prefill, then one eval per token: as Llama.generate without a draft model
+            for t in (10, 11, 12, 2, 13):
+                yield t
+                self.eval([t])
+
+    class LlamaPromptLookupDecoding:
+        def __init__(self, max_ngram_size, num_pred_tokens):
+            self.max_ngram_size, self.num_pred_tokens = max_ngram_size, num_pred_tokens
+
+    lib = SimpleNamespace(Llama=Llama, __version__="0.3.36", llama_print_system_info=lambda: b"AVX2 = 1 ")
+    monkeypatch.setitem(sys.modules, "llama_cpp", lib)
+    monkeypatch.setitem(sys.modules, "llama_cpp.llama_speculative",
+                        SimpleNamespace(LlamaPromptLookupDecoding=LlamaPromptLookupDecoding))
+    return made
+
+
+@pytest.mark.parametrize("mode", ["greedy", "prompt_lookup"])
+def test_llama_cpp_peer_opens_the_gguf_with_the_threads_and_counts_calls(monkeypatch, mode):
+    from runtime.bench.peers import llamacpp
+    made = _fake_llama_cpp(monkeypatch)
+    job = {"mode": mode, "threads": 2, "gguf": "/m.gguf", "max_new_tokens": 16, "stop_ids": [2],
+           "prompts": [{"ids": [1] * 30}, {"ids": [1] * 100}]}
+    generate, detail = llamacpp.open_peer(job)
+    kw = made[0].kwargs
+    assert kw["model_path"] == "/m.gguf" and kw["n_threads"] == kw["n_threads_batch"] == 2
+    assert kw["n_ctx"] == 100 + 16 + llamacpp.CTX_MARGIN and kw["verbose"] is False
+    assert (kw["draft_model"] is None) == (mode == "greedy")
+    assert generate([1, 2, 3], 16) == ([10, 11, 12, 2], 4)  # the prompt's call yields the first token
+    assert detail["n_threads"] == 2 and detail["cmake_args"] == envs.LLAMA_CPP_CMAKE_ARGS
+    assert detail["llama-cpp-python"] == "0.3.36" and detail["system_info"] == "AVX2 = 1"
+    assert detail["prompt_lookup"] == (llamacpp.PROMPT_LOOKUP if mode == "prompt_lookup" else None)
+
+
+def test_llama_cpp_peer_needs_the_gguf(monkeypatch):
+    from runtime.bench.peers import llamacpp
+    _fake_llama_cpp(monkeypatch)
+    with pytest.raises(PeerUnavailable, match="no --gguf given"):
+        llamacpp.open_peer({"mode": "greedy", "threads": 2, "gguf": None, "prompts": []})
+    with pytest.raises(PeerUnavailable, match="unknown llama.cpp mode 'eagle3'"):
+        llamacpp.open_peer({"mode": "eagle3", "threads": 2, "gguf": "/m.gguf", "prompts": []})
