@@ -4,8 +4,8 @@ A peer's libraries (torch, onnxruntime-genai, a llama.cpp build) never meet talo
 other's: each family's worker runs in its own environment's Python. An environment is keyed by
 its requirements, so a version bump builds a new one beside the old; it is marked ready only after
 every install succeeded. llama-cpp-python is built from its sdist (a CPU build, nice'd, 2 jobs) into
-a wheel kept in the cache, with the build folder kept too: llama.cpp's own example binaries
-(`llama-speculative-simple`) are built from the same sources there.
+a wheel kept in the cache, with its unpacked sources and build folder (an interrupted build resumes;
+llama.cpp's example programs, `llama-speculative-simple` among them, are built there too).
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import Sequence
 from runtime.bench.peers import PeerUnavailable
 
 TORCH = "torch==2.13.0"  # as pyproject's export extra: the CPU wheel this machine carries
-TRANSFORMERS = "transformers==5.24.0"
+TRANSFORMERS = "transformers==5.24.0"  # what the export extra resolves to here; onnxruntime-genai's builder runs on it
 LLAMA_CPP_PYTHON = "0.3.36"
-# a CPU build for this machine; examples on for llama-speculative-simple (EAGLE-3), the rest off
+# a CPU build for this machine; examples on: llama.cpp's EAGLE-3 runs only in its own programs
+# (llama-speculative-simple, docs/bench.md), the rest off
 LLAMA_CPP_CMAKE_ARGS = ("-DGGML_NATIVE=ON -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_METAL=OFF "
                         "-DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TESTS=OFF "
                         "-DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF")
