@@ -5,6 +5,7 @@ no llama.cpp build, no onnxruntime-genai export, no 93 MB wheel."""
 import argparse
 import importlib.util
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -262,3 +263,31 @@ def test_llama_cpp_peer_needs_the_gguf(monkeypatch):
         llamacpp.open_peer({"mode": "greedy", "threads": 2, "gguf": None, "prompts": []})
     with pytest.raises(PeerUnavailable, match="unknown llama.cpp mode 'eagle3'"):
         llamacpp.open_peer({"mode": "eagle3", "threads": 2, "gguf": "/m.gguf", "prompts": []})
+
+
+def test_llama_cpp_wheel_is_reused_only_with_the_same_cmake_flags(tmp_path, monkeypatch):
+    root = envs.llama_cpp_dir(tmp_path)
+    wheel = root / "wheels" / f"llama_cpp_python-{envs.LLAMA_CPP_PYTHON}-py3-none-linux_x86_64.whl"
+    wheel.parent.mkdir(parents=True)
+    wheel.write_bytes(b"")
+    (root / "build").mkdir()
+    (root / "build-flags.txt").write_text(envs.LLAMA_CPP_CMAKE_ARGS)
+    monkeypatch.setattr(envs, "_run", lambda cmd, log, env=None: pytest.fail(f"rebuilt: {cmd}"))
+    assert envs._llama_cpp_wheel(Path("python"), tmp_path, tmp_path / "log") == wheel
+
+    ran = []
+
+    def record(cmd, log, env=None):
+        ran.append((cmd, env))
+        raise PeerUnavailable("stop here")
+
+    monkeypatch.setattr(envs, "_run", record)
+    (root / "build-flags.txt").write_text("-DGGML_NATIVE=OFF")
+    (root / f"llama_cpp_python-{envs.LLAMA_CPP_PYTHON}").mkdir()
+    (root / f"llama_cpp_python-{envs.LLAMA_CPP_PYTHON}" / "pyproject.toml").write_text("")
+    with pytest.raises(PeerUnavailable, match="stop here"):
+        envs._llama_cpp_wheel(Path("python"), tmp_path, tmp_path / "log")
+    cmd, env = ran[0]
+    assert cmd[:3] == ["nice", "-n", "19"] and "wheel" in cmd and f"build-dir={root / 'build'}" in cmd
+    assert env["CMAKE_ARGS"] == envs.LLAMA_CPP_CMAKE_ARGS and env["CMAKE_BUILD_PARALLEL_LEVEL"] == "2"
+    assert not wheel.exists() and not (root / "build").exists()  # other flags: nothing of the old build kept

@@ -82,12 +82,16 @@ def _run(cmd: Sequence[str], log: Path, env: dict | None = None) -> None:
 
 def _llama_cpp_wheel(python: Path, cache: Path, log: Path) -> Path:
     """Build llama-cpp-python's wheel from its sdist, unpacked once into the cache: the source path
-    stays the same, so an interrupted build resumes in the kept build folder."""
+    stays the same, so an interrupted build resumes in the kept build folder. A wheel built with
+    other CMake flags (build-flags.txt) is rebuilt."""
     root = llama_cpp_dir(cache)
-    wheels = root / "wheels"
-    found = sorted(wheels.glob(f"llama_cpp_python-{LLAMA_CPP_PYTHON}-*.whl"))
-    if found:
-        return found[-1]
+    wheels, stamp = root / "wheels", root / "build-flags.txt"
+    pattern = f"llama_cpp_python-{LLAMA_CPP_PYTHON}-*.whl"
+    if stamp.is_file() and stamp.read_text() == LLAMA_CPP_CMAKE_ARGS and sorted(wheels.glob(pattern)):
+        return sorted(wheels.glob(pattern))[-1]
+    shutil.rmtree(wheels, ignore_errors=True)
+    if stamp.is_file() and stamp.read_text() != LLAMA_CPP_CMAKE_ARGS:  # the kept CMake cache would keep them
+        shutil.rmtree(root / "build", ignore_errors=True)
     wheels.mkdir(parents=True, exist_ok=True)
     src = root / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
     if not (src / "pyproject.toml").is_file():
@@ -95,10 +99,11 @@ def _llama_cpp_wheel(python: Path, cache: Path, log: Path) -> Path:
               f"llama-cpp-python=={LLAMA_CPP_PYTHON}"], log)
         with tarfile.open(root / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz") as tar:
             tar.extractall(root, filter="data")
+    stamp.write_text(LLAMA_CPP_CMAKE_ARGS)
     env = dict(os.environ, CMAKE_ARGS=LLAMA_CPP_CMAKE_ARGS, CMAKE_BUILD_PARALLEL_LEVEL=str(LLAMA_CPP_BUILD_JOBS))
     _run(["nice", "-n", "19", str(python), "-m", "pip", "wheel", "--no-deps", str(src), "-w", str(wheels),
           "-C", f"build-dir={root / 'build'}"], log, env)
-    found = sorted(wheels.glob(f"llama_cpp_python-{LLAMA_CPP_PYTHON}-*.whl"))
+    found = sorted(wheels.glob(pattern))
     if not found:
         raise PeerUnavailable(f"no llama-cpp-python wheel in {wheels} after its build (log {log})")
     return found[-1]
