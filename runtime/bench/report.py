@@ -188,6 +188,16 @@ def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
     return out
 
 
+def peer_settings(peers: Sequence[dict]) -> list[str]:
+    """One line per peer configuration that ran: its recorded detail (versions, build, threads)."""
+    seen: dict[str, dict] = {}
+    for p in peers:
+        if p.get("detail") and p["peer"] not in seen:
+            seen[p["peer"]] = p["detail"]
+    return [f"- {peer}: " + "; ".join(f"{k} {json.dumps(v) if isinstance(v, (dict, list)) else v}"
+                                      for k, v in detail.items()) for peer, detail in seen.items()]
+
+
 def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     m, s, e, g = results["machine"], results["settings"], results["engine"], results["git"]
     v = results["versions"]
@@ -216,7 +226,8 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         if results.get("defaults_written"):
             lines += [f"Written into {results['defaults_written']}.", ""]
     if results.get("peers"):
-        lines += ["## Peers on the same target weights", ""] + peers_table(results["peers"], results["rows"]) + [""]
+        lines += ["## Peers on the same model and prompt ids", ""] + peers_table(results["peers"], results["rows"])
+        lines += ["", "Peer settings (versions, build flags, threads):", ""] + peer_settings(results["peers"]) + [""]
     for p in plots:
         lines += [f"![{Path(p).stem}]({Path(p).name})", ""]
     return "\n".join(lines)

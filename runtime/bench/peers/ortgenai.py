@@ -1,5 +1,6 @@
-"""onnxruntime-genai 0.18: the target (and the draft LM) exported by its own builder at fp32 for
-CPU, then greedy decoding, draft-model speculation and n-gram lookup through its Generator.
+"""onnxruntime-genai 0.18: the target exported by its own builder for CPU at fp32 or int4 (and the
+draft LM at fp32), then greedy decoding, draft-model speculation and n-gram lookup through its
+Generator.
 
 Builds are cached by the source folder's file names, sizes and mtimes. onnxruntime_genai is
 imported here only.
@@ -45,9 +46,15 @@ def _with_tokenizer(src: Path, tokenizer_dir: Path | None, cache: Path) -> Path:
     return stage
 
 
-def build(src: Path, cache: Path, tokenizer_dir: Path | None = None) -> Path:
-    """Export an HF folder with onnxruntime-genai's builder (fp32, cpu), once."""
-    out = cache / f"ortgenai-{src.name}-{_key(src)}"
+PRECISIONS = ("fp32", "int4")
+
+
+def build(src: Path, cache: Path, tokenizer_dir: Path | None = None, precision: str = "fp32") -> Path:
+    """Export an HF folder with onnxruntime-genai's builder (cpu, `precision`), once."""
+    if precision not in PRECISIONS:
+        raise PeerUnavailable(f"precision {precision!r} not built here (expected one of {', '.join(PRECISIONS)})")
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    out = cache / f"ortgenai-{src.name}-{_key(src)}{suffix}"
     if (out / "genai_config.json").is_file():
         return out
     src = _with_tokenizer(src, tokenizer_dir, cache)
@@ -57,7 +64,7 @@ def build(src: Path, cache: Path, tokenizer_dir: Path | None = None) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(tmp),
-           "-p", "fp32", "-e", "cpu", "-c", str(cache / "builder-cache")]
+           "-p", precision, "-e", "cpu", "-c", str(cache / "builder-cache")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not (tmp / "genai_config.json").is_file():
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -123,7 +130,8 @@ def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[list[int], in
     except ImportError as e:
         raise PeerUnavailable(f"onnxruntime-genai not installed ({e.name}); pip install onnxruntime-genai==0.18.0") from None
     cache = Path(job["cache_dir"])
-    target = build(Path(job["hf_model"]), cache)
+    precision = job.get("precision", "fp32")
+    target = build(Path(job["hf_model"]), cache, precision=precision)
     mode, spec_opts = job["mode"], None
     # two sessions on two cores: spinning pools fight (docs/design.md §7), so the draft mode also runs without
     spinning = not mode.endswith("-nospin")
@@ -132,7 +140,7 @@ def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[list[int], in
         model_dir = target
     elif mode == "ngram":
         model_dir, spec_opts = target, dict(NGRAM)
-    elif mode == "draft":
+    elif mode == "draft" and precision == "fp32":
         draft = build(Path(job["draft_lm"]), cache, tokenizer_dir=Path(job["hf_model"]))
         _with_threads(draft, job["threads"], spinning)
         model_dir, spec_opts = speculative_dir(target, draft, cache), {"max_draft_tokens": DRAFT_K}
@@ -154,6 +162,6 @@ def open_peer(job: dict) -> tuple[Callable[[list[int], int], tuple[list[int], in
         calls = int(gen.get_speculative_stats()["target_forward_passes"]) if spec_opts else len(new)
         return new, calls
 
-    detail = {"onnxruntime-genai": og.__version__, "model_dir": str(model_dir),
+    detail = {"onnxruntime-genai": og.__version__, "model_dir": str(model_dir), "precision": precision,
               "speculative_options": spec_opts, "threads": job["threads"], "spinning": spinning}
     return generate, detail
