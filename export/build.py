@@ -175,7 +175,8 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
             if check:
                 from export.check import check_engine
                 t0 = time.perf_counter()
-                r = check_engine(tmp, target, head)
+                # a quantised target is checked against the float model of its own blocks
+                r = check_engine(tmp, target if target_quant is None else target_quant.dequantized(target), head)
                 stage(f"checked against the reference: target max |diff| {r['target_max_abs_diff']:.1e} "
                       f"(top-1 {r['target_top1']:.0%}), draft max |diff| {r['draft_max_abs_diff']:.1e} "
                       f"(top-1 {r['draft_top1']:.0%})", t0)

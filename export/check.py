@@ -81,7 +81,7 @@ def check_engine(engine_dir: str | Path, target: Target, head: Eagle3Head) -> di
         if m["model"].get("weights", "float") != "float":
             if report["target_top1"] < QUANTIZED_MIN_TOP1:
                 raise ExportError(f"check: target_top1 = {report['target_top1']:.2f} < {QUANTIZED_MIN_TOP1} "
-                                  f"({m['model']['weights']} target weights vs the float reference)")
+                                  f"({m['model']['weights']} target weights vs the reference on their dequantised blocks)")
         elif report["target_max_abs_diff"] > FP32_REL_TOL * scale:
             raise ExportError(f"check: target.onnx logits differ from the reference by "
                               f"{report['target_max_abs_diff']:.2e} (> {FP32_REL_TOL} x {scale:.1f})")

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from export.errors import ExportError
+
+if TYPE_CHECKING:
+    import torch
 
 WEIGHTS = {"float": None, "int8": 8, "int4": 4}
 BLOCK = 32  # values per block along K: llama.cpp's Q4_0/Q4_1/Q8_0 block, ORT's default
@@ -121,6 +124,7 @@ class WeightQuantizer:
         self.weights, self.bits, self.raw_blocks = weights, WEIGHTS[weights], raw_blocks
         self.kept: Counter[str] = Counter()         # ggml type -> matrices stored from the file's blocks
         self.requantised: Counter[str] = Counter()  # source ("float" or a ggml type) -> matrices re-quantised
+        self.made: dict[str, BlockWeight] = {}      # checkpoint tensor name -> its blocks
 
     def block_weight(self, name: str | None, weight: np.ndarray) -> BlockWeight:
         """`weight` [N, K] float (the dequantised values); `name` its checkpoint tensor name."""
@@ -135,9 +139,27 @@ class WeightQuantizer:
             exact = from_ggml(ggml_type, rows, (n, k), self.bits)
             if exact is not None:
                 self.kept[ggml_type] += 1
-                return exact
+                return self._made(name, exact)
         self.requantised["float" if raw is None else raw[0]] += 1
-        return quantize_rtn(weight, self.bits)
+        return self._made(name, quantize_rtn(weight, self.bits))
+
+    def _made(self, name: str | None, w: BlockWeight) -> BlockWeight:
+        if name is not None:
+            self.made[name] = w
+        return w
+
+    def dequantized(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of `model` whose quantised weights hold their dequantised blocks: the model the
+        quantised graph computes, up to its int8 activations (the reference export.check uses)."""
+        import copy
+
+        import torch
+        out = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, w in self.made.items():
+                p = out.get_parameter(name)
+                p.copy_(torch.from_numpy(dequantize(w)).to(p.dtype))
+        return out
 
     def summary(self) -> str:
         parts = [f"{n} from the file's {t} blocks" for t, n in sorted(self.kept.items())]

@@ -1,0 +1,222 @@
+"""`--target-weights int8|int4`: every target linear layer, the LM head and the embedding become ORT
+MatMulNBits / GatherBlockQuantized blocks; the quantised engine decodes losslessly against itself;
+a GGUF's own Q4_0/Q8_0 blocks are stored unchanged where MatMulNBits holds them exactly (Q4_1's
+are re-quantised, and the manifest says so); bad combinations are refused by name."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import _export_tiny
+from export.build import ExportOptions, export_engine
+from export.errors import ExportError
+from export.gguf import GGUFModel
+from export.gguf_blocks import from_ggml
+from export.quantize import BLOCK, BlockWeight, dequantize, pack
+from export.tiny import make_tiny_pair, write_gguf
+from runtime.api import Generator
+
+NEW = 48
+QUANT_NEAR_TIE = 0.01  # logit gap to the top, relative to the largest |logit|, that int8 activation rounding can flip
+
+
+@pytest.fixture(scope="module", params=["int8", "int4"])
+def quantized_target(request, tiny_pair, tmp_path_factory):
+    return _export_tiny(tiny_pair, tmp_path_factory, "gqa", f"tiny-target-{request.param}", check=True,
+                        target_weights=request.param), request.param
+
+
+def _graph(engine, role="target"):
+    return onnx.load(str(engine / f"{role}.onnx"))
+
+
+def test_target_graph_is_quantized_and_described(quantized_target):
+    engine, weights = quantized_target
+    g = _graph(engine).graph
+    ops = [n.op_type for n in g.node]
+    # 8 layers x (qkv, o, gate, up, down) + the LM head; the embedding: one GatherBlockQuantized
+    assert ops.count("MatMulNBits") == 8 * 5 + 1 and ops.count("GatherBlockQuantized") == 1
+    assert "MatMul" not in ops and "Gather" not in ops
+    assert all(i.data_type != onnx.TensorProto.FLOAT or len(i.dims) < 2 or i.name.endswith(".scales")
+               or "rope" in i.name for i in g.initializer)   # no float matrix left but scales and rotary tables
+    assert {n.attribute[0].i for n in g.node if n.op_type == "MatMulNBits" and n.attribute[0].name == "bits"} \
+        <= {8 if weights == "int8" else 4}
+    logits = next(o for o in g.output if o.name == "logits")
+    assert logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    manifest = json.loads((engine / "manifest.json").read_text())
+    assert manifest["model"]["weights"] == weights and manifest["draft"]["weights"] == "float"
+    assert manifest["model"]["quantization"] == {"block_size": BLOCK, "kept": {}, "requantised": {"float": 8 * 7 + 2}}
+    assert "MatMulNBits" not in [n.op_type for n in _graph(engine, "draft").graph.node]
+
+
+def _one_call_logits(gen: Generator, context: list[int]) -> np.ndarray:
+    """The engine's logits after `context`, from one causal call over an empty cache."""
+    q = len(context)
+    return gen._decoder.backend.target(np.asarray(context, np.int64), np.arange(q, dtype=np.int64),
+                                       np.tril(np.ones((q, q), bool)), 0)[-1].copy()
+
+
+def check_lossless(gen_ar: Generator, prompt: list[int], got: list[int], want: list[int], label: str) -> str | None:
+    """None if equal; else the first divergence must be a quantisation near-tie, which is noted.
+
+    MatMulNBits with accuracy_level 4 rounds each row's activations to int8 per block. Its rows are
+    bit-exact whatever q, but attention is not (float sums over P+q keys in another order), and a
+    one-ulp change of an input can move a rounded activation by one int8 step, so `ar`'s q=1 calls
+    and a verify call's rows may differ by ~1e-3 of the logit range instead of fp32's ~1e-6. The
+    two tokens must then be within QUANT_NEAR_TIE of each other and of the top in a one-call pass.
+    """
+    if got == want:
+        return None
+    j = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    assert j < min(len(got), len(want)), f"{label}: outputs differ in length only"
+    logits = _one_call_logits(gen_ar, prompt + want[:j])
+    scale = max(1.0, float(np.abs(logits).max()))
+    gap = float(logits.max() - min(logits[got[j]], logits[want[j]]))
+    assert gap < QUANT_NEAR_TIE * scale, (
+        f"{label}: output diverges from ar at token {j} ({got[j:j + 4]} vs {want[j:j + 4]}), logit gap "
+        f"{gap:.3g} of {scale:.3g}: not a near-tie")
+    return f"{label}: near-tie divergence at token {j}, logit gap {gap:.2e} of {scale:.2g}"
+
+
+@pytest.mark.parametrize("policy", ["chain", "eagle3", "talon"])
+def test_quantized_target_decodes_as_its_own_ar(quantized_target, policy):
+    engine, _ = quantized_target
+    rng = np.random.default_rng(11)
+    prompts = [[1] + rng.integers(3, 320, size=int(rng.integers(4, 40))).tolist() for _ in range(12)]
+    notes = []
+    with Generator.open(engine, policy="ar") as ar, Generator.open(engine, policy=policy) as spec:
+        for i, p in enumerate(prompts):
+            notes.append(check_lossless(ar, p, spec.generate(p, NEW).tokens, ar.generate(p, NEW).tokens,
+                                        f"{policy} prompt {i}"))
+    notes = [n for n in notes if n]
+    assert len(notes) <= len(prompts) // 2, notes   # near-ties, not a broken verify path
+    print("\n".join(notes) or f"{policy}: all {len(prompts)} prompts equal ar")
+
+
+def test_quantized_target_and_draft_together(tiny_pair, tmp_path_factory):
+    engine = _export_tiny(tiny_pair, tmp_path_factory, "gqa", "tiny-target-both-int4", target_weights="int4",
+                          draft_weights="int4")
+    rng = np.random.default_rng(5)
+    prompt = [1] + rng.integers(3, 320, size=20).tolist()
+    with Generator.open(engine, policy="ar") as ar, Generator.open(engine, policy="talon") as spec:
+        assert check_lossless(ar, prompt, spec.generate(prompt, NEW).tokens, ar.generate(prompt, NEW).tokens,
+                              "talon") is None
+
+
+def test_bad_target_weight_options_are_named():
+    with pytest.raises(ExportError, match="--target-weights 'int3': expected one of float, int8, int4"):
+        ExportOptions(target_weights="int3").check()
+    with pytest.raises(ExportError, match="--target-weights int4 needs --dtype float32, got float16"):
+        ExportOptions(target_weights="int4", dtype="float16").check()
+    with pytest.raises(ExportError, match="--target-weights int8 needs --flavour gqa .*TensorRT plans need "
+                                          "float target weights"):
+        ExportOptions(target_weights="int8", flavour="standard").check()
+
+
+def test_tensorrt_refuses_quantized_target_weights(tiny_engine, tmp_path):
+    from export.trt import build_engine_plans
+    out = tmp_path / "edited"
+    shutil.copytree(tiny_engine, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["model"]["weights"] = "int4"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="target weights are int4 .*TensorRT plans need float target weights"):
+        build_engine_plans(out, log=lambda *a: None)
+
+
+# -- llama.cpp blocks -------------------------------------------------------------------------------
+
+
+def _ggml(qtype: str, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import gguf
+    kind = gguf.GGMLQuantizationType[qtype]
+    rows = gguf.quants.quantize(w, kind)
+    return rows, gguf.quants.dequantize(rows, kind).astype(np.float32)
+
+
+@pytest.mark.parametrize("qtype, bits, exact", [
+    ("Q4_0", 4, True), ("Q4_0", 8, True), ("Q8_0", 8, True), ("Q8_0", 4, False), ("Q4_1", 4, False),
+    ("Q4_1", 8, False)])
+def test_ggml_blocks_are_kept_exactly_or_not_at_all(qtype, bits, exact):
+    w = np.random.default_rng(0).standard_normal((48, 256)).astype(np.float32)
+    rows, ref = _ggml(qtype, w)
+    got = from_ggml(qtype, rows, w.shape, bits)
+    assert (got is not None) == exact
+    if exact:
+        assert got.bits == bits and got.zero_points is None   # symmetric: the kernels' default zero point
+        np.testing.assert_array_equal(dequantize(got), ref)
+
+
+def test_other_ggml_types_are_left_to_requantisation():
+    assert from_ggml("Q6_K", np.zeros((4, 210), np.uint8), (4, 256), 8) is None
+
+
+def test_q4_1_blocks_with_integer_zero_points_are_kept():
+    """w = d*x + m is (x - z)*d for an integer z = -m/d: such Q4_1 blocks are exact (asymmetric)."""
+    rng = np.random.default_rng(1)
+    n, blocks = 6, 4
+    d = rng.uniform(0.01, 0.1, (n, blocks)).astype(np.float16)
+    z = rng.integers(0, 16, (n, blocks))
+    m = (-z * d.astype(np.float64)).astype(np.float16)
+    assert np.all(-m.astype(np.float64) / d.astype(np.float64) == z)   # exact in fp16
+    x = rng.integers(0, 16, (n, blocks, BLOCK)).astype(np.uint8)
+    raw = np.concatenate([d[..., None].view(np.uint8), m[..., None].view(np.uint8),
+                          x[..., :16] | (x[..., 16:] << 4)], -1).reshape(n, -1)
+    import gguf
+    ref = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_1)
+    got = from_ggml("Q4_1", raw, (n, blocks * BLOCK), 4)
+    assert got is not None and got.zero_points is not None
+    np.testing.assert_array_equal(dequantize(got), ref)
+
+
+def test_ggml_rows_of_the_wrong_shape_are_named():
+    rows, _ = _ggml("Q4_0", np.ones((4, 64), np.float32))
+    with pytest.raises(ExportError, match=r"Q4_0 blocks: expected uint8 rows \[4, 36\] for a \[4, 64\] weight, "
+                                          r"got uint8 \[4, 18\]"):
+        from_ggml("Q4_0", rows[:, :18], (4, 64), 4)
+
+
+def _initializer_weight(graph: onnx.GraphProto, prefix: str, bits: int) -> np.ndarray:
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return dequantize(BlockWeight(inits[prefix + ".qweight"], inits[prefix + ".scales"],
+                                  inits.get(prefix + ".zero_points"), bits))
+
+
+@pytest.fixture(scope="module")
+def gguf_pair(tmp_path_factory):
+    return make_tiny_pair(tmp_path_factory.mktemp("gguf_pair"), seed=4, chat=True)
+
+
+@pytest.mark.parametrize("qtype, weights, kept", [("Q4_0", "int4", True), ("Q8_0", "int8", True),
+                                                  ("Q4_1", "int4", False)])
+def test_gguf_blocks_go_into_the_graph_unchanged(gguf_pair, tmp_path, qtype, weights, kept):
+    path = write_gguf(gguf_pair[0], tmp_path / f"tiny.{qtype}.gguf", qtype)
+    logs: list[str] = []
+    opts = ExportOptions(max_seq_len=128, max_tree_tokens=16, max_prefill_chunk=64, k_max=8, target_weights=weights)
+    engine = export_engine(path, gguf_pair[1], tmp_path / "eng", opts, log=logs.append)
+    n = 8 * 7 + 2   # 7 matrices per layer, the embedding and the LM head
+    record = json.loads((engine / "manifest.json").read_text())["model"]["quantization"]
+    assert record == {"block_size": BLOCK, "kept": {qtype: n} if kept else {},
+                      "requantised": {} if kept else {qtype: n}}
+    assert any(f"{n} from the file's {qtype} blocks" if kept else f"{n} re-quantised from {qtype}" in line
+               for line in logs)
+    if not kept:
+        return
+    tensors, _ = GGUFModel.open(path).tensors()   # the dequantized values, HF names and row order
+    graph = _graph(engine).graph
+    bits = 4 if weights == "int4" else 8
+    qkv = np.concatenate([tensors[f"model.layers.3.self_attn.{p}_proj.weight"].numpy() for p in "qkv"])
+    np.testing.assert_array_equal(_initializer_weight(graph, "model.layers.3.self_attn.qkv_proj", bits), qkv)
+    for prefix, name in (("model.layers.5.mlp.down_proj", "model.layers.5.mlp.down_proj.weight"),
+                         ("model.embed_tokens", "model.embed_tokens.weight"), ("lm_head", "lm_head.weight")):
+        np.testing.assert_array_equal(_initializer_weight(graph, prefix, bits), tensors[name].numpy())
+
+
+def test_pack_puts_the_first_value_in_the_low_nibble():
+    assert pack(np.array([[1, 2, 3]]), 4).tolist() == [[0x21, 0x03]]
+    assert pack(np.array([[1, 2, 3]]), 8).tolist() == [[1, 2, 3]]
