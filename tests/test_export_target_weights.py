@@ -220,3 +220,23 @@ def test_gguf_blocks_go_into_the_graph_unchanged(gguf_pair, tmp_path, qtype, wei
 def test_pack_puts_the_first_value_in_the_low_nibble():
     assert pack(np.array([[1, 2, 3]]), 4).tolist() == [[0x21, 0x03]]
     assert pack(np.array([[1, 2, 3]]), 8).tolist() == [[1, 2, 3]]
+
+
+def test_make_export_and_cli_take_target_weights(tiny_pair, tmp_path):
+    """`make export TARGET_WEIGHTS=int4` (the README's variable) and `python -m export --target-weights`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    model_dir, draft_dir = tiny_pair
+    if (root / ".venv" / "bin" / "python").exists():
+        r = subprocess.run(["make", "-s", "-o", ".venv/.installed", "export", f"MODEL={model_dir}",
+                            f"DRAFT={draft_dir}", "NAME=made4", f"ENGINES={tmp_path}", "TARGET_WEIGHTS=int4"],
+                           cwd=root, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr
+        assert json.loads((tmp_path / "made4" / "manifest.json").read_text())["model"]["weights"] == "int4"
+    r = subprocess.run([sys.executable, "-m", "export", "--model", str(model_dir), "--draft", str(draft_dir),
+                        "--out", str(tmp_path / "bad"), "--target-weights", "int4", "--flavour", "standard"],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "--target-weights int4 needs --flavour gqa" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "bad").exists()
