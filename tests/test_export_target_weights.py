@@ -22,7 +22,6 @@ from export.tiny import make_tiny_pair, write_gguf
 from runtime.api import Generator
 
 NEW = 48
-QUANT_NEAR_TIE = 0.01  # logit gap to the top, relative to the largest |logit|, that int8 activation rounding can flip
 
 
 @pytest.fixture(scope="module", params=["int8", "int4"])
@@ -54,33 +53,39 @@ def test_target_graph_is_quantized_and_described(quantized_target):
     assert "MatMulNBits" not in [n.op_type for n in _graph(engine, "draft").graph.node]
 
 
-def _one_call_logits(gen: Generator, context: list[int]) -> np.ndarray:
-    """The engine's logits after `context`, from one causal call over an empty cache."""
-    q = len(context)
-    return gen._decoder.backend.target(np.asarray(context, np.int64), np.arange(q, dtype=np.int64),
-                                       np.tril(np.ones((q, q), bool)), 0)[-1].copy()
+def _logits(gen: Generator, chunks: list[list[int]]) -> np.ndarray:
+    """The engine's logits after the last token of `chunks`, run as causal calls of those sizes
+    from an empty cache."""
+    backend, past = gen._decoder.backend, 0
+    for chunk in chunks:
+        q = len(chunk)
+        out = backend.target(np.asarray(chunk, np.int64), past + np.arange(q, dtype=np.int64),
+                             np.tril(np.ones((q, q), bool)), past)
+        past += q
+    return out[-1].copy()
 
 
 def check_lossless(gen_ar: Generator, prompt: list[int], got: list[int], want: list[int], label: str) -> str | None:
-    """None if equal; else the first divergence must be a quantisation near-tie, which is noted.
+    """None if equal; else the first divergence must be the two kernel paths' argmaxes, which is noted.
 
-    MatMulNBits with accuracy_level 4 rounds each row's activations to int8 per block. Its rows are
-    bit-exact whatever q, but attention is not (float sums over P+q keys in another order), and a
-    one-ulp change of an input can move a rounded activation by one int8 step, so `ar`'s q=1 calls
-    and a verify call's rows may differ by ~1e-3 of the logit range instead of fp32's ~1e-6. The
-    two tokens must then be within QUANT_NEAR_TIE of each other and of the top in a one-call pass.
+    MatMulNBits with accuracy_level 4 rounds each row's activations to int8 per block, so the
+    target's logits jump when an input moves by an ulp. GroupQueryAttention's q=1 kernel (every
+    `ar` step) and its q>1 kernel (prefill, every verify call) differ by ~1e-8, which 30 such
+    layers grow to ~1-4 % of the logit range on SmolLM2 (~1e-6 through fp32 weights, no rounding).
+    A divergence is legal only where `ar`'s token is the argmax of prefill + q=1 steps and the
+    speculative token the argmax of one causal call over the same context (the q>1 kernels).
     """
     if got == want:
         return None
     j = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
     assert j < min(len(got), len(want)), f"{label}: outputs differ in length only"
-    logits = _one_call_logits(gen_ar, prompt + want[:j])
-    scale = max(1.0, float(np.abs(logits).max()))
-    gap = float(logits.max() - min(logits[got[j]], logits[want[j]]))
-    assert gap < QUANT_NEAR_TIE * scale, (
-        f"{label}: output diverges from ar at token {j} ({got[j:j + 4]} vs {want[j:j + 4]}), logit gap "
-        f"{gap:.3g} of {scale:.3g}: not a near-tie")
-    return f"{label}: near-tie divergence at token {j}, logit gap {gap:.2e} of {scale:.2g}"
+    steps = _logits(gen_ar, [prompt] + [[t] for t in want[:j]])
+    one_call = _logits(gen_ar, [prompt + want[:j]])
+    assert int(steps.argmax()) == want[j] and int(one_call.argmax()) == got[j], (
+        f"{label}: output diverges from ar at token {j} ({got[j:j + 4]} vs {want[j:j + 4]}) where the q=1 and "
+        f"q>1 kernels agree (argmax {int(steps.argmax())} and {int(one_call.argmax())})")
+    gap = float(one_call[got[j]] - one_call[want[j]])
+    return f"{label}: q=1 / q>1 kernel divergence at token {j}, logit gap {gap:.2e} of {np.abs(one_call).max():.2g}"
 
 
 @pytest.mark.parametrize("policy", ["chain", "eagle3", "talon"])
@@ -94,7 +99,7 @@ def test_quantized_target_decodes_as_its_own_ar(quantized_target, policy):
             notes.append(check_lossless(ar, p, spec.generate(p, NEW).tokens, ar.generate(p, NEW).tokens,
                                         f"{policy} prompt {i}"))
     notes = [n for n in notes if n]
-    assert len(notes) <= len(prompts) // 2, notes   # near-ties, not a broken verify path
+    assert len(notes) <= len(prompts) // 2, notes   # kernel-path divergences, not a broken verify path
     print("\n".join(notes) or f"{policy}: all {len(prompts)} prompts equal ar")
 
 
