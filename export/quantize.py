@@ -15,7 +15,11 @@ dequantised values, and `WeightQuantizer.summary` says which.
 
 The draft only proposes tokens; the target verifies every one of them, so quantised draft weights
 change which tokens are proposed, never what is emitted. Quantised target weights make a different
-model (a different greedy output than the float engine's), which decodes losslessly against itself.
+model (a different greedy output than the float engine's), which speculative decoding follows
+token for token, with one caveat of the int8 activations: they round, so the ulp-level difference
+between GroupQueryAttention's q=1 kernel (`ar` steps) and its q>1 kernel (verify calls) can grow to
+~1-4 % of SmolLM2's logit range over 30 layers and flip a close argmax; each output is then the
+exact greedy choice of its own kernels (tests/test_export_target_weights.py checks this).
 """
 from __future__ import annotations
 
