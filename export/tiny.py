@@ -92,6 +92,39 @@ def make_head(target_state: dict, vocab: int, draft_vocab: int, hidden: int, hea
     return head
 
 
+def save_head(head: Eagle3Head, out_dir: str | Path, rope_theta: float | None = None) -> Path:
+    """`head` in the published EAGLE-3 layout: config.json + model.safetensors (no embedding).
+    rope_theta None leaves it out of the config, as the official heads do (base 10000)."""
+    from safetensors.torch import save_file
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = head.config
+    save_file({k: v.contiguous() for k, v in head.state_dict().items() if k != "embed_tokens.weight"},
+              str(out_dir / "model.safetensors"))
+    cfg = {
+        "architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", "hidden_act": "silu",
+        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size, "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim, "num_hidden_layers": 1,
+        "vocab_size": c.vocab_size, "draft_vocab_size": c.draft_vocab_size, "rms_norm_eps": c.rms_norm_eps,
+        "max_position_embeddings": 4096, "torch_dtype": "float32", "tie_word_embeddings": False,
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+    }
+    if rope_theta is not None:
+        cfg["rope_theta"] = rope_theta
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out_dir
+
+
+def write_random_head(target, out_dir: str | Path, draft_vocab: int, seed: int = 0, init_std: float = 0.02) -> Path:
+    """A random EAGLE-3 head shaped for the reference `target` (export.reference.Target), saved with
+    `save_head`: lossless decoding needs no trained head, so tests of a real model use one."""
+    c = target.config
+    head = make_head({"model.embed_tokens.weight": target.model.embed_tokens.weight.detach().float()}, c.vocab_size,
+                     draft_vocab, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.intermediate_size,
+                     init_std, torch.Generator().manual_seed(seed))
+    return save_head(head, out_dir, rope_theta=c.rope.theta)
+
+
 def make_tiny_pair(out_dir: str | Path, arch: str = "llama", seed: int = 0, vocab: int = 320,
                    draft_vocab: int = 160, hidden: int = 64, layers: int = 8, heads: int = 4, kv_heads: int = 2,
                    head_dim: int = 16, intermediate: int = 128, init_std: float = 0.1,
@@ -105,7 +138,6 @@ def make_tiny_pair(out_dir: str | Path, arch: str = "llama", seed: int = 0, voca
     lm_head shares the embedding (small Qwen models do this). chat: the tokenizer gets ChatML's turn
     markers and tokenizer_config.json its template (`CHATML`).
     """
-    from safetensors.torch import save_file
     out_dir = Path(out_dir)
     model_dir, draft_dir = out_dir / "target", out_dir / "draft"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -129,21 +161,9 @@ def make_tiny_pair(out_dir: str | Path, arch: str = "llama", seed: int = 0, voca
     (model_dir / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
 
     gen = torch.Generator().manual_seed(seed + 1)
-    state = model.state_dict()
-    head = make_head(state, vocab, draft_vocab, hidden, heads, kv_heads, head_dim, intermediate, init_std, gen)
-    head_state = {k: v.contiguous() for k, v in head.state_dict().items()}
-    save_file(head_state, str(draft_dir / "model.safetensors"))
-    head_cfg = {
-        "architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", "hidden_act": "silu",
-        "hidden_size": hidden, "intermediate_size": intermediate, "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads, "head_dim": head_dim, "num_hidden_layers": 1,
-        "vocab_size": vocab, "draft_vocab_size": draft_vocab, "rms_norm_eps": 1e-6,
-        "max_position_embeddings": 4096, "torch_dtype": "float32", "tie_word_embeddings": False,
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-    }
-    if head_rope_theta is not None:
-        head_cfg["rope_theta"] = head_rope_theta
-    (draft_dir / "config.json").write_text(json.dumps(head_cfg, indent=2))
+    head = make_head(model.state_dict(), vocab, draft_vocab, hidden, heads, kv_heads, head_dim, intermediate,
+                     init_std, gen)
+    save_head(head, draft_dir, rope_theta=head_rope_theta)
     return model_dir, draft_dir
 
 
