@@ -165,7 +165,7 @@ def test_q4_1_blocks_with_integer_zero_points_are_kept():
     """w = d*x + m is (x - z)*d for an integer z = -m/d: such Q4_1 blocks are exact (asymmetric)."""
     rng = np.random.default_rng(1)
     n, blocks = 6, 4
-    d = rng.uniform(0.01, 0.1, (n, blocks)).astype(np.float16)
+    d = (2.0 ** -rng.integers(3, 8, (n, blocks))).astype(np.float16)   # powers of two: z*d exact in fp16
     z = rng.integers(0, 16, (n, blocks))
     m = (-z * d.astype(np.float64)).astype(np.float16)
     assert np.all(-m.astype(np.float64) / d.astype(np.float64) == z)   # exact in fp16
