@@ -37,6 +37,8 @@ DEMO_DRAFT_WEIGHTS ?= int4
 # `make bench` never runs (bench/results/sweep/); the paper's N=60, mu=0.03, K=10 suit a GPU
 DEMO_DEFAULTS ?= --default budget=8 --default mu=0.3 --default root_k=1
 DRAFT_WEIGHTS ?= float
+# target weights of `make export`: float | int8 | int4 (ORT MatMulNBits; a different, faster model)
+TARGET_WEIGHTS ?= float
 DEMO_PROMPT ?= $(DEMO)/prompt.txt
 
 # Re-exported only when a committed checkpoint or the exporter is newer than the engine.
@@ -51,7 +53,7 @@ export: install  ## MODEL=<hf dir> DRAFT=<eagle3 dir> NAME=<name>: build engines
 	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder>" >&2; exit 2; }
 	@test -n "$(DRAFT)" || { echo "make export: set DRAFT=<local EAGLE-3 head folder>" >&2; exit 2; }
 	$(PYTHON) -m export --model "$(MODEL)" --draft "$(DRAFT)" --out "$(ENGINES)/$(NAME)" --flavour $(FLAVOUR) \
-		--draft-weights $(DRAFT_WEIGHTS)
+		--draft-weights $(DRAFT_WEIGHTS) --target-weights $(TARGET_WEIGHTS)
 
 engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs a GPU, tensorrt, and `make export FLAVOUR=standard`)
 	$(PYTHON) -m export.trt "$(ENGINES)/$(NAME)"

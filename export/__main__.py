@@ -47,6 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--draft-weights", default=_D.draft_weights, choices=["float", "int8", "int4"],
                    help="draft graphs' MatMul weights: float, or int8/int4 blockwise (ORT only; lossless, "
                         "the target verifies every draft token; default %(default)s)")
+    p.add_argument("--target-weights", default=_D.target_weights, choices=["float", "int8", "int4"],
+                   help="target's MatMul, LM head and embedding weights: float, or int8/int4 blockwise (ORT only; "
+                        "a smaller, faster, different model; a GGUF's Q4_0/Q8_0 blocks are kept where exact; "
+                        "default %(default)s)")
     p.add_argument("--default", action="append", type=_default, default=[], metavar="KEY=VALUE",
                    help="a manifest default the runtime uses when a caller leaves the option out, e.g. "
                         "budget=8 mu=0.3 root_k=1 from a `talon-rt bench --sweep` (repeatable)")
@@ -68,6 +72,7 @@ def main(argv=None) -> int:
         opts = ExportOptions(dtype=args.dtype, max_seq_len=args.max_seq_len, max_tree_tokens=args.max_tree_tokens,
                              max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max,
                              flavour=args.flavour, draft_weights=args.draft_weights,
+                             target_weights=args.target_weights,
                              defaults=tuple(args.default))
         export_engine(args.model, args.draft, args.out, opts, name=args.name, force=args.force,
                       check=args.check,

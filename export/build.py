@@ -34,9 +34,12 @@ class ExportOptions:
     # target/draft attention: gqa (ORT only, KV written in place; 8-17 % cheaper target calls than
     # standard on the 2-core CPU, demo engine) | standard (standard ops: TensorRT needs it)
     flavour: str = "gqa"
-    # draft_fc/draft MatMul weights: float (dtype) | int8 | int4 (ORT MatMulNBits; lossless: the
-    # target verifies every draft token; export/quantize.py)
+    # draft MatMul weights: float (dtype) | int8 | int4 (ORT MatMulNBits; lossless: the target
+    # verifies every draft token; draft_fc stays float; export/quantize.py)
     draft_weights: str = "float"
+    # target MatMul, LM head and embedding weights: float (dtype) | int8 | int4 (ORT MatMulNBits /
+    # GatherBlockQuantized: a smaller, faster target that is a different model; export/quantize.py)
+    target_weights: str = "float"
     # manifest defaults to set instead of default_run_settings' values, as (key, value) pairs
     # (`--default budget=8`: a budget sweep's answer for the machine the engine is built for)
     defaults: tuple[tuple[str, object], ...] = ()
@@ -46,14 +49,8 @@ class ExportOptions:
             raise ExportError(f"--dtype {self.dtype!r}: expected one of {', '.join(onnx_graphs.DTYPES)}")
         if self.flavour not in onnx_graphs.FLAVOURS:
             raise ExportError(f"--flavour {self.flavour!r}: expected one of {', '.join(onnx_graphs.FLAVOURS)}")
-        if self.draft_weights not in quantize.DRAFT_WEIGHTS:
-            raise ExportError(f"--draft-weights {self.draft_weights!r}: expected one of "
-                              f"{', '.join(quantize.DRAFT_WEIGHTS)}")
-        if self.draft_weights != "float" and self.dtype != "float32":
-            raise ExportError(f"--draft-weights {self.draft_weights} needs --dtype float32, got {self.dtype}")
-        if self.draft_weights != "float" and self.flavour != "gqa":
-            raise ExportError(f"--draft-weights {self.draft_weights} needs --flavour gqa (ONNX Runtime only; "
-                              f"TensorRT plans need float draft weights)")
+        for role in ("draft", "target"):
+            self._check_weights(role, getattr(self, f"{role}_weights"))
         known = default_run_settings(ExportOptions())
         for key, value in self.defaults:
             if key not in known:
@@ -69,6 +66,17 @@ class ExportOptions:
             if getattr(self, name) > self.max_seq_len:
                 raise ExportError(f"--{name.replace('_', '-')} {getattr(self, name)} exceeds "
                                   f"--max-seq-len {self.max_seq_len}")
+
+
+    def _check_weights(self, role: str, weights: str) -> None:
+        """--{role}-weights: a known format; a quantised one needs fp32 graphs of flavour gqa."""
+        if weights not in quantize.WEIGHTS:
+            raise ExportError(f"--{role}-weights {weights!r}: expected one of {', '.join(quantize.WEIGHTS)}")
+        if weights != "float" and self.dtype != "float32":
+            raise ExportError(f"--{role}-weights {weights} needs --dtype float32, got {self.dtype}")
+        if weights != "float" and self.flavour != "gqa":
+            raise ExportError(f"--{role}-weights {weights} needs --flavour gqa (ONNX Runtime only; "
+                              f"TensorRT plans need float {role} weights)")
 
 
 def default_run_settings(opts: ExportOptions) -> dict:
@@ -136,27 +144,30 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
         tmp.chmod(0o755)
         try:
             files: list[Path] = []
-            for fname, build in (
+            # a GGUF source offers its own blocks (export/gguf_blocks.py keeps those that are exact)
+            target_quant = (None if opts.target_weights == "float" else
+                            quantize.WeightQuantizer(opts.target_weights, getattr(source, "raw_blocks", None)))
+            draft_quant = None if opts.draft_weights == "float" else quantize.WeightQuantizer(opts.draft_weights)
+            for fname, build, quant in (
                     ("target.onnx", lambda: onnx_graphs.build_target(target, opts.dtype, opts.max_seq_len,
-                                                                     opts.flavour)),
-                    ("draft_fc.onnx", lambda: onnx_graphs.build_draft_fc(head, opts.dtype)),
+                                                                     opts.flavour, target_quant), target_quant),
+                    ("draft_fc.onnx", lambda: onnx_graphs.build_draft_fc(head, opts.dtype), None),
                     ("draft.onnx", lambda: onnx_graphs.build_draft(head, opts.dtype, opts.max_seq_len, opts.k_max,
-                                                                   opts.flavour))):
+                                                                   opts.flavour, draft_quant), draft_quant)):
                 t0 = time.perf_counter()
                 written = onnx_graphs.save(build(), tmp / fname)
-                kind = opts.dtype
-                if fname == "draft.onnx" and opts.draft_weights != "float":   # draft_fc is one Gemm: kept
-                    n = quantize.quantize_graph(tmp / fname, opts.draft_weights)
-                    kind = f"{n} MatMul weights {opts.draft_weights}"
                 files += written
                 stage(f"wrote {', '.join(p.name for p in written)} "
-                      f"({sum(p.stat().st_size for p in written) / 1e6:.1f} MB, {kind})", t0)
+                      f"({sum(p.stat().st_size for p in written) / 1e6:.1f} MB, "
+                      f"{opts.dtype if quant is None else quant.summary()})", t0)
             t0 = time.perf_counter()
             source.write_tokenizer(tmp / "tokenizer.json")
             files.append(tmp / "tokenizer.json")
             tokenizer = tokenizer_record(source, tmp / "tokenizer.json", tc.vocab_size)
             manifest = _manifest(name or out_dir.name, target, head, opts, tokenizer, files)
             manifest["source"] = source.description()
+            if target_quant is not None:   # which target weights kept a checkpoint's blocks, which were quantised
+                manifest["model"]["quantization"] = target_quant.record()
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             verify_engine_dir(tmp)
             chat = "chat template, stop ids " + str(tokenizer["stop_ids"]) if tokenizer["chat_template"] else "no chat template"
@@ -164,7 +175,8 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
             if check:
                 from export.check import check_engine
                 t0 = time.perf_counter()
-                r = check_engine(tmp, target, head)
+                # a quantised target is checked against the float model of its own blocks
+                r = check_engine(tmp, target if target_quant is None else target_quant.dequantized(target), head)
                 stage(f"checked against the reference: target max |diff| {r['target_max_abs_diff']:.1e} "
                       f"(top-1 {r['target_top1']:.0%}), draft max |diff| {r['draft_max_abs_diff']:.1e} "
                       f"(top-1 {r['draft_top1']:.0%})", t0)
@@ -208,7 +220,8 @@ def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, fil
         "created_by": CREATED_BY,
         "model": {"architecture": tc.architecture, "vocab_size": tc.vocab_size, "hidden_size": tc.hidden_size,
                   "num_layers": tc.num_layers, "num_heads": tc.num_heads, "num_kv_heads": tc.num_kv_heads,
-                  "head_dim": tc.head_dim, "feature_layers": list(tc.feature_layers), "dtype": opts.dtype},
+                  "head_dim": tc.head_dim, "feature_layers": list(tc.feature_layers), "dtype": opts.dtype,
+                  "weights": opts.target_weights},
         "draft": {"hidden_size": hc.hidden_size, "num_heads": hc.num_heads, "num_kv_heads": hc.num_kv_heads,
                   "head_dim": hc.head_dim, "draft_vocab_size": hc.draft_vocab_size, "k_max": opts.k_max,
                   "weights": opts.draft_weights},

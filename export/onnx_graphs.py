@@ -26,6 +26,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from export.quantize import ACCURACY_LEVEL, BLOCK, BlockWeight, WeightQuantizer, concat
 from export.reference import Eagle3Head, Target
 
 OPSET = 17
@@ -50,6 +51,8 @@ class _Graph:
         self._consts: dict[tuple, str] = {}
         self.matmul = False  # linear layers as MatMul on a pre-transposed weight (ORT flavour)
         self.skip_norm = False  # residual Add + RMSNorm as one com.microsoft op (ORT flavour)
+        self.quant: WeightQuantizer | None = None  # MatMul weights as MatMulNBits blocks (ORT flavour)
+        self.names: dict[int, str] = {}  # id(module) -> checkpoint tensor name of its weight
 
     def _name(self, hint: str) -> str:
         self._n += 1
@@ -115,13 +118,42 @@ class _Graph:
 
         ORT runs MatMul on rows of any rank (no 2-D reshapes around it) and one fused projection
         (e.g. q|k|v) costs one kernel launch instead of three."""
-        w = torch.cat([lin.weight.detach().float() for lin in lins], 0).t()
-        y = self.op("MatMul", x, self.init(prefix + ".weight_t", w.numpy().astype(self.np_dtype)))
+        if self.quant is not None:
+            w = concat([self.block_weight(lin) for lin in lins])
+            y = self.nbits_matmul(x, w, self.nbits_init(w, prefix))
+        else:
+            w = torch.cat([lin.weight.detach().float() for lin in lins], 0).t()
+            y = self.op("MatMul", x, self.init(prefix + ".weight_t", w.numpy().astype(self.np_dtype)))
         if all(lin.bias is None for lin in lins):
             return y
         b = torch.cat([lin.bias.detach().float() if lin.bias is not None else torch.zeros(lin.out_features)
                        for lin in lins])
         return self.op("Add", y, self.init(prefix + ".bias", b.numpy().astype(self.np_dtype)))
+
+    def block_weight(self, module: torch.nn.Module) -> BlockWeight:
+        """The quantised weight [out, in] of a Linear or Embedding."""
+        return self.quant.block_weight(self.names.get(id(module)), module.weight.detach().float().numpy())
+
+    def nbits_init(self, w: BlockWeight, prefix: str) -> list[str]:
+        """The initializers of a quantised weight: [qweight, scales(, zero_points)]."""
+        names = [self.init(prefix + ".qweight", w.data), self.init(prefix + ".scales", w.scales)]
+        if w.zero_points is not None:
+            names.append(self.init(prefix + ".zero_points", w.zero_points))
+        return names
+
+    def nbits_matmul(self, x: str, w: BlockWeight, inits: list[str]) -> str:
+        """x [..., K] -> [..., N] = x @ dequantize(w)^T (com.microsoft.MatMulNBits)."""
+        n, k = w.shape
+        return self.op("MatMulNBits", x, *inits, domain="com.microsoft", K=k, N=n, bits=w.bits, block_size=BLOCK,
+                       accuracy_level=ACCURACY_LEVEL)
+
+    def nbits_gather(self, w: BlockWeight, inits: list[str], ids: str) -> str:
+        """Rows `ids` of dequantize(w) (com.microsoft.GatherBlockQuantized) from `nbits_init`'s
+        initializers; qweight [N, K/BLOCK, bytes] is read as [N, K*bits/8]."""
+        n, k = w.shape
+        data = self.op("Reshape", inits[0], self.const([n, k * w.bits // 8]))
+        return self.op("GatherBlockQuantized", data, ids, *inits[1:], domain="com.microsoft", bits=w.bits,
+                       block_size=BLOCK, gather_axis=0, quantize_axis=1)
 
     def rmsnorm(self, x: str, norm, prefix: str) -> str:
         """RMSNorm over the last axis; statistics in fp32."""
@@ -251,11 +283,23 @@ def _check_flavour(flavour: str) -> None:
         raise ValueError(f"flavour {flavour!r}: expected one of {', '.join(FLAVOURS)}")
 
 
-def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "standard") -> onnx.ModelProto:
-    """target.onnx: logits, their argmax, EAGLE-3 features and the new K/V for q tokens (engine-format.md)."""
+def _check_quant(quant: WeightQuantizer | None, flavour: str) -> None:
+    if quant is not None and flavour != "gqa":
+        raise ValueError(f"quantised weights need flavour gqa (ONNX Runtime), got {flavour!r}")
+
+
+def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "standard",
+                 quant: WeightQuantizer | None = None) -> onnx.ModelProto:
+    """target.onnx: logits, their argmax, EAGLE-3 features and the new K/V for q tokens (engine-format.md).
+
+    quant: every linear layer, the LM head and the embedding as MatMulNBits / GatherBlockQuantized
+    blocks (flavour gqa only); a tied embedding and LM head share one set of blocks."""
     _check_flavour(flavour)
+    _check_quant(quant, flavour)
     c = model.config
     g = _Graph(dtype)
+    g.quant = quant
+    g.names = {id(m): f"{name}.weight" for name, m in model.named_modules()}
     S, kvh, hd, nh = max_seq_len, c.num_kv_heads, c.head_dim, c.num_heads
     ids = g.input("input_ids", TensorProto.INT64, [1, "q"])
     pos = g.input("position_ids", TensorProto.INT64, [1, "q"])
@@ -272,8 +316,13 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
     else:
         cos, sin = g.rope_tables(model.inv_freq, S, pos)
         bias = g.mask_bias(tree_mask, past_len, q_len)
-    embed = g.weight("model.embed_tokens.weight", model.model.embed_tokens.weight)
-    x = g.op("Gather", embed, ids if fused else g.op("Reshape", ids, g.const([-1])))  # [1, q, H] / [q, H]
+    if quant is not None:
+        embed_q = g.block_weight(model.model.embed_tokens)
+        embed_inits = g.nbits_init(embed_q, "model.embed_tokens")
+        x = g.nbits_gather(embed_q, embed_inits, ids)                                # [1, q, H]
+    else:
+        embed = g.weight("model.embed_tokens.weight", model.model.embed_tokens.weight)
+        x = g.op("Gather", embed, ids if fused else g.op("Reshape", ids, g.const([-1])))  # [1, q, H] / [q, H]
     hidden_states = [x]   # the residual stream entering each layer, then the last layer's output
     delta = None          # the last sublayer's output, not yet added to x
     for i, layer in enumerate(model.model.layers):
@@ -312,7 +361,13 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
         delta = g.mlp(h, layer.mlp, p + ".mlp")
     h, x = g.add_norm(x, delta, model.model.norm, "model.norm")
     hidden_states.append(x)
-    if fused:   # [1, q, V]; a tied lm_head reads the embedding through a Transpose ORT folds at load
+    if quant is not None:   # [1, q, V]
+        if c.tie_word_embeddings:
+            logits = g.nbits_matmul(h, embed_q, embed_inits)
+        else:
+            lm_q = g.block_weight(model.lm_head)
+            logits = g.nbits_matmul(h, lm_q, g.nbits_init(lm_q, "lm_head"))
+    elif fused:   # [1, q, V]; a tied lm_head reads the embedding through a Transpose ORT folds at load
         lm_w = (g.op("Transpose", embed, perm=[1, 0]) if c.tie_word_embeddings else
                 g.init("lm_head.weight_t", model.lm_head.weight.detach().float().t().numpy().astype(g.np_dtype)))
         logits = g.op("MatMul", h, lm_w)
@@ -347,13 +402,17 @@ def build_draft_fc(head: Eagle3Head, dtype: str) -> onnx.ModelProto:
 
 
 def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int,
-                flavour: str = "standard") -> onnx.ModelProto:
-    """draft.onnx: one EAGLE-3 layer + top-k_max over the draft vocab, ids mapped to target ids."""
+                flavour: str = "standard", quant: WeightQuantizer | None = None) -> onnx.ModelProto:
+    """draft.onnx: one EAGLE-3 layer + top-k_max over the draft vocab, ids mapped to target ids.
+
+    quant: every linear layer (LM head included) as MatMulNBits blocks (flavour gqa only)."""
     _check_flavour(flavour)
+    _check_quant(quant, flavour)
     c, lay = head.config, head.midlayer
     if not 1 <= k_max <= c.draft_vocab_size:
         raise ValueError(f"k_max {k_max} must be in [1, draft_vocab_size={c.draft_vocab_size}]")
     g = _Graph(dtype)
+    g.quant = quant
     S, kvh, hd, nh, H = max_seq_len, c.num_kv_heads, c.head_dim, c.num_heads, c.hidden_size
     ids = g.input("input_ids", TensorProto.INT64, [1, "q"])
     hidden = g.input("hidden", g.onnx_dtype, [1, "q", H])

@@ -1,44 +1,177 @@
-"""Weight-only quantisation of the draft graph (`--draft-weights int8|int4`; draft_fc stays float).
+"""Weight-only blockwise quantisation for ONNX Runtime: `--target-weights` and `--draft-weights`
+float | int8 | int4.
 
-The draft only proposes tokens; the target verifies every one of them, so a quantised draft changes
-which tokens are proposed, never what is emitted (decoding stays lossless against the target's own
-weights). On the 2-core CPU the demo head's calls get cheaper and evict less of the target's
-weights from the caches between calls; its greedy agreement with the target did not drop
-(docs/performance.md).
+A quantised linear layer is one com.microsoft.MatMulNBits: the weight [N, K] is stored in blocks of
+BLOCK along K, `bits` per value, one scale per block, and y = x @ ((q - zero_point) * scale)^T. A
+quantised embedding is one com.microsoft.GatherBlockQuantized over the same layout, so a tied
+embedding and LM head share one BlockWeight. accuracy_level 4 quantises the activations to int8 per
+block at compute time (the fast CPU kernels). ORT only: TensorRT plans need float weights.
 
-Every MatMul with a constant weight becomes com.microsoft.MatMulNBits (ONNX Runtime's blockwise
-weight-only format: symmetric blocks of 32, int8 activations at compute time). ORT only: TensorRT
-plans need float draft weights.
+Float weights are quantised round-to-nearest, symmetric (zero point 2^(bits-1), scale = the block's
+signed extreme / -2^(bits-1)), by ONNX Runtime's own C++ quantiser (`quantize_matmul_{4,8}bits`, as
+its MatMulNBitsQuantizer). Weights that arrive as llama.cpp blocks keep the file's own blocks where
+MatMulNBits represents them exactly (export/gguf_blocks.py); the others are quantised from their
+dequantised values, and `WeightQuantizer.summary` says which.
+
+The draft only proposes tokens; the target verifies every one of them, so quantised draft weights
+change which tokens are proposed, never what is emitted. Quantised target weights make a different
+model (a different greedy output than the float engine's), which speculative decoding follows
+token for token, with one caveat of the int8 activations: they round, so the ulp-level difference
+between GroupQueryAttention's q=1 kernel (`ar` steps) and its q>1 kernel (verify calls) can grow to
+~1-4 % of SmolLM2's logit range over 30 layers and flip a close argmax; each output is then the
+exact greedy choice of its own kernels (tests/test_export_target_weights.py checks this).
 """
 from __future__ import annotations
 
-import logging
-from pathlib import Path
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
-import onnx
+import numpy as np
 
 from export.errors import ExportError
 
-DRAFT_WEIGHTS = {"float": None, "int8": 8, "int4": 4}
-BLOCK = 32
+if TYPE_CHECKING:
+    import torch
+
+WEIGHTS = {"float": None, "int8": 8, "int4": 4}
+BLOCK = 32  # values per block along K: llama.cpp's Q4_0/Q4_1/Q8_0 block, ORT's default
+ACCURACY_LEVEL = 4  # int8 activations, int32 accumulation: MLAS's fast CompInt8 kernels
+
+# (ggml type name, uint8 rows [N, bytes per row]) of a weight stored in llama.cpp blocks, or None
+RawBlocks = Callable[[str], "tuple[str, np.ndarray] | None"]
 
 
-def quantize_graph(path: Path, weights: str) -> int:
-    """Rewrite the graph at `path` in place with `weights`-bit MatMul weights; returns how many
-    MatMuls were quantised."""
-    bits = DRAFT_WEIGHTS[weights]
-    if bits is None:
-        return 0
-    from onnxruntime.quantization import matmul_nbits_quantizer as mnq
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    model = onnx.load(str(path))
-    config = mnq.DefaultWeightOnlyQuantConfig(block_size=BLOCK, is_symmetric=True, accuracy_level=4,
-                                              bits=bits)
-    quantizer = mnq.MatMulNBitsQuantizer(model, algo_config=config)
-    quantizer.process()
-    out = quantizer.model.model
-    count = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
-    if count == 0:
-        raise ExportError(f"{path.name}: no MatMul with a constant weight to quantise to {weights}")
-    onnx.save(out, str(path))
-    return count
+@dataclass(frozen=True)
+class BlockWeight:
+    """A weight [N, K] in MatMulNBits layout.
+
+    data [N, K/BLOCK, BLOCK*bits/8] uint8: values low nibble first (4-bit); scales [N, K/BLOCK]
+    float32; zero_points [N, ceil(K/BLOCK*bits/8)] uint8 packed the same way, or None for
+    2^(bits-1) everywhere (symmetric)."""
+    data: np.ndarray
+    scales: np.ndarray
+    zero_points: np.ndarray | None
+    bits: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape[0], self.data.shape[1] * BLOCK
+
+    def full_zero_points(self) -> np.ndarray:
+        """zero_points with the symmetric default written out."""
+        if self.zero_points is not None:
+            return self.zero_points
+        n, blocks = self.scales.shape
+        z = 1 << (self.bits - 1)
+        return pack(np.full((n, blocks), z, np.uint8), self.bits)
+
+
+def pack(values: np.ndarray, bits: int) -> np.ndarray:
+    """[..., n] integers in [0, 2^bits) -> [..., ceil(n*bits/8)] uint8, first value in the low bits."""
+    values = values.astype(np.uint8)
+    if bits == 8:
+        return values
+    if values.shape[-1] % 2:
+        values = np.concatenate([values, np.zeros(values.shape[:-1] + (1,), np.uint8)], -1)
+    return values[..., 0::2] | (values[..., 1::2] << 4)
+
+
+def unpack(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """Inverse of `pack`: [..., bytes] uint8 -> [..., n] uint8."""
+    if bits == 8:
+        return packed[..., :n]
+    return np.stack([packed & 15, packed >> 4], -1).reshape(packed.shape[:-1] + (-1,))[..., :n]
+
+
+def dequantize(w: BlockWeight) -> np.ndarray:
+    """[N, K] float32: (q - zero_point) * scale."""
+    n, k = w.shape
+    blocks = k // BLOCK
+    q = unpack(w.data, w.bits, BLOCK).astype(np.float32)                             # [N, blocks, BLOCK]
+    z = unpack(w.full_zero_points(), w.bits, blocks).astype(np.float32)              # [N, blocks]
+    return ((q - z[..., None]) * w.scales[..., None]).reshape(n, k)
+
+
+def quantize_rtn(weight: np.ndarray, bits: int) -> BlockWeight:
+    """Float [N, K] (K a multiple of BLOCK) -> symmetric round-to-nearest BlockWeight."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+    n, k = weight.shape
+    blocks = k // BLOCK
+    data = np.zeros((n, blocks, BLOCK * bits // 8), np.uint8)
+    scales = np.zeros((n, blocks), np.float32)
+    zero_points = np.zeros((n, (blocks * bits + 7) // 8), np.uint8)  # written, unused: symmetric
+    fn = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
+    fn(data, np.ascontiguousarray(weight.T, dtype=np.float32), scales, zero_points, BLOCK, n, k, True)
+    return BlockWeight(data, scales, None, bits)
+
+
+def concat(parts: list[BlockWeight]) -> BlockWeight:
+    """BlockWeights of one K stacked along N (one fused q|k|v projection)."""
+    if len(parts) == 1:
+        return parts[0]
+    zp = None
+    if any(p.zero_points is not None for p in parts):
+        zp = np.concatenate([p.full_zero_points() for p in parts])
+    return BlockWeight(np.concatenate([p.data for p in parts]), np.concatenate([p.scales for p in parts]),
+                       zp, parts[0].bits)
+
+
+class WeightQuantizer:
+    """Makes the BlockWeight of each weight a graph quantises, from the file's own blocks where
+    `raw_blocks` has them and MatMulNBits can hold them exactly, else by `quantize_rtn`; counts
+    where each came from (`summary`)."""
+
+    def __init__(self, weights: str, raw_blocks: RawBlocks | None = None):
+        if WEIGHTS.get(weights) is None:
+            raise ValueError(f"weights {weights!r}: expected one of int8, int4")
+        self.weights, self.bits, self.raw_blocks = weights, WEIGHTS[weights], raw_blocks
+        self.kept: Counter[str] = Counter()         # ggml type -> matrices stored from the file's blocks
+        self.requantised: Counter[str] = Counter()  # source ("float" or a ggml type) -> matrices re-quantised
+        self.made: dict[str, BlockWeight] = {}      # checkpoint tensor name -> its blocks
+
+    def block_weight(self, name: str | None, weight: np.ndarray) -> BlockWeight:
+        """`weight` [N, K] float (the dequantised values); `name` its checkpoint tensor name."""
+        from export.gguf_blocks import from_ggml
+        n, k = weight.shape
+        if k % BLOCK:
+            raise ExportError(f"{name or 'weight'}: {k} input features is not a multiple of the "
+                              f"{self.weights} block size {BLOCK}")
+        raw = self.raw_blocks(name) if self.raw_blocks is not None and name is not None else None
+        if raw is not None:
+            ggml_type, rows = raw
+            exact = from_ggml(ggml_type, rows, (n, k), self.bits)
+            if exact is not None:
+                self.kept[ggml_type] += 1
+                return self._made(name, exact)
+        self.requantised["float" if raw is None else raw[0]] += 1
+        return self._made(name, quantize_rtn(weight, self.bits))
+
+    def _made(self, name: str | None, w: BlockWeight) -> BlockWeight:
+        if name is not None:
+            self.made[name] = w
+        return w
+
+    def dequantized(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of `model` whose quantised weights hold their dequantised blocks: the model the
+        quantised graph computes, up to its int8 activations (the reference export.check uses)."""
+        import copy
+
+        import torch
+        out = copy.deepcopy(model)
+        with torch.no_grad():
+            for name, w in self.made.items():
+                p = out.get_parameter(name)
+                p.copy_(torch.from_numpy(dequantize(w)).to(p.dtype))
+        return out
+
+    def summary(self) -> str:
+        parts = [f"{n} from the file's {t} blocks" for t, n in sorted(self.kept.items())]
+        parts += [f"{n} {'quantised' if t == 'float' else f're-quantised from {t}'}"
+                  for t, n in sorted(self.requantised.items())]
+        return f"{self.weights} block {BLOCK}: " + ", ".join(parts)
+
+    def record(self) -> dict:
+        """The manifest's account of it: {"block_size", "kept": {type: n}, "requantised": {type: n}}."""
+        return {"block_size": BLOCK, "kept": dict(sorted(self.kept.items())),
+                "requantised": dict(sorted(self.requantised.items()))}

@@ -156,10 +156,11 @@ def build_engine_plans(engine_dir: Path, workspace_gb: float = 4.0, check: bool 
     if odd:
         raise ExportError(f"{engine_dir}: graphs {odd} are flavour {manifest['graphs'][odd[0]]['flavour']!r}; "
                           f"TensorRT needs flavour 'standard' (export with --flavour standard)")
-    weights = manifest["draft"].get("weights", "float")
-    if weights != "float":
-        raise ExportError(f"{engine_dir}: draft weights are {weights} (ONNX Runtime's MatMulNBits); "
-                          f"TensorRT plans need float draft weights (export with --draft-weights float)")
+    for role, section in (("target", "model"), ("draft", "draft")):
+        weights = manifest[section].get("weights", "float")
+        if weights != "float":
+            raise ExportError(f"{engine_dir}: {role} weights are {weights} (ONNX Runtime's MatMulNBits); "
+                              f"TensorRT plans need float {role} weights (export with --{role}-weights float)")
     trt, logger, builder = load_tensorrt()
     section = {"version": trt.__version__, "device": gpu_name(), "plans": {}}
     for role in ROLES:
