@@ -40,9 +40,12 @@ def train(
     spec: TrainSpec,
     work: Path,
     threads: int = 0,
+    progress: Callable[[], str] | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run `spec.steps` optimiser steps of `step_loss(step) -> (loss, tokens)` on module's trainable
     parameters, resuming from work/ckpt.pt; `threads` 0 follows the machine's load (threads.py).
+    `progress()` adds text to each progress line; `on_checkpoint(state)` runs after each checkpoint.
     Returns {"steps", "tokens", "seconds", "loss"}."""
     work.mkdir(parents=True, exist_ok=True)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -64,6 +67,10 @@ def train(
     def checkpoint() -> None:
         trainable = {k: v for k, v in module.state_dict().items() if _is_trainable(module, k)}
         _save(ckpt, {"model": trainable, "optim": opt.state_dict(), "state": dict(state)})
+        if on_checkpoint is not None:
+            module.eval()
+            on_checkpoint(dict(state))
+            module.train()
 
     module.train()
     start_step, t0, last_save = state["step"], time.monotonic(), time.monotonic()
@@ -89,6 +96,8 @@ def train(
                          seconds=base_seconds + time.monotonic() - t0)
             tps = (state["tokens"] - base_tokens) / max(1e-9, time.monotonic() - t0)
             info = f"loss {ema:.3f}  {tps:,.0f} tok/s  lr {lr_at(spec, step):.2e}  {n_threads} thr"
+            if progress is not None:
+                info += "  " + progress()
             bar.update(task, completed=step + 1, info=info)
             if not console.is_terminal and ((step + 1) % log_every == 0 or step + 1 == spec.steps):
                 console.log(f"{name} step {step + 1}/{spec.steps}  {state['tokens']:,} tokens  {info}")

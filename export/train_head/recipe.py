@@ -1,0 +1,32 @@
+"""Every size and hyper-parameter of the head recipe, defined once (`DEFAULT`; tests pass a tiny one)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from export.demo.recipe import HeadSpec, TrainSpec
+
+from .generate import GenerateSpec
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    generate: GenerateSpec = field(default_factory=GenerateSpec)
+    train_prompts: int | None = None    # first N of the shuffled training prompts (None: all ~3,150)
+    valid_prompts: int = 32             # of the valid split: enough to compare learning rates
+    heldout_prompts: int | None = None  # of the held-out chat set (None: all 88)
+
+
+@dataclass(frozen=True)
+class HeadRecipe:
+    data: DataSpec = field(default_factory=DataSpec)
+    # 8192 draft tokens: ~20 MB in fp16 with the layer, within the repository's weight budget
+    head: HeadSpec = field(default_factory=lambda: HeadSpec(draft_vocab=8192, ttt_steps=7, intermediate=0))
+    # batch * seq_len = tokens per step (conversations packed up to it, padding counted);
+    # lr: EAGLE-3 uses 1e-4 for 8 B targets at large batch; a 576-wide head on ~1 M tokens wants more
+    train: TrainSpec = field(default_factory=lambda: TrainSpec(
+        tokens=40_000_000, batch=8, seq_len=512, lr=5e-4, warmup_steps=50, weight_decay=0.0,
+        ckpt_minutes=5.0))
+    eval_steps: int = 7
+
+
+DEFAULT = HeadRecipe()
