@@ -69,7 +69,7 @@ bench: install $(BENCH_ENGINE)  ## benchmark ar/chain/eagle3/talon on the demo e
 bench-peers: install $(BENCH_ENGINE)  ## onnxruntime-genai and transformers beside talon-rt, same weights and prompts
 	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) --dataset humaneval,gsm8k --limit 5 --max-new-tokens 96 \
 		--policies ar,chain,eagle3,talon,talon-cost --budgets 8,16 --peers --hf-model models/$(NAME)/target \
-		--draft-lm models/$(NAME)/draft-lm --out $(BENCH_OUT)/peers
+		--out $(BENCH_OUT)/peers
 
 capi: install  ## build runtime/capi/libtalon_rt.so (the C API; CAPI_OUT=<dir> builds it elsewhere)
 	@cfg=$$($(PYTHON) -c 'import sys; print("%s/bin/python%d.%d-config" % (sys.base_prefix, *sys.version_info[:2]))') && \

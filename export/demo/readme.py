@@ -119,8 +119,8 @@ def write(recipe: Recipe, out: Path, work: Path) -> None:
         "tokenizer files; `transformers.LlamaForCausalLM.from_pretrained` loads it).",
         f"- `eagle3/` ({_mb(out / 'eagle3'):.1f} MB): EAGLE-3 head (config.json with `draft_vocab_size`, "
         "model.safetensors).",
-        f"- `draft-lm/` ({_mb(out / 'draft-lm'):.1f} MB): the 2-layer draft LM for the classic draft-model "
-        "baseline, same tokenizer.",
+        "- `draft-lm/`: not committed (the repository's weight budget goes to the real model's head); "
+        "`python -m export.demo draftlm` rebuilds it for the peers' `--draft-lm` mode.",
         "- `tokenizer.json`, `heldout_files.txt`.",
         "",
     ]

@@ -34,7 +34,7 @@ def to_bits(x: torch.Tensor) -> np.ndarray:
 
 
 def from_bits(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).view(torch.bfloat16)
+    return torch.from_numpy(np.require(a, requirements=["C", "W"])).view(torch.bfloat16)
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from .dataset import Split
 from .evaluate import evaluate
 from .recipe import HeadRecipe
 
-CURVE_CONVERSATIONS = 32  # held-out conversations scored at each checkpoint (~8 k positions)
+CURVE_CONVERSATIONS = 8  # held-out conversations scored at each checkpoint (~1.5 k positions, ~1 min here)
 
 
 def draft_ids(split: Split, vocab: int, size: int, work: Path) -> torch.Tensor:
@@ -94,7 +94,7 @@ def run(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0
 
     stats = loop.train("head", head, step_loss, tspec, folder, threads, progress, on_checkpoint)
     stats.update(conversations=len(train.convs), data_tokens=train.total_tokens,
-                 epochs=plan(max(0, stats["step"] - 1))[0] + 1, params=sum(p.numel() for p in head.parameters()))
+                 epochs=plan(max(0, stats["step"] - 1))[0] + 1, taps=list(target_mod.taps(lm)), params=sum(p.numel() for p in head.parameters()))
     demo_head.save(head, lm, out)
     (folder / "result.json").write_text(json.dumps(stats, indent=1))
     console.log(f"head: {stats}")
