@@ -67,7 +67,7 @@ def test_head_is_published_eagle3_layout_and_loads(run):
     h = load_head(out, target_mod.view(lm))
     ids = torch.arange(len(h.d2t)) + h.d2t
     train = Split(pipeline.data_folder(work, "train"))
-    counts = np.bincount(train.response_tokens(), minlength=320)
+    counts = np.bincount(train.target_tokens(), minlength=320)
     assert len(ids) == TINY.head.draft_vocab and int(h.t2d.sum()) == len(ids)
     assert counts[ids.numpy()].min() >= np.delete(counts, ids.numpy()).max(), "draft vocab = most frequent tokens"
     assert (work / "latest" / "model.safetensors").is_file(), "every checkpoint exports the current head"

@@ -50,9 +50,14 @@ class Split:
         self.hidden = self.feats[0].shape[1] // 4
 
     def response_tokens(self) -> np.ndarray:
-        """Every response token (draft-vocabulary counts)."""
+        """Every response token."""
         return np.concatenate([self.tokens[c.shard][c.start + c.prompt_length:c.start + c.length]
                                for c in self.convs])
+
+    def target_tokens(self) -> np.ndarray:
+        """Every response token, then the target's greedy token at every position (prompts included):
+        the tokens the target emits, counted for the draft vocabulary."""
+        return np.concatenate([self.response_tokens(), *self.greedy])
 
     @property
     def total_tokens(self) -> int:

@@ -62,7 +62,8 @@ def run_eval(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: in
              stdlib_root: Path | None = None) -> None:
     from . import evaluate
 
-    result = evaluate.run(out, model, work, recipe.eval_steps, work / "head" / "eval.json")
+    result = evaluate.run(out, model, work, recipe.eval_steps, recipe.eval_conversations,
+                          work / "head" / "eval.json")
     console.log(f"eval: {result}")
 
 

@@ -50,7 +50,9 @@ def _table(header: str, rows: list[list[str]]) -> list[str]:
 def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
     from .pipeline import data_folder
 
-    result = _load(work / "head" / "result.json") or {}
+    result = _load(work / "head" / "result.json")
+    running = result is None
+    result = result or _load(work / "head" / "progress.json") or {}
     ev = _load(work / "head" / "eval.json")
     stats = _load(work / "data" / "stats.json") or {}
     curve_path = work / "head" / "curve.jsonl"
@@ -96,8 +98,9 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
         "",
         f"One Llama decoder layer over the target's taps hidden_states[{', '.join(map(str, result.get('taps', [])))}]"
         f" (fc 3H -> H, attention over cat(embedding, hidden), SwiGLU {cfg['intermediate_size']}),",
-        f"norm and lm_head over a draft vocabulary of the {cfg['draft_vocab_size']:,} most frequent "
-        f"response tokens (`d2t`, `t2d`); the embedding is the target's. {result.get('params', 0) / 1e6:.2f} M "
+        f"norm and lm_head over a draft vocabulary of the {cfg['draft_vocab_size']:,} tokens the target emits "
+        "most often in the training data (responses, then its greedy token at every position; `d2t`, `t2d`); "
+        f"the embedding is the target's. {result.get('params', 0) / 1e6:.2f} M "
         "parameters; norm and lm_head rows initialised from the target's.",
         "",
         "## Training",
@@ -111,15 +114,16 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
         "",
     ]
     if result:
-        lines += [f"Ran {result['step']:,} steps, {result['tokens']:,} tokens ({result['epochs']} epochs over the "
+        lines += [("Training in progress; this head is its checkpoint after " if running else "Ran ")
+                  + f"{result['step']:,} steps, {result['tokens']:,} tokens ({result['epochs']} epochs over the "
                   f"data), {result['seconds'] / 3600:.2f} h, {result['tokens'] / max(1, result['seconds']):,.0f} "
                   f"tokens/s; final train loss (weighted sum over steps) {result['loss']:.3f}.", ""]
     if ev:
         lines += [
             "## Held-out agreement",
             "",
-            f"Top-1 agreement with the target's greedy token on {ev['positions']:,} response positions of the "
-            "held-out conversations, target in float32, the head loaded by `export.checkpoints.load_head` and",
+            f"Top-1 agreement with the target's greedy token on {ev['positions']:,} response positions of "
+            f"{ev.get('conversations', len(heldout.convs))} held-out conversations, target in float32, the head loaded by `export.checkpoints.load_head` and",
             "feeding back its own hidden states (step k drafts the k-th token after the last target feature):",
             "",
             *_table("| step | " + " | ".join(str(i + 1) for i in range(len(ev["per_step"]))) + " |",

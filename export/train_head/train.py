@@ -1,7 +1,8 @@
 """Train the head on the cached conversations (demo recipe's head module, rollout loss and loop).
 
-The draft vocabulary is the `draft_vocab` most frequent tokens of the training responses, fixed at
-the first run (`draft_ids.npy`) so a resume trains the same head. At every checkpoint the current
+The draft vocabulary is the `draft_vocab` most frequent tokens the target emits in the training data
+(its responses, plus its greedy token at every position, which ranks the tokens a small data set
+never shows), fixed at the first run (`draft_ids.npy`) so a resume trains the same head. At every checkpoint the current
 head is exported (published layout) to `<work>/latest/` and scored on the first held-out
 conversations; the scores go to `<work>/head/curve.jsonl` (agreement vs training tokens).
 """
@@ -32,7 +33,7 @@ def draft_ids(split: Split, vocab: int, size: int, work: Path) -> torch.Tensor:
         if len(ids) != size:
             raise ValueError(f"{path}: {len(ids)} draft ids, the recipe asks for {size} (delete it to restart)")
         return ids
-    ids = demo_head.draft_vocab(split.response_tokens(), vocab, size)
+    ids = demo_head.draft_vocab(split.target_tokens(), vocab, size)
     work.mkdir(parents=True, exist_ok=True)
     np.save(path, ids.numpy())
     return ids
@@ -83,8 +84,14 @@ def run(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0
     def progress() -> str:
         return f"acc1 {shown['acc1']:.3f}"
 
+    def summary(state: dict) -> dict:
+        return {**state, "conversations": len(train.convs), "data_tokens": train.total_tokens,
+                "epochs": plan(max(0, state["step"] - 1))[0] + 1, "taps": list(target_mod.taps(lm)),
+                "params": sum(p.numel() for p in head.parameters())}
+
     def on_checkpoint(state: dict) -> None:
         demo_head.save(head, lm, work / "latest")
+        (folder / "progress.json").write_text(json.dumps(summary(state), indent=1))
         score = evaluate(head, heldout, rows_of, pad, recipe.eval_steps, CURVE_CONVERSATIONS)
         row = {"step": state["step"], "tokens": state["tokens"], "seconds": round(state["seconds"]),
                "epoch": plan(max(0, state["step"] - 1))[0], "loss": state["loss"], **score}
@@ -93,8 +100,7 @@ def run(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0
         console.log(f"checkpoint: head -> {work / 'latest'}; held-out agreement {score['per_step']}")
 
     stats = loop.train("head", head, step_loss, tspec, folder, threads, progress, on_checkpoint)
-    stats.update(conversations=len(train.convs), data_tokens=train.total_tokens,
-                 epochs=plan(max(0, stats["step"] - 1))[0] + 1, taps=list(target_mod.taps(lm)), params=sum(p.numel() for p in head.parameters()))
+    stats = summary(stats)
     demo_head.save(head, lm, out)
     (folder / "result.json").write_text(json.dumps(stats, indent=1))
     console.log(f"head: {stats}")
