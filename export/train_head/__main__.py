@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-tokens", type=int, default=None,
                     help=f"training length in tokens (the cosine schedule's end; default {DEFAULT.train.tokens:,})")
     ap.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT.train.lr:g})")
+    ap.add_argument("--batch-tokens", type=int, default=None,
+                    help=f"tokens per optimiser step, padding counted (default "
+                         f"{DEFAULT.train.batch * DEFAULT.train.seq_len}; a multiple of {DEFAULT.train.seq_len})")
+    ap.add_argument("--warmup-steps", type=int, default=None,
+                    help=f"linear warmup steps (default {DEFAULT.train.warmup_steps})")
     ap.add_argument("--eval-conversations", type=int, default=None,
                     help="held-out conversations the eval step scores (default: all)")
     ap.add_argument("--threads", type=int, default=0,
@@ -51,11 +56,15 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     work = args.work or args.out.with_name(args.out.name + ".work")
     train = DEFAULT.train
-    for flag, field in ((args.train_tokens, "tokens"), (args.lr, "lr")):
-        if flag is not None:
-            if flag <= 0:
-                ap.error(f"--{field.replace('tokens', 'train-tokens')} must be > 0, got {flag}")
-            train = replace(train, **{field: flag})
+    batch = None if args.batch_tokens is None else args.batch_tokens // train.seq_len
+    for flag, value, field in (("--train-tokens", args.train_tokens, "tokens"), ("--lr", args.lr, "lr"),
+                               ("--batch-tokens", batch, "batch"), ("--warmup-steps", args.warmup_steps,
+                                                                     "warmup_steps")):
+        if value is not None:
+            if value <= 0:
+                least = f"at least {train.seq_len}" if flag == "--batch-tokens" else "> 0"
+                ap.error(f"{flag} must be {least}, got {getattr(args, flag[2:].replace('-', '_'))}")
+            train = replace(train, **{field: value})
     recipe = replace(DEFAULT, train=train, eval_conversations=args.eval_conversations)
     run(args.steps or list(STEPS), recipe, args.model, args.out, work, args.threads)
 

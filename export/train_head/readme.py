@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from export.demo.readme import _load, _mb
+from export.demo.readme import _load, _mb, agreement_lines, notes_lines
 
 from . import prompts
 from .dataset import Split
@@ -126,13 +126,7 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
             f"{ev.get('conversations', len(heldout.convs))} held-out conversations, target in float32, the head loaded by `export.checkpoints.load_head` and",
             "feeding back its own hidden states (step k drafts the k-th token after the last target feature):",
             "",
-            *_table("| step | " + " | ".join(str(i + 1) for i in range(len(ev["per_step"]))) + " |",
-                    [["agreement", *(f"{x:.3f}" for x in ev["per_step"])],
-                     ["chain (steps 1..k all agree)", *(f"{x:.3f}" for x in ev["chain"])]]),
-            "",
-            f"Mean accepted length of a depth-{len(ev['chain'])} chain: {ev['chain_mean_accepted']:.2f} tokens "
-            f"(+1 bonus token per target call). {ev['coverage']:.1%} of the target's greedy tokens lie in the "
-            "draft vocabulary.",
+            *agreement_lines(ev),
             "",
         ]
     if curve:
@@ -145,10 +139,8 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
                       f"{r['chain_mean_accepted']:.2f}"] for r in _thin(curve, 12)]),
             "",
         ]
-    notes = work / "notes.md"  # facts of a particular run (interruptions, resizes), kept beside its results
-    if notes.is_file():
-        lines += ["## Notes on this run", "", notes.read_text().strip(), ""]
     lines += [
+        *notes_lines(work),
         "## Files",
         "",
         f"- `config.json`, `model.safetensors` ({_mb(out):.1f} MB, fp16; `d2t` int64, `t2d` bool): the published "
