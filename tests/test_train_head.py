@@ -140,3 +140,20 @@ def test_stdlib_prompts_skip_heldout_files(tmp_path, monkeypatch):
     monkeypatch.setattr(corpus, "is_heldout", lambda rel: rel == "pkg/beta.py")
     rows = prompts.stdlib_prompts(tmp_path)
     assert sorted(p.id.split(":")[2] for p in rows) == ["add", "scale"]
+
+
+def test_readme_command_names_every_training_flag_off_the_default():
+    from dataclasses import replace
+    from pathlib import Path
+
+    from export.train_head import readme
+    from export.train_head.__main__ import main
+    from export.train_head.recipe import DEFAULT
+
+    base = readme.command(DEFAULT, Path("m"), Path("o"), Path("w"))
+    assert base == ".venv/bin/python -m export.train_head --model m --out o --work w"
+    short = replace(DEFAULT, train=replace(DEFAULT.train, tokens=230000, lr=1e-3, batch=2, warmup_steps=10))
+    assert readme.command(short, Path("m"), Path("o"), Path("w")) == \
+        base + " --train-tokens 230000 --lr 0.001 --batch-tokens 1024 --warmup-steps 10"
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "m", "--out", "o", "--batch-tokens", "100"])

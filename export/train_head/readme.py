@@ -22,8 +22,16 @@ SOURCES = {
 }
 
 
-def command(model: Path, out: Path, work: Path) -> str:
-    return f".venv/bin/python -m export.train_head --model {model} --out {out} --work {work}"
+def command(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> str:
+    """The CLI call that trains this head (flags for every training setting off the default)."""
+    from .recipe import DEFAULT
+
+    t, d = recipe.train, DEFAULT.train
+    flags = [(f"--train-tokens {t.tokens}", t.tokens != d.tokens), (f"--lr {t.lr:g}", t.lr != d.lr),
+             (f"--batch-tokens {t.batch * t.seq_len}", t.batch * t.seq_len != d.batch * d.seq_len),
+             (f"--warmup-steps {t.warmup_steps}", t.warmup_steps != d.warmup_steps)]
+    extra = "".join(" " + f for f, off in flags if off)
+    return f".venv/bin/python -m export.train_head --model {model} --out {out} --work {work}{extra}"
 
 
 def _source_counts(split: Split) -> tuple[Counter, Counter]:
@@ -67,7 +75,7 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
         "Trained on this machine (2 CPU cores) by `python -m export.train_head`; this file is written by the",
         "recipe from its recorded results.",
         "",
-        "    " + command(model, out, work),
+        "    " + command(recipe, model, out, work),
         "",
         f"torch {torch.__version__}, transformers {transformers.__version__}; prompt order, sampling and",
         "initialisation are seeded, so a rerun matches up to floating-point reduction order. Steps",
