@@ -99,8 +99,8 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
         f"on {len({i.split(':')[1] for i in generate_ids(heldout)})} held-out topics "
         f"(`bench/prompts/chat_heldout.jsonl`, never trained on: a topic is held out when sha256(topic) mod "
         f"{prompts.HELDOUT_TOPIC_MOD} == 0).",
-        "Wall time per split (generation + teacher-forced feature pass, on a shared machine): "
-        + ", ".join(f"{k} {v['seconds'] / 60:.0f} min" for k, v in stats.items()) + ".",
+        *(["Wall time per split (generation + teacher-forced feature pass, on a shared machine): "
+           + ", ".join(f"{k} {v['seconds'] / 60:.0f} min" for k, v in stats.items()) + "."] if stats else []),
         "",
         "## Head",
         "",
