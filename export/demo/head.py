@@ -40,7 +40,8 @@ def draft_vocab(stream: np.ndarray, vocab: int, size: int) -> Tensor:
 def head_config(target: LlamaForCausalLM, spec: HeadSpec) -> HeadConfig:
     tc = TargetConfig.from_hf(target.config.to_dict())
     return HeadConfig(
-        hidden_size=tc.hidden_size, intermediate_size=spec.intermediate, num_heads=tc.num_heads,
+        hidden_size=tc.hidden_size, intermediate_size=spec.intermediate or tc.intermediate_size,
+        num_heads=tc.num_heads,
         num_kv_heads=tc.num_kv_heads, head_dim=tc.head_dim, vocab_size=tc.vocab_size,
         draft_vocab_size=spec.draft_vocab, rms_norm_eps=tc.rms_norm_eps, rope=tc.rope,
     )
@@ -103,16 +104,31 @@ def rollout(head: Eagle3Head, ids: Tensor, features: Tensor, steps: int):
 
 def ttt_loss(head: Eagle3Head, target: LlamaForCausalLM, ids: Tensor, spec: HeadSpec, taps) -> Tensor:
     draft_ids = torch.arange(len(head.d2t)) + head.d2t
-    tp = target_pass(target, ids, draft_ids, taps)
+    return rollout_loss(head, ids, target_pass(target, ids, draft_ids, taps), spec)
+
+
+def rollout_loss(head: Eagle3Head, ids: Tensor, tp: TargetPass, spec: HeadSpec, mask: Tensor | None = None,
+                 stats: dict | None = None) -> Tensor:
+    """Training-time-test loss of `head` on windows `ids` with the target's pass `tp`; `mask` [B, T]
+    (optional) marks the label positions that may carry loss (e.g. response tokens, not padding).
+    `stats`, when given, receives the step-1 top-1 agreement with the target's greedy token over the
+    positions with loss (`acc1`, `acc1_n`)."""
     T = ids.shape[1]
     total = 0.0
     with torch.autocast(**lm.AUTOCAST):
         for j, logits in rollout(head, ids, tp.features, spec.ttt_steps):
             soft = shift(tp.soft, 1 + j)
             valid = shift(head.t2d[tp.greedy], 1 + j, False)
+            if mask is not None:
+                valid &= shift(mask, 1 + j, False)
             valid[:, T - 1 - j :] = False
             ce = -(soft * F.log_softmax(logits.float(), -1)).sum(-1)
             total = total + spec.step_weight_decay**j * (ce * valid).sum() / valid.sum().clamp(min=1)
+            if j == 0 and stats is not None:
+                with torch.no_grad():
+                    ok = head.draft_to_target(logits.argmax(-1)) == shift(tp.greedy, 1)
+                    stats["acc1_n"] = int(valid.sum())
+                    stats["acc1"] = float((ok & valid).sum()) / max(1, stats["acc1_n"])
     return total
 
 
@@ -138,35 +154,53 @@ def train(recipe: Recipe, target: LlamaForCausalLM, stream: np.ndarray, work: Pa
 def agreement(head: Eagle3Head, target: LlamaForCausalLM, stream: np.ndarray, seq_len: int, steps: int,
               max_windows: int | None = None, batch: int = 4) -> dict:
     """Top-1 agreement of the head (feeding back its own hidden) with the target's greedy token, per
-    rollout step 1..steps, over held-out positions: `per_step` counts every position, `chain` only
-    those where steps 1..k all agreed (the acceptance rate of a depth-k chain); `coverage` = share of
-    target greedy tokens inside the draft vocabulary (the ceiling for step 1)."""
+    rollout step 1..steps, over held-out windows of the corpus stream (see `Agreement`)."""
     head.eval()
     taps = feature_layers(target)
     draft_ids = torch.arange(len(head.d2t)) + head.d2t
     windows = torch.from_numpy(data.fixed_windows(stream, seq_len, max_windows))
-    hits = torch.zeros(steps)
-    chain = torch.zeros(steps)
-    count, covered = 0, 0
+    acc = Agreement(steps)
     for i in range(0, len(windows), batch):
         ids = windows[i : i + batch]
-        T = ids.shape[1]
-        tp = target_pass(target, ids, draft_ids, taps)
-        n = T - steps  # indices t whose every step has a label (t + steps <= T - 1)
-        alive = torch.ones(ids.shape[0], n, dtype=torch.bool)
+        acc.add(head, ids, target_pass(target, ids, draft_ids, taps))
+    return acc.result()
+
+
+class Agreement:
+    """Counts, over batches, the head's top-1 agreement with the target's greedy token per rollout step
+    1..steps: `per_step` counts every position, `chain` only those where steps 1..k all agreed (the
+    acceptance rate of a depth-k chain); `coverage` = share of target greedy tokens inside the draft
+    vocabulary (the ceiling for step 1). A position t counts when the labels of all its steps, at
+    t+1 .. t+steps, exist and are allowed by `mask` (default: every position)."""
+
+    def __init__(self, steps: int):
+        self.steps = steps
+        self.hits = torch.zeros(steps)
+        self.chain = torch.zeros(steps)
+        self.count, self.covered = 0, 0
+
+    @torch.no_grad()
+    def add(self, head: Eagle3Head, ids: Tensor, tp: TargetPass, mask: Tensor | None = None) -> None:
+        label_ok = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
+        counted = torch.ones_like(label_ok)
+        for j in range(self.steps):
+            counted &= shift(label_ok, 1 + j, False)
+        alive = counted.clone()
         with torch.autocast(**lm.AUTOCAST):
-            for j, logits in rollout(head, ids, tp.features, steps):
-                guess = head.draft_to_target(logits.float().argmax(-1))[:, :n]
-                ok = guess == tp.greedy[:, 1 + j : 1 + j + n]
+            for j, logits in rollout(head, ids, tp.features, self.steps):
+                ok = head.draft_to_target(logits.float().argmax(-1)) == shift(tp.greedy, 1 + j)
                 alive &= ok
-                hits[j] += ok.sum()
-                chain[j] += alive.sum()
-        covered += int(head.t2d[tp.greedy[:, 1 : 1 + n]].sum())
-        count += ids.shape[0] * n
-    return {"positions": count, "coverage": covered / count,
-            "per_step": [round(float(h) / count, 4) for h in hits],
-            "chain": [round(float(c) / count, 4) for c in chain],
-            "chain_mean_accepted": round(float(chain.sum()) / count, 3)}
+                self.hits[j] += (ok & counted).sum()
+                self.chain[j] += alive.sum()
+        self.covered += int((head.t2d[shift(tp.greedy, 1)] & counted).sum())
+        self.count += int(counted.sum())
+
+    def result(self) -> dict:
+        n = max(1, self.count)
+        return {"positions": self.count, "coverage": self.covered / n,
+                "per_step": [round(float(h) / n, 4) for h in self.hits],
+                "chain": [round(float(c) / n, 4) for c in self.chain],
+                "chain_mean_accepted": round(float(self.chain.sum()) / n, 3)}
 
 
 def save(head: Eagle3Head, target: LlamaForCausalLM, folder: Path) -> None:

@@ -18,6 +18,7 @@ console = Console()
 if not console.is_terminal:
     console = Console(width=200)  # log files: one line per record
 CKPT = "ckpt.pt"
+LOG_SECONDS = 60  # log files: a line at least this often, whatever the step count
 
 
 def lr_at(spec: TrainSpec, step: int) -> float:
@@ -40,9 +41,12 @@ def train(
     spec: TrainSpec,
     work: Path,
     threads: int = 0,
+    progress: Callable[[], str] | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run `spec.steps` optimiser steps of `step_loss(step) -> (loss, tokens)` on module's trainable
     parameters, resuming from work/ckpt.pt; `threads` 0 follows the machine's load (threads.py).
+    `progress()` adds text to each progress line; `on_checkpoint(state)` runs after each checkpoint.
     Returns {"steps", "tokens", "seconds", "loss"}."""
     work.mkdir(parents=True, exist_ok=True)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -64,9 +68,14 @@ def train(
     def checkpoint() -> None:
         trainable = {k: v for k, v in module.state_dict().items() if _is_trainable(module, k)}
         _save(ckpt, {"model": trainable, "optim": opt.state_dict(), "state": dict(state)})
+        if on_checkpoint is not None:
+            module.eval()
+            on_checkpoint(dict(state))
+            module.train()
 
     module.train()
     start_step, t0, last_save = state["step"], time.monotonic(), time.monotonic()
+    last_log = t0
     base_seconds, base_tokens, ema = state["seconds"], state["tokens"], None
     columns = (TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -74,27 +83,35 @@ def train(
     with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task(name, total=spec.steps, completed=start_step, info="")
         governor = ThreadGovernor(threads)
-        for step in range(start_step, spec.steps):
-            n_threads = governor.update()
-            for group in opt.param_groups:
-                group["lr"] = lr_at(spec, step)
-            loss, n_tokens = step_loss(step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
-            opt.step()
-            value = float(loss.detach())
-            ema = value if ema is None else 0.95 * ema + 0.05 * value
-            state.update(step=step + 1, tokens=state["tokens"] + n_tokens, loss=ema,
-                         seconds=base_seconds + time.monotonic() - t0)
-            tps = (state["tokens"] - base_tokens) / max(1e-9, time.monotonic() - t0)
-            info = f"loss {ema:.3f}  {tps:,.0f} tok/s  lr {lr_at(spec, step):.2e}  {n_threads} thr"
-            bar.update(task, completed=step + 1, info=info)
-            if not console.is_terminal and ((step + 1) % log_every == 0 or step + 1 == spec.steps):
-                console.log(f"{name} step {step + 1}/{spec.steps}  {state['tokens']:,} tokens  {info}")
-            if time.monotonic() - last_save > spec.ckpt_minutes * 60:
-                checkpoint()
-                last_save = time.monotonic()
+        try:
+            for step in range(start_step, spec.steps):
+                n_threads = governor.update()
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(spec, step)
+                loss, n_tokens = step_loss(step)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+                opt.step()
+                value = float(loss.detach())
+                ema = value if ema is None else 0.95 * ema + 0.05 * value
+                state.update(step=step + 1, tokens=state["tokens"] + n_tokens, loss=ema,
+                             seconds=base_seconds + time.monotonic() - t0)
+                tps = (state["tokens"] - base_tokens) / max(1e-9, time.monotonic() - t0)
+                info = f"loss {ema:.3f}  {tps:,.0f} tok/s  lr {lr_at(spec, step):.2e}  {n_threads} thr"
+                if progress is not None:
+                    info += "  " + progress()
+                bar.update(task, completed=step + 1, info=info)
+                if not console.is_terminal and ((step + 1) % log_every == 0 or step + 1 == spec.steps
+                                                or time.monotonic() - last_log > LOG_SECONDS):
+                    console.log(f"{name} step {step + 1}/{spec.steps}  {state['tokens']:,} tokens  {info}")
+                    last_log = time.monotonic()
+                if time.monotonic() - last_save > spec.ckpt_minutes * 60:
+                    checkpoint()
+                    last_save = time.monotonic()
+        except KeyboardInterrupt:  # SIGINT (Ctrl-C, `timeout -s INT`): keep the work done so far
+            checkpoint()
+            raise
     checkpoint()
     return dict(state)
 

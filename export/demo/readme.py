@@ -31,6 +31,25 @@ def _lm_rows(name: str, r: dict | None, spec, tspec) -> list[str]:
             f"{r['seconds'] / 60:.1f} min, {r['tokens'] / r['seconds']:,.0f} tok/s |"]
 
 
+def agreement_lines(a: dict) -> list[str]:
+    """The per-step agreement table of `head.Agreement.result()` and the chain's mean accepted length."""
+    return [
+        "| step | " + " | ".join(str(k + 1) for k in range(len(a["per_step"]))) + " |",
+        "|---|" + "---|" * len(a["per_step"]),
+        "| agreement | " + " | ".join(f"{x:.3f}" for x in a["per_step"]) + " |",
+        "| chain (steps 1..k all agree) | " + " | ".join(f"{x:.3f}" for x in a["chain"]) + " |",
+        "",
+        f"Mean accepted length of a depth-{len(a['chain'])} chain: {a['chain_mean_accepted']:.2f} tokens (+1 bonus "
+        f"token per target call). {a['coverage']:.1%} of the target's greedy tokens lie in the draft vocabulary.",
+    ]
+
+
+def notes_lines(work: Path) -> list[str]:
+    """`work/notes.md`: facts of a particular run (interruptions, resizes), kept beside its results."""
+    notes = work / "notes.md"
+    return ["## Notes on this run", "", notes.read_text().strip(), ""] if notes.is_file() else []
+
+
 def write(recipe: Recipe, out: Path, work: Path) -> None:
     stats = _load(work / "data" / "stats.json") or {}
     target, draft_lm, head = (_load(work / n / "result.json") for n in ("target", "draft-lm", "head"))
@@ -97,30 +116,22 @@ def write(recipe: Recipe, out: Path, work: Path) -> None:
             "feeding back its own hidden states (step k drafts the k-th token after the last target "
             "feature; inputs are the corpus tokens):",
             "",
-            "| step | " + " | ".join(str(k + 1) for k in range(len(a["per_step"]))) + " |",
-            "|---|" + "---|" * len(a["per_step"]),
-            "| agreement | " + " | ".join(f"{x:.3f}" for x in a["per_step"]) + " |",
-            "| chain (steps 1..k all agree) | " + " | ".join(f"{x:.3f}" for x in a["chain"]) + " |",
-            "",
-            f"Mean accepted length of a depth-7 chain: {a['chain_mean_accepted']:.2f} tokens (+1 bonus token "
-            f"per target call). {a['coverage']:.1%} of the target's greedy tokens lie in the draft vocabulary.",
+            *agreement_lines(a),
             "Every step is fed the true next token, so step k differs from step 1 only in using the head's own",
             "hidden state where the target's features are missing; a flat row means the head predicts mostly",
             "from the tokens and little from the features.",
             "",
         ]
-    notes = work / "notes.md"  # facts of a particular run (interruptions, resizes), kept beside its results
-    if notes.is_file():
-        lines += ["## Notes on this run", "", notes.read_text().strip(), ""]
     lines += [
+        *notes_lines(work),
         "## Files",
         "",
         f"- `target/` ({_mb(out / 'target'):.1f} MB): HF Llama folder (config.json, model.safetensors, "
         "tokenizer files; `transformers.LlamaForCausalLM.from_pretrained` loads it).",
         f"- `eagle3/` ({_mb(out / 'eagle3'):.1f} MB): EAGLE-3 head (config.json with `draft_vocab_size`, "
         "model.safetensors).",
-        f"- `draft-lm/` ({_mb(out / 'draft-lm'):.1f} MB): the 2-layer draft LM for the classic draft-model "
-        "baseline, same tokenizer.",
+        "- `draft-lm/`: not committed (the repository's weight budget goes to the real model's head); "
+        "`python -m export.demo draftlm` rebuilds it for the peers' `--draft-lm` mode.",
         "- `tokenizer.json`, `heldout_files.txt`.",
         "",
     ]

@@ -1,0 +1,73 @@
+"""python -m export.train_head --model M --out DIR [--work DIR] [STEP ...]
+python -m export.train_head prompts --out bench/prompts/chat_heldout.jsonl
+
+Trains an EAGLE-3 head for a Llama/Qwen-family target (Hugging Face folder or .gguf file) on the
+target's own answers to prompts that share nothing with the benchmarks (export/train_head/prompts.py).
+Steps: data (prompts -> the target's answers -> cached features), train, eval, readme; `prompts`
+alone writes the held-out chat prompt set.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from . import prompts
+from .pipeline import STEPS, run
+from .recipe import DEFAULT
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m export.train_head", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("steps", nargs="*", metavar="STEP",
+                    help=f"steps to run, in order: {', '.join(STEPS)} (default: all), or 'prompts'")
+    ap.add_argument("--model", type=Path, help="target: Hugging Face folder or .gguf file")
+    ap.add_argument("--out", required=True, type=Path,
+                    help="head folder to write (published EAGLE-3 layout); for 'prompts' the JSONL file")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="scratch: generated data, feature cache, checkpoints (default: <out>.work)")
+    ap.add_argument("--train-tokens", type=int, default=None,
+                    help=f"training length in tokens (the cosine schedule's end; default {DEFAULT.train.tokens:,})")
+    ap.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {DEFAULT.train.lr:g})")
+    ap.add_argument("--batch-tokens", type=int, default=None,
+                    help=f"tokens per optimiser step, padding counted (default "
+                         f"{DEFAULT.train.batch * DEFAULT.train.seq_len}; a multiple of {DEFAULT.train.seq_len})")
+    ap.add_argument("--warmup-steps", type=int, default=None,
+                    help=f"linear warmup steps (default {DEFAULT.train.warmup_steps})")
+    ap.add_argument("--eval-conversations", type=int, default=None,
+                    help="held-out conversations the eval step scores (default: all)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads; 0: all cores while the machine is otherwise idle, else 1")
+    args = ap.parse_args(argv)
+    if args.steps == ["prompts"]:
+        rows = prompts.heldout_prompts()
+        prompts.write_jsonl(args.out, rows)
+        print(f"{len(rows)} held-out chat prompts -> {args.out}")
+        return
+    unknown = [s for s in args.steps if s not in STEPS]
+    if unknown:
+        ap.error(f"unknown step {unknown[0]!r} (steps: {', '.join(STEPS)}; or 'prompts' alone)")
+    if args.model is None:
+        ap.error("--model is required (a Hugging Face folder or a .gguf file)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = args.work or args.out.with_name(args.out.name + ".work")
+    train = DEFAULT.train
+    batch = None if args.batch_tokens is None else args.batch_tokens // train.seq_len
+    for flag, value, field in (("--train-tokens", args.train_tokens, "tokens"), ("--lr", args.lr, "lr"),
+                               ("--batch-tokens", batch, "batch"), ("--warmup-steps", args.warmup_steps,
+                                                                     "warmup_steps")):
+        if value is not None:
+            if value <= 0:
+                least = f"at least {train.seq_len}" if flag == "--batch-tokens" else "> 0"
+                ap.error(f"{flag} must be {least}, got {getattr(args, flag[2:].replace('-', '_'))}")
+            train = replace(train, **{field: value})
+    recipe = replace(DEFAULT, train=train, eval_conversations=args.eval_conversations)
+    run(args.steps or list(STEPS), recipe, args.model, args.out, work, args.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The head recipe's steps over a work folder: `data` (prompts -> responses -> feature cache),
+`train`, `eval` (float32 target, the published folder loaded as the exporter loads it), `readme`.
+Each step resumes from what is already under `work`."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from export.demo.loop import console
+
+from . import features, generate, prompts
+from .recipe import HeadRecipe
+
+STEPS = ("data", "train", "eval", "readme")
+SPLITS = ("heldout", "valid", "train")  # generated in this order: the evaluation sets first
+
+
+def split_prompts(recipe: HeadRecipe, stdlib_root: Path | None = None) -> dict[str, list[prompts.Prompt]]:
+    d = recipe.data
+    train, valid = prompts.training_prompts(stdlib_root, seed=d.generate.seed)
+    heldout = prompts.heldout_prompts()
+    return {"heldout": heldout[:d.heldout_prompts], "valid": valid[:d.valid_prompts],
+            "train": train[:d.train_prompts]}
+
+
+def data_folder(work: Path, split: str) -> Path:
+    return work / "data" / split
+
+
+def run_data(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0,
+             stdlib_root: Path | None = None) -> None:
+    from . import target as target_mod
+
+    lm, tok = target_mod.load(model)
+    taps = target_mod.taps(lm)
+    pad = target_mod.stop_ids(lm, tok)[0]
+    by_split = split_prompts(recipe, stdlib_root)
+    stats_path = work / "data" / "stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    for split in SPLITS:
+        folder = data_folder(work, split)
+        t0 = time.monotonic()
+        generate.run(lm, tok, by_split[split], folder, recipe.data.generate, threads,
+                     on_shard=lambda path: features.run(lm, path, taps, pad))
+        for path in generate.shards(folder):  # shards generated before an interruption of the pass
+            features.run(lm, path, taps, pad)
+        seconds = time.monotonic() - t0 + stats.get(split, {}).get("seconds", 0.0)
+        stats[split] = {"prompts": len(by_split[split]), "seconds": round(seconds, 1)}
+        stats_path.write_text(json.dumps(stats, indent=1) + "\n")
+        console.log(f"data {split}: {stats[split]}")
+
+
+def run_train(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0,
+              stdlib_root: Path | None = None) -> None:
+    from . import train
+
+    train.run(recipe, model, out, work, threads)
+
+
+def run_eval(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0,
+             stdlib_root: Path | None = None) -> None:
+    from . import evaluate
+
+    result = evaluate.run(out, model, work, recipe.eval_steps, recipe.eval_conversations,
+                          work / "head" / "eval.json")
+    console.log(f"eval: {result}")
+
+
+def run_readme(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0,
+               stdlib_root: Path | None = None) -> None:
+    from . import readme
+
+    readme.write(recipe, model, out, work)
+
+
+RUNNERS = {"data": run_data, "train": run_train, "eval": run_eval, "readme": run_readme}
+
+
+def run(steps: list[str], recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0,
+        stdlib_root: Path | None = None) -> None:
+    """`threads` 0: follow the machine's load (export/demo/threads.py); > 0: fixed. `stdlib_root`:
+    the standard library the `stdlib` prompts are read from (default: this interpreter's)."""
+    for step in steps:
+        RUNNERS[step](recipe, model, out, work, threads, stdlib_root)
