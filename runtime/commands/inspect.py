@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from runtime.errors import EngineError
+from runtime.errors import TalonError
 from runtime.manifest import ROLES, Manifest, open_manifest
 from runtime.validate import validate_engine
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime.backends.ort import check_graphs
     try:
         check_graphs(validate_engine(args.engine)[0])
-    except EngineError as e:
+    except TalonError as e:   # the manifest defaults raise OptionError
         print(f"invalid     {e}")
         return 2
     print("valid       manifest, checksums, defaults, tokenizer and graph I/O match")
