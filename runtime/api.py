@@ -6,11 +6,12 @@ import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from runtime.backends import open_backend
+from runtime.chat import render_chat
 from runtime.decode import Decoder
 from runtime.errors import BusyError, ClosedError, InputError, OptionError
 from runtime.manifest import Manifest
@@ -73,6 +74,25 @@ class Generator:
         if text == "":
             raise InputError("prompt is empty (need at least one character of text)")
         return self.encode(text)
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """The prompt text of a conversation: the engine's chat template over `messages`
+        ([{"role": "system" | "user" | "assistant", "content": str}, ...]), ending with the
+        assistant's turn header."""
+        self._live()
+        t = self.manifest.tokenizer
+        if t.chat_template is None:
+            raise InputError(f"{self.manifest.dir}: the engine has no chat template (manifest "
+                             f"tokenizer.chat_template is null); use a text prompt")
+        token = lambda i: self._tokenizer.id_to_token(i) if i is not None else ""   # noqa: E731
+        return render_chat(t.chat_template, messages, token(t.bos_id),
+                           token(t.eos_ids[0] if t.eos_ids else None))
+
+    def chat(self, messages: Sequence[Mapping[str, str]], max_new_tokens: int | None = None,
+             on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
+        """Generate the assistant's reply to `messages` (see render_chat); stops at the template's
+        end-of-turn token or EOS. `.text` is the reply."""
+        return self.generate_text(self.render_chat(messages), max_new_tokens, on_tokens)
 
     def encode(self, text: str) -> list[int]:
         self._live()
