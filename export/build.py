@@ -23,7 +23,7 @@ from export.config import HeadConfig
 from export.engine_dir import FORMAT_VERSION, file_record, verify_engine_dir
 from export.errors import CheckpointError, ExportError
 from runtime.errors import EngineError
-from runtime.manifest import MANIFEST, cache_bytes, check_fits_memory
+from runtime.manifest import MANIFEST, ROLES, cache_bytes, check_fits_memory
 
 CREATED_BY = "talon-rt 0.1.0"
 
@@ -233,7 +233,7 @@ def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, fil
         "defaults": default_run_settings(opts),
         # draft_fc has no attention: always standard ops
         "graphs": {role: {"file": f"{role}.onnx", "flavour": "standard" if role == "draft_fc" else opts.flavour}
-                   for role in ("target", "draft_fc", "draft")},
+                   for role in ROLES},
         "files": {p.name: file_record(p) for p in sorted(files, key=lambda p: p.name)},
     }
 
