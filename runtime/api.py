@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -15,7 +15,7 @@ from runtime.chat import render_chat
 from runtime.decode import Decoder
 from runtime.errors import BusyError, ClosedError, InputError, OptionError
 from runtime.manifest import Manifest
-from runtime.options import Options, resolve_options
+from runtime.options import SESSION_OPTIONS, Options, resolve_options
 from runtime.stats import RunStats
 from runtime.validate import validate_engine
 
@@ -23,7 +23,7 @@ from runtime.validate import validate_engine
 @dataclass(frozen=True)
 class GenerationResult:
     tokens: list[int]          # generated ids (prompt excluded), EOS included if generated
-    stop_reason: str           # "eos" | "max_new_tokens" | "context_full"
+    stop_reason: str           # "eos" | "max_new_tokens" | "context_full" | "cancelled" (on_tokens returned False)
     stats: RunStats
     text: str | None = None    # set by generate_text
 
@@ -32,12 +32,14 @@ class Generator:
     """An opened engine with fixed options. One generation at a time: a second `generate` (from the
     `on_tokens` callback or another thread) or a `close` while one runs raises BusyError."""
 
-    def __init__(self, manifest: Manifest, options: Options, decoder: Decoder, tokenizer: Any):
+    def __init__(self, manifest: Manifest, options: Options, decoder: Decoder, tokenizer: Any,
+                 owns_sessions: bool = True):
         self.manifest = manifest
         self.options = options
         self._decoder: Decoder | None = decoder
         self._tokenizer = tokenizer
-        self._busy = threading.Lock()
+        self._owns_sessions = owns_sessions
+        self._busy = threading.Lock()     # shared with the Generators of with_options (same sessions)
 
     @classmethod
     def open(cls, engine_dir: str | os.PathLike[str], **options: Any) -> Generator:
@@ -111,10 +113,26 @@ class Generator:
         ids = token_ids(ids, "ids", "decode", self.manifest.model.vocab_size)
         return self._tokenizer.decode(ids, skip_special_tokens=True)   # text for people: no </s>
 
+    def with_options(self, **overrides: Any) -> Generator:
+        """This engine with other generation options (policy, budget, sampling, ...) on the same sessions,
+        without reloading: run one generation at a time across the two. Its close() leaves the sessions
+        open; they belong to this Generator. Session options (backend, threads, thread_mode) stay."""
+        decoder = self._live()
+        opts = resolve_options(self.manifest, {**asdict(self.options), **overrides})
+        for key in SESSION_OPTIONS:
+            if getattr(opts, key) != getattr(self.options, key):
+                raise OptionError(f"option {key}: fixed when the engine is opened "
+                                  f"({getattr(self.options, key)!r}), got {getattr(opts, key)!r}")
+        sibling = Generator(self.manifest, opts, Decoder(decoder.backend, self.manifest, opts), self._tokenizer,
+                            owns_sessions=False)
+        sibling._busy = self._busy
+        return sibling
+
     def close(self) -> None:
         with self._exclusive("close"):
             if self._decoder is not None:
-                self._decoder.backend.close()
+                if self._owns_sessions:
+                    self._decoder.backend.close()
                 self._decoder = None
 
     @contextmanager
