@@ -5,7 +5,7 @@
     checkpoints.py  HF / EAGLE-3 folder loaders (safetensors, sharded, pytorch_model.bin)
     onnx_graphs.py  target.onnx, draft_fc.onnx, draft.onnx built node by node (standard ops)
     build.py        the export pipeline and manifest; `python -m export` (__main__.py)
-    engine_dir.py   checksums and `verify_engine_dir`
+    engine_dir.py   `file_record` and `verify_engine_dir` (the runtime's validator)
     check.py        post-export parity check of the graphs against the reference (--check)
     parity.py       drive the graphs through ORT with numpy (tests, checks)
     trt.py          `python -m export.trt`: TensorRT plans

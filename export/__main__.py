@@ -1,14 +1,27 @@
-"""`python -m export --model DIR --draft DIR --out DIR`: build an engine directory (docs/engine-format.md)."""
+"""`python -m export --model DIR --draft DIR --out DIR`: build an engine directory (docs/engine-format.md).
+
+SIGINT and SIGTERM, at any point (imports included), remove the export's temp dir and end with one
+line on stderr and exit code 128 + the signal number.
+"""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
 
-from export.build import ExportOptions
+from export.errors import ExportError
 
-_D = ExportOptions()
+PROG = "python -m export"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT raises KeyboardInterrupt, so that the same cleanup runs."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
 
 
 def _default(text: str) -> tuple[str, object]:
@@ -24,7 +37,9 @@ def _default(text: str) -> tuple[str, object]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m export", description="Build an engine directory "
+    from export.build import ExportOptions
+    _D = ExportOptions()
+    p = argparse.ArgumentParser(prog=PROG, description="Build an engine directory "
                                 "(docs/engine-format.md) from a local HF target and EAGLE-3 head.")
     p.add_argument("--model", required=True, type=Path, help="the target: a local Hugging Face folder or a GGUF file (llama.cpp format)")
     p.add_argument("--draft", required=True, type=Path, help="local EAGLE-3 head folder")
@@ -61,14 +76,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _export(argv)
+    except KeyboardInterrupt as e:
+        signum = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        print(f"{PROG}: interrupted by {signum.name}; no engine directory written", file=sys.stderr)
+        return 128 + signum
+
+
+def _export(argv=None) -> int:
     args = parse_args(argv)
     from rich.console import Console
     from rich.markup import escape
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, even in a pipe
     t0 = time.perf_counter()
+    from export.build import ExportOptions, export_engine
     try:
-        from export.build import export_engine
-        from export.errors import ExportError
         opts = ExportOptions(dtype=args.dtype, max_seq_len=args.max_seq_len, max_tree_tokens=args.max_tree_tokens,
                              max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max,
                              flavour=args.flavour, draft_weights=args.draft_weights,

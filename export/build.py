@@ -5,7 +5,9 @@ end, so an interrupted or failed export never leaves a half-written engine direc
 """
 from __future__ import annotations
 
+import glob
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -20,6 +22,8 @@ from export import checkpoints, onnx_graphs, quantize
 from export.config import HeadConfig
 from export.engine_dir import FORMAT_VERSION, file_record, verify_engine_dir
 from export.errors import CheckpointError, ExportError
+from runtime.errors import EngineError
+from runtime.manifest import MANIFEST, ROLES, cache_bytes, check_fits_memory
 
 CREATED_BY = "talon-rt 0.1.0"
 
@@ -57,6 +61,8 @@ class ExportOptions:
                 raise ExportError(f"--default {key}={value}: unknown key (expected one of {', '.join(known)})")
             if type(value) is not type(known[key]) and not (isinstance(known[key], float) and type(value) is int):
                 raise ExportError(f"--default {key}={value}: expected a {type(known[key]).__name__}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ExportError(f"--default {key}={value}: not a finite number")
             if key == "budget" and not 1 <= value <= self.max_tree_tokens:
                 raise ExportError(f"--default budget={value}: outside [1, --max-tree-tokens {self.max_tree_tokens}]")
         for name in ("max_seq_len", "max_tree_tokens", "max_prefill_chunk", "k_max"):
@@ -110,11 +116,11 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
     directory is moved into place; a failure leaves nothing behind.
     """
     opts.check()
-    model_dir, draft_dir, out_dir = Path(model_dir), Path(draft_dir), Path(out_dir)
+    model_dir, draft_dir = Path(model_dir), Path(draft_dir)
     if not draft_dir.is_dir():
         raise CheckpointError(f"--draft {draft_dir}: not a directory")
-    if out_dir.exists() and not force:
-        raise ExportError(f"{out_dir}: already exists (use --force to replace it)")
+    out_dir = _safe_out_dir(Path(out_dir), (model_dir, draft_dir), force)
+    _remove_stale_temps(out_dir)
     source = checkpoints.open_source(model_dir)
     if isinstance(source, checkpoints.HFFolder) and not (model_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{model_dir / 'tokenizer.json'}: not found (the engine needs a tokenizers-format "
@@ -139,8 +145,17 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
         if opts.k_max > head.config.draft_vocab_size:
             raise ExportError(f"--k-max {opts.k_max} exceeds the head's draft_vocab_size {head.config.draft_vocab_size}")
 
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        try:
+            check_fits_memory(cache_bytes(tc.num_layers, tc.num_kv_heads, opts.max_seq_len, tc.head_dim,
+                                          torch.finfo(getattr(torch, opts.dtype)).bits // 8),
+                              f"--max-seq-len {opts.max_seq_len}")
+        except EngineError as e:
+            raise ExportError(str(e)) from None
+        try:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
+        except OSError as e:
+            raise ExportError(f"--out {out_dir}: cannot create a directory beside it ({e.strerror})") from None
         tmp.chmod(0o755)
         try:
             files: list[Path] = []
@@ -231,9 +246,70 @@ def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, fil
         "defaults": default_run_settings(opts),
         # draft_fc has no attention: always standard ops
         "graphs": {role: {"file": f"{role}.onnx", "flavour": "standard" if role == "draft_fc" else opts.flavour}
-                   for role in ("target", "draft_fc", "draft")},
+                   for role in ROLES},
         "files": {p.name: file_record(p) for p in sorted(files, key=lambda p: p.name)},
     }
+
+
+def _safe_out_dir(out_dir: Path, inputs: tuple[Path, ...], force: bool) -> Path:
+    """The absolute --out path, if exporting there can lose nothing: it does not exist, or (with
+    force) it is an engine directory this project wrote that neither is nor contains an input."""
+    out = Path(os.path.abspath(out_dir))
+    if not out.name or out.parent == out:
+        raise ExportError(f"--out {out_dir}: not a directory the export can create or replace")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ExportError(f"--out {out_dir}: {parent} is not a directory")
+    if not (out.exists() or out.is_symlink()):
+        return out
+    if not force:
+        raise ExportError(f"{out_dir}: already exists (use --force to replace it)")
+    real = out.resolve()
+    for label, d in zip(("--model", "--draft"), inputs):
+        src = d.resolve()
+        if real == src or real in src.parents:
+            raise ExportError(f"--out {out_dir}: {'is' if real == src else 'contains'} the {label} folder "
+                              f"{d}; --force only replaces an engine directory, nothing was deleted")
+    created_by = None
+    if out.is_dir() and not out.is_symlink() and (out / MANIFEST).is_file():
+        try:
+            created_by = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("created_by")
+        except (ValueError, RecursionError, AttributeError, OSError):
+            created_by = None
+    if not (isinstance(created_by, str) and created_by.startswith(CREATED_BY.split()[0] + " ")):
+        raise ExportError(f"--out {out_dir}: exists and is not an engine directory written by "
+                          f"{CREATED_BY.split()[0]} (no {MANIFEST} with created_by {CREATED_BY.split()[0]!r}); "
+                          f"--force only replaces one of those, nothing was deleted")
+    return out
+
+
+def _temp_prefix(out_dir: Path) -> str:
+    """Temp dirs of an export to `out_dir` are `.<name>.tmp-<pid>-<random>` beside it."""
+    return f".{out_dir.name}.tmp-"
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Remove temp dirs (and replaced dirs) of earlier exports to `out_dir` whose process is gone
+    (killed by SIGKILL, or the machine went down)."""
+    if not out_dir.parent.is_dir():
+        return
+    # a replaced dir is the only copy while out_dir is missing (killed between the two renames)
+    prefixes = (_temp_prefix(out_dir),) + ((f".{out_dir.name}.old-",) if out_dir.exists() else ())
+    for prefix in prefixes:
+        for p in out_dir.parent.glob(glob.escape(prefix) + "*"):
+            pid = p.name[len(prefix):].split("-")[0]
+            if p.is_dir() and not p.is_symlink() and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):   # no such process; a pid no process can have
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:

@@ -32,6 +32,8 @@ def read_config(folder: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def read_weights(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -42,10 +44,13 @@ def read_weights(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise CheckpointError(f"{index}: not a valid index (needs 'weight_map': {e})") from None
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
+                raise CheckpointError(f"{index}: not a valid index (needs 'weight_map': {e!r})") from None
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index}: weight_map is not an object")
             tensors, origin = {}, {}
-            for shard in sorted(set(weight_map.values())):
+            for shard in sorted(set(weight_map.values()), key=str):
+                _check_shard(folder, index_name, shard)
                 part = _read_file(folder / shard)
                 tensors.update(part)
                 origin.update({k: shard for k in part})
@@ -59,6 +64,16 @@ def read_weights(folder: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]
             return part, {k: name for k in part}
     raise CheckpointError(
         f"{folder}: no weights found (expected model.safetensors, a sharded *.safetensors index, or pytorch_model.bin)")
+
+
+def _check_shard(folder: Path, index_name: str, shard: object) -> None:
+    """A weight_map shard must name a file inside the checkpoint folder (as the runtime confines the
+    files of a manifest): a relative path, no `..` out of it, no symlink leading out of it."""
+    if not isinstance(shard, str) or not shard or "\x00" in shard or Path(shard).is_absolute():
+        raise CheckpointError(f"{folder / index_name}: weight_map shard {shard!r} is not a relative file path "
+                              f"inside {folder}")
+    if not (folder / shard).resolve().is_relative_to(folder.resolve()):
+        raise CheckpointError(f"{folder / index_name}: weight_map shard {shard!r} resolves outside {folder}")
 
 
 def _read_file(path: Path) -> dict[str, Tensor]:

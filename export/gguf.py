@@ -10,6 +10,7 @@ head); `tensors()` and `raw_blocks()` undo it, so both speak HF's layout.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -261,7 +262,11 @@ class GGUFModel:
         except Exception as e:  # transformers raises many types for a tokenizer it cannot convert
             raise CheckpointError(f"{self.path}: cannot convert the GGUF tokenizer "
                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-        tok.backend_tokenizer.save(str(dest))
+        # transformers' converter may append a special token (gpt2's <|endoftext|>) past the GGUF's
+        # vocabulary: no embedding row exists for it, so it is dropped
+        data = json.loads(tok.backend_tokenizer.to_str())
+        data["added_tokens"] = [t for t in data.get("added_tokens", []) if t["id"] < self.config["vocab_size"]]
+        dest.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
     def special_tokens(self, vocab_size: int) -> dict:
         cfg = self.config

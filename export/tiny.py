@@ -8,6 +8,7 @@ vocabulary is a random subset of the target's, so d2t is non-trivial. Seconds on
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
 
 import torch
@@ -65,6 +66,14 @@ def make_tokenizer(vocab: int, chat: bool = False):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = SPECIALS + CHAT_SPECIALS if chat else SPECIALS
+    if vocab < 256 + len(specials):
+        # byte-level BPE needs all 256 bytes: a smaller vocabulary gets single characters (others -> <pad>),
+        # so the tokenizer never outgrows the model
+        chars = [c for c in string.printable if not c.isspace()][:vocab - len(specials)]
+        tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(specials + chars)}, merges=[],
+                                   unk_token=specials[0]))
+        tok.add_special_tokens(specials)
+        return tok
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(_CORPUS, trainer)

@@ -23,8 +23,8 @@ import numpy as np
 
 from export.engine_dir import file_record, verify_engine_dir
 from export.errors import ExportError
+from runtime.manifest import ROLES
 
-ROLES = ("target", "draft_fc", "draft")
 EXIT_UNAVAILABLE = 2
 
 

@@ -1,7 +1,10 @@
 """talon-rt's execution layer (docs/design.md §1–§3, §7): engine directories, backends, the decode loop.
 
 api.py        Generator: the Python facade (docs/python-api.md) the CLI, bench and C API call
-manifest.py   open and validate an engine directory (schema, names, sha256, graph I/O vs dims)
+manifest.py   read an engine directory's manifest and files (schema, names, sha256, memory, graph I/O vs dims)
+validate.py   the one engine validator: manifest + defaults + tokenizer (open, inspect and export run it)
+digest.py     sha256 of a file, once per process per stat stamp
+onnx_refs.py  the external-data files an ONNX graph references (protobuf read without onnx)
 options.py    generation/session options, typed, with the manifest's defaults and the limits
 backends/     Backend interface; ORT (CPU/CUDA, IO binding, static KV), TensorRT, libcudart helpers
 decode.py     the loop: prefill, then rounds of build -> verify call -> accept -> commit -> learn

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
 
 from runtime.backends import open_backend
 from runtime.chat import render_chat
 from runtime.decode import Decoder
-from runtime.errors import ClosedError, EngineError, InputError, OptionError
-from runtime.manifest import Manifest, open_manifest
+from runtime.errors import BusyError, ClosedError, InputError, OptionError
+from runtime.manifest import Manifest
 from runtime.options import SESSION_OPTIONS, Options, resolve_options
 from runtime.stats import RunStats
+from runtime.validate import validate_engine
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,8 @@ class GenerationResult:
 
 
 class Generator:
-    """An opened engine with fixed options. Not thread-safe: one generation at a time."""
+    """An opened engine with fixed options. One generation at a time: a second `generate` (from the
+    `on_tokens` callback or another thread) or a `close` while one runs raises BusyError."""
 
     def __init__(self, manifest: Manifest, options: Options, decoder: Decoder, tokenizer: Any,
                  owns_sessions: bool = True):
@@ -33,13 +39,13 @@ class Generator:
         self._decoder: Decoder | None = decoder
         self._tokenizer = tokenizer
         self._owns_sessions = owns_sessions
+        self._busy = threading.Lock()     # shared with the Generators of with_options (same sessions)
 
     @classmethod
     def open(cls, engine_dir: str | os.PathLike[str], **options: Any) -> Generator:
         """Validate the engine directory and options, load the graphs. Raises EngineError / OptionError."""
-        manifest = open_manifest(engine_dir)
+        manifest, tokenizer = validate_engine(engine_dir)
         opts = resolve_options(manifest, options)
-        tokenizer = _load_tokenizer(manifest)
         backend = open_backend(manifest, opts.backend, opts.threads, opts.thread_mode)
         return cls(manifest, opts, Decoder(backend, manifest, opts), tokenizer)
 
@@ -49,21 +55,27 @@ class Generator:
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int | None = None,
                  on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
-        decoder = self._live()
+        self._live()
         n = self.options.max_new_tokens if max_new_tokens is None else max_new_tokens
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise OptionError(f"option max_new_tokens: expected an integer >= 1, got {n!r}")
-        try:
-            ids = [int(t) for t in prompt_ids]
-        except (TypeError, ValueError):
-            raise InputError(f"prompt_ids must be a sequence of integers, got {prompt_ids!r:.80}") from None
-        out = decoder.generate(ids, n, on_tokens)
+        ids = token_ids(prompt_ids, "prompt_ids", "prompt", self.manifest.model.vocab_size)
+        if on_tokens is not None and not callable(on_tokens):
+            raise InputError(f"on_tokens must be callable or None, got {type(on_tokens).__name__}")
+        with self._exclusive("generate"):
+            out = self._live().generate(ids, n, on_tokens)
         return GenerationResult(out.tokens, out.stop_reason, out.stats)
 
     def generate_text(self, prompt: str, max_new_tokens: int | None = None,
                       on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
-        res = self.generate(self.encode(prompt), max_new_tokens, on_tokens)
+        res = self.generate(self.encode_prompt(prompt), max_new_tokens, on_tokens)
         return replace(res, text=self.decode(res.tokens))
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """`encode` for a prompt: empty text is an InputError (a tokenizer may still add BOS to it)."""
+        if text == "":
+            raise InputError("prompt is empty (need at least one character of text)")
+        return self.encode(text)
 
     def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
         """The prompt text of a conversation: the engine's chat template over `messages`
@@ -86,11 +98,20 @@ class Generator:
 
     def encode(self, text: str) -> list[int]:
         self._live()
+        if not isinstance(text, str):
+            raise InputError(f"text must be a str, got {type(text).__name__}")
         return list(self._tokenizer.encode(text).ids)
+
+    def max_prompt_chars(self) -> int:
+        """The most characters a prompt that fits the context can have: limits.max_seq_len tokens of
+        the tokenizer's longest token (a cap for reading prompt files, not an exact bound)."""
+        longest = max((len(t) for t in self._tokenizer.get_vocab(with_added_tokens=True)), default=1)
+        return self.manifest.limits.max_seq_len * max(longest, 1)
 
     def decode(self, ids: Sequence[int]) -> str:
         self._live()
-        return self._tokenizer.decode(list(ids), skip_special_tokens=True)   # text for people: no </s>
+        ids = token_ids(ids, "ids", "decode", self.manifest.model.vocab_size)
+        return self._tokenizer.decode(ids, skip_special_tokens=True)   # text for people: no </s>
 
     def with_options(self, **overrides: Any) -> Generator:
         """This engine with other generation options (policy, budget, sampling, ...) on the same sessions,
@@ -102,14 +123,27 @@ class Generator:
             if getattr(opts, key) != getattr(self.options, key):
                 raise OptionError(f"option {key}: fixed when the engine is opened "
                                   f"({getattr(self.options, key)!r}), got {getattr(opts, key)!r}")
-        return Generator(self.manifest, opts, Decoder(decoder.backend, self.manifest, opts), self._tokenizer,
-                         owns_sessions=False)
+        sibling = Generator(self.manifest, opts, Decoder(decoder.backend, self.manifest, opts), self._tokenizer,
+                            owns_sessions=False)
+        sibling._busy = self._busy
+        return sibling
 
     def close(self) -> None:
-        if self._decoder is not None:
-            if self._owns_sessions:
-                self._decoder.backend.close()
-            self._decoder = None
+        with self._exclusive("close"):
+            if self._decoder is not None:
+                if self._owns_sessions:
+                    self._decoder.backend.close()
+                self._decoder = None
+
+    @contextmanager
+    def _exclusive(self, call: str) -> Iterator[None]:
+        if not self._busy.acquire(blocking=False):
+            raise BusyError(f"Generator.{call}: the Generator is running another generate (called from its "
+                            f"on_tokens callback or from another thread); use one Generator per thread")
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     def _live(self) -> Decoder:
         if self._decoder is None:
@@ -123,12 +157,20 @@ class Generator:
         self.close()
 
 
-def _load_tokenizer(m: Manifest) -> Any:
-    from tokenizers import Tokenizer
-    path = m.path(m.tokenizer.file)
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on a bad file
-        raise EngineError(f"{path}: not a Hugging Face tokenizers file ({str(e).splitlines()[0]})") from None
-    # a tokenizer larger than the model is caught per prompt (token id out of range)
-    return tok
+
+def token_ids(values: Any, arg: str, what: str, vocab: int) -> list[int]:
+    """`values` (the argument `arg`) as a list of token ids: integers (Python or numpy, not bool) in
+    [0, vocab); InputError naming the argument, or `what` ("prompt", "decode") and the index, if not."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        hint = "; use generate_text for text" if isinstance(values, str) else ""
+        raise InputError(f"{arg} must be a sequence of integers (token ids), got "
+                         f"{type(values).__name__} {values!r:.80}{hint}")
+    ids = list(values)
+    for i, t in enumerate(ids):
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+            raise InputError(f"{arg} must be a sequence of integers (token ids): {t!r:.40} at index {i} "
+                             f"is a {type(t).__name__}")
+        if not 0 <= t < vocab:
+            raise InputError(f"{what} token id {t} at index {i} is outside the vocabulary [0, {vocab}) "
+                             f"(model.vocab_size)")
+    return [int(t) for t in ids]

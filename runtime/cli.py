@@ -43,7 +43,11 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)    # imports every subcommand
+    except KeyboardInterrupt:
+        print("talon-rt: interrupted", file=sys.stderr)
+        return 130
     try:
         return int(args.func(args) or 0)
     except TalonError as e:

@@ -19,3 +19,7 @@ class InputError(TalonError):
 
 class ClosedError(TalonError):
     """A Generator was used after close()."""
+
+
+class BusyError(TalonError):
+    """A Generator was called while it runs a generation (re-entrant or concurrent use)."""

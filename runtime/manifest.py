@@ -1,14 +1,15 @@
-"""Open and validate an engine directory (docs/engine-format.md, format_version 1).
+"""Read and check an engine directory's manifest and files (docs/engine-format.md, format_version 1).
 
 `open_manifest(dir)` checks, in order: the directory, manifest.json (JSON, schema, format_version),
-every file name (plain, inside the directory, no symlink), and every file's size and sha256.
-`check_graph_io(manifest, role, inputs, outputs)` checks a graph's declared I/O against the dims.
-Every failure is an EngineError naming the file and the field.
+every file name (plain, inside the directory, no symlink), every external-data file a graph
+references (listed in `files`), every file's size and sha256, and that the KV caches fit this
+machine's memory. `check_graph_io(manifest, role, inputs, outputs)` checks a graph's declared I/O
+against the dims. Every failure is an EngineError naming the file and the field. runtime/validate.py
+adds the checks that need the options and the tokenizer; that is the one validator.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from runtime.digest import memoized, sha256_file
 from runtime.errors import EngineError
+from runtime.onnx_refs import MalformedModel, external_files
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -97,6 +100,7 @@ class Manifest:
     defaults: Mapping[str, Any]
     graphs: Mapping[str, GraphEntry]
     files: Mapping[str, FileEntry]
+    raw: Mapping[str, Any]          # manifest.json as read (export.trt rewrites it)
     # where the target came from: {"format": "gguf" | "hf", "name": ..., "quantization": ...}
     source: Mapping[str, Any] | None = None
 
@@ -313,19 +317,38 @@ def _check_name(root: Path, name: str, field: str) -> Path:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _external_data(root: Path, graph: str) -> list[str]:
+    """The external-data files `graph` references (names as written in the graph)."""
+    path = root / graph
+    if not path.is_file():
+        raise EngineError(f"{path}: missing (listed in {MANIFEST} graphs)")
+    try:
+        return memoized("onnx-external-data", path, external_files)
+    except MalformedModel as e:
+        # what onnxruntime's protobuf parser would refuse as well
+        raise EngineError(f"{path}: onnxruntime cannot load the graph: not a well-formed ONNX protobuf "
+                          f"({e})") from None
 
 
-def _check_files(root: Path, files: Mapping[str, FileEntry], referenced: Mapping[str, str]) -> None:
+def _check_references(root: Path, files: Mapping[str, FileEntry], referenced: Mapping[str, str]) -> None:
+    """Every file the manifest names is a plain name listed in `files`."""
     for field, name in referenced.items():
         _check_name(root, name, field)
         if name not in files:
             raise _err(field, f"{name!r} is not listed in 'files' (every engine file needs a checksum)")
+
+
+def _check_external_data(root: Path, files: Mapping[str, FileEntry], graphs: Mapping[str, GraphEntry]) -> None:
+    """Every external-data file a graph references is listed in `files` (so it was checksummed)."""
+    for role, g in graphs.items():
+        for name in _external_data(root, g.file):
+            _check_name(root, name, f"graphs.{role}.file {g.file!r} external data")
+            if name not in files:
+                raise EngineError(f"{root / g.file}: references external data {name!r}, which is not listed "
+                                  f"in {MANIFEST} files (every engine file needs a checksum)")
+
+
+def _check_files(root: Path, files: Mapping[str, FileEntry]) -> None:
     for name, entry in files.items():
         path = _check_name(root, name, f"files.{name}")
         if not path.is_file():
@@ -333,26 +356,40 @@ def _check_files(root: Path, files: Mapping[str, FileEntry], referenced: Mapping
         size = path.stat().st_size
         if size != entry.bytes:
             raise EngineError(f"{root / name}: size {size} bytes != {MANIFEST} files.{name}.bytes={entry.bytes}")
-        digest = sha256_file(path)
+    for name, entry in files.items():     # sizes first: a truncated copy fails before any hashing
+        digest = sha256_file(root / name)
         if digest != entry.sha256:
             raise EngineError(f"{root / name}: checksum mismatch (sha256 {digest[:16]}... != "
                               f"{MANIFEST} files.{name}.sha256 {entry.sha256[:16]}...)")
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise EngineError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise EngineError(f"{path}: not UTF-8 text ({e.reason})") from None
+    except RecursionError:
+        raise EngineError(f"{path}: invalid JSON: nested too deeply") from None
+    except OSError as e:
+        raise EngineError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def open_manifest(engine_dir: str | os.PathLike[str], verify_checksums: bool = True) -> Manifest:
-    """Read and validate `engine_dir/manifest.json` and the files it lists."""
+    """Read and validate `engine_dir/manifest.json` and the files it lists.
+
+    verify_checksums=False skips what reads file contents (external-data references, sizes, sha256,
+    memory): for a quick summary only, never before loading."""
+    if not isinstance(engine_dir, (str, os.PathLike)):
+        raise EngineError(f"engine directory: expected a path, got {type(engine_dir).__name__} {engine_dir!r:.80}")
     root = Path(engine_dir)
     if not root.is_dir():
         raise EngineError(f"engine directory not found: {root}")
     path = root / MANIFEST
     if not path.is_file():
         raise EngineError(f"{path}: missing (not an engine directory?)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise EngineError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    except UnicodeDecodeError as e:
-        raise EngineError(f"{path}: not UTF-8 text ({e.reason})") from None
+    raw = _read_json(path)
     if not isinstance(raw, dict):
         raise EngineError(f"{path}: expected a JSON object at the top level")
     version = raw.get("format_version")
@@ -367,16 +404,56 @@ def open_manifest(engine_dir: str | os.PathLike[str], verify_checksums: bool = T
     manifest = Manifest(
         dir=root, name=_get(raw, "name", str, ""), created_by=str(raw.get("created_by", "")),
         model=model, draft=_parse_draft(raw, model), tokenizer=tokenizer, limits=_parse_limits(raw),
-        defaults=dict(defaults), graphs=graphs, files=files, source=_parse_source(raw),
+        defaults=dict(defaults), graphs=graphs, files=files, raw=raw, source=_parse_source(raw),
     )
     referenced = {f"graphs.{r}.file": g.file for r, g in graphs.items()}
     referenced["tokenizer.file"] = tokenizer.file
+    _check_references(root, files, referenced)
     if verify_checksums:
-        _check_files(root, files, referenced)
-    else:
-        for field, name in referenced.items():
-            _check_name(root, name, field)
+        _check_files(root, files)
+        _check_external_data(root, files, graphs)
+        check_fits_memory(sum(kv_buffers(manifest).values()),
+                          f"{path}: limits.max_seq_len={manifest.limits.max_seq_len}")
     return manifest
+
+
+# ---------------------------------------------------------------------------------------------------
+# memory
+
+
+def cache_bytes(layers: int, kv_heads: int, rows: int, head_dim: int, itemsize: int) -> int:
+    """Bytes of K and V for `layers` layers of `rows` rows: 2 * layers * [kv_heads, rows, head_dim]."""
+    return 2 * layers * kv_heads * rows * head_dim * itemsize
+
+
+def kv_buffers(m: Manifest) -> dict[str, int]:
+    """Bytes of the K/V buffers a backend allocates for this manifest."""
+    md, dd, S = m.model, m.draft, m.limits.max_seq_len
+    q_max = max(m.limits.max_tree_tokens, m.limits.max_prefill_chunk)
+    item = np.dtype(m.kv_dtype).itemsize
+    bufs = {"target_cache": cache_bytes(md.num_layers, md.num_kv_heads, S, md.head_dim, item),
+            "draft_cache": cache_bytes(1, dd.num_kv_heads, S, dd.head_dim, item)}
+    if m.graphs["target"].flavour == "standard":   # gqa writes the new rows into the cache in place
+        bufs["target_new_rows"] = cache_bytes(md.num_layers, md.num_kv_heads, q_max, md.head_dim, item)
+    if m.graphs["draft"].flavour == "standard":
+        bufs["draft_new_rows"] = cache_bytes(1, dd.num_kv_heads, q_max, dd.head_dim, item)
+    return bufs
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM of this machine (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits_memory(nbytes: int, what: str) -> None:
+    """EngineError when `nbytes` of KV cache exceed this machine's RAM (named by `what`)."""
+    ram = physical_memory()
+    if ram is not None and nbytes > ram:
+        raise EngineError(f"{what} needs {nbytes / 2**30:.1f} GiB of KV cache, more than this machine's "
+                          f"{ram / 2**30:.1f} GiB of memory")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -447,6 +524,11 @@ def check_graph_io(m: Manifest, role: str, inputs: Sequence[tuple[str, str, Sequ
                 raise EngineError(f"{file}: {kind} {name!r} has rank {len(shape)} {shape}, "
                                   f"expected rank {len(spec.shape)} {list(spec.shape)}")
             for axis, (got, want) in enumerate(zip(shape, spec.shape)):
+                if kind == "input" and isinstance(want, int) and not isinstance(got, int):
+                    # buffers are allocated from the manifest: a free dim would accept any size
+                    raise EngineError(f"{file}: input {name!r} dim {axis} is symbolic ({got!r}), the manifest "
+                                      f"fixes it at {want} (shape {list(spec.shape)}); check "
+                                      f"{_dim_field(role, name, axis)}")
                 if isinstance(want, int) and isinstance(got, int) and got != want:
                     raise EngineError(f"{file}: {kind} {name!r} dim {axis} is {got}, manifest implies "
                                       f"{want} (shape {list(spec.shape)}); check {_dim_field(role, name, axis)}")

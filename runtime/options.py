@@ -6,11 +6,13 @@ Any option left out takes the manifest's `defaults`, then the fallback below.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from runtime.errors import OptionError
-from runtime.manifest import Manifest
+from runtime.manifest import MANIFEST, Manifest
 
 # talon-cost: TALON with the cost-aware stop and size extension (talon/cost.py); budget = its cap
 POLICIES = ("ar", "chain", "eagle3", "talon", "talon-cost")
@@ -47,7 +49,28 @@ def _number(name: str, value: Any, kind: type) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
         raise OptionError(f"option {name}: expected {'a number' if kind is float else 'an integer'}, "
                           f"got {value!r}")
-    return kind(value)
+    try:
+        number = kind(value)
+    except OverflowError:
+        raise OptionError(f"option {name}: {value!r} is not a finite number") from None
+    if kind is float and not math.isfinite(number):
+        raise OptionError(f"option {name}: {value!r} is not a finite number")
+    return number
+
+
+def cpu_count() -> int:
+    """CPUs this machine has (the bound of `threads`)."""
+    return os.cpu_count() or 1
+
+
+def check_defaults(manifest: Manifest) -> None:
+    """The manifest's `defaults` must be valid options for this engine (and machine): OptionError
+    saying the value came from the manifest if not (whatever options a caller passes)."""
+    values = {k: v for k, v in manifest.defaults.items() if k in OPTION_NAMES and v is not None}
+    try:
+        validate(manifest, Options(**values))
+    except OptionError as e:
+        raise OptionError(f"{e} (a value from the defaults of {manifest.dir / MANIFEST})") from None
 
 
 def resolve_options(manifest: Manifest, overrides: Mapping[str, Any]) -> Options:
@@ -95,6 +118,36 @@ def validate(manifest: Manifest, o: Options) -> Options:
     for key in ("top_k", "threads"):
         if ints[key] < 0:
             raise OptionError(f"option {key}: {ints[key]} must be >= 0")
+    if ints["threads"] > cpu_count():
+        raise OptionError(f"option threads: {ints['threads']} above this machine's {cpu_count()} CPUs "
+                          f"(0 = all of them)")
+    _check_footprint(manifest, o.policy, ints)
     if seed is not None and seed < 0:
         raise OptionError(f"option seed: {seed} must be >= 0")
     return dataclasses.replace(o, **ints, **floats, seed=seed)
+
+
+def _check_footprint(m: Manifest, policy: str, ints: Mapping[str, int]) -> None:
+    """The options of the policy in effect must fit the engine: its verify and draft calls and the
+    draft's scratch rows are bounded by the limits (budget is checked for every policy)."""
+    lim, where = m.limits, f"of {m.dir / MANIFEST}"
+    if policy == "chain" and ints["chain_depth"] > lim.max_tree_tokens - 1:
+        # a chain round verifies depth + 1 tokens in one call
+        raise OptionError(f"option chain_depth: {ints['chain_depth']} above limits.max_tree_tokens - 1 = "
+                          f"{lim.max_tree_tokens - 1} {where}")
+    if policy != "eagle3":
+        return
+    q_max = max(lim.max_tree_tokens, lim.max_prefill_chunk)
+    if ints["eagle3_top_k"] > q_max:
+        # one draft call expands top_k rows
+        raise OptionError(f"option eagle3_top_k: {ints['eagle3_top_k']} above the largest call of this engine, "
+                          f"max(limits.max_tree_tokens, limits.max_prefill_chunk) = {q_max} {where}")
+    if ints["eagle3_depth"] > lim.max_tree_tokens - 1:
+        # no node deeper than budget - 1 can be kept
+        raise OptionError(f"option eagle3_depth: {ints['eagle3_depth']} above limits.max_tree_tokens - 1 = "
+                          f"{lim.max_tree_tokens - 1} {where}")
+    scratch = ints["eagle3_top_k"] * ints["eagle3_depth"]
+    if scratch > lim.max_seq_len - 1:
+        # the draft writes top_k scratch rows per layer after the committed ones
+        raise OptionError(f"options eagle3_top_k x eagle3_depth: {scratch} draft scratch rows above "
+                          f"limits.max_seq_len - 1 = {lim.max_seq_len - 1} {where}")

@@ -145,6 +145,11 @@ ERROR_CASES = {  # case: (status, message regex)
     "bad_json": ("TALON_RT_E_OPTION", r"options_json: invalid JSON"),
     "json_not_object": ("TALON_RT_E_OPTION", r"options_json: expected a JSON object, got list"),
     "open_null_dir": ("TALON_RT_E_ARG", r"talon_rt_open: engine_dir is NULL"),
+    # issue 15: a path that is not UTF-8 is named (its bytes escaped), not "(no message)"
+    "open_not_utf8_path": ("TALON_RT_E_ENGINE", r"engine directory not found: /nonexistent/\\xff\\xfe-engine"),
+    "threads_too_many": ("TALON_RT_E_OPTION", r"option threads: 100000 above this machine's \d+ CPUs"),
+    "temperature_nan": ("TALON_RT_E_OPTION", r"option temperature: nan is not a finite number"),
+    "eagle3_top_k_huge": ("TALON_RT_E_OPTION", r"option eagle3_top_k: 1000000 above the largest call"),
     "open": ("TALON_RT_OK", r""),
     "buffer_too_small": ("TALON_RT_E_BUFFER", r"out_capacity 2 is too small for the 8 generated tokens"),
     "last_tokens_after_small_buffer": ("TALON_RT_OK", r"prefix matches"),
@@ -155,6 +160,7 @@ ERROR_CASES = {  # case: (status, message regex)
     "null_n_out": ("TALON_RT_E_ARG", r"n_out is NULL"),
     "text_not_utf8": ("TALON_RT_E_INPUT", r"prompt: not valid UTF-8"),
     "text_empty": ("TALON_RT_E_INPUT", r"prompt is empty"),
+    "decode_out_of_range": ("TALON_RT_E_INPUT", r"decode token id 99999 at index 1 is outside the vocabulary"),
     "stream_cancel": ("TALON_RT_E_CANCELLED", r"stopped by the stream callback \(it returned 1\)"),
     "reentrant_outer": ("TALON_RT_OK", r""),
     "reentrant_inner": ("TALON_RT_E_BUSY", r"talon_rt_generate_ids: the handle is serving another call"),
@@ -184,7 +190,8 @@ def test_error_paths_codes_messages_and_host_alive(capi, tiny_engine):
     for name, (status, pattern) in ERROR_CASES.items():
         assert cases[name][0] == status, (name, cases[name])
         assert re.search(pattern, cases[name][2]), (name, cases[name])
-    for name in ("bad_engine", "bad_option", "budget_too_big", "bad_json", "open_null_dir"):
+    for name in ("bad_engine", "bad_option", "budget_too_big", "bad_json", "open_null_dir", "open_not_utf8_path",
+                 "threads_too_many", "temperature_nan", "eagle3_top_k_huge", "decode_out_of_range"):
         assert cases[name][1] == 1, f"{name}: *out must be NULL after a failed open"
     for name in ("buffer_too_small", "size_query", "last_tokens_small_buffer", "last_tokens_after_small_buffer"):
         assert cases[name][1] == 8, f"{name}: *n_out must report the size needed"

@@ -94,6 +94,14 @@ static int run_errors(const char *engine)
     report("json_not_object", s, rt == NULL, talon_rt_last_error(NULL));
     s = talon_rt_open(NULL, NULL, &rt);
     report("open_null_dir", s, rt == NULL, talon_rt_last_error(NULL));
+    s = talon_rt_open("/nonexistent/\xff\xfe-engine", NULL, &rt);
+    report("open_not_utf8_path", s, rt == NULL, talon_rt_last_error(NULL));
+    s = talon_rt_open(engine, "{\"threads\": 100000}", &rt);
+    report("threads_too_many", s, rt == NULL, talon_rt_last_error(NULL));
+    s = talon_rt_open(engine, "{\"temperature\": NaN}", &rt);
+    report("temperature_nan", s, rt == NULL, talon_rt_last_error(NULL));
+    s = talon_rt_open(engine, "{\"policy\": \"eagle3\", \"eagle3_top_k\": 1000000}", &rt);
+    report("eagle3_top_k_huge", s, rt == NULL, talon_rt_last_error(NULL));
 
     s = talon_rt_open(engine, "{\"policy\": \"talon\", \"budget\": 8}", &rt);
     report("open", s, rt != NULL, talon_rt_last_error(NULL));
@@ -124,6 +132,9 @@ static int run_errors(const char *engine)
     report("text_not_utf8", s, text == NULL, talon_rt_last_error(rt));
     s = talon_rt_generate_text(rt, "", 4, &text);
     report("text_empty", s, text == NULL, talon_rt_last_error(rt));
+    int32_t unknown[2] = {5, 99999};
+    s = talon_rt_decode(rt, unknown, 2, &text);
+    report("decode_out_of_range", s, text == NULL, talon_rt_last_error(rt));
 
     size_t delivered = 0;
     s = talon_rt_generate_stream(rt, prompt, 3, 8, stop_after_first, NULL, &delivered);

@@ -37,14 +37,14 @@ def test_corrupted_file_is_named(tiny_engine, tmp_path):
     data = bytearray((eng / "draft.onnx").read_bytes())
     data[-10] ^= 0xFF
     (eng / "draft.onnx").write_bytes(bytes(data))
-    with pytest.raises(EngineDirError, match=r"draft\.onnx: sha256 does not match"):
+    with pytest.raises(EngineDirError, match=r"draft\.onnx: checksum mismatch \(sha256 .* files\.draft\.onnx\.sha256"):
         verify_engine_dir(eng)
 
 
 def test_missing_file_is_named(tiny_engine, tmp_path):
     eng = _copy(tiny_engine, tmp_path)
     (eng / "tokenizer.json").unlink()
-    with pytest.raises(EngineDirError, match=r"tokenizer\.json: listed in manifest.json but missing"):
+    with pytest.raises(EngineDirError, match=r"tokenizer\.json: missing \(listed in manifest\.json files\)"):
         verify_engine_dir(eng)
 
 

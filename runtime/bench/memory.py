@@ -22,12 +22,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from runtime.api import Generator
 from runtime.cli import EXIT_USAGE, ArgumentParser
 from runtime.errors import TalonError
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, kv_buffers
 
 PROG = "python -m runtime.bench.memory"
 PROMPT = "def fibonacci(n):\n"
@@ -61,20 +59,6 @@ def weight_files(m: Manifest) -> dict[str, int]:
             if name in m.files:
                 files[name] = m.files[name].bytes
     return files
-
-
-def kv_buffers(m: Manifest) -> dict[str, int]:
-    """Bytes of the K/V buffers OrtBackend allocates for this manifest."""
-    md, dd, S = m.model, m.draft, m.limits.max_seq_len
-    q_max = max(m.limits.max_tree_tokens, m.limits.max_prefill_chunk)
-    item = np.dtype(m.kv_dtype).itemsize
-    bufs = {"target_cache": 2 * md.num_layers * md.num_kv_heads * S * md.head_dim * item,
-            "draft_cache": 2 * dd.num_kv_heads * S * dd.head_dim * item}
-    if m.graphs["target"].flavour == "standard":   # gqa writes the new rows into the cache in place
-        bufs["target_new_rows"] = 2 * md.num_layers * md.num_kv_heads * q_max * md.head_dim * item
-    if m.graphs["draft"].flavour == "standard":
-        bufs["draft_new_rows"] = 2 * dd.num_kv_heads * q_max * dd.head_dim * item
-    return bufs
 
 
 def run_calls(gen: Generator, prompt_ids: list[int], tokens: int, per_call: int) -> list[CallSample]:

@@ -15,25 +15,33 @@ STATS_FIELDS = ("tau", "delta", "tokens_per_s", "rounds", "draft_calls", "target
                 "engine_s", "host_s", "host_share")
 
 _STATUS_OF = ((errors.EngineError, E_ENGINE), (errors.OptionError, E_OPTION),
-              (errors.InputError, E_INPUT), (errors.ClosedError, E_HANDLE))
+              (errors.InputError, E_INPUT), (errors.ClosedError, E_HANDLE), (errors.BusyError, E_BUSY))
 
 
 class Cancelled(Exception):
     """Raised by the C stream callback trampoline when the host's callback returns non-zero."""
 
 
+def _text(exc):
+    """str(exc) as valid UTF-8: a path's undecodable bytes (surrogate escapes) become \\xNN."""
+    try:
+        return str(exc).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeError:
+        return str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _failure(exc):
     """(status, message) for an exception that crossed the C boundary."""
     if isinstance(exc, Cancelled):
-        return E_CANCELLED, str(exc)
+        return E_CANCELLED, _text(exc)
     for cls, status in _STATUS_OF:
         if isinstance(exc, cls):
-            return status, str(exc)
+            return status, _text(exc)
     if isinstance(exc, MemoryError):
         return E_NOMEM, "out of memory (MemoryError in the runtime)"
     where = traceback.extract_tb(exc.__traceback__)
     at = f" (at {where[-1].filename}:{where[-1].lineno} in {where[-1].name})" if where else ""
-    return E_PYTHON, f"internal error: {type(exc).__name__}: {exc}{at}"
+    return E_PYTHON, _text(f"internal error: {type(exc).__name__}: {exc}{at}")
 
 
 def _options(options_json):
@@ -43,6 +51,8 @@ def _options(options_json):
         opts = json.loads(options_json)
     except ValueError as exc:
         raise errors.OptionError(f"options_json: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise errors.OptionError("options_json: invalid JSON: nested too deeply") from None
     if not isinstance(opts, dict):
         raise errors.OptionError(f"options_json: expected a JSON object, got {type(opts).__name__}")
     return opts

@@ -78,8 +78,9 @@ typedef enum talon_rt_status {
     TALON_RT_OK = 0,
     TALON_RT_E_ENGINE = 1,    /* engine directory, manifest, checksum or graph I/O is wrong
                                  (runtime.errors.EngineError), e.g. the directory does not exist */
-    TALON_RT_E_OPTION = 2,    /* options_json is not a JSON object, or an option is unknown or out of
-                                 range (runtime.errors.OptionError) */
+    TALON_RT_E_OPTION = 2,    /* options_json is not a JSON object, or an option is unknown, not
+                                 finite or out of range, here or in the manifest's defaults
+                                 (runtime.errors.OptionError) */
     TALON_RT_E_INPUT = 3,     /* bad prompt: empty, too long for the context, token id out of range,
                                  text that is not UTF-8 (runtime.errors.InputError) */
     TALON_RT_E_BUFFER = 4,    /* the caller's buffer is too small; *n_out holds the size needed and
@@ -88,7 +89,7 @@ typedef enum talon_rt_status {
     TALON_RT_E_HANDLE = 5,    /* NULL, unknown or closed handle (runtime.errors.ClosedError too) */
     TALON_RT_E_ARG = 6,       /* a required pointer argument is NULL */
     TALON_RT_E_BUSY = 7,      /* the handle is serving another call (another thread, or a re-entrant
-                                 call from its own stream callback) */
+                                 call from its own stream callback; runtime.errors.BusyError) */
     TALON_RT_E_CANCELLED = 8, /* the stream callback returned non-zero; generation stopped */
     TALON_RT_E_INIT = 9,      /* the Python interpreter could not start or the runtime could not be
                                  imported (message says which and why) */
@@ -176,7 +177,8 @@ int talon_rt_last_stats(const talon_rt *rt, talon_rt_stats *out);
 int talon_rt_encode(talon_rt *rt, const char *text, int32_t *out, size_t out_capacity,
                     size_t *n_out);
 
-/* Decode token ids to UTF-8 text; *out_text is allocated by the library (talon_rt_free). */
+/* Decode token ids to UTF-8 text; *out_text is allocated by the library (talon_rt_free).
+ * Errors: E_HANDLE, E_BUSY, E_ARG, E_INPUT (an id outside [0, model.vocab_size)), E_PYTHON. */
 int talon_rt_decode(talon_rt *rt, const int32_t *ids, size_t n_ids, char **out_text);
 
 /* Render a conversation with the engine's chat template: messages_json is a JSON array of

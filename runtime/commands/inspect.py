@@ -1,17 +1,21 @@
-"""`talon-rt inspect DIR`: the manifest summary and the validation result (exit 0 valid, 2 invalid)."""
+"""`talon-rt inspect DIR`: the manifest summary and the validation result (exit 0 valid, 2 invalid).
+
+Valid means what `Generator.open` checks: runtime.validate.validate_engine, then every graph's I/O."""
 
 from __future__ import annotations
 
 import argparse
 
-from runtime.errors import EngineError
+from runtime.errors import TalonError
 from runtime.manifest import ROLES, Manifest, open_manifest
+from runtime.validate import validate_engine
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="show and validate an engine directory",
-                       description="Print an engine directory's manifest summary, then validate it: "
-                                   "schema, file names, sizes and sha256, graph I/O against the dims.")
+                       description="Print an engine directory's manifest summary, then validate it as "
+                                   "`run` does: schema, file names, external data, sizes and sha256, "
+                                   "memory, defaults, tokenizer, graph I/O against the dims.")
     p.add_argument("engine", metavar="DIR", help="engine directory")
     p.set_defaults(func=run)
 
@@ -54,10 +58,9 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     from runtime.backends.ort import check_graphs
     try:
-        open_manifest(args.engine)
-        check_graphs(m)
-    except EngineError as e:
+        check_graphs(validate_engine(args.engine)[0])
+    except TalonError as e:   # the manifest defaults raise OptionError
         print(f"invalid     {e}")
         return 2
-    print("valid       manifest, checksums and graph I/O match")
+    print("valid       manifest, checksums, defaults, tokenizer and graph I/O match")
     return 0

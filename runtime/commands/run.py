@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
             messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
             prompt = gen.encode(gen.render_chat([*messages, {"role": "user", "content": args.chat}]))
         else:
-            text = args.prompt if args.prompt is not None else _read(args.prompt_file)
-            prompt = gen.encode(text)
+            text = args.prompt if args.prompt is not None else _read(args.prompt_file, gen.max_prompt_chars())
+            prompt = gen.encode_prompt(text)
         stream = None if args.json else TextStream(gen.decode, sys.stdout)
         res = gen.generate(prompt, on_tokens=stream)
         if args.json:
@@ -114,13 +114,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, limit: int) -> str:
+    """The file's text, refusing more than `limit` characters (a device like /dev/zero never ends)."""
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            text = f.read(limit + 1)
     except OSError as e:
         raise InputError(f"--prompt-file {path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise InputError(f"--prompt-file {path}: not UTF-8 text") from None
+    if len(text) > limit:
+        raise InputError(f"--prompt-file {path}: more than {limit} characters, longer than the context can "
+                         f"hold (limits.max_seq_len tokens)")
+    return text
 
 
 def format_stats(stop: str, s: dict[str, Any], backend: str) -> str:
