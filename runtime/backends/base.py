@@ -20,6 +20,12 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 
+def check_call(q: int, past_len: int, q_max: int, S: int) -> None:
+    """A call of q tokens after past_len cached rows must fit the buffers (and a plan's profile)."""
+    if q > q_max or past_len + q > S:
+        raise ValueError(f"call of q={q} at past_len={past_len} exceeds the buffers (q_max={q_max}, S={S})")
+
+
 class Backend(ABC):
     name: str = "?"
 
