@@ -118,6 +118,7 @@ class Decoder:
         self.policy = policy_from_options(o, self.cost)
         self.acceptance = getattr(self.policy, "acceptance", None)
         self.need = max(footprint(self.policy))
+        backend.check_footprint(*footprint(self.policy))
         self._capped: dict[int, object] = {}
         scratch = footprint(self.policy)[1]
         self.drafter = (Drafter(backend, m.draft.hidden_size, m.kv_dtype, max(scratch, 1), self.chunk)

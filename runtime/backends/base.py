@@ -55,6 +55,11 @@ class Backend(ABC):
         topk_logp [q, k_max] float32, hidden_out [q, H]).
         """
 
+    def check_footprint(self, target_rows: int, draft_rows: int) -> None:
+        """Raise OptionError when a round writing `target_rows` target rows and `draft_rows` draft scratch
+        rows past P (decode.footprint) cannot run on this backend's fixed shapes (TensorRT's optimization
+        profiles). Default: no check at open; every call is checked against the buffers (`check_call`)."""
+
     def buffer_ids(self) -> tuple[int, ...]:
         """Addresses of every preallocated buffer (a test checks they never change)."""
         return ()

@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from functools import lru_cache
 
 H2D, D2H, D2D = 1, 2, 3
 _NAMES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
+_LOADED: list[ctypes.CDLL] = []   # the library once found; a failed lookup is retried on the next call
 
 
-@lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
+    if _LOADED:
+        return _LOADED[0]
     found = ctypes.util.find_library("cudart")
     for name in ((found,) if found else ()) + _NAMES:
         try:
-            return ctypes.CDLL(name)
+            _LOADED.append(ctypes.CDLL(name))
         except OSError:
             continue
+        return _LOADED[0]
     return None
 
 
