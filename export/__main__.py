@@ -26,7 +26,7 @@ def _default(text: str) -> tuple[str, object]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m export", description="Build an engine directory "
                                 "(docs/engine-format.md) from a local HF target and EAGLE-3 head.")
-    p.add_argument("--model", required=True, type=Path, help="local Hugging Face target folder")
+    p.add_argument("--model", required=True, type=Path, help="the target: a local Hugging Face folder or a GGUF file (llama.cpp format)")
     p.add_argument("--draft", required=True, type=Path, help="local EAGLE-3 head folder")
     p.add_argument("--out", required=True, type=Path, help="engine directory to create")
     p.add_argument("--name", help="engine name in the manifest (default: the --out folder name)")

@@ -93,45 +93,6 @@ def _builtin_settings(opts: ExportOptions) -> dict:
     }
 
 
-def special_tokens(model_dir: Path, tokenizer_file: Path, vocab_size: int) -> dict:
-    """bos/eos/pad ids from generation_config.json > config.json > tokenizer_config.json (token strings)."""
-    def load(name: str) -> dict:
-        p = model_dir / name
-        try:
-            return json.loads(p.read_text()) if p.is_file() else {}
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{p}: not valid JSON ({e})") from None
-
-    gen, cfg, tok_cfg = load("generation_config.json"), load("config.json"), load("tokenizer_config.json")
-    vocab = None
-
-    def from_token(key: str):
-        nonlocal vocab
-        tok = tok_cfg.get(key)
-        if isinstance(tok, dict):
-            tok = tok.get("content")
-        if not isinstance(tok, str):
-            return None
-        if vocab is None:
-            from tokenizers import Tokenizer
-            vocab = Tokenizer.from_file(str(tokenizer_file))
-        return vocab.token_to_id(tok)
-
-    def pick(key: str):
-        for src in (gen, cfg):
-            if src.get(key + "_id") is not None:
-                return src[key + "_id"]
-        return from_token(key)
-
-    bos, eos, pad = pick("bos_token"), pick("eos_token"), pick("pad_token")
-    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-    for name, ids in (("bos_id", [bos]), ("eos_ids", eos_ids), ("pad_id", [pad])):
-        for i in ids:
-            if i is not None and not (isinstance(i, int) and 0 <= i < vocab_size):
-                raise CheckpointError(f"{model_dir}: special token {name} = {i!r} is outside [0, {vocab_size})")
-    return {"file": "tokenizer.json", "bos_id": bos, "eos_ids": eos_ids, "pad_id": pad}
-
-
 def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | Path,
                   opts: ExportOptions = ExportOptions(), name: str | None = None, force: bool = False,
                   check: bool = False, log: Callable[[str], None] = lambda msg: None) -> Path:
@@ -142,14 +103,14 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
     """
     opts.check()
     model_dir, draft_dir, out_dir = Path(model_dir), Path(draft_dir), Path(out_dir)
-    for label, d in (("--model", model_dir), ("--draft", draft_dir)):
-        if not d.is_dir():
-            raise CheckpointError(f"{label} {d}: not a directory")
+    if not draft_dir.is_dir():
+        raise CheckpointError(f"--draft {draft_dir}: not a directory")
     if out_dir.exists() and not force:
         raise ExportError(f"{out_dir}: already exists (use --force to replace it)")
-    tokenizer_src = model_dir / "tokenizer.json"
-    if not tokenizer_src.is_file():
-        raise CheckpointError(f"{tokenizer_src}: not found (the engine needs a tokenizers-format tokenizer.json)")
+    source = checkpoints.open_source(model_dir)
+    if isinstance(source, checkpoints.HFFolder) and not (model_dir / "tokenizer.json").is_file():
+        raise CheckpointError(f"{model_dir / 'tokenizer.json'}: not found (the engine needs a tokenizers-format "
+                              f"tokenizer.json)")
 
     def stage(msg: str, t0: float) -> None:
         log(f"{msg} ({time.perf_counter() - t0:.1f} s)")
@@ -158,10 +119,10 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
         t0 = time.perf_counter()
         head_cfg = HeadConfig.from_hf(checkpoints.read_config(draft_dir), str(draft_dir / "config.json"))
         # fp16 engines: load in fp16 (half the memory of a large model; the graph weights are the same)
-        target = checkpoints.load_target(model_dir, feature_layers=head_cfg.feature_layers,
+        target = checkpoints.load_target(source, feature_layers=head_cfg.feature_layers,
                                          dtype=torch.float16 if opts.dtype == "float16" else torch.float32)
         tc = target.config
-        stage(f"loaded target {tc.architecture}: {tc.num_layers} layers, hidden {tc.hidden_size}, "
+        stage(f"loaded target {tc.architecture} from {_describe(source.description())}: {tc.num_layers} layers, hidden {tc.hidden_size}, "
               f"vocab {tc.vocab_size}, taps {list(tc.feature_layers)}", t0)
         t0 = time.perf_counter()
         head = checkpoints.load_head(draft_dir, target)
@@ -191,13 +152,15 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
                 stage(f"wrote {', '.join(p.name for p in written)} "
                       f"({sum(p.stat().st_size for p in written) / 1e6:.1f} MB, {kind})", t0)
             t0 = time.perf_counter()
-            shutil.copyfile(tokenizer_src, tmp / "tokenizer.json")
+            source.write_tokenizer(tmp / "tokenizer.json")
             files.append(tmp / "tokenizer.json")
-            manifest = _manifest(name or out_dir.name, target, head, opts,
-                                 special_tokens(model_dir, tokenizer_src, tc.vocab_size), files)
+            tokenizer = tokenizer_record(source, tmp / "tokenizer.json", tc.vocab_size)
+            manifest = _manifest(name or out_dir.name, target, head, opts, tokenizer, files)
+            manifest["source"] = source.description()
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             verify_engine_dir(tmp)
-            stage("wrote tokenizer.json, manifest.json (sha256 of every file)", t0)
+            chat = "chat template, stop ids " + str(tokenizer["stop_ids"]) if tokenizer["chat_template"] else "no chat template"
+            stage(f"wrote tokenizer.json ({chat}), manifest.json (sha256 of every file)", t0)
             if check:
                 from export.check import check_engine
                 t0 = time.perf_counter()
@@ -211,6 +174,30 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
             raise
     log(f"engine directory ready: {out_dir}")
     return out_dir
+
+
+def tokenizer_record(source, tokenizer_file: Path, vocab_size: int) -> dict:
+    """The manifest's `tokenizer` object: file, special ids, the chat template and the ids generation
+    stops at (eos + the template's end-of-turn token)."""
+    from tokenizers import Tokenizer
+    from runtime.chat import end_of_turn
+    special = source.special_tokens(vocab_size)
+    template = source.chat_template
+    stop = list(special["eos_ids"])
+    if template is not None:
+        tok = Tokenizer.from_file(str(tokenizer_file))
+        name = lambda i: tok.id_to_token(i) if i is not None else ""   # noqa: E731
+        try:
+            eot = end_of_turn(template, tok, name(special["bos_id"]), name(stop[0] if stop else None))
+        except Exception as e:  # the template is the model's: any failure to render it is the model's
+            raise CheckpointError(f"{source.path}: chat template does not render ({type(e).__name__}: {e})") from None
+        if eot is not None and eot not in stop:
+            stop.append(eot)
+    return {"file": "tokenizer.json", **special, "chat_template": template, "stop_ids": stop}
+
+
+def _describe(src: dict) -> str:
+    return f"{src['format'].upper()} {src['name']}" + (f" ({src['quantization']})" if src.get("quantization") else "")
 
 
 def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, files: list[Path]) -> dict:

@@ -1,4 +1,5 @@
-"""Load local checkpoints into the reference modules: HF Llama-family targets and EAGLE-3 heads.
+"""Load local checkpoints into the reference modules: HF Llama-family targets (a folder or a GGUF
+file, export/gguf.py) and EAGLE-3 heads.
 
 Weights are read from `model.safetensors`, sharded `*.safetensors` with `model.safetensors.index.json`,
 or `pytorch_model.bin` (sharded or not, read with `torch.load(weights_only=True)`, never a full
@@ -8,6 +9,7 @@ unpickle). Every expected tensor is checked by name and shape before use; a prob
 from __future__ import annotations
 
 import json
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -110,21 +112,112 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def load_target(folder: str | Path, feature_layers=None, dtype: torch.dtype = torch.float32) -> Target:
-    """HF folder -> `Target` with weights in `dtype` (float32 by default), eval mode.
+class HFFolder:
+    """A Hugging Face model folder: config.json, weights, tokenizer.json, tokenizer_config.json."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.config_source = str(path / "config.json")
+
+    @property
+    def config(self) -> dict:
+        return read_config(self.path)
+
+    def tensors(self, log=None) -> tuple[dict[str, Tensor], dict[str, str]]:
+        return read_weights(self.path)
+
+    def write_tokenizer(self, dest: Path) -> None:
+        src = self.path / "tokenizer.json"
+        if not src.is_file():
+            raise CheckpointError(f"{src}: not found (the engine needs a tokenizers-format tokenizer.json)")
+        shutil.copyfile(src, dest)
+
+    def _json(self, name: str) -> dict:
+        p = self.path / name
+        try:
+            return json.loads(p.read_text()) if p.is_file() else {}
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{p}: not valid JSON ({e})") from None
+
+    @property
+    def chat_template(self) -> str | None:
+        """tokenizer_config.json's `chat_template` (a string, or a list of named templates: the
+        "default" one), else chat_template.jinja, else None."""
+        template = self._json("tokenizer_config.json").get("chat_template")
+        if isinstance(template, list):
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        if template is None and (self.path / "chat_template.jinja").is_file():
+            template = (self.path / "chat_template.jinja").read_text()
+        if template is not None and not isinstance(template, str):
+            raise CheckpointError(f"{self.path / 'tokenizer_config.json'}: chat_template is not a string")
+        return template
+
+    def special_tokens(self, vocab_size: int) -> dict:
+        """bos/eos/pad ids from generation_config.json > config.json > tokenizer_config.json (token strings)."""
+        gen, cfg, tok_cfg = (self._json(n) for n in ("generation_config.json", "config.json", "tokenizer_config.json"))
+        vocab = None
+
+        def from_token(key: str):
+            nonlocal vocab
+            tok = tok_cfg.get(key)
+            if isinstance(tok, dict):
+                tok = tok.get("content")
+            if not isinstance(tok, str):
+                return None
+            if vocab is None:
+                from tokenizers import Tokenizer
+                vocab = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+            return vocab.token_to_id(tok)
+
+        def pick(key: str):
+            for src in (gen, cfg):
+                if src.get(key + "_id") is not None:
+                    return src[key + "_id"]
+            return from_token(key)
+
+        bos, eos, pad = pick("bos_token"), pick("eos_token"), pick("pad_token")
+        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        for name, ids in (("bos_id", [bos]), ("eos_ids", eos_ids), ("pad_id", [pad])):
+            for i in ids:
+                if i is not None and not (isinstance(i, int) and 0 <= i < vocab_size):
+                    raise CheckpointError(f"{self.path}: special token {name} = {i!r} is outside [0, {vocab_size})")
+        return {"bos_id": bos, "eos_ids": eos_ids, "pad_id": pad}
+
+    def description(self) -> dict:
+        """The manifest's `source` record."""
+        return {"format": "hf", "name": self.path.name, "quantization": None}
+
+
+def open_source(path: str | Path, label: str = "--model"):
+    """A target source: an HF folder (`HFFolder`) or a GGUF file (`export.gguf.GGUFModel`)."""
+    path = Path(path)
+    if path.is_dir():
+        return HFFolder(path)
+    if path.is_file():
+        from export.gguf import GGUFModel
+        return GGUFModel.open(path)
+    raise CheckpointError(f"{label} {path}: not found (not a directory or a GGUF file)")
+
+
+def load_target(source, feature_layers=None, dtype: torch.dtype = torch.float32) -> Target:
+    """HF folder or GGUF file (a path or an `open_source` result) -> `Target` with weights in `dtype`
+    (float32 by default), eval mode.
 
     `feature_layers` overrides the default taps. Rotary tables stay float32 whatever `dtype` is.
     """
-    folder = Path(folder)
-    cfg = TargetConfig.from_hf(read_config(folder), str(folder / "config.json"))
+    if isinstance(source, (str, Path)):
+        source = open_source(source)
+    cfg = TargetConfig.from_hf(source.config, source.config_source)
     if feature_layers is not None:
         cfg = cfg.with_feature_layers(feature_layers)
     with _default_dtype(dtype):
         model = Target(cfg).eval()
-    tensors, origin = read_weights(folder)
+    tensors, origin = source.tensors()
     if cfg.tie_word_embeddings:  # lm_head is the embedding; a stored copy is redundant
         tensors.pop("lm_head.weight", None)
-    _fill(model, tensors, origin, folder, optional=("lm_head.weight",) if cfg.tie_word_embeddings else ())
+    _fill(model, tensors, origin, source.path if source.path.is_dir() else source.path.parent,
+          optional=("lm_head.weight",) if cfg.tie_word_embeddings else ())
     return model
 
 

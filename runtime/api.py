@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from runtime.backends import open_backend
+from runtime.chat import render_chat
 from runtime.decode import Decoder
 from runtime.errors import ClosedError, EngineError, InputError, OptionError
 from runtime.manifest import Manifest, open_manifest
@@ -61,6 +62,25 @@ class Generator:
                       on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
         res = self.generate(self.encode(prompt), max_new_tokens, on_tokens)
         return replace(res, text=self.decode(res.tokens))
+
+    def render_chat(self, messages: Sequence[Mapping[str, str]]) -> str:
+        """The prompt text of a conversation: the engine's chat template over `messages`
+        ([{"role": "system" | "user" | "assistant", "content": str}, ...]), ending with the
+        assistant's turn header."""
+        self._live()
+        t = self.manifest.tokenizer
+        if t.chat_template is None:
+            raise InputError(f"{self.manifest.dir}: the engine has no chat template (manifest "
+                             f"tokenizer.chat_template is null); use a text prompt")
+        token = lambda i: self._tokenizer.id_to_token(i) if i is not None else ""   # noqa: E731
+        return render_chat(t.chat_template, messages, token(t.bos_id),
+                           token(t.eos_ids[0] if t.eos_ids else None))
+
+    def chat(self, messages: Sequence[Mapping[str, str]], max_new_tokens: int | None = None,
+             on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
+        """Generate the assistant's reply to `messages` (see render_chat); stops at the template's
+        end-of-turn token or EOS. `.text` is the reply."""
+        return self.generate_text(self.render_chat(messages), max_new_tokens, on_tokens)
 
     def encode(self, text: str) -> list[int]:
         self._live()

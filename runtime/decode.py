@@ -111,7 +111,7 @@ class Decoder:
         self.S = m.limits.max_seq_len
         self.chunk = m.limits.max_prefill_chunk
         self.vocab = m.model.vocab_size
-        self.eos = frozenset(m.tokenizer.eos_ids)
+        self.eos = frozenset(m.tokenizer.stop_ids)   # eos ids + the chat template's end-of-turn
         # the cost-aware extension times this machine's engine calls once, before any prompt
         self.cost = (measure_cost_model(backend, m, o.budget, o.root_k, o.temperature == 0.0)
                      if o.policy == "talon-cost" else None)

@@ -36,6 +36,7 @@ class ModelDims:
     head_dim: int
     feature_layers: tuple[int, ...]
     dtype: str
+    weights: str = "float"  # float | int8 | int4: the target graph's weight format (MatMulNBits)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class TokenizerInfo:
     bos_id: int | None
     eos_ids: tuple[int, ...]
     pad_id: int | None
+    chat_template: str | None = None  # Jinja2, rendered by runtime/chat.py; None: no chat template
+    stop_ids: tuple[int, ...] = ()  # generation stops at any of these: eos_ids + the end-of-turn token
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class Manifest:
     defaults: Mapping[str, Any]
     graphs: Mapping[str, GraphEntry]
     files: Mapping[str, FileEntry]
+    # where the target came from: {"format": "gguf" | "hf", "name": ..., "quantization": ...}
+    source: Mapping[str, Any] | None = None
 
     @property
     def kv_dtype(self) -> type:
@@ -178,7 +183,10 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelDims:
         head_dim=_positive(m, "head_dim", "model"),
         feature_layers=tuple(layers),
         dtype=dtype,
+        weights=_get(m, "weights", str, "model", optional=True) or "float",
     )
+    if dims.weights not in DRAFT_WEIGHTS:
+        raise _err("model.weights", f"{dims.weights!r} is not one of {', '.join(DRAFT_WEIGHTS)}")
     if dims.num_heads % dims.num_kv_heads:
         raise _err("model.num_kv_heads", f"{dims.num_kv_heads} does not divide num_heads={dims.num_heads}")
     return dims
@@ -218,12 +226,31 @@ def _parse_tokenizer(raw: Mapping[str, Any], vocab: int) -> TokenizerInfo:
     eos = _get(t, "eos_ids", list, "tokenizer")
     if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in eos):
         raise _err("tokenizer.eos_ids", f"expected token ids in [0, {vocab}), got {eos!r}")
+    stop = _get(t, "stop_ids", list, "tokenizer", optional=True) or []
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in stop):
+        raise _err("tokenizer.stop_ids", f"expected token ids in [0, {vocab}), got {stop!r}")
+    template = t.get("chat_template")
+    if template is not None and (not isinstance(template, str) or not template.strip()):
+        raise _err("tokenizer.chat_template", f"expected a Jinja2 template string or null, got {template!r:.80}")
     return TokenizerInfo(
         file=_get(t, "file", str, "tokenizer"),
         bos_id=_token_id(t, "bos_id", vocab, optional=True),
         eos_ids=tuple(eos),
         pad_id=_token_id(t, "pad_id", vocab, optional=True),
+        chat_template=template,
+        stop_ids=tuple(dict.fromkeys([*eos, *stop])),
     )
+
+
+def _parse_source(raw: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    src = _get(raw, "source", dict, "", optional=True)
+    if src is None:
+        return None
+    for key in ("format", "name"):
+        _get(src, key, str, "source")
+    if src.get("quantization") is not None and not isinstance(src["quantization"], str):
+        raise _err("source.quantization", f"expected a string or null, got {src['quantization']!r}")
+    return dict(src)
 
 
 def _parse_limits(raw: Mapping[str, Any]) -> Limits:
@@ -340,7 +367,7 @@ def open_manifest(engine_dir: str | os.PathLike[str], verify_checksums: bool = T
     manifest = Manifest(
         dir=root, name=_get(raw, "name", str, ""), created_by=str(raw.get("created_by", "")),
         model=model, draft=_parse_draft(raw, model), tokenizer=tokenizer, limits=_parse_limits(raw),
-        defaults=dict(defaults), graphs=graphs, files=files,
+        defaults=dict(defaults), graphs=graphs, files=files, source=_parse_source(raw),
     )
     referenced = {f"graphs.{r}.file": g.file for r, g in graphs.items()}
     referenced["tokenizer.file"] = tokenizer.file

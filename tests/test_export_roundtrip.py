@@ -15,7 +15,9 @@ def test_tiny_engine_verifies(tiny_engine):
     assert m["name"] == "tiny"
     assert set(m["files"]) == {"target.onnx", "draft_fc.onnx", "draft.onnx", "tokenizer.json"}
     assert m["model"]["feature_layers"] == [2, 4, 5]
-    assert m["tokenizer"] == {"file": "tokenizer.json", "bos_id": 1, "eos_ids": [2], "pad_id": 0}
+    assert m["tokenizer"] == {"file": "tokenizer.json", "bos_id": 1, "eos_ids": [2], "pad_id": 0,
+                              "chat_template": None, "stop_ids": [2]}
+    assert m["source"] == {"format": "hf", "name": "target", "quantization": None}
 
 
 def test_runtime_manifest_accepts_it(tiny_engine):

@@ -52,6 +52,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (T > 0)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads per session, ours and the peers' (default 2)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("--raw", action="store_true",
+                   help="feed prompts as raw text even when the engine has a chat template (default: each "
+                        "prompt is a user message in the template)")
     p.add_argument("--warmup", type=int, default=1, help="prompts run through every configuration before measuring")
     p.add_argument("--sweep", action="store_true",
                    help="find the best talon budget for this engine on this machine (budgets default to a sweep grid)")
@@ -142,7 +145,8 @@ def _run(args: argparse.Namespace) -> int:
     if max_prompt < 1:
         raise OptionError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in "
                           f"limits.max_seq_len={manifest.limits.max_seq_len} of {manifest.dir}/manifest.json")
-    plan = RunPlan(prompts, configs, args.max_new_tokens, max_prompt, warmup=min(args.warmup, len(prompts)))
+    plan = RunPlan(prompts, configs, args.max_new_tokens, max_prompt, warmup=min(args.warmup, len(prompts)),
+                   chat=manifest.tokenizer.chat_template is not None and not args.raw)
 
     def open_generator(c):
         opts: dict[str, Any] = {"policy": c.policy, "budget": c.budget, "temperature": c.temperature,
@@ -168,7 +172,8 @@ def _run(args: argparse.Namespace) -> int:
                 "warmup": plan.warmup,
                 "max_new_tokens": args.max_new_tokens, "threads": args.threads, "policies": policies,
                 "budgets": budgets, "mus": mus, "temperatures": args.temperature, "seed": args.seed,
-                "chain_depth": chain_depth, "max_prompt_tokens": max_prompt, "sweep": args.sweep}
+                "chain_depth": chain_depth, "max_prompt_tokens": max_prompt, "sweep": args.sweep,
+                "chat_template": plan.chat}
     results = report.build_results(rows=rows, runs=runs, settings=settings, engine=_engine_info(manifest),
                                    peers=peers_rows, best=best, extra=extra, command=sys.argv)
     out = Path(args.out)

@@ -92,6 +92,7 @@ class PromptRun:
 
 class GeneratorLike(Protocol):
     def encode(self, text: str) -> list[int]: ...
+    def render_chat(self, messages: list[dict[str, str]]) -> str: ...
     def generate(self, prompt_ids: list[int], max_new_tokens: int) -> Any: ...
     def close(self) -> None: ...
 
@@ -123,14 +124,16 @@ class RunPlan:
     max_new_tokens: int
     max_prompt_tokens: int           # longer prompts keep their last tokens
     warmup: int = 1                  # prompts run through every configuration first, not recorded
+    chat: bool = False               # each prompt is a user message in the engine's chat template
     truncated_prompts: list[str] = field(default_factory=list)
     prompt_ids: list[list[int]] = field(default_factory=list)  # filled by run_plan: what every policy got
 
 
-def _encode_all(plan: RunPlan, encode: Callable[[str], list[int]]) -> list[list[int]]:
+def _encode_all(plan: RunPlan, gen: GeneratorLike) -> list[list[int]]:
     out = []
     for p in plan.prompts:
-        ids = list(encode(p.text))
+        text = gen.render_chat([{"role": "user", "content": p.text}]) if plan.chat else p.text
+        ids = list(gen.encode(text))
         if len(ids) > plan.max_prompt_tokens:
             plan.truncated_prompts.append(f"{p.dataset}/{p.id}")
             ids = ids[-plan.max_prompt_tokens:]
@@ -145,7 +148,7 @@ def run_plan(plan: RunPlan, open_generator: OpenGenerator, progress: bool = True
     try:
         for c in plan.configs:
             gens[c] = open_generator(c)
-        ids = plan.prompt_ids = _encode_all(plan, gens[plan.configs[0]].encode)
+        ids = plan.prompt_ids = _encode_all(plan, gens[plan.configs[0]])
         warm = ids[:plan.warmup]
         total = (len(warm) + len(ids)) * len(plan.configs)
         runs: list[PromptRun] = []

@@ -16,16 +16,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def source(m: Manifest) -> str:
+    src = m.source
+    if src is None:
+        return "not recorded"
+    quant = f" ({src['quantization']})" if src.get("quantization") else ""
+    return f"{src['format'].upper()} {src['name']}{quant}"
+
+
 def summary(m: Manifest) -> list[str]:
     md, dd, lim = m.model, m.draft, m.limits
+    chat = (f"chat template ({len(m.tokenizer.chat_template)} chars), stop {list(m.tokenizer.stop_ids)}"
+            if m.tokenizer.chat_template else "no chat template")
     lines = [
         f"engine      {m.name}  ({m.dir}, {m.created_by or 'unknown producer'})",
+        f"source      {source(m)}",
+        f"weights     target weights {md.weights}, draft weights {dd.weights} ({md.dtype} activations and KV)",
         f"target      {md.architecture}, {md.num_layers} layers, hidden {md.hidden_size}, heads {md.num_heads}/"
         f"{md.num_kv_heads} kv, head_dim {md.head_dim}, vocab {md.vocab_size}, {md.dtype}",
         f"features    layers {list(md.feature_layers)} -> {m.feature_size}",
         f"draft       EAGLE-3 head, hidden {dd.hidden_size}, heads {dd.num_heads}/{dd.num_kv_heads} kv, "
         f"draft vocab {dd.draft_vocab_size}, k_max {dd.k_max}",
-        f"tokenizer   {m.tokenizer.file}  bos {m.tokenizer.bos_id}  eos {list(m.tokenizer.eos_ids)}",
+        f"tokenizer   {m.tokenizer.file}  bos {m.tokenizer.bos_id}  eos {list(m.tokenizer.eos_ids)}; {chat}",
         f"limits      max_seq_len {lim.max_seq_len}, max_tree_tokens {lim.max_tree_tokens}, "
         f"max_prefill_chunk {lim.max_prefill_chunk}",
         "defaults    " + ", ".join(f"{k}={v}" for k, v in m.defaults.items()),

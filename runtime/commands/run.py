@@ -25,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--prompt", metavar="TEXT", help="prompt text (tokenized with the engine's tokenizer)")
     src.add_argument("--prompt-file", metavar="FILE", type=Path, help="read the prompt text from FILE (UTF-8)")
     src.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated: 1,2,3")
+    src.add_argument("--chat", metavar="TEXT", help="a user message: rendered with the engine's chat template, "
+                                                    "generation stops at the end of the assistant's turn")
+    p.add_argument("--system", metavar="TEXT", help="with --chat: the system message (default: the template's)")
     p.add_argument("--policy", choices=POLICIES, help="draft-tree policy")
     p.add_argument("--budget", type=int, help="tree nodes incl. the root (<= limits.max_tree_tokens)")
     p.add_argument("--mu", type=float, help="talon: relative score threshold in (0, 1]")
@@ -85,10 +88,15 @@ class TextStream:
 def run(args: argparse.Namespace) -> int:
     from runtime.api import Generator
 
+    if args.system is not None and args.chat is None:
+        raise InputError("--system needs --chat (a raw --prompt is not templated)")
     options = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None}
     with Generator.open(args.engine, **options) as gen:
         if args.prompt_ids is not None:
             prompt = parse_ids(args.prompt_ids)
+        elif args.chat is not None:
+            messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
+            prompt = gen.encode(gen.render_chat([*messages, {"role": "user", "content": args.chat}]))
         else:
             text = args.prompt if args.prompt is not None else _read(args.prompt_file)
             prompt = gen.encode(text)

