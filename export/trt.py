@@ -40,8 +40,8 @@ def load_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise TrtUnavailable("tensorrt is not installed (pip install 'talon-rt[gpu]' on a machine with an "
-                             "NVIDIA GPU); no plans built") from None
+        raise TrtUnavailable("tensorrt is not installed (`make install-gpu` on a machine with an NVIDIA GPU, "
+                             "docs/gpu.md); no plans built") from None
     logger = trt.Logger(trt.Logger.WARNING)
     try:
         builder = trt.Builder(logger)

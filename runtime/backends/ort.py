@@ -195,6 +195,8 @@ def _check_device(m: Manifest, device: str) -> None:
     if not cuda_available():
         raise OptionError("option backend: 'ort-cuda' needs onnxruntime-gpu with a CUDA device"
                           + ort_gpu_conflict())
+    from runtime.backends import cuda_rt
+    cuda_rt.preload_pip_cuda()
 
 
 def cuda_providers(device: str) -> list[Any]:
