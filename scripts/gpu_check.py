@@ -9,7 +9,7 @@ No GPU machine has run it yet (docs/gpu.md says what is verified and what is not
 3. `python -m export.trt ENGINE --check`: TensorRT plans and their outputs against ORT CPU;
 4. `pytest -m gpu` for each path (tiny synthesised pair: GPU tokens == CPU tokens, providers, profiles);
 5. a short bench per path on the real engine: ar and talon, greedy, chat prompts: tok/s, talon == ar
-   (losslessness on that backend) and agreement with ORT CPU's tokens (fp16 near-ties may differ).
+   (losslessness on that backend) and agreement with ORT CPU's ar tokens (fp16 near-ties may differ).
 
 Exit status 0 only when both paths PASS. Results also go to OUT/verdict.json.
 """
@@ -95,11 +95,11 @@ def export(model: Path, out: Path) -> tuple[bool, str]:
                           "--dtype", "float16", "--flavour", "standard", "--force"], 300)
 
 
-def bench(engine: Path, backend: str) -> dict:
+def bench(engine: Path, backend: str, policies: tuple[str, ...] = POLICIES) -> dict:
     """Greedy chat replies per policy: tokens and decode tok/s (after one warm-up reply)."""
     from runtime.api import Generator
     out: dict = {}
-    for policy in POLICIES:
+    for policy in policies:
         with Generator.open(engine, backend=backend, policy=policy) as gen:
             assert gen.backend == backend, gen.backend
             gen.chat([{"role": "user", "content": PROMPTS[0]}], max_new_tokens=16)
@@ -143,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         report[f"tests {path}"] = tail.splitlines()[-1] if tail else ""
         try:
             if reference is None:
-                log("bench: ort-cpu (reference tokens)")
-                reference = bench(engine, "ort-cpu")
+                log("bench: ort-cpu, ar (reference tokens)")
+                reference = bench(engine, "ort-cpu", ("ar",))
             log(f"bench: {path}")
             got = bench(engine, path)
         except Exception as e:   # any failure of the path is its verdict, not a traceback
