@@ -22,7 +22,7 @@ from onnxruntime.capi.onnxruntime_inference_collection import IOBinding
 from runtime.api import Generator
 from runtime.backends import cuda_rt, resolve_backend
 from runtime.backends import ort as ort_backend
-from runtime.backends.ort import OrtBackend, check_providers, cuda_providers
+from runtime.backends.ort import OrtBackend, check_providers, session_providers
 from runtime.backends.ort_io import DeviceIO
 from runtime.decode import Decoder
 from runtime.errors import EngineError, OptionError
@@ -138,7 +138,7 @@ def test_auto_picks_ort_cuda_only_for_standard_graphs(tiny_engine, tiny_engine_g
 
 
 def test_cuda_session_options_and_provider_check():
-    cuda, _ = cuda_providers("cuda")
+    cuda, _ = session_providers("cuda")
     assert cuda == ("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"})
 
     class Fallen:

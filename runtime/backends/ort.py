@@ -199,7 +199,7 @@ def _check_device(m: Manifest, device: str) -> None:
     cuda_rt.preload_pip_cuda()
 
 
-def cuda_providers(device: str) -> list[Any]:
+def session_providers(device: str) -> list[Any]:
     """Session providers. CUDA: TF32 off (`use_tf32`), so fp32 graphs compute as on the CPU."""
     if device == "cuda":
         return [("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"}), "CPUExecutionProvider"]
@@ -251,7 +251,7 @@ class OrtBackend(Backend):
         sessions = {}
         for role in ("target", "draft_fc", "draft"):
             path = m.path(m.graphs[role].file)
-            sess = _load(path, _session_options(threads, thread_mode), cuda_providers(device))
+            sess = _load(path, _session_options(threads, thread_mode), session_providers(device))
             check_providers(sess, path, device)
             check_graph_io(m, role, *ort_io(sess))
             sessions[role] = sess
