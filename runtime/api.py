@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from runtime.backends import open_backend
@@ -11,14 +11,14 @@ from runtime.chat import render_chat
 from runtime.decode import Decoder
 from runtime.errors import ClosedError, EngineError, InputError, OptionError
 from runtime.manifest import Manifest, open_manifest
-from runtime.options import Options, resolve_options
+from runtime.options import SESSION_OPTIONS, Options, resolve_options
 from runtime.stats import RunStats
 
 
 @dataclass(frozen=True)
 class GenerationResult:
     tokens: list[int]          # generated ids (prompt excluded), EOS included if generated
-    stop_reason: str           # "eos" | "max_new_tokens" | "context_full"
+    stop_reason: str           # "eos" | "max_new_tokens" | "context_full" | "cancelled" (on_tokens returned False)
     stats: RunStats
     text: str | None = None    # set by generate_text
 
@@ -26,11 +26,13 @@ class GenerationResult:
 class Generator:
     """An opened engine with fixed options. Not thread-safe: one generation at a time."""
 
-    def __init__(self, manifest: Manifest, options: Options, decoder: Decoder, tokenizer: Any):
+    def __init__(self, manifest: Manifest, options: Options, decoder: Decoder, tokenizer: Any,
+                 owns_sessions: bool = True):
         self.manifest = manifest
         self.options = options
         self._decoder: Decoder | None = decoder
         self._tokenizer = tokenizer
+        self._owns_sessions = owns_sessions
 
     @classmethod
     def open(cls, engine_dir: str | os.PathLike[str], **options: Any) -> Generator:
@@ -90,9 +92,23 @@ class Generator:
         self._live()
         return self._tokenizer.decode(list(ids), skip_special_tokens=True)   # text for people: no </s>
 
+    def with_options(self, **overrides: Any) -> Generator:
+        """This engine with other generation options (policy, budget, sampling, ...) on the same sessions,
+        without reloading: run one generation at a time across the two. Its close() leaves the sessions
+        open; they belong to this Generator. Session options (backend, threads, thread_mode) stay."""
+        decoder = self._live()
+        opts = resolve_options(self.manifest, {**asdict(self.options), **overrides})
+        for key in SESSION_OPTIONS:
+            if getattr(opts, key) != getattr(self.options, key):
+                raise OptionError(f"option {key}: fixed when the engine is opened "
+                                  f"({getattr(self.options, key)!r}), got {getattr(opts, key)!r}")
+        return Generator(self.manifest, opts, Decoder(decoder.backend, self.manifest, opts), self._tokenizer,
+                         owns_sessions=False)
+
     def close(self) -> None:
         if self._decoder is not None:
-            self._decoder.backend.close()
+            if self._owns_sessions:
+                self._decoder.backend.close()
             self._decoder = None
 
     def _live(self) -> Decoder:

@@ -14,7 +14,8 @@ from typing import NoReturn, Sequence
 
 from runtime.errors import TalonError
 
-SUBCOMMANDS = ("runtime.commands.run", "runtime.commands.inspect", "runtime.bench.cli")
+SUBCOMMANDS = ("runtime.commands.run", "runtime.commands.inspect", "runtime.bench.cli", "runtime.commands.serve",
+               "runtime.commands.triton_repo")
 EXIT_USAGE = 2
 
 

@@ -24,7 +24,8 @@ from runtime.stats import RoundStats, RunStats
 from talon import (Acceptance, AcceptanceModel, ChainPolicy, CostModel, DraftTree, Eagle3Policy, TalonPolicy, logits_to_probs,
                    make_policy, sample_token, verify_greedy, verify_sample)
 
-OnTokens = Callable[[list[int]], None]
+# called with each round's new tokens; returning False cancels the generation (stop_reason "cancelled")
+OnTokens = Callable[[list[int]], "bool | None"]
 ROOT_ONLY = np.zeros(1, np.int64)          # the accepted path of a one-node tree
 ROOT_MASK = np.ones((1, 1), np.bool_)
 
@@ -32,7 +33,7 @@ ROOT_MASK = np.ones((1, 1), np.bool_)
 @dataclass(frozen=True)
 class Decoded:
     tokens: list[int]
-    stop_reason: str          # "eos" | "max_new_tokens" | "context_full"
+    stop_reason: str          # "eos" | "max_new_tokens" | "context_full" | "cancelled"
     stats: RunStats
 
 
@@ -136,18 +137,16 @@ class Decoder:
         root = self.prefill(np.asarray(prompt, dtype=np.int64))
         out = [root]
         t1 = time.perf_counter()
-        if on_tokens:
-            on_tokens([root])
         rounds: list[RoundStats] = []
-        stop = self.stop_reason(out, max_new_tokens)
+        keep = on_tokens is None or on_tokens([root]) is not False
+        stop = self.stop_reason(out, max_new_tokens) or (None if keep else "cancelled")
         while stop is None:
             tree, acc, engine_ns, wall_ns = self.round(root)
             emitted = self.emit(out, acc.tokens, max_new_tokens)
-            if on_tokens and emitted:
-                on_tokens(emitted)
             root = out[-1]
             rounds.append(self.round_stats(tree, acc, len(emitted), engine_ns, wall_ns))
-            stop = self.stop_reason(out, max_new_tokens)
+            keep = on_tokens is None or not emitted or on_tokens(emitted) is not False
+            stop = self.stop_reason(out, max_new_tokens) or (None if keep else "cancelled")
         t2 = time.perf_counter()
         return Decoded(out, stop, self.run_stats(len(prompt), out, rounds, t1 - t0, t2 - t1))
 

@@ -39,6 +39,8 @@ class Options:
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Options))
+# fixed when an engine's sessions are opened; the others may change per generation (Generator.with_options)
+SESSION_OPTIONS = ("backend", "threads", "thread_mode")
 
 
 def _number(name: str, value: Any, kind: type) -> Any:

@@ -301,3 +301,39 @@ def test_overhead_script_runs(capi, tiny_engine):
     medians = json.loads(proc.stdout)["medians"]
     assert set(medians) == {"generate_1_token", "encode"}
     assert all(r["c_us"] > 0 and r["python_us"] > 0 for r in medians.values())
+
+
+def test_render_chat_then_generate_text_equals_python_chat(lib, tmp_path_factory, tiny_engine):
+    from export.build import ExportOptions, export_engine
+    from export.tiny import CHATML, make_tiny_pair
+    model_dir, draft_dir = make_tiny_pair(tmp_path_factory.mktemp("chat_pair"), seed=2, chat=True)
+    engine = export_engine(model_dir, draft_dir, tmp_path_factory.mktemp("chat") / "chat",
+                           ExportOptions(max_seq_len=256, max_tree_tokens=16, max_prefill_chunk=64, k_max=8))
+    lib.talon_rt_render_chat.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+    lib.talon_rt_generate_text.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
+                                           ctypes.POINTER(ctypes.c_void_p)]
+    lib.talon_rt_free.argtypes = [ctypes.c_void_p]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "def fib(n):"}]
+    rt, text, reply = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+    assert lib.talon_rt_open(str(engine).encode(), json.dumps(OPTIONS).encode(), ctypes.byref(rt)) == 0
+    try:
+        assert lib.talon_rt_render_chat(rt, json.dumps(messages).encode(), ctypes.byref(text)) == 0
+        rendered = ctypes.string_at(text.value).decode()
+        assert lib.talon_rt_generate_text(rt, rendered.encode(), 16, ctypes.byref(reply)) == 0
+        from runtime.api import Generator
+        from runtime.chat import render_chat
+        with Generator.open(engine, **OPTIONS) as gen:
+            assert rendered == gen.render_chat(messages) == render_chat(CHATML, messages)
+            assert ctypes.string_at(reply.value).decode() == gen.chat(messages, max_new_tokens=16).text
+        lib.talon_rt_free(text), lib.talon_rt_free(reply)
+        for bad, match in ((b"not json", "invalid JSON"), (b'[{"role": "robot", "content": "x"}]', "role"),
+                           (b"\xff\xfe", "not valid UTF-8")):
+            assert lib.talon_rt_render_chat(rt, bad, ctypes.byref(text)) == 3 and text.value is None  # E_INPUT
+            assert match in lib.talon_rt_last_error(rt).decode()
+    finally:
+        lib.talon_rt_close(rt)
+    rt = ctypes.c_void_p()
+    assert lib.talon_rt_open(str(tiny_engine).encode(), None, ctypes.byref(rt)) == 0
+    assert lib.talon_rt_render_chat(rt, json.dumps(messages).encode(), ctypes.byref(text)) == 3
+    assert "no chat template" in lib.talon_rt_last_error(rt).decode()
+    lib.talon_rt_close(rt)

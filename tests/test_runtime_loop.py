@@ -9,6 +9,7 @@ import pytest
 from runtime.api import Generator
 from runtime.backends.base import Backend
 from runtime.decode import Decoder
+from runtime.errors import OptionError
 from runtime.manifest import open_manifest
 from runtime.options import resolve_options
 
@@ -107,3 +108,40 @@ def test_stats_are_consistent(tiny_engine):
     assert all(r.tree_size <= 8 and r.tree_size == 1 + sum(r.nodes_per_layer) for r in s.per_round)
     assert all(r.depth == len(r.nodes_per_layer) for r in s.per_round)
     assert s.tau == pytest.approx(59 / s.rounds) and 0.0 <= s.host_share <= 1.0
+
+
+@pytest.mark.parametrize("policy", ["ar", "chain", "talon"])
+@pytest.mark.parametrize("calls", [1, 3])
+def test_on_tokens_returning_false_cancels(tiny_engine, policy, calls):
+    gen = generator(tiny_engine, successor_table(), policy=policy, chain_depth=4)
+    seen: list[list[int]] = []
+
+    def on_tokens(new: list[int]) -> bool:
+        seen.append(new)
+        return len(seen) < calls
+
+    res = gen.generate([1, 5], max_new_tokens=100, on_tokens=on_tokens)
+    assert res.stop_reason == "cancelled" and len(seen) == calls
+    assert res.tokens == [t for new in seen for t in new] == list(range(6, 6 + len(res.tokens)))
+    again = gen.generate([1, 5], max_new_tokens=20)             # the generator is reusable after a cancel
+    assert again.tokens == list(range(6, 26)) and again.stop_reason == "max_new_tokens"
+
+
+def test_a_natural_stop_wins_over_a_cancel(tiny_engine):
+    gen = generator(tiny_engine, successor_table(), policy="ar")
+    res = gen.generate([1, 5], max_new_tokens=1, on_tokens=lambda new: False)
+    assert res.stop_reason == "max_new_tokens" and res.tokens == [6]
+
+
+def test_with_options_shares_the_sessions(tiny_engine):
+    gen = generator(tiny_engine, successor_table(), policy="talon", budget=8)
+    ar = gen.with_options(policy="ar", max_new_tokens=5)
+    assert ar.options.policy == "ar" and ar.options.budget == 8 and gen.options.policy == "talon"
+    assert ar._decoder.backend is gen._decoder.backend
+    assert ar.generate([1, 5]).tokens == [6, 7, 8, 9, 10]
+    ar.close()                                                    # the sessions stay with `gen`
+    assert gen.generate([1, 5], max_new_tokens=5).tokens == [6, 7, 8, 9, 10]
+    with pytest.raises(OptionError, match="option threads: fixed when the engine is opened"):
+        gen.with_options(threads=3)
+    with pytest.raises(OptionError, match="option budget"):
+        gen.with_options(budget=10_000)

@@ -91,6 +91,17 @@ def decode(gen, ids):
         return _failure(exc)
 
 
+def render_chat(gen, messages_json):
+    try:
+        try:
+            messages = json.loads(messages_json)
+        except ValueError as exc:
+            raise errors.InputError(f"messages_json: invalid JSON ({exc})") from None
+        return OK, gen.render_chat(messages)
+    except BaseException as exc:  # the C boundary
+        return _failure(exc)
+
+
 def close_generator(gen):
     try:
         gen.close()

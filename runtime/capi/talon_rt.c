@@ -47,7 +47,7 @@ static pthread_mutex_t g_init_lock = PTHREAD_MUTEX_INITIALIZER; /* starting the 
 static int g_interp_failed;       /* the interpreter could not start: final */
 static int g_started_here;        /* we started it (else the host did) */
 static char *g_interp_error;
-static PyObject *g_open, *g_generate, *g_encode, *g_decode, *g_close, *g_cancelled;
+static PyObject *g_open, *g_generate, *g_encode, *g_decode, *g_close, *g_cancelled, *g_render_chat;
 
 static const char MSG_NULL[] = "the handle is NULL";
 static const char MSG_UNKNOWN[] = "not a handle returned by talon_rt_open";
@@ -243,10 +243,10 @@ static int import_bridge(char **msg, int started_here)
     bridge = PyImport_ImportModule("runtime.capi.bridge");
     if (!bridge)
         goto fail;
-    static const char *const names[6] = {"open_generator", "generate", "encode", "decode",
-                                         "close_generator", "Cancelled"};
-    PyObject *fn[6] = {NULL};
-    for (int i = 0; i < 6; i++) {
+    static const char *const names[7] = {"open_generator", "generate", "encode", "decode",
+                                         "close_generator", "Cancelled", "render_chat"};
+    PyObject *fn[7] = {NULL};
+    for (int i = 0; i < 7; i++) {
         fn[i] = PyObject_GetAttrString(bridge, names[i]);
         if (!fn[i]) {
             for (int j = 0; j < i; j++)
@@ -257,7 +257,7 @@ static int import_bridge(char **msg, int started_here)
     }
     Py_DECREF(bridge);
     if (g_open) { /* another thread got here first while the import let go of the GIL */
-        for (int i = 0; i < 6; i++)
+        for (int i = 0; i < 7; i++)
             Py_DECREF(fn[i]);
         return TALON_RT_OK;
     }
@@ -266,6 +266,7 @@ static int import_bridge(char **msg, int started_here)
     g_decode = fn[3];
     g_close = fn[4];
     g_cancelled = fn[5];
+    g_render_chat = fn[6];
     g_open = fn[0]; /* last: g_open set means all are */
     return TALON_RT_OK;
 fail:;
@@ -801,6 +802,34 @@ int talon_rt_encode(talon_rt *rt, const char *text, int32_t *out, size_t out_cap
     return leave(rt, status);
 }
 
+/* Call fn(rt->gen, arg) (arg: a new reference or NULL with a Python error set) and copy the str it
+ * returns into *out_text (malloc). Returns the status; on failure the message is in rt->error. */
+static int call_for_text(talon_rt *rt, PyObject *fn, PyObject *arg, const char *label, char **out_text)
+{
+    char *msg = NULL;
+    PyObject *payload = NULL;
+    int status = unpack(arg ? PyObject_CallFunctionObjArgs(fn, rt->gen, arg, NULL) : NULL, &payload, &msg);
+    Py_XDECREF(arg);
+    if (status == TALON_RT_OK) {
+        Py_ssize_t len = 0;
+        const char *utf8 = PyUnicode_Check(payload) ? PyUnicode_AsUTF8AndSize(payload, &len) : NULL;
+        if (!utf8) {
+            PyErr_Clear();
+            status = TALON_RT_E_PYTHON;
+            msg = format("talon_rt: internal error: %s did not return a str", label);
+        } else if (!(*out_text = dup_string(utf8, (size_t)len))) {
+            status = TALON_RT_E_NOMEM;
+            msg = format("%s: out of memory", label);
+        }
+    }
+    Py_XDECREF(payload);
+    if (status != TALON_RT_OK) {
+        free(rt->error);
+        rt->error = msg;
+    }
+    return status;
+}
+
 int talon_rt_decode(talon_rt *rt, const int32_t *ids, size_t n_ids, char **out_text)
 {
     if (out_text)
@@ -811,31 +840,34 @@ int talon_rt_decode(talon_rt *rt, const int32_t *ids, size_t n_ids, char **out_t
     if ((!ids && n_ids) || !out_text)
         return leave(rt, handle_error(rt, TALON_RT_E_ARG, "talon_rt_decode: %s is NULL",
                                       out_text ? "ids" : "out_text"));
-    char *msg = NULL;
-    PyObject *payload = NULL;
     PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *list = ids_to_list(ids, n_ids);
-    status = unpack(list ? PyObject_CallFunctionObjArgs(g_decode, rt->gen, list, NULL) : NULL,
-                    &payload, &msg);
-    Py_XDECREF(list);
-    if (status == TALON_RT_OK) {
-        Py_ssize_t len = 0;
-        const char *utf8 = PyUnicode_Check(payload) ? PyUnicode_AsUTF8AndSize(payload, &len) : NULL;
-        if (!utf8) {
-            PyErr_Clear();
-            status = TALON_RT_E_PYTHON;
-            msg = format("talon_rt: internal error: decode did not return a str");
-        } else if (!(*out_text = dup_string(utf8, (size_t)len))) {
-            status = TALON_RT_E_NOMEM;
-            msg = format("talon_rt_decode: out of memory");
-        }
-    }
-    Py_XDECREF(payload);
+    status = call_for_text(rt, g_decode, ids_to_list(ids, n_ids), "talon_rt_decode", out_text);
     PyGILState_Release(gil);
-    if (status != TALON_RT_OK) {
+    return leave(rt, status);
+}
+
+int talon_rt_render_chat(talon_rt *rt, const char *messages_json, char **out_text)
+{
+    if (out_text)
+        *out_text = NULL;
+    int status = enter(rt, "talon_rt_render_chat");
+    if (status != TALON_RT_OK)
+        return status;
+    if (!messages_json || !out_text)
+        return leave(rt, handle_error(rt, TALON_RT_E_ARG, "talon_rt_render_chat: %s is NULL",
+                                      messages_json ? "out_text" : "messages_json"));
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyObject *arg = PyUnicode_DecodeUTF8(messages_json, (Py_ssize_t)strlen(messages_json), "strict");
+    if (!arg) {
+        char *why = take_exception(NULL);
         free(rt->error);
-        rt->error = msg;
+        rt->error = format("messages_json: not valid UTF-8 (%s)", why ? why : "");
+        free(why);
+        status = TALON_RT_E_INPUT;
+    } else {
+        status = call_for_text(rt, g_render_chat, arg, "talon_rt_render_chat", out_text);
     }
+    PyGILState_Release(gil);
     return leave(rt, status);
 }
 

@@ -179,6 +179,15 @@ int talon_rt_encode(talon_rt *rt, const char *text, int32_t *out, size_t out_cap
 /* Decode token ids to UTF-8 text; *out_text is allocated by the library (talon_rt_free). */
 int talon_rt_decode(talon_rt *rt, const int32_t *ids, size_t n_ids, char **out_text);
 
+/* Render a conversation with the engine's chat template: messages_json is a JSON array of
+ * {"role": "system" | "user" | "assistant", "content": "..."} objects; *out_text (release with
+ * talon_rt_free) is the prompt text, ending with the assistant's turn header. Pass it to
+ * talon_rt_generate_text (or talon_rt_encode + talon_rt_generate_stream): generation stops at the
+ * template's end-of-turn token (manifest tokenizer.stop_ids) as well as at EOS.
+ * Errors: E_HANDLE, E_BUSY, E_ARG, E_INPUT (not JSON, bad messages, the engine has no chat
+ * template), E_ENGINE (the template fails to render), E_PYTHON, E_NOMEM. */
+int talon_rt_render_chat(talon_rt *rt, const char *messages_json, char **out_text);
+
 /* Release memory returned by the library (strings from generate_text / decode). NULL is a no-op. */
 void talon_rt_free(void *p);
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from runtime.errors import InputError
 from runtime.options import BACKENDS, POLICIES, THREAD_MODES
+from runtime.text import IncrementalText
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +29,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--chat", metavar="TEXT", help="a user message: rendered with the engine's chat template, "
                                                     "generation stops at the end of the assistant's turn")
     p.add_argument("--system", metavar="TEXT", help="with --chat: the system message (default: the template's)")
+    add_options(p)
+    p.add_argument("--stats", action="store_true", help="print run statistics (stderr; in the JSON with --json)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of streaming text")
+    p.set_defaults(func=run)
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """The generation and session options (runtime.options.Options) as flags."""
     p.add_argument("--policy", choices=POLICIES, help="draft-tree policy")
     p.add_argument("--budget", type=int, help="tree nodes incl. the root (<= limits.max_tree_tokens)")
     p.add_argument("--mu", type=float, help="talon: relative score threshold in (0, 1]")
@@ -43,9 +52,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=BACKENDS, help="engine backend (default auto)")
     p.add_argument("--threads", type=int, help="intra-op threads per session (0 = all cores)")
     p.add_argument("--thread-mode", choices=THREAD_MODES, help="how target and draft share the CPU")
-    p.add_argument("--stats", action="store_true", help="print run statistics (stderr; in the JSON with --json)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of streaming text")
-    p.set_defaults(func=run)
 
 
 OPTION_ARGS = ("policy", "budget", "mu", "root_k", "eagle3_top_k", "eagle3_depth", "chain_depth",
@@ -64,24 +70,17 @@ class TextStream:
     """Writes the decoded text of a growing token list as it grows (holds back a partial character)."""
 
     def __init__(self, decode: Any, out: Any):
-        self.decode, self.out = decode, out
-        self.tokens: list[int] = []
-        self.shown = ""
+        self.text = IncrementalText(decode)
+        self.out = out
 
     def __call__(self, new: list[int]) -> None:
-        self.tokens.extend(new)
-        text = self.decode(self.tokens)
-        if text.endswith("\ufffd") or not text.startswith(self.shown):
-            return
-        self.out.write(text[len(self.shown):])
-        self.out.flush()
-        self.shown = text
+        piece = self.text.push(new)
+        if piece:
+            self.out.write(piece)
+            self.out.flush()
 
     def finish(self) -> None:
-        text = self.decode(self.tokens)
-        if text.startswith(self.shown):
-            self.out.write(text[len(self.shown):])
-        self.out.write("\n")
+        self.out.write(self.text.rest() + "\n")
         self.out.flush()
 
 

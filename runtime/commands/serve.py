@@ -1,0 +1,68 @@
+"""`talon-rt serve`: the OpenAI-compatible HTTP API (runtime/serve, docs/serving.md) on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from runtime.commands.run import OPTION_ARGS, add_options
+from runtime.errors import OptionError
+
+DEFAULT_MAX_QUEUE = 64     # waiting requests beyond the busy instances; more get 429 + Retry-After
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve an OpenAI-compatible HTTP API",
+                       description="Serve /v1/chat/completions, /v1/completions, /v1/models, /health and "
+                                   "/metrics. Options are the server's defaults; requests override the "
+                                   "sampling ones and, in x_talon, the policy's.")
+    p.add_argument("--engine", required=True, metavar="DIR", help="engine directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--instances", type=int, default=1, metavar="N",
+                   help="engine instances = concurrent generations (default 1)")
+    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
+                   help=f"requests that may wait for an instance (default {DEFAULT_MAX_QUEUE})")
+    p.add_argument("--model-name", metavar="NAME", help="the model id clients send (default: the engine's name)")
+    add_options(p)
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from runtime.serve.app import create_app
+
+    pool = open_pool(args)
+    try:
+        app = create_app(pool, args.model_name or pool.manifest.name)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+    finally:
+        pool.close()
+    return 0
+
+
+def threads_per_instance(instances: int) -> int:
+    return max(1, (os.cpu_count() or 1) // instances)
+
+
+def open_pool(args: argparse.Namespace):
+    from runtime.api import Generator
+    from runtime.serve.pool import Pool
+
+    if args.instances < 1:
+        raise OptionError(f"--instances: {args.instances} must be >= 1")
+    if args.max_queue < 1:
+        raise OptionError(f"--max-queue: {args.max_queue} must be >= 1")
+    options = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None}
+    if "threads" not in options and args.instances > 1:   # N instances share the cores instead of each taking all
+        options["threads"] = threads_per_instance(args.instances)
+    generators: list[Generator] = []
+    try:
+        for _ in range(args.instances):
+            generators.append(Generator.open(args.engine, **options))
+    except BaseException:
+        for g in generators:
+            g.close()
+        raise
+    return Pool(generators, args.max_queue)
