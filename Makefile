@@ -9,7 +9,7 @@ ENGINES ?= engines
 FLAVOUR ?= gqa
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow demo export engines bench bench-peers smollm2 capi pytriton clean
+.PHONY: help install install-gpu gpu-check test test-slow demo export engines bench bench-peers smollm2 capi pytriton clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,21 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install talon-rt with export, dev, bench and serve extras
+
+# onnxruntime and onnxruntime-gpu install the same `onnxruntime` folder: with both, the one pip wrote last
+# wins (the CUDA provider can vanish) and removing either breaks the other. The GPU venv keeps
+# onnxruntime-gpu alone; its [cuda,cudnn] extras bring CUDA 13 and cuDNN 9 from PyPI (docs/gpu.md).
+ORT_GPU  ?= onnxruntime-gpu[cuda,cudnn]==1.31.1
+TENSORRT ?= tensorrt==11.4.0.106
+
+install-gpu: install  ## replace onnxruntime with onnxruntime-gpu and add tensorrt (a machine with an NVIDIA GPU)
+	$(BIN)/pip uninstall -q -y onnxruntime onnxruntime-gpu
+	$(BIN)/pip install -q '$(ORT_GPU)' '$(TENSORRT)' 'polygraphy>=0.49'
+	$(PYTHON) -c "import onnxruntime as o; p = o.get_available_providers(); print('onnxruntime', o.__version__, p); \
+		assert 'CUDAExecutionProvider' in p, 'the CUDA provider is missing'"
+
+gpu-check: install  ## on a GPU machine after install-gpu: export SmolLM2 fp16, TensorRT plans, gpu tests, bench, verdicts
+	$(PYTHON) scripts/gpu_check.py
 
 test: install  ## run the fast test suite
 	$(BIN)/pytest -q

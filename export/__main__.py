@@ -57,8 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="children per draft row in topk_ids/topk_logp (default %(default)s)")
     p.add_argument("--flavour", default=_D.flavour, choices=["standard", "gqa"],
                    help="attention in target/draft: ORT's GroupQueryAttention writing the KV cache in place "
-                        "(ORT only; ORT CUDA also needs --dtype float16) or standard ONNX ops (needed by "
-                        "TensorRT; default %(default)s)")
+                        "(ORT CPU only) or standard ONNX ops (ORT CPU and CUDA, TensorRT; default %(default)s)")
     p.add_argument("--draft-weights", default=_D.draft_weights, choices=["float", "int8", "int4"],
                    help="draft graphs' MatMul weights: float, or int8/int4 blockwise (ORT only; lossless, "
                         "the target verifies every draft token; default %(default)s)")

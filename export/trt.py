@@ -1,8 +1,9 @@
 """`python -m export.trt ENGINE_DIR`: build TensorRT plans for an engine directory's graphs.
 
 One optimization profile per graph: q (tokens per call) in [1, max(max_tree_tokens, max_prefill_chunk)],
-optimised for the default budget; the draft's T (trailing keys under tree_mask) over the same range;
-`past_len` is a shape input (host memory at run time) with values in [0, max_seq_len - 1]. Precision
+optimised for the default budget; the draft's T (trailing keys under tree_mask) up to the widest mask
+a round passes (`draft_mask_width`: the policies' draft scratch footprints under the engine's
+defaults, e.g. eagle3's depth x top_k = 70, or q_max if larger); `past_len` is a shape input (host memory at run time) with values in [0, max_seq_len - 1]. Precision
 comes from the ONNX dtypes (strongly typed network; TensorRT 11 knows no other mode); TF32 is turned
 off so that fp32 plans match ORT. The plans are written as `<role>.plan`, listed in the manifest's
 `files` and described in its `tensorrt` section. `--check` runs each plan once against ORT CPU.
@@ -17,13 +18,16 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from export.engine_dir import file_record, verify_engine_dir
 from export.errors import ExportError
+from runtime.decode import policy_from_options
 from runtime.manifest import ROLES
+from runtime.options import OPTION_NAMES, Options
 
 EXIT_UNAVAILABLE = 2
 
@@ -36,8 +40,8 @@ def load_tensorrt():
     try:
         import tensorrt as trt
     except ImportError:
-        raise TrtUnavailable("tensorrt is not installed (pip install 'talon-rt[gpu]' on a machine with an "
-                             "NVIDIA GPU); no plans built") from None
+        raise TrtUnavailable("tensorrt is not installed (`make install-gpu` on a machine with an NVIDIA GPU, "
+                             "docs/gpu.md); no plans built") from None
     logger = trt.Logger(trt.Logger.WARNING)
     try:
         builder = trt.Builder(logger)
@@ -46,6 +50,18 @@ def load_tensorrt():
     if builder is None:
         raise TrtUnavailable(f"TensorRT {trt.__version__} cannot start: no usable CUDA GPU")
     return trt, logger, builder
+
+
+def draft_mask_width(manifest: dict) -> int:
+    """Widest draft tree_mask [q, T] a generation passes: T = q for a feed chunk (q <= q_max), and
+    T = scratch rows so far + q <= the policy's draft scratch footprint while a tree grows; over every
+    drafting policy under the engine's defaults at the largest budget, at most max_seq_len."""
+    lim = manifest["limits"]
+    q_max = max(lim["max_tree_tokens"], lim["max_prefill_chunk"])
+    base = {k: v for k, v in manifest["defaults"].items() if k in OPTION_NAMES and v is not None}
+    scratch = [policy_from_options(Options(**{**base, "policy": p, "budget": lim["max_tree_tokens"]})).footprint()[1]
+               for p in ("chain", "eagle3", "talon")]   # talon-cost's footprint is talon's; ar never drafts
+    return min(max(q_max, *scratch), lim["max_seq_len"])
 
 
 def profile_shapes(manifest: dict, role: str) -> tuple[dict, dict]:
@@ -66,7 +82,7 @@ def profile_shapes(manifest: dict, role: str) -> tuple[dict, dict]:
         shapes["tree_mask"] = ((1, 1, 1), (1, q_opt, q_opt), (1, q_max, q_max))
     else:
         shapes["hidden"] = q(d["hidden_size"])
-        shapes["tree_mask"] = ((1, 1, 1), (1, q_opt, q_opt), (1, q_max, q_max))
+        shapes["tree_mask"] = ((1, 1, 1), (1, q_opt, q_opt), (1, q_max, draft_mask_width(manifest)))
     values = {"past_len": ([0], [min(S // 2, S - q_max)], [S - 1])}
     return shapes, values
 
@@ -105,8 +121,31 @@ def build_plan(trt, logger, builder, onnx_path: Path, manifest: dict, role: str,
     return bytes(plan)
 
 
-def check_plan(plan: bytes, onnx_path: Path, manifest: dict, role: str) -> float:
-    """Run the plan and ORT CPU on one random call (P=5 cached rows, q=4); return max |diff|."""
+@dataclass(frozen=True)
+class PlanCheck:
+    """A plan's outputs against ORT CPU's on one call."""
+    max_abs_diff: float     # over the float outputs
+    argmax_mismatches: int  # argmax rows whose pick is not a near-maximum of the reference logits
+
+
+def compare_outputs(expect: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> PlanCheck:
+    """Float outputs by max |diff|; `argmax` ids against the reference logits: with every logit within
+    d of the reference, a correct argmax j has ref[j] >= max(ref) - 2d, so only picks below that
+    count as mismatches (a near-tie may flip). `topk_ids` can swap at near-ties too; their log-probs
+    are compared instead."""
+    floats = [n for n, ref in expect.items() if ref.dtype.kind == "f"]
+    diffs = {n: float(np.abs(np.asarray(got[n], np.float32) - expect[n].astype(np.float32)).max()) for n in floats}
+    mismatches = 0
+    if "argmax" in expect:
+        ref = expect["logits"].astype(np.float32).reshape(-1, expect["logits"].shape[-1])
+        pick = np.asarray(got["argmax"]).reshape(-1)
+        slack = 2 * diffs["logits"]
+        mismatches = int((ref[np.arange(len(pick)), pick] < ref.max(axis=-1) - slack).sum())
+    return PlanCheck(max(diffs.values(), default=0.0), mismatches)
+
+
+def check_plan(plan: bytes, onnx_path: Path, manifest: dict, role: str) -> PlanCheck:
+    """Run the plan and ORT CPU on one random call (P=5 cached rows, q=4) and compare the outputs."""
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
     from export.parity import ancestors_mask, ort_session
@@ -131,12 +170,7 @@ def check_plan(plan: bytes, onnx_path: Path, manifest: dict, role: str) -> float
     expect = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feed)))
     with TrtRunner(EngineFromBytes(plan)) as runner:
         got = runner.infer(feed)
-    worst = 0.0
-    for name, ref in expect.items():
-        if name == "topk_ids":
-            continue  # ids can swap at near-ties; their log-probs are compared
-        worst = max(worst, float(np.abs(np.asarray(got[name], np.float32) - ref.astype(np.float32)).max()))
-    return worst
+    return compare_outputs(expect, got)
 
 
 def gpu_name() -> str:
@@ -176,11 +210,14 @@ def build_engine_plans(engine_dir: Path, workspace_gb: float = 4.0, check: bool 
                  "profile": {k: {"min": list(v[0]), "opt": list(v[1]), "max": list(v[2])} for k, v in shapes.items()},
                  "shape_inputs": {k: {"min": v[0], "opt": v[1], "max": v[2]} for k, v in values.items()}}
         if check:
-            entry["max_abs_diff_vs_ort"] = check_plan(plan, onnx_path, manifest, role)
+            result = check_plan(plan, onnx_path, manifest, role)
+            entry["max_abs_diff_vs_ort"] = result.max_abs_diff
+            entry["argmax_mismatches_vs_ort"] = result.argmax_mismatches
         section["plans"][role] = entry
         manifest["files"][name] = file_record(engine_dir / name)
         log(f"built {name} ({len(plan) / 1e6:.1f} MB, {entry['build_s']} s)"
-            + (f", max |diff| vs ORT {entry['max_abs_diff_vs_ort']:.2e}" if check else ""))
+            + (f", max |diff| vs ORT {entry['max_abs_diff_vs_ort']:.2e}, "
+               f"{entry['argmax_mismatches_vs_ort']} argmax rows off" if check else ""))
     manifest["tensorrt"] = section
     tmp = engine_dir / f".manifest.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")

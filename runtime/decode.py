@@ -100,6 +100,7 @@ class Decoder:
         self.learner = self.policy.learner     # None unless the policy learns from its rounds
         rows, scratch = self.policy.footprint()
         self.need = max(rows, scratch)
+        backend.check_footprint(rows, scratch)
         self._capped: dict[int, Policy] = {}
         self.drafter = (Drafter(backend, m.draft.hidden_size, m.kv_dtype, max(scratch, 1), self.chunk)
                         if o.policy != "ar" else None)

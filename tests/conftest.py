@@ -38,3 +38,40 @@ def tiny_engine_gqa(tiny_pair, tmp_path_factory):
 def flavour_engine(request):
     """`tiny_engine` in each graph flavour (the losslessness tests run on both)."""
     return request.getfixturevalue("tiny_engine" if request.param == "standard" else "tiny_engine_gqa")
+
+
+
+class GpuNeeds:
+    """Called first in a gpu-marked test (those run only when selected with `pytest -m gpu`): a missing
+    GPU, provider or package FAILS the test with the reason, never skips it."""
+
+    def cuda_ep(self) -> None:
+        """onnxruntime's CUDA execution provider and a CUDA device."""
+        import onnxruntime as ort
+
+        from runtime.backends import cuda_rt
+        from runtime.backends.ort import ort_gpu_conflict
+        missing = []
+        if cuda_rt.device_count() == 0:
+            missing.append("a CUDA device (libcudart " + ("sees none" if cuda_rt._lib() else "not found") + ")")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            missing.append(f"onnxruntime-gpu (onnxruntime {ort.__version__} offers "
+                           f"{ort.get_available_providers()}{ort_gpu_conflict()})")
+        if missing:
+            pytest.fail("needs " + " and ".join(missing), pytrace=False)
+
+    def tensorrt(self) -> None:
+        """The tensorrt package with a usable CUDA device."""
+        from export.trt import TrtUnavailable, load_tensorrt
+        try:
+            load_tensorrt()
+            reason = None
+        except TrtUnavailable as e:
+            reason = str(e)
+        if reason is not None:
+            pytest.fail(reason, pytrace=False)
+
+
+@pytest.fixture
+def need() -> GpuNeeds:
+    return GpuNeeds()

@@ -45,19 +45,18 @@ def test_missing_engine_dir_is_named(tmp_path):
 
 
 @pytest.mark.gpu
-def test_build_plans_and_check(tiny_engine, tmp_path):
-    reason = _trt_available()
-    if reason is not None:
-        pytest.skip(reason)
+def test_build_plans_and_check(tiny_engine, tmp_path, need):
+    need.tensorrt()
     eng = tmp_path / "eng"
     shutil.copytree(tiny_engine, eng)
     r = _run(eng, "--check")
     assert r.returncode == 0, r.stderr
     m = verify_engine_dir(eng)
     assert {"target.plan", "draft_fc.plan", "draft.plan"} <= set(m["files"])
+    assert set(m["tensorrt"]["plans"]) == {"target", "draft_fc", "draft"}
     for role, entry in m["tensorrt"]["plans"].items():
         assert entry["max_abs_diff_vs_ort"] < 1e-3, role
-        assert entry["shape_inputs"].get("past_len", {"max": [255]})["max"] == [255]
+        assert entry["argmax_mismatches_vs_ort"] == 0, role
     from runtime.manifest import open_manifest
     assert open_manifest(eng).plan("target") is not None
 
@@ -84,3 +83,111 @@ def test_profiles_cover_every_dynamic_input(tiny_engine, role):
             assert fixed == [d for d, s in zip(hi, dims) if not isinstance(s, str)]
         else:
             assert inp.name not in shapes
+
+
+def test_draft_profile_covers_every_policy_footprint(tiny_engine):
+    """The draft's mask spans the round's scratch rows + q: eagle3's default 7 x 10 = 70 keys, wider
+    than q_max = 32 here; every policy's round must fit the profile the plans are built with."""
+    import copy
+
+    from export.trt import profile_shapes
+    from runtime.decode import policy_from_options
+    from runtime.options import Options
+    m = copy.deepcopy(verify_engine_dir(tiny_engine))
+    m["limits"].update(max_tree_tokens=32, max_prefill_chunk=32)
+    shapes, _ = profile_shapes(m, "draft")
+    t_max = shapes["tree_mask"][2][2]
+    assert shapes["tree_mask"][2][1] == 32
+    for policy in ("chain", "eagle3", "talon"):
+        assert policy_from_options(Options(policy=policy, budget=32)).footprint()[1] <= t_max, policy
+    assert t_max == 70
+
+
+def test_check_plan_allows_near_tie_argmax_flips(tiny_engine, monkeypatch):
+    """Ids are compared as ids: a flip between two logits within the float error passes, a pick far
+    below the maximum is a mismatch (a float |diff| of ids would fail the first and blur the second)."""
+    import numpy as np
+    import polygraphy.backend.trt as poly_trt
+
+    import export.parity
+    from export.trt import check_plan
+    logits = np.zeros((1, 3, 8), np.float32)
+    logits[0, :, 5] = 2.0
+    logits[0, 1, 3] = 2.0 - 1e-5   # row 1: a near tie between ids 5 and 3
+    ref = {"logits": logits, "argmax": np.full((1, 3), 5, np.int64)}
+
+    class Output:
+        def __init__(self, name):
+            self.name = name
+
+    class Session:
+        def get_inputs(self):
+            return []
+
+        def get_outputs(self):
+            return [Output(n) for n in ref]
+
+        def run(self, names, feed):
+            return list(ref.values())
+
+    plan_out: dict = {}
+
+    class Runner:
+        def __init__(self, engine):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def infer(self, feed):
+            return plan_out
+
+    monkeypatch.setattr(export.parity, "ort_session", lambda path: Session())
+    monkeypatch.setattr(poly_trt, "TrtRunner", Runner)
+    monkeypatch.setattr(poly_trt, "EngineFromBytes", lambda plan: plan)
+    m = verify_engine_dir(tiny_engine)
+    flipped = logits.copy()
+    flipped[0, 1, 3] += 2e-5
+    plan_out.update(logits=flipped, argmax=np.array([[5, 3, 5]]))
+    near_tie = check_plan(b"", tiny_engine / "target.onnx", m, "target")
+    assert near_tie.max_abs_diff < 1e-3 and near_tie.argmax_mismatches == 0
+    plan_out.update(logits=logits, argmax=np.array([[5, 5, 0]]))
+    assert check_plan(b"", tiny_engine / "target.onnx", m, "target").argmax_mismatches == 1
+
+
+def test_tensorrt_backend_checks_call_bounds():
+    """q <= q_max and past_len + q <= S before anything reaches the plans (ORT checks the same)."""
+    import numpy as np
+
+    from runtime.backends.trt import TrtBackend
+    b = TrtBackend.__new__(TrtBackend)   # no GPU here: only the bounds logic, plans absent
+    b.q_max, b.S, b.target_q, b.draft_q, b.draft_t, b.fc_q, b.plans = 8, 16, 8, 8, 12, 8, {}
+    ids = np.zeros(9, np.int64)
+    with pytest.raises(ValueError, match=r"q=9 at past_len=0 exceeds the buffers \(q_max=8, S=16\)"):
+        b.target_argmax(ids, ids, np.ones((9, 9), bool), 0)
+    with pytest.raises(ValueError, match=r"q=4 at past_len=13"):
+        b.draft(ids[:4], np.zeros((4, 2)), ids[:4], np.ones((4, 4), bool), 13)
+    with pytest.raises(ValueError, match=r"mask 13 keys wide exceeds draft.plan's profile \(T <= 12\)"):
+        b.draft(ids[:1], np.zeros((1, 2)), ids[:1], np.ones((1, 13), bool), 0)
+    with pytest.raises(ValueError, match=r"q=9"):
+        b.draft_fc(np.arange(9))
+
+
+def test_open_checks_the_round_against_the_backend(tiny_engine, monkeypatch):
+    """Generator.open hands the policy's footprint to the backend (TensorRT checks its profiles)."""
+    from runtime.api import Generator
+    from runtime.backends.base import Backend
+    from runtime.backends.trt import check_profile
+    from runtime.errors import OptionError
+    seen = []
+    monkeypatch.setattr(Backend, "check_footprint", lambda self, rows, scratch: seen.append((rows, scratch)))
+    Generator.open(tiny_engine, policy="eagle3", budget=16).close()
+    assert seen == [(16, 70)]
+    with pytest.raises(OptionError, match=r"option policy: a round writes up to 70 draft scratch rows; "
+                                          r"eng/draft.plan's optimization profile stops at tree_mask width 64"):
+        check_profile("eng", 128, 64, 16, 70)
+    with pytest.raises(OptionError, match=r"option budget: .* 65 tokens; eng/target.plan's .* q=64"):
+        check_profile("eng", 64, 128, 65, 0)

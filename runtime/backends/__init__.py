@@ -16,7 +16,7 @@ def _gpu_present() -> bool:
 
 def resolve_backend(m: Manifest, backend: str) -> str:
     """`auto`: TensorRT when every graph has a plan and a GPU + tensorrt are present, else ORT CUDA
-    when onnxruntime-gpu sees a device, else ORT CPU."""
+    when onnxruntime-gpu sees a device and the graphs are flavour standard, else ORT CPU."""
     if backend != "auto":
         return backend
     from runtime.backends.ort import cuda_available
@@ -24,7 +24,8 @@ def resolve_backend(m: Manifest, backend: str) -> str:
         from runtime.backends.trt import trt_available
         if trt_available():
             return "tensorrt"
-    if cuda_available() and _gpu_present():
+    standard = all(m.graphs[r].flavour == "standard" for r in ROLES)
+    if standard and cuda_available() and _gpu_present():
         return "ort-cuda"
     return "ort-cpu"
 

@@ -20,6 +20,12 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 
+def check_call(q: int, past_len: int, q_max: int, S: int) -> None:
+    """A call of q tokens after past_len cached rows must fit the buffers (and a plan's profile)."""
+    if q > q_max or past_len + q > S:
+        raise ValueError(f"call of q={q} at past_len={past_len} exceeds the buffers (q_max={q_max}, S={S})")
+
+
 class Backend(ABC):
     name: str = "?"
 
@@ -48,6 +54,11 @@ class Backend(ABC):
         Writes the q new K/V rows at [past_len, past_len+q). Returns (topk_ids [q, k_max] int64,
         topk_logp [q, k_max] float32, hidden_out [q, H]).
         """
+
+    def check_footprint(self, target_rows: int, draft_rows: int) -> None:
+        """Raise OptionError when a round writing `target_rows` target rows and `draft_rows` draft scratch
+        rows past P (decode.footprint) cannot run on this backend's fixed shapes (TensorRT's optimization
+        profiles). Default: no check at open; every call is checked against the buffers (`check_call`)."""
 
     def buffer_ids(self) -> tuple[int, ...]:
         """Addresses of every preallocated buffer (a test checks they never change)."""

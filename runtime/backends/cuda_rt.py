@@ -6,20 +6,40 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from functools import lru_cache
 
 H2D, D2H, D2D = 1, 2, 3
 _NAMES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0")
+_LOADED: list[ctypes.CDLL] = []   # the library once found; a failed lookup is retried on the next call
+_PRELOADED: list[bool] = []
 
 
-@lru_cache(maxsize=1)
+def preload_pip_cuda() -> None:
+    """CUDA libraries installed from PyPI (`onnxruntime-gpu[cuda,cudnn]`, docs/gpu.md) are not on the
+    loader's path: onnxruntime-gpu's `preload_dlls` loads them into the process (it returns at once
+    in the CPU build, and prints what it cannot load)."""
+    if _PRELOADED:
+        return
+    _PRELOADED.append(True)
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if preload is not None:
+        preload()
+
+
 def _lib() -> ctypes.CDLL | None:
+    if _LOADED:
+        return _LOADED[0]
+    preload_pip_cuda()
     found = ctypes.util.find_library("cudart")
     for name in ((found,) if found else ()) + _NAMES:
         try:
-            return ctypes.CDLL(name)
+            _LOADED.append(ctypes.CDLL(name))
         except OSError:
             continue
+        return _LOADED[0]
     return None
 
 

@@ -1,18 +1,24 @@
 """ONNX Runtime backend (CPU EP; CUDA EP when onnxruntime-gpu and a GPU are present), IO binding.
 
-Every buffer is allocated once at its maximum shape. A call binds views of those buffers at the
-call's shape; the IOBinding of each q is made once and cached (q is bounded by the engine limits),
-so a step only rewrites the small inputs in place and re-binds `tree_mask` when its width changes.
+Every buffer is allocated once at its maximum shape (`OrtDims`). A call binds views of those buffers
+at the call's shape; the IOBinding of each q is made once and cached (q is bounded by the engine
+limits). Where the buffers live and how rows move between them is the I/O strategy's business
+(runtime/backends/ort_io.py): on the CPU a step only rewrites the small inputs in place; on CUDA
+those host inputs are bound again before every run, since ORT copies them when they are bound.
 
 Layout: the K/V caches of all layers live in one array `[2L, kvh, S, hd]` (K of layer i at 2i,
 V at 2i+1; each `[1, kvh, S, hd]` slice is contiguous and bound as `past_*`). Flavour "standard":
 the q new rows of a call land in one array `[2L, kvh*q_max*hd]` whose per-layer prefix `[kvh, q, hd]`
-is bound as `present_*`, and a commit is one numpy gather for all layers. Flavour "gqa": `present_*`
-is bound to the same slice as `past_*`, the graph writes the q new rows at [P, P+q) itself, and a
-commit only moves an accepted path that is not a prefix down to [P, P+a).
+is bound as `present_*`, and a commit is one gather for all layers. Flavour "gqa" (CPU only: ORT's
+CUDA GroupQueryAttention takes no attention_bias, so no tree mask): `present_*` is bound to the same
+slice as `past_*`, the graph writes the q new rows at [P, P+q) itself, and a commit only moves an
+accepted path that is not a prefix down to [P, P+a).
 
 Greedy verification reads the target's in-graph `argmax` [q] (`target_argmax`); on CUDA its
-binding leaves `logits` on the device, so only q ids cross to the host.
+binding leaves `logits` on the device. What crosses the host on CUDA per call: the small inputs,
+the argmax ids (greedy) or logits (sampling), the draft's top-k and `hidden_out`, and draft_fc's
+`hidden` (the loop keeps each tree node's hidden state on the host). The target's `features` stay
+on the device: draft_fc reads its rows from a device -> device gather.
 
 Threading (docs/design.md §7: the target and draft sessions alternate on 2 cores, and an idle ORT pool that
 spins steals the core the other session needs):
@@ -33,7 +39,8 @@ from typing import Any, Callable
 import numpy as np
 import onnxruntime as ort
 
-from runtime.backends.base import Backend
+from runtime.backends.base import Backend, check_call
+from runtime.backends.ort_io import DeviceIO, HostIO, KVLayout
 from runtime.errors import EngineError, OptionError
 from runtime.manifest import Manifest, check_graph_io, ort_io
 
@@ -97,21 +104,28 @@ class _Tensor:
     buffer: np.ndarray | ort.OrtValue
     dtype: type
     shape: Callable[[int, int], list[int]]
-    device: str = "cpu"          # "cpu" or "cuda"
+    device: str = "cpu"          # ORT device name of the buffer
     uses_t: bool = False
+    offset: int = 0              # element offset inside the buffer
 
-    def ptr(self, offset: int = 0) -> int:
+    def ptr(self) -> int:
         base = self.buffer.ctypes.data if isinstance(self.buffer, np.ndarray) else self.buffer.data_ptr()
-        return base + offset * np.dtype(self.dtype).itemsize
+        return base + self.offset * np.dtype(self.dtype).itemsize
 
 
 class _Graph:
-    """One ORT session with its inputs and outputs bound to preallocated buffers."""
+    """One ORT session with its inputs and outputs bound to preallocated buffers.
 
-    def __init__(self, session: ort.InferenceSession, inputs: list[_Tensor], outputs: list[_Tensor]):
+    `per_call` inputs are bound again before every run (host inputs of a device session: ORT copies
+    them to the device when they are bound); the rest stay bound for every call of the same q.
+    """
+
+    def __init__(self, session: ort.InferenceSession, inputs: list[_Tensor], outputs: list[_Tensor],
+                 per_call: tuple[str, ...] = ()):
         self.session = session
         self.inputs = inputs
         self.outputs = outputs
+        self.per_call = [x for x in inputs if x.name in per_call]
         self._bindings: dict[int, list[Any]] = {}   # q -> [IOBinding, T]
 
     def run(self, q: int, t: int) -> None:
@@ -123,112 +137,180 @@ class _Graph:
             for x in self.outputs:
                 binding.bind_output(x.name, x.device, 0, x.dtype, x.shape(q, t), x.ptr())
             entry = self._bindings[q] = [binding, t]
-        elif entry[1] != t:
-            for x in self.inputs:
-                if x.uses_t:
-                    entry[0].bind_input(x.name, x.device, 0, x.dtype, x.shape(q, t), x.ptr())
-            entry[1] = t
+        else:
+            if entry[1] != t:
+                for x in self.inputs:
+                    if x.uses_t:
+                        entry[0].bind_input(x.name, x.device, 0, x.dtype, x.shape(q, t), x.ptr())
+                entry[1] = t
+            for x in self.per_call:
+                entry[0].bind_input(x.name, x.device, 0, x.dtype, x.shape(q, t), x.ptr())
         self.session.run_with_iobinding(entry[0])
 
 
-def _flat(n: int, dtype: type, device: str) -> np.ndarray | ort.OrtValue:
-    if device == "cpu":
-        return np.zeros(n, dtype=dtype)
-    return ort.OrtValue.ortvalue_from_shape_and_type([n], dtype, "cuda", 0)
+@dataclass(frozen=True)
+class OrtDims:
+    """The sizes every buffer of the backend is allocated from (one engine, batch 1)."""
+    layers: int           # target decoder layers
+    kv_heads: int         # target K/V heads
+    head_dim: int
+    vocab: int
+    features: int         # 3H: the EAGLE-3 taps, concatenated
+    hidden: int           # draft hidden size
+    draft_kv_heads: int
+    draft_head_dim: int
+    k_max: int            # children per draft row
+    S: int                # limits.max_seq_len
+    q_max: int            # max(max_tree_tokens, max_prefill_chunk): tokens per call
+
+    @classmethod
+    def of(cls, m: Manifest) -> OrtDims:
+        md, dd, lim = m.model, m.draft, m.limits
+        return cls(layers=md.num_layers, kv_heads=md.num_kv_heads, head_dim=md.head_dim, vocab=md.vocab_size,
+                   features=m.feature_size, hidden=dd.hidden_size, draft_kv_heads=dd.num_kv_heads,
+                   draft_head_dim=dd.head_dim, k_max=dd.k_max, S=lim.max_seq_len,
+                   q_max=max(lim.max_tree_tokens, lim.max_prefill_chunk))
+
+    @property
+    def target_kv(self) -> KVLayout:
+        return KVLayout(2 * self.layers, self.kv_heads, self.head_dim, self.S, self.q_max)
+
+    @property
+    def draft_kv(self) -> KVLayout:
+        return KVLayout(2, self.draft_kv_heads, self.draft_head_dim, self.S, self.q_max)
+
+
+SMALL_INPUTS = ("input_ids", "position_ids", "tree_mask", "past_len")
+GQA_ON_CUDA = ("ORT's CUDA GroupQueryAttention kernel rejects attention_bias (the tree mask) and has no "
+               "float32 kernel")
+
+
+def _check_device(m: Manifest, device: str) -> None:
+    if device != "cuda":
+        return
+    gqa = [r for r in ("target", "draft") if m.graphs[r].flavour == "gqa"]
+    if gqa:
+        raise OptionError(f"option backend: 'ort-cuda' cannot run flavour 'gqa' graphs ({GQA_ON_CUDA}); "
+                          f"{m.dir} has graphs.{gqa[0]}.flavour 'gqa' (export with --flavour standard)")
+    if not cuda_available():
+        raise OptionError("option backend: 'ort-cuda' needs onnxruntime-gpu with a CUDA device"
+                          + ort_gpu_conflict())
+    from runtime.backends import cuda_rt
+    cuda_rt.preload_pip_cuda()
+
+
+def session_providers(device: str) -> list[Any]:
+    """Session providers. CUDA: TF32 off (`use_tf32`), so fp32 graphs compute as on the CPU."""
+    if device == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def check_providers(session: Any, path: Any, device: str) -> None:
+    """The session must run on the provider asked for (ORT falls back to CPU with only a log line)."""
+    want = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+    got = session.get_providers()
+    if not got or got[0] != want:
+        raise EngineError(f"{path}: onnxruntime created the session on {got}, not {want} "
+                          f"(CUDA or cuDNN libraries missing or mismatched?)")
+
+
+def ort_gpu_conflict() -> str:
+    """A hint when onnxruntime and onnxruntime-gpu are both installed (they share one package folder)."""
+    from importlib import metadata
+    have = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            have.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    if len(have) < 2:
+        return ""
+    return (f"; both {' and '.join(have)} are installed and overwrite each other (run `make install-gpu`, "
+            f"see docs/gpu.md)")
 
 
 class OrtBackend(Backend):
     """Target, draft_fc and draft graphs on one ORT execution provider."""
 
-    def __init__(self, m: Manifest, device: str = "cpu", threads: int = 0, thread_mode: str = "runspin"):
-        if device == "cuda" and not cuda_available():
-            raise OptionError("option backend: 'ort-cuda' needs onnxruntime-gpu with a CUDA device")
+    def __init__(self, m: Manifest, device: str = "cpu", threads: int = 0, thread_mode: str = "runspin",
+                 io: HostIO | None = None):
+        _check_device(m, device)
         self.name = f"ort-{device}"
         self.device = device
-        md, dd, lim = m.model, m.draft, m.limits
-        self.S = lim.max_seq_len
-        self.q_max = max(lim.max_tree_tokens, lim.max_prefill_chunk)
+        self.dims = d = OrtDims.of(m)
+        self.S, self.q_max = d.S, d.q_max
         dt = m.kv_dtype
-        qm, S = self.q_max, self.S
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda"
-                     else ["CPUExecutionProvider"])
+        if io is None:
+            if device == "cuda":
+                from runtime.backends import cuda_rt
+                io = DeviceIO(cuda_rt.load(), dt)
+            else:
+                io = HostIO()
+        self.io = io
         sessions = {}
         for role in ("target", "draft_fc", "draft"):
-            sess = _load(m.path(m.graphs[role].file), _session_options(threads, thread_mode), providers)
+            path = m.path(m.graphs[role].file)
+            sess = _load(path, _session_options(threads, thread_mode), session_providers(device))
+            check_providers(sess, path, device)
             check_graph_io(m, role, *ort_io(sess))
             sessions[role] = sess
+        qm, S, dev = d.q_max, d.S, io.device
+        per_call = SMALL_INPUTS + ("hidden",) if io.rebind_inputs else ()
 
         # small host inputs, shared by the target and the draft (they never run at once)
         self.ids = np.zeros(qm, np.int64)
         self.pos = np.zeros(qm, np.int64)
         self.mask = np.zeros(qm * S, np.bool_)     # [q, T] with T <= S (draft scratch + new rows)
         self.past = np.zeros(1, np.int64)
-        L, kvh, hd, V, F, H = md.num_layers, md.num_kv_heads, md.head_dim, md.vocab_size, m.feature_size, md.hidden_size
-        kvd, hdd, k = dd.num_kv_heads, dd.head_dim, dd.k_max
-
         self.in_place = {r: m.graphs[r].flavour == "gqa" for r in ("target", "draft")}
 
-        # target: cache [2L, kvh, S, hd]; present [2L, kvh*qm*hd] (standard); outputs read on the host
-        self.kv_t = _flat(2 * L * kvh * S * hd, dt, device)
-        self.new_t = _flat(1 if self.in_place["target"] else 2 * L * kvh * qm * hd, dt, device)
-        self.logits = np.zeros(qm * V, np.float32)
+        # target: cache [2L, kvh, S, hd]; present [2L, kvh*qm*hd] (standard); features stay with the cache
+        tk = d.target_kv
+        self.kv_t = io.alloc(tk.slabs * tk.heads * S * tk.head_dim, dt)
+        self.new_t = io.alloc(1 if self.in_place["target"] else tk.slabs * tk.heads * qm * tk.head_dim, dt)
+        self.logits = np.zeros(qm * d.vocab, np.float32)
         self.argmax = np.zeros(qm, np.int64)
-        self.features = np.zeros(qm * F, dt)
+        self.features = io.alloc(qm * d.features, dt)
         small = self._small_inputs(with_t=False)
-        kv_in, kv_out = [], []
-        for i in range(L):
-            for j, kind in enumerate(("key", "value")):
-                slab = 2 * i + j
-                kv_in.append(_Offset(f"past_{kind}_{i}", self.kv_t, dt, lambda q, t: [1, kvh, S, hd], device,
-                                     offset=slab * kvh * S * hd))
-                if self.in_place["target"]:
-                    kv_out.append(replace(kv_in[-1], name=f"present_{kind}_{i}"))
-                else:
-                    kv_out.append(_Offset(f"present_{kind}_{i}", self.new_t, dt, lambda q, t: [1, kvh, q, hd],
-                                          device, offset=slab * kvh * qm * hd))
+        kv_in, kv_out = self._kv_tensors(tk, "past_{}_{}", "present_{}_{}", self.kv_t, self.new_t,
+                                         self.in_place["target"], dt, dev)
         rest = [_Tensor("argmax", self.argmax, np.int64, lambda q, t: [1, q]),
-                _Tensor("features", self.features, dt, lambda q, t: [1, q, F])] + kv_out
+                _Tensor("features", self.features, dt, lambda q, t: [1, q, d.features], dev)] + kv_out
         self._target = _Graph(sessions["target"], small + kv_in,
-                              [_Tensor("logits", self.logits, np.float32, lambda q, t: [1, q, V])] + rest)
+                              [_Tensor("logits", self.logits, np.float32, lambda q, t: [1, q, d.vocab])] + rest,
+                              per_call)
         self._target_greedy = self._target
-        if device == "cuda":   # greedy: logits stay in a device buffer
-            self.logits_dev = _flat(qm * V, np.float32, device)
+        if io.resident:   # greedy: logits stay in a device buffer, only the argmax ids cross
+            self.logits_dev = io.alloc(qm * d.vocab, np.float32)
             self._target_greedy = _Graph(sessions["target"], small + kv_in, [
-                _Tensor("logits", self.logits_dev, np.float32, lambda q, t: [1, q, V], device)] + rest)
+                _Tensor("logits", self.logits_dev, np.float32, lambda q, t: [1, q, d.vocab], dev)] + rest, per_call)
         self._q_t = 0
 
-        # draft_fc: features rows -> hidden
-        self.fc_in = np.zeros(qm * F, dt)
-        self.fc_out = np.zeros(qm * H, dt)
-        self._fc = _Graph(sessions["draft_fc"], [_Tensor("features", self.fc_in, dt, lambda q, t: [1, q, F])],
-                          [_Tensor("hidden", self.fc_out, dt, lambda q, t: [1, q, H])])
+        # draft_fc: feature rows (gathered next to the features) -> hidden
+        self.fc_in = io.alloc(qm * d.features, dt)
+        self.fc_out = np.zeros(qm * d.hidden, dt)
+        self._fc = _Graph(sessions["draft_fc"], [_Tensor("features", self.fc_in, dt, lambda q, t: [1, q, d.features],
+                                                         dev)],
+                          [_Tensor("hidden", self.fc_out, dt, lambda q, t: [1, q, d.hidden])])
 
         # draft: its own one-layer cache [2, kvd, S, hdd]
-        self.kv_d = _flat(2 * kvd * S * hdd, dt, device)
-        self.new_d = _flat(1 if self.in_place["draft"] else 2 * kvd * qm * hdd, dt, device)
-        self.hidden = np.zeros(qm * H, dt)
-        self.topk_ids = np.zeros(qm * k, np.int64)
-        self.topk_logp = np.zeros(qm * k, np.float32)
-        self.hidden_out = np.zeros(qm * H, dt)
-        d_past = [_Offset("past_key", self.kv_d, dt, lambda q, t: [1, kvd, S, hdd], device, offset=0),
-                  _Offset("past_value", self.kv_d, dt, lambda q, t: [1, kvd, S, hdd], device, offset=kvd * S * hdd)]
-        if self.in_place["draft"]:
-            d_present = [replace(x, name=x.name.replace("past_", "present_")) for x in d_past]
-        else:
-            d_present = [
-                _Offset("present_key", self.new_d, dt, lambda q, t: [1, kvd, q, hdd], device, offset=0),
-                _Offset("present_value", self.new_d, dt, lambda q, t: [1, kvd, q, hdd], device,
-                        offset=kvd * qm * hdd)]
-        d_in = self._small_inputs(with_t=True) + [_Tensor("hidden", self.hidden, dt, lambda q, t: [1, q, H])] + d_past
+        dk = d.draft_kv
+        self.kv_d = io.alloc(2 * dk.heads * S * dk.head_dim, dt)
+        self.new_d = io.alloc(1 if self.in_place["draft"] else 2 * dk.heads * qm * dk.head_dim, dt)
+        self.hidden = np.zeros(qm * d.hidden, dt)
+        self.topk_ids = np.zeros(qm * d.k_max, np.int64)
+        self.topk_logp = np.zeros(qm * d.k_max, np.float32)
+        self.hidden_out = np.zeros(qm * d.hidden, dt)
+        d_past, d_present = self._kv_tensors(dk, "past_{}", "present_{}", self.kv_d, self.new_d,
+                                             self.in_place["draft"], dt, dev)
+        d_in = (self._small_inputs(with_t=True) + [_Tensor("hidden", self.hidden, dt, lambda q, t: [1, q, d.hidden])]
+                + d_past)
         d_out = [
-            _Tensor("topk_ids", self.topk_ids, np.int64, lambda q, t: [1, q, k]),
-            _Tensor("topk_logp", self.topk_logp, np.float32, lambda q, t: [1, q, k]),
-            _Tensor("hidden_out", self.hidden_out, dt, lambda q, t: [1, q, H])] + d_present
-        self._draft = _Graph(sessions["draft"], d_in, d_out)
-        self._dims = (L, kvh, hd, V, F, H, kvd, hdd, k)
-        if device == "cuda":
-            from runtime.backends import cuda_rt
-            self._cuda = cuda_rt.load()
+            _Tensor("topk_ids", self.topk_ids, np.int64, lambda q, t: [1, q, d.k_max]),
+            _Tensor("topk_logp", self.topk_logp, np.float32, lambda q, t: [1, q, d.k_max]),
+            _Tensor("hidden_out", self.hidden_out, dt, lambda q, t: [1, q, d.hidden])] + d_present
+        self._draft = _Graph(sessions["draft"], d_in, d_out, per_call)
         self._closed = False
 
     def _small_inputs(self, with_t: bool) -> list[_Tensor]:
@@ -240,10 +322,26 @@ class OrtBackend(Backend):
             _Tensor("past_len", self.past, np.int64, lambda q, t: [1]),
         ]
 
+    @staticmethod
+    def _kv_tensors(kv: KVLayout, past: str, present: str, cache: Any, new: Any, in_place: bool, dt: type,
+                    dev: str) -> tuple[list[_Tensor], list[_Tensor]]:
+        """past_* bound to each slab of the cache; present_* to the same slab (gqa, in place) or to the
+        q-row prefix of the slab's new-rows buffer (standard). `past`/`present` format (kind, layer)."""
+        ins, outs = [], []
+        for slab in range(kv.slabs):
+            kind, layer = ("key", "value")[slab % 2], slab // 2
+            ins.append(_Tensor(past.format(kind, layer), cache, dt, lambda q, t: [1, kv.heads, kv.S, kv.head_dim],
+                               dev, offset=slab * kv.heads * kv.S * kv.head_dim))
+            if in_place:
+                outs.append(replace(ins[-1], name=present.format(kind, layer)))
+            else:
+                outs.append(_Tensor(present.format(kind, layer), new, dt, lambda q, t: [1, kv.heads, q, kv.head_dim],
+                                    dev, offset=slab * kv.heads * kv.q_max * kv.head_dim))
+        return ins, outs
+
     def _stage(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> tuple[int, int]:
         q, t = mask.shape
-        if q > self.q_max or past_len + q > self.S:
-            raise ValueError(f"call of q={q} at past_len={past_len} exceeds the buffers (q_max={self.q_max}, S={self.S})")
+        check_call(q, past_len, self.q_max, self.S)
         self.ids[:q] = ids
         self.pos[:q] = positions
         self.mask[:q * t] = mask.reshape(-1)
@@ -256,7 +354,8 @@ class OrtBackend(Backend):
         q, _ = self._stage(ids, positions, mask, past_len)
         self._target.run(q, q)
         self._q_t = q
-        return self.logits[:q * self._dims[3]].reshape(q, self._dims[3])
+        V = self.dims.vocab
+        return self.logits[:q * V].reshape(q, V)
 
     def target_argmax(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> np.ndarray:
         q, _ = self._stage(ids, positions, mask, past_len)
@@ -265,82 +364,29 @@ class OrtBackend(Backend):
         return self.argmax[:q]
 
     def commit_target(self, past_len: int, rows: np.ndarray) -> None:
-        L, kvh, hd = self._dims[:3]
-        a, q = len(rows), self._q_t
-        if self.in_place["target"]:
-            self._compact_target(past_len, rows)
-            return
-        if self.device == "cuda":
-            self._commit_cuda(self.kv_t, self.new_t, 2 * L, kvh, hd, past_len, q, rows)
-            return
-        new = self.new_t.reshape(2 * L, -1)[:, :kvh * q * hd].reshape(2 * L, kvh, q, hd)
-        cache = self.kv_t.reshape(2 * L, kvh, self.S, hd)
-        if a == q or rows[-1] == a - 1:   # rows are 0..a-1: the accepted path is a prefix
-            cache[:, :, past_len:past_len + a] = new[:, :, :a]
-        else:
-            cache[:, :, past_len:past_len + a] = new[:, :, rows]
-
-    def _compact_target(self, past_len: int, rows: np.ndarray) -> None:
-        """Flavour "gqa": the call left its q rows at [P, P+q); move the accepted path to [P, P+a)."""
-        L, kvh, hd = self._dims[:3]
-        a = len(rows)
-        if a == 0 or rows[-1] == a - 1:   # a prefix is already in place
-            return
-        if self.device == "cuda":
-            from runtime.backends import cuda_rt
-            row = hd * self.features.dtype.itemsize
-            for s in range(2 * L):
-                cuda_rt.compact_rows(self._cuda, self.kv_t.data_ptr() + s * kvh * self.S * row, kvh, row, self.S,
-                                     past_len, rows)
-            self._cuda.sync(0)
-            return
-        cache = self.kv_t.reshape(2 * L, kvh, self.S, hd)
-        cache[:, :, past_len:past_len + a] = cache[:, :, past_len + rows]   # fancy index: a temporary of a rows
+        if not self.in_place["target"]:
+            self.io.store_rows(self.dims.target_kv, self.kv_t, self.new_t, past_len, self._q_t, rows)
+        elif len(rows) and rows[-1] != len(rows) - 1:   # gqa wrote the q rows at [P, P+q); a prefix is in place
+            self.io.compact_rows(self.dims.target_kv, self.kv_t, past_len, rows)
 
     # -- draft --------------------------------------------------------------------------------------
 
     def draft_fc(self, rows: np.ndarray) -> np.ndarray:
-        F, H = self._dims[4], self._dims[5]
-        n = len(rows)
-        feats = self.features[:self._q_t * F].reshape(self._q_t, F)
-        np.take(feats, rows, axis=0, out=self.fc_in[:n * F].reshape(n, F))
+        n, H = len(rows), self.dims.hidden
+        self.io.gather_rows(self.fc_in, self.features, rows, self.dims.features, self._q_t)
         self._fc.run(n, n)
         return self.fc_out[:n * H].reshape(n, H)
 
     def draft(self, ids: np.ndarray, hidden: np.ndarray, positions: np.ndarray, mask: np.ndarray,
               past_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         q, t = self._stage(ids, positions, mask, past_len)
-        H, k = self._dims[5], self._dims[8]
+        H, k = self.dims.hidden, self.dims.k_max
         self.hidden[:q * H] = hidden.reshape(-1)
         self._draft.run(q, t)
         if not self.in_place["draft"]:   # flavour gqa wrote its q rows at [past_len, past_len+q) itself
-            self._store_draft_rows(past_len, q)
+            self.io.store_rows(self.dims.draft_kv, self.kv_d, self.new_d, past_len, q, None)
         return (self.topk_ids[:q * k].reshape(q, k), self.topk_logp[:q * k].reshape(q, k),
                 self.hidden_out[:q * H].reshape(q, H))
-
-    def _store_draft_rows(self, past_len: int, q: int) -> None:
-        kvd, hdd = self._dims[6:8]
-        if self.device == "cuda":
-            self._commit_cuda(self.kv_d, self.new_d, 2, kvd, hdd, past_len, q, np.arange(q))
-            return
-        new = self.new_d.reshape(2, -1)[:, :kvd * q * hdd].reshape(2, kvd, q, hdd)
-        self.kv_d.reshape(2, kvd, self.S, hdd)[:, :, past_len:past_len + q] = new
-
-    # -- device commit ------------------------------------------------------------------------------
-
-    def _commit_cuda(self, cache: Any, new: Any, slabs: int, kvh: int, hd: int, past_len: int, q: int,
-                     rows: np.ndarray) -> None:
-        """Rows of new [slabs][kvh, q, hd] -> cache [slabs][kvh, S, hd] rows past_len + j, on the device.
-
-        run_with_iobinding has synchronised ORT's stream, so the copies (on the legacy default stream)
-        see the outputs; ORT's stream may not wait for the default stream, so they finish before return.
-        """
-        from runtime.backends import cuda_rt
-        row = hd * self.features.dtype.itemsize
-        for s in range(slabs):
-            cuda_rt.copy_rows(self._cuda, cache.data_ptr() + s * kvh * self.S * row,
-                              new.data_ptr() + s * kvh * self.q_max * row, kvh, row, self.S, q, past_len, rows)
-        self._cuda.sync(0)
 
     def buffer_ids(self) -> tuple[int, ...]:
         bufs = (self.kv_t, self.new_t, self.kv_d, self.new_d, self.logits, self.argmax, self.features, self.fc_in,
@@ -352,12 +398,3 @@ class OrtBackend(Backend):
         if not self._closed:
             self._target = self._target_greedy = self._fc = self._draft = None  # type: ignore[assignment]
             self._closed = True
-
-
-@dataclass
-class _Offset(_Tensor):
-    """A tensor bound at an element offset inside a bigger flat buffer."""
-    offset: int = 0
-
-    def ptr(self, offset: int = 0) -> int:
-        return super().ptr(self.offset + offset)

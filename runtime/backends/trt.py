@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends import cuda_rt
-from runtime.backends.base import Backend
+from runtime.backends.base import Backend, check_call
 from runtime.errors import EngineError, OptionError
 from runtime.manifest import Manifest, check_graph_io, expected_io
 
@@ -28,6 +28,19 @@ def trt_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def check_profile(plan_dir: Any, target_q: int, draft_t: int, target_rows: int, draft_rows: int) -> None:
+    """A round of `target_rows` tree tokens and `draft_rows` draft scratch rows must fit the plans'
+    optimization profiles: target tree_mask [q, q] up to target_q, draft tree_mask [q, T] up to
+    draft_t (a layer's mask spans the round's scratch rows so far and its own q rows)."""
+    if target_rows > target_q:
+        raise OptionError(f"option budget: a round verifies up to {target_rows} tokens; {plan_dir}/target.plan's "
+                          f"optimization profile stops at q={target_q} (lower the budget or chain_depth)")
+    if draft_rows > draft_t:
+        raise OptionError(f"option policy: a round writes up to {draft_rows} draft scratch rows; {plan_dir}/draft.plan's "
+                          f"optimization profile stops at tree_mask width {draft_t} (lower eagle3_top_k x "
+                          f"eagle3_depth, or rebuild the plans with `make engines`)")
 
 
 def _dtype_name(trt: Any, dt: Any) -> str:
@@ -86,6 +99,10 @@ class _Plan:
         if not self.ctx.execute_async_v3(stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
 
+    def profile_max(self, name: str) -> tuple[int, ...]:
+        """The largest shape of input `name` in the plan's optimization profile 0."""
+        return tuple(self.engine.get_tensor_profile_shape(name, 0)[2])
+
     def close(self) -> None:
         for ptr in self.dev.values():
             self.cuda.free(ptr)
@@ -128,6 +145,13 @@ class TrtBackend(Backend):
         self._q_t = 0
         self._closed = False
         self._past = np.zeros(1, np.int64)
+        # [1, q, q] and [1, q, T] at the profiles' maximum
+        self.target_q = self.plans["target"].profile_max("tree_mask")[1]
+        self.draft_q, self.draft_t = self.plans["draft"].profile_max("tree_mask")[1:]
+        self.fc_q = self.plans["draft_fc"].profile_max("features")[1]
+
+    def check_footprint(self, target_rows: int, draft_rows: int) -> None:
+        check_profile(self.m.dir, self.target_q, self.draft_t, target_rows, draft_rows)
 
     def _small(self, plan: _Plan, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> None:
         self._past[0] = past_len
@@ -137,8 +161,9 @@ class TrtBackend(Backend):
         plan.put("past_len", self._past, self.stream)
 
     def _run_target(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, past_len: int) -> int:
-        p, md = self.plans["target"], self.m.model
         q = ids.shape[0]
+        check_call(q, past_len, min(self.q_max, self.target_q), self.S)
+        p, md = self.plans["target"], self.m.model
         self._small(p, ids, positions, mask, past_len)
         kv = {f"past_{k}_{i}": (1, md.num_kv_heads, self.S, md.head_dim)
               for i in range(md.num_layers) for k in ("key", "value")}
@@ -173,6 +198,7 @@ class TrtBackend(Backend):
         self.cuda.sync(self.stream)
 
     def draft_fc(self, rows: np.ndarray) -> np.ndarray:
+        check_call(rows.shape[0], 0, min(self.q_max, self.fc_q), self.S)
         t, fc, H = self.plans["target"], self.plans["draft_fc"], self.m.draft.hidden_size
         F = self.m.feature_size
         n, row = rows.shape[0], F * self.es
@@ -190,8 +216,11 @@ class TrtBackend(Backend):
 
     def draft(self, ids: np.ndarray, hidden: np.ndarray, positions: np.ndarray, mask: np.ndarray,
               past_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        p, dd = self.plans["draft"], self.m.draft
         q, t = mask.shape
+        check_call(q, past_len, min(self.q_max, self.draft_q), self.S)
+        if t > self.draft_t:
+            raise ValueError(f"draft call with a mask {t} keys wide exceeds draft.plan's profile (T <= {self.draft_t})")
+        p, dd = self.plans["draft"], self.m.draft
         self._small(p, ids, positions, mask, past_len)
         p.put("hidden", hidden.astype(self.m.kv_dtype, copy=False), self.stream)
         kv = (1, dd.num_kv_heads, self.S, dd.head_dim)
