@@ -47,7 +47,12 @@ class Generator:
         manifest, tokenizer = validate_engine(engine_dir)
         opts = resolve_options(manifest, options)
         backend = open_backend(manifest, opts.backend, opts.threads, opts.thread_mode)
-        return cls(manifest, opts, Decoder(backend, manifest, opts), tokenizer)
+        try:
+            decoder = Decoder(backend, manifest, opts)
+        except BaseException:   # e.g. a policy footprint the TensorRT profiles cannot hold
+            backend.close()
+            raise
+        return cls(manifest, opts, decoder, tokenizer)
 
     @property
     def backend(self) -> str:

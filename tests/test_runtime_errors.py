@@ -270,3 +270,21 @@ def test_long_prompt_is_chunked_and_context_fills(tiny_engine):
         if res.stop_reason == "context_full":
             assert len(prompt) + len(res.tokens) == 256 + 1  # the last token is the one past the cache
     assert all(o == outs["ar"] for o in outs.values()), {k: len(v) for k, v in outs.items()}
+
+
+def test_open_closes_the_backend_when_the_decoder_refuses(tiny_engine, monkeypatch):
+    from runtime.api import Generator
+    from runtime.backends.base import Backend
+    from runtime.backends.ort import OrtBackend
+    from runtime.errors import OptionError
+
+    def refuse(self, rows, scratch):
+        raise OptionError(f"a footprint of {rows}/{scratch} rows does not fit")
+
+    closed = []
+    close = OrtBackend.close
+    monkeypatch.setattr(Backend, "check_footprint", refuse)
+    monkeypatch.setattr(OrtBackend, "close", lambda self: (closed.append(self), close(self)))
+    with pytest.raises(OptionError, match="does not fit"):
+        Generator.open(tiny_engine, policy="talon", budget=8)
+    assert len(closed) == 1
