@@ -190,7 +190,9 @@ class GGUFModel:
             return f"model.layers.{parts[1]}.{_LAYER_TENSORS[parts[2]]}"
         return None
 
-    def _hf_names(self) -> dict[str, object]:
+    @cached_property
+    def _hf_tensors(self) -> dict[str, object]:
+        """HF name -> the file's tensor record, every tensor checked once."""
         out = {}
         for name, t in self._by_name.items():
             hf = self.hf_name(name)
@@ -226,7 +228,7 @@ class GGUFModel:
         import torch
         from gguf.quants import dequantize
         out, origin = {}, {}
-        items = self._hf_names()
+        items = self._hf_tensors
         for i, (hf, t) in enumerate(items.items()):
             try:
                 data = dequantize(t.data, t.tensor_type)
@@ -245,7 +247,7 @@ class GGUFModel:
         """(ggml type name, uint8 [out_features, bytes per row]) of a block-quantized matrix, rows in
         HF order; None for a float tensor or one this file lacks."""
         import gguf
-        t = next((t for hf, t in self._hf_names().items() if hf == hf_name), None)
+        t = self._hf_tensors.get(hf_name)
         if t is None or t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16,
                                           gguf.GGMLQuantizationType.BF16):
             return None
