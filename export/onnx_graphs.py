@@ -26,7 +26,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.quantize import ACCURACY_LEVEL, BLOCK, BlockWeight, WeightQuantizer, concat
+from export.quantize import BLOCK, BlockWeight, WeightQuantizer, concat
 from export.reference import Eagle3Head, Target
 
 OPSET = 17
@@ -145,7 +145,7 @@ class _Graph:
         """x [..., K] -> [..., N] = x @ dequantize(w)^T (com.microsoft.MatMulNBits)."""
         n, k = w.shape
         return self.op("MatMulNBits", x, *inits, domain="com.microsoft", K=k, N=n, bits=w.bits, block_size=BLOCK,
-                       accuracy_level=ACCURACY_LEVEL)
+                       accuracy_level=self.quant.accuracy_level)
 
     def nbits_gather(self, w: BlockWeight, inits: list[str], ids: str) -> str:
         """Rows `ids` of dequantize(w) (com.microsoft.GatherBlockQuantized) from `nbits_init`'s

@@ -4,8 +4,7 @@ float | int8 | int4.
 A quantised linear layer is one com.microsoft.MatMulNBits: the weight [N, K] is stored in blocks of
 BLOCK along K, `bits` per value, one scale per block, and y = x @ ((q - zero_point) * scale)^T. A
 quantised embedding is one com.microsoft.GatherBlockQuantized over the same layout, so a tied
-embedding and LM head share one BlockWeight. accuracy_level 4 quantises the activations to int8 per
-block at compute time (the fast CPU kernels). ORT only: TensorRT plans need float weights.
+embedding and LM head share one BlockWeight. ORT only: TensorRT plans need float weights.
 
 Float weights are quantised round-to-nearest, symmetric (zero point 2^(bits-1), scale = the block's
 signed extreme / -2^(bits-1)), by ONNX Runtime's own C++ quantiser (`quantize_matmul_{4,8}bits`, as
@@ -15,11 +14,16 @@ dequantised values, and `WeightQuantizer.summary` says which.
 
 The draft only proposes tokens; the target verifies every one of them, so quantised draft weights
 change which tokens are proposed, never what is emitted. Quantised target weights make a different
-model (a different greedy output than the float engine's), which speculative decoding follows
-token for token, with one caveat of the int8 activations: they round, so the ulp-level difference
-between GroupQueryAttention's q=1 kernel (`ar` steps) and its q>1 kernel (verify calls) can grow to
-~1-4 % of SmolLM2's logit range over 30 layers and flip a close argmax; each output is then the
-exact greedy choice of its own kernels (tests/test_export_target_weights.py checks this).
+model (a different greedy output than the float engine's), which speculative decoding follows token
+for token. `--target-compute` picks the activations MatMulNBits computes with:
+- int8 (default, accuracy_level 4): the fast kernels, but they round each row's activations to int8
+  per block, so the ulp-level difference between ORT's one-row kernels (`ar` steps) and its many-row
+  kernels (verify calls) can cross a rounding step and grow over 30 layers to ~1-4 % of SmolLM2's
+  logit range, enough to flip a close argmax: speculative output then leaves `ar`'s at that token,
+  each side being the exact greedy choice of its own kernels (tests/test_export_target_weights.py).
+- float (accuracy_level 1): float32 activations, no int8 steps; the kernels differ by float
+  rounding only, as in a float engine, and speculative output equals `ar`'s. Slower: on the 2-core
+  CPU the int4 SmolLM2 call costs ~1.4x at q=1 and ~1.7x at q=8.
 """
 from __future__ import annotations
 
@@ -36,7 +40,9 @@ if TYPE_CHECKING:
 
 WEIGHTS = {"float": None, "int8": 8, "int4": 4}
 BLOCK = 32  # values per block along K: llama.cpp's Q4_0/Q4_1/Q8_0 block, ORT's default
-ACCURACY_LEVEL = 4  # int8 activations, int32 accumulation: MLAS's fast CompInt8 kernels
+# --target-compute -> MatMulNBits accuracy_level: int8 activations with int32 accumulation (MLAS's
+# fast CompInt8 kernels), or float32 activations (CompFp32: one kernel's rounding, no int8 steps)
+COMPUTE = {"int8": 4, "float": 1}
 
 # (ggml type name, uint8 rows [N, bytes per row]) of a weight stored in llama.cpp blocks, or None
 RawBlocks = Callable[[str], "tuple[str, np.ndarray] | None"]
@@ -122,10 +128,13 @@ class WeightQuantizer:
     `raw_blocks` has them and MatMulNBits can hold them exactly, else by `quantize_rtn`; counts
     where each came from (`summary`)."""
 
-    def __init__(self, weights: str, raw_blocks: RawBlocks | None = None):
+    def __init__(self, weights: str, raw_blocks: RawBlocks | None = None, compute: str = "int8"):
         if WEIGHTS.get(weights) is None:
             raise ValueError(f"weights {weights!r}: expected one of int8, int4")
+        if compute not in COMPUTE:
+            raise ValueError(f"compute {compute!r}: expected one of {', '.join(COMPUTE)}")
         self.weights, self.bits, self.raw_blocks = weights, WEIGHTS[weights], raw_blocks
+        self.compute, self.accuracy_level = compute, COMPUTE[compute]
         self.kept: Counter[str] = Counter()         # ggml type -> matrices stored from the file's blocks
         self.requantised: Counter[str] = Counter()  # source ("float" or a ggml type) -> matrices re-quantised
         self.made: dict[str, BlockWeight] = {}      # checkpoint tensor name -> its blocks
@@ -169,9 +178,9 @@ class WeightQuantizer:
         parts = [f"{n} from the file's {t} blocks" for t, n in sorted(self.kept.items())]
         parts += [f"{n} {'quantised' if t == 'float' else f're-quantised from {t}'}"
                   for t, n in sorted(self.requantised.items())]
-        return f"{self.weights} block {BLOCK}: " + ", ".join(parts)
+        return f"{self.weights} block {BLOCK}, {self.compute} compute: " + ", ".join(parts)
 
     def record(self) -> dict:
-        """The manifest's account of it: {"block_size", "kept": {type: n}, "requantised": {type: n}}."""
-        return {"block_size": BLOCK, "kept": dict(sorted(self.kept.items())),
+        """The manifest's account of it: {"block_size", "compute", "kept": {type: n}, "requantised": {type: n}}."""
+        return {"block_size": BLOCK, "compute": self.compute, "kept": dict(sorted(self.kept.items())),
                 "requantised": dict(sorted(self.requantised.items()))}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -40,6 +40,9 @@ class ModelDims:
     feature_layers: tuple[int, ...]
     dtype: str
     weights: str = "float"  # float | int8 | int4: the target graph's weight format (MatMulNBits)
+    # activations its MatMulNBits compute with: int8 (fast; speculative output may leave `ar`'s where
+    # the one-row and many-row kernels round apart) | float (speculative output equals `ar`'s)
+    compute: str = "float"
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Limits:
 # "standard": standard ONNX ops, returns the q new K/V rows; "gqa": GroupQueryAttention writes them
 # into the bound cache in place (ORT only). draft_fc has no attention.
 DRAFT_WEIGHTS = ("float", "int8", "int4")
+TARGET_COMPUTE = ("int8", "float")  # a quantised target's MatMulNBits activations (model.compute)
 FLAVOURS = {"target": ("standard", "gqa"), "draft_fc": ("standard",), "draft": ("standard", "gqa")}
 
 
@@ -191,6 +195,12 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelDims:
     )
     if dims.weights not in DRAFT_WEIGHTS:
         raise _err("model.weights", f"{dims.weights!r} is not one of {', '.join(DRAFT_WEIGHTS)}")
+    compute = _get(m, "compute", str, "model", optional=True) or ("float" if dims.weights == "float" else "int8")
+    if compute not in TARGET_COMPUTE or (dims.weights == "float" and compute != "float"):
+        allowed = TARGET_COMPUTE if dims.weights != "float" else ("float",)
+        raise _err("model.compute", f"{compute!r} is not one of {', '.join(allowed)} "
+                                    f"(model.weights {dims.weights})")
+    dims = replace(dims, compute=compute)
     if dims.num_heads % dims.num_kv_heads:
         raise _err("model.num_kv_heads", f"{dims.num_kv_heads} does not divide num_heads={dims.num_heads}")
     return dims

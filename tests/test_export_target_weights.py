@@ -49,7 +49,11 @@ def test_target_graph_is_quantized_and_described(quantized_target):
     assert logits.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     manifest = json.loads((engine / "manifest.json").read_text())
     assert manifest["model"]["weights"] == weights and manifest["draft"]["weights"] == "float"
-    assert manifest["model"]["quantization"] == {"block_size": BLOCK, "kept": {}, "requantised": {"float": 8 * 7 + 2}}
+    assert manifest["model"]["compute"] == "int8"
+    assert manifest["model"]["quantization"] == {"block_size": BLOCK, "compute": "int8", "kept": {},
+                                                 "requantised": {"float": 8 * 7 + 2}}
+    assert {a.i for n in g.node if n.op_type == "MatMulNBits" for a in n.attribute
+            if a.name == "accuracy_level"} == {4}
     assert "MatMulNBits" not in [n.op_type for n in _graph(engine, "draft").graph.node]
 
 
@@ -101,6 +105,40 @@ def test_quantized_target_decodes_as_its_own_ar(quantized_target, policy):
     notes = [n for n in notes if n]
     assert len(notes) <= len(prompts) // 2, notes   # kernel-path divergences, not a broken verify path
     print("\n".join(notes) or f"{policy}: all {len(prompts)} prompts equal ar")
+
+
+@pytest.fixture(scope="module")
+def float_compute_target(tiny_pair, tmp_path_factory):
+    return _export_tiny(tiny_pair, tmp_path_factory, "gqa", "tiny-target-int4-float", check=True,
+                        target_weights="int4", target_compute="float")
+
+
+def test_float_compute_is_recorded_and_shown(float_compute_target, capsys):
+    from runtime.cli import main as cli
+    g = _graph(float_compute_target).graph
+    assert {a.i for n in g.node if n.op_type == "MatMulNBits" for a in n.attribute
+            if a.name == "accuracy_level"} == {1}
+    manifest = json.loads((float_compute_target / "manifest.json").read_text())
+    assert manifest["model"]["compute"] == "float" and manifest["model"]["quantization"]["compute"] == "float"
+    assert cli(["inspect", str(float_compute_target)]) == 0
+    assert "target weights int4 (float compute)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("policy", ["chain", "eagle3", "talon"])
+def test_float_compute_target_equals_ar_exactly(float_compute_target, policy):
+    """float32 activations: no int8 rounding step for the one-row / many-row kernel difference to
+    cross, so speculative output equals `ar`'s token for token (the prompts of the int8 test above)."""
+    rng = np.random.default_rng(11)
+    prompts = [[1] + rng.integers(3, 320, size=int(rng.integers(4, 40))).tolist() for _ in range(12)]
+    with Generator.open(float_compute_target, policy="ar") as ar, \
+            Generator.open(float_compute_target, policy=policy) as spec:
+        for i, p in enumerate(prompts):
+            assert spec.generate(p, NEW).tokens == ar.generate(p, NEW).tokens, f"{policy} prompt {i}"
+
+
+def test_bad_target_compute_is_named(tmp_path):
+    with pytest.raises(ExportError, match="--target-compute 'int4': expected one of int8, float"):
+        ExportOptions(target_weights="int4", target_compute="int4").check()
 
 
 def test_quantized_target_and_draft_together(tiny_pair, tmp_path_factory):
@@ -206,7 +244,7 @@ def test_gguf_blocks_go_into_the_graph_unchanged(gguf_pair, tmp_path, qtype, wei
     engine = export_engine(path, gguf_pair[1], tmp_path / "eng", opts, log=logs.append)
     n = 8 * 7 + 2   # 7 matrices per layer, the embedding and the LM head
     record = json.loads((engine / "manifest.json").read_text())["model"]["quantization"]
-    assert record == {"block_size": BLOCK, "kept": {qtype: n} if kept else {},
+    assert record == {"block_size": BLOCK, "compute": "int8", "kept": {qtype: n} if kept else {},
                       "requantised": {} if kept else {qtype: n}}
     assert any(f"{n} from the file's {qtype} blocks" if kept else f"{n} re-quantised from {qtype}" in line
                for line in logs)
@@ -268,3 +306,18 @@ def test_real_model_int4_speculative_follows_its_own_kernels(policy, tmp_path_fa
             notes.append(check_lossless(ar, ids, spec.generate(ids, 64).tokens, ar.generate(ids, 64).tokens,
                                         f"{policy} prompt {i}"))
     print("\n".join(n for n in notes if n) or f"{policy}: all prompts equal ar")
+
+
+@pytest.mark.parametrize("weights, compute, message", [
+    ("int4", "int2", r"model\.compute.*'int2' is not one of int8, float \(model\.weights int4\)"),
+    ("float", "int8", r"model\.compute.*'int8' is not one of float \(model\.weights float\)"),
+])
+def test_manifest_rejects_a_bad_compute(float_compute_target, tmp_path, weights, compute, message):
+    from runtime.errors import EngineError
+    out = tmp_path / "edited"
+    shutil.copytree(float_compute_target, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["model"].update(weights=weights, compute=compute)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EngineError, match=message):
+        Generator.open(out)

@@ -35,7 +35,10 @@ def summary(m: Manifest) -> list[str]:
     lines = [
         f"engine      {m.name}  ({m.dir}, {m.created_by or 'unknown producer'})",
         f"source      {source(m)}",
-        f"weights     target weights {md.weights}, draft weights {dd.weights} ({md.dtype} activations and KV)",
+        f"weights     target weights {md.weights}"
+        + (f" ({md.compute} compute{'' if md.compute == 'float' else ': speculative output may leave ar at near-ties'})"
+           if md.weights != "float" else "")
+        + f", draft weights {dd.weights} ({md.dtype} activations and KV)",
         f"target      {md.architecture}, {md.num_layers} layers, hidden {md.hidden_size}, heads {md.num_heads}/"
         f"{md.num_kv_heads} kv, head_dim {md.head_dim}, vocab {md.vocab_size}, {md.dtype}",
         f"features    layers {list(md.feature_layers)} -> {m.feature_size}",
