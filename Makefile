@@ -80,6 +80,12 @@ $(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO_HEAD)/* export/*.py) $(SMOLLM2_S
 		--target-weights $(DEMO_TARGET_WEIGHTS) --target-compute $(DEMO_TARGET_COMPUTE) \
 		--draft-weights $(DEMO_DRAFT_WEIGHTS) --force
 
+# The same GGUF and head with float32 target weights: the demo's float twin, for `make bench-peers`
+DEMO_FP32_ENGINE := $(ENGINES)/demo-fp32
+$(DEMO_FP32_ENGINE)/manifest.json: $(wildcard $(DEMO_HEAD)/* export/*.py) $(SMOLLM2_STAMP) Makefile | $(VENV)/.installed
+	$(PYTHON) -m export --model "$(SMOLLM2_GGUF)" --draft $(DEMO_HEAD) --out $(DEMO_FP32_ENGINE) --name demo-fp32 \
+		--draft-weights $(DEMO_DRAFT_WEIGHTS) --force
+
 demo: install $(DEMO_ENGINE)/manifest.json  ## export SmolLM2 (GGUF) + its EAGLE-3 head to engines/demo and chat with talon
 	$(BIN)/talon-rt run --engine $(DEMO_ENGINE) --chat "$(DEMO_CHAT)" --policy talon --max-new-tokens 128 --stats
 
@@ -111,10 +117,14 @@ PEERS_ARGS ?= --dataset humaneval,mtbench,gsm8k --limit 3 --max-new-tokens 128 \
 	--policies ar,chain,eagle3,talon,talon-cost --budgets 8,16
 # DRAFT_LM=<hf dir>: a standalone draft LM for the peers' draft-model modes (none exists for SmolLM2-135M)
 
-bench-peers: smollm2 $(BENCH_ENGINE)  ## llama.cpp, onnxruntime-genai and transformers beside talon-rt on the same GGUF and prompts
+# engines run interleaved with engines/$(NAME) (their own rows; the demo: its float twin)
+PEERS_COMPARE ?= $(if $(filter demo,$(NAME)),$(DEMO_FP32_ENGINE))
+
+bench-peers: smollm2 $(BENCH_ENGINE) $(if $(filter $(DEMO_FP32_ENGINE),$(PEERS_COMPARE)),$(DEMO_FP32_ENGINE)/manifest.json)  ## llama.cpp, onnxruntime-genai and transformers beside talon-rt on the same GGUF and prompts
 	@test -f "$(PEERS_GGUF)" || { echo "make bench-peers: no GGUF at '$(PEERS_GGUF)' (set PEERS_GGUF)" >&2; exit 2; }
 	@test -f "$(PEERS_HF)/config.json" || $(PYTHON) -m export.hf_folder "$(PEERS_GGUF)" "$(PEERS_HF)"
 	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) $(PEERS_ARGS) --peers --gguf "$(PEERS_GGUF)" \
+		$(foreach e,$(PEERS_COMPARE),--compare-engine $(e)) \
 		--hf-model "$(PEERS_HF)" $(if $(DRAFT_LM),--draft-lm "$(DRAFT_LM)") --peers-cache "$(PEERS_CACHE)" \
 		--out $(BENCH_OUT)/peers
 

@@ -94,3 +94,40 @@ def test_synthetic_prints_microbench(capsys):
     from runtime.bench.cli import main
     assert main(["--synthetic", "--budgets", "8", "--policies", "talon"]) == 0
     assert "talon" in capsys.readouterr().out
+
+
+def test_compare_engine_runs_interleaved_and_is_tabled_apart(tiny_engine, tiny_engine_gqa, tmp_path):
+    out = tmp_path / "out"
+    proc = _bench("--engine", tiny_engine, "--compare-engine", tiny_engine_gqa, "--dataset", "humaneval",
+                  "--limit", 2, "--policies", "ar,talon", "--budgets", "8", "--max-new-tokens", 10, "--out", out)
+    data = json.loads((out / "results.json").read_text())
+    by_engine = {}
+    for r in data["rows"]:
+        by_engine.setdefault(r["engine"], set()).add((r["policy"], r["budget"]))
+    assert by_engine == {"": {("ar", 1), ("talon", 8)}, str(tiny_engine_gqa): {("ar", 1), ("talon", 8)}}
+    for r in data["rows"]:   # each engine's ar is its own baseline
+        assert (r["speedup_vs_ar"] == 1.0) == (r["policy"] == "ar")
+    assert [e["name"] for e in data["compare_engines"]] == ["tiny-gqa"]
+    # interleaved: one prompt goes through both engines before the next prompt starts
+    order = [(r["prompt_id"], r["config"]["engine"]) for r in data["prompt_runs"]]
+    assert order[:4] == sorted(order[:4]) and {o[0] for o in order[:4]} == {order[0][0]}
+    md = (out / "results.md").read_text()
+    assert f"## The same prompts through tiny-gqa ({tiny_engine_gqa}: target weights float, float compute)" in md
+    assert "talon (N=8, mu=0.03, K=10) [tiny-gqa]" in md and "## tiny-gqa" in proc.stdout
+    # the main engine's plots and best budget only
+    assert data["best_budget"]["candidates"].keys() == {"8"}
+
+
+def test_compare_engine_must_tokenize_the_same(tiny_engine, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_engine, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["tokenizer"]["chat_template"] = "{{ messages[0]['content'] }}"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    proc = _bench("--engine", tiny_engine, "--compare-engine", other, "--limit", 1, "--out", tmp_path / "o",
+                  check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"--compare-engine {other}: its tokenizer or chat template differs" in proc.stderr
+    proc = _bench("--engine", tiny_engine, "--compare-engine", tiny_engine, "--limit", 1, "--out", tmp_path / "o",
+                  check=False)
+    assert proc.returncode == 2 and "already in the run" in proc.stderr

@@ -148,9 +148,9 @@ def test_a_final_stop_id_on_one_side_only_is_no_divergence():
     assert agreement(runs[:1], ar, expected=True)["same"] == 0
 
 
-def _bench_run(dataset, pid, tokens):
+def _bench_run(dataset, pid, tokens, engine=""):
     return SimpleNamespace(dataset=dataset, prompt_id=pid, tokens=tuple(tokens),
-                           config=SimpleNamespace(policy="ar", temperature=0.0))
+                           config=SimpleNamespace(policy="ar", temperature=0.0, engine=engine))
 
 
 @pytest.mark.parametrize("weights, expected", [("float", True), ("int4", False)])
@@ -169,7 +169,7 @@ def test_cli_passes_gguf_stop_ids_and_records_agreement(monkeypatch, tmp_path, w
     plan = SimpleNamespace(prompts=[SimpleNamespace(dataset="d", id="a"), SimpleNamespace(dataset="d", id="b")],
                            prompt_ids=[[1], [2]], warmup=1)
     manifest = SimpleNamespace(tokenizer=SimpleNamespace(stop_ids=(2, 4)), model=SimpleNamespace(weights=weights))
-    rows = [{"dataset": "d", "policy": "ar", "temperature": 0.0, "tokens_per_s": 10.0}]
+    rows = [{"dataset": "d", "engine": "", "policy": "ar", "temperature": 0.0, "tokens_per_s": 10.0}]
     peers = bench_cli._run_peers(args, plan, rows, [_bench_run("d", "a", [1, 2]), _bench_run("d", "b", [4])], manifest)
     assert seen["gguf"] == "m.gguf" and seen["stop_ids"] == (2, 4) and seen["own_envs"] is True
     assert [p.ids for p in seen["prompts"]] == [[1], [2]]
@@ -178,6 +178,24 @@ def test_cli_passes_gguf_stop_ids_and_records_agreement(monkeypatch, tmp_path, w
     assert p["same_output_as_ar"] == ("1/2" if expected else "1/2 (speed only)")
     assert p["talon_rt_ar_over_peer"] == 2.0 and "tokens" not in p["runs"][0]
     assert "1/2" in "\n".join(peers_table(peers, rows))
+
+
+def test_same_weights_peers_are_checked_against_a_float_compare_engine(monkeypatch, tmp_path):
+    """An int4 --engine beside a float --compare-engine: the fp32 peers must match the float engine's ar."""
+    monkeypatch.setattr(peers_mod, "run_peers", lambda prompts, **kw: [
+        {"dataset": "d", "peer": "p", "family": "hf", "mode": "greedy", "same_weights": True, "tokens_per_s": 5.0,
+         "status": "ok", "runs": [{"dataset": "d", "id": "a", "tokens": [7, 8]}]}])
+    args = argparse.Namespace(peers_cache=str(tmp_path), no_progress=True, hf_model="hf", draft_lm=None,
+                              gguf=None, max_new_tokens=8, threads=2, peers_here=False)
+    plan = SimpleNamespace(prompts=[SimpleNamespace(dataset="d", id="a")], prompt_ids=[[1]], warmup=1)
+    int4 = SimpleNamespace(tokenizer=SimpleNamespace(stop_ids=(2,)), model=SimpleNamespace(weights="int4"), dir="q")
+    fp32 = SimpleNamespace(tokenizer=SimpleNamespace(stop_ids=(2,)), model=SimpleNamespace(weights="float"), dir="f")
+    rows = [{"dataset": "d", "engine": e, "policy": "ar", "temperature": 0.0, "tokens_per_s": t}
+            for e, t in (("", 10.0), ("f", 4.0))]
+    runs = [_bench_run("d", "a", [1, 2]), _bench_run("d", "a", [7, 8], engine="f")]
+    p = bench_cli._run_peers(args, plan, rows, runs, int4, [fp32])[0]
+    assert p["agreement"]["expected"] is True and p["agreement"]["same"] == 1
+    assert p["talon_rt_ar_over_peer"] == 2.0   # the ratio stays --engine's ar over the peer
 
 
 def test_results_md_lists_each_peer_settings_once():

@@ -35,6 +35,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Run every prompt through every policy and budget (interleaved, after a warm-up) and "
                     "write results.json, results.md and PNG plots into --out.")
     p.add_argument("--engine", help="engine directory (manifest.json, graphs, tokenizer)")
+    p.add_argument("--compare-engine", action="append", default=[], metavar="DIR",
+                   help="another engine of the same model and tokenizer (e.g. the float build of an int4 "
+                        "one) run through the same configurations, interleaved with --engine's; its rows "
+                        "are tabled apart, its speed-ups are over its own ar (repeatable)")
     p.add_argument("--dataset", type=_csv(str), default=["humaneval"],
                    help="humaneval, mtbench, gsm8k or PATH.jsonl; comma-separated for several (default humaneval)")
     p.add_argument("--limit", type=int, default=None, help="first N prompts of each dataset")
@@ -135,6 +139,24 @@ def check_gguf(gguf: str | None, manifest: Any) -> None:
                           f"{src.get('name')!r} in {manifest.dir}/manifest.json)")
 
 
+def compare_manifests(dirs: Sequence[str], manifest: Any) -> list[Any]:
+    """The --compare-engine manifests: each must tokenize as --engine does (the prompt ids are
+    encoded once) and be a different directory."""
+    from runtime.manifest import open_manifest
+    out = []
+    for d in dirs:
+        m = open_manifest(d, verify_checksums=False)
+        if Path(m.dir).resolve() in {Path(x.dir).resolve() for x in [manifest, *out]}:
+            raise OptionError(f"--compare-engine {d}: already in the run")
+        mine, theirs = (x.files.get(x.tokenizer.file) for x in (manifest, m))
+        if mine is None or theirs is None or mine.sha256 != theirs.sha256 \
+                or m.tokenizer.chat_template != manifest.tokenizer.chat_template:
+            raise OptionError(f"--compare-engine {d}: its tokenizer or chat template differs from --engine "
+                              f"{manifest.dir}'s (the same prompt ids go to both)")
+        out.append(m)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """The subcommand; a TalonError propagates to runtime.cli, which prints it in one line."""
     if args.synthetic:
@@ -152,20 +174,24 @@ def _run(args: argparse.Namespace) -> int:
     _check_args(args)
     manifest = open_manifest(args.engine, verify_checksums=False)  # Generator.open verifies them
     check_gguf(args.gguf, manifest)
+    others = compare_manifests(args.compare_engine, manifest)
+    every = [manifest, *others]
     policies = ["ar", "talon"] if args.sweep and args.policies == list(POLICIES) else args.policies
-    budgets, dropped = _budgets(args, manifest.limits.max_tree_tokens)
+    budgets, dropped = _budgets(args, min(m.limits.max_tree_tokens for m in every))
     mus = args.mu or [float(manifest.defaults.get("mu", 0.03))]
     chain_depth = int(manifest.defaults.get("chain_depth", 4))
     root_ks = args.root_k or [int(manifest.defaults.get("root_k", 10))]
     configs = make_configs(policies, budgets, args.temperature, mus, chain_depth, root_ks)
     if not configs:
         raise OptionError("nothing to run: no policy/budget left (check --policies and --budgets)")
+    configs += [dataclasses.replace(c, engine=str(m.dir)) for m in others for c in configs]
     prompts = [p for name in args.dataset for p in load_prompts(name, args.limit, args.offset)]
     largest_tree = max(c.budget for c in configs)
-    max_prompt = manifest.limits.max_seq_len - args.max_new_tokens - largest_tree - 1
+    shortest = min(every, key=lambda m: m.limits.max_seq_len)
+    max_prompt = shortest.limits.max_seq_len - args.max_new_tokens - largest_tree - 1
     if max_prompt < 1:
         raise OptionError(f"--max-new-tokens {args.max_new_tokens} leaves no room for a prompt in "
-                          f"limits.max_seq_len={manifest.limits.max_seq_len} of {manifest.dir}/manifest.json")
+                          f"limits.max_seq_len={shortest.limits.max_seq_len} of {shortest.dir}/manifest.json")
     plan = RunPlan(prompts, configs, args.max_new_tokens, max_prompt, warmup=min(args.warmup, len(prompts)),
                    chat=manifest.tokenizer.chat_template is not None and not args.raw)
 
@@ -178,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
             opts["mu"] = c.mu
         if c.root_k is not None:
             opts["root_k"] = c.root_k
-        return Generator.open(args.engine, **opts)
+        return Generator.open(c.engine or args.engine, **opts)
 
     runs = run_plan(plan, open_generator, progress=not args.no_progress)
     rows = metrics.build_rows(runs)
@@ -188,20 +214,24 @@ def _run(args: argparse.Namespace) -> int:
         extra["defaults_written"] = str(sweep.write_defaults(args.engine, best))
     peers_rows: list[dict] = []
     if args.peers:
-        peers_rows = _run_peers(args, plan, rows, runs, manifest)
+        peers_rows = _run_peers(args, plan, rows, runs, manifest, others)
     settings = {"datasets": args.dataset, "prompts_per_dataset": args.limit or "all", "offset": args.offset,
                 "warmup": plan.warmup,
                 "max_new_tokens": args.max_new_tokens, "threads": args.threads, "policies": policies,
                 "budgets": budgets, "mus": mus, "temperatures": args.temperature, "seed": args.seed,
                 "chain_depth": chain_depth, "max_prompt_tokens": max_prompt, "sweep": args.sweep,
                 "chat_template": plan.chat}
+    if others:
+        extra["compare_engines"] = [_engine_info(m) for m in others]
     results = report.build_results(rows=rows, runs=runs, settings=settings, engine=_engine_info(manifest),
                                    peers=peers_rows, best=best, extra=extra, command=sys.argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    written = plots.write_plots(rows, out)
+    written = plots.write_plots(metrics.main_rows(rows), out)
     js, md = report.write_results(out, results, written)
-    print("\n".join(report.table1(rows)))
+    print("\n".join(report.table1(metrics.main_rows(rows))))
+    for m in others:
+        print(f"## {m.name} ({m.dir})\n" + "\n".join(report.table1(metrics.main_rows(rows, str(m.dir)))))
     if peers_rows:
         print("\n".join(report.peers_table(peers_rows, rows)))
     if best is not None:
@@ -212,7 +242,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list[Any], manifest: Any) -> list[dict]:
+def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list[Any], manifest: Any,
+               others: Sequence[Any] = ()) -> list[dict]:
     from runtime.bench.peers import PeerPrompt, default_cache_dir, run_peers
     from runtime.bench.peers.agreement import agreement, label
     from runtime.bench.report import output_digest
@@ -223,9 +254,14 @@ def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list
                       stop_ids=manifest.tokenizer.stop_ids, max_new_tokens=args.max_new_tokens,
                       threads=args.threads, warmup=plan.warmup, cache_dir=cache, own_envs=not args.peers_here,
                       progress=say)
-    ar = {r["dataset"]: r["tokens_per_s"] for r in rows if r["policy"] == "ar" and r["temperature"] == 0}
-    ar_out = {(r.dataset, r.prompt_id): r.tokens for r in runs if r.config.policy == "ar" and r.config.temperature == 0}
-    fp32_engine = manifest.model.weights == "float"
+    ar = {r["dataset"]: r["tokens_per_s"] for r in rows
+          if r["policy"] == "ar" and r["temperature"] == 0 and not r.get("engine")}
+    # same-weights peers must emit a float engine's ar tokens: --engine's, else a float --compare-engine's
+    floats = [str(m.dir) if i else "" for i, m in enumerate([manifest, *others]) if m.model.weights == "float"]
+    ref = floats[0] if floats else ""
+    ar_out = {(r.dataset, r.prompt_id): r.tokens for r in runs
+              if r.config.policy == "ar" and r.config.temperature == 0 and r.config.engine == ref}
+    fp32_engine = bool(floats)
     for p in peers:
         base = ar.get(p["dataset"])
         p["talon_rt_ar_over_peer"] = base / p["tokens_per_s"] if base and p["tokens_per_s"] else None

@@ -3,7 +3,7 @@
 tau   = tokens emitted per verify call (MAT), over all rounds of all prompts (prefill excluded)
 delta = draft calls per verify call
 tokens_per_s = median over prompts of (new tokens / wall time of generate)
-speedup_vs_ar = ratio of medians against `ar` of the same dataset and temperature, same run
+speedup_vs_ar = ratio of medians against `ar` of the same engine, dataset and temperature, same run
 host_share = host time / (host + engine time), over all rounds
 """
 
@@ -34,6 +34,7 @@ def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
     busy = sum(r.engine_s + r.host_s for r in runs)
     return {
         "dataset": runs[0].dataset,
+        "engine": c.engine,
         "policy": c.policy,
         "budget": c.budget,
         "temperature": c.temperature,
@@ -64,7 +65,7 @@ def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
 
 
 def _order(row: dict[str, Any], datasets: Sequence[str]) -> tuple:
-    return (datasets.index(row["dataset"]), row["temperature"], POLICY_ORDER.index(row["policy"]), row["budget"],
+    return (row.get("engine", ""), datasets.index(row["dataset"]), row["temperature"], POLICY_ORDER.index(row["policy"]), row["budget"],
             row["mu"] or 0.0, row.get("root_k") or 0)
 
 
@@ -74,18 +75,23 @@ def build_rows(runs: Sequence[PromptRun]) -> list[dict[str, Any]]:
         groups[(r.dataset, r.config)].append(r)
     datasets = list(dict.fromkeys(r.dataset for r in runs))  # in the order given
     rows = sorted((summarize(g) for g in groups.values()), key=lambda row: _order(row, datasets))
-    ar = {(r["dataset"], r["temperature"]): r["tokens_per_s"] for r in rows if r["policy"] == "ar"}
+    ar = {(r["engine"], r["dataset"], r["temperature"]): r["tokens_per_s"] for r in rows if r["policy"] == "ar"}
     for r in rows:
-        base = ar.get((r["dataset"], r["temperature"]))
+        base = ar.get((r["engine"], r["dataset"], r["temperature"]))
         r["speedup_vs_ar"] = _ratio(r["tokens_per_s"], base) if base is not None else None
     return rows
 
 
+def main_rows(rows: Sequence[dict[str, Any]], engine: str = "") -> list[dict[str, Any]]:
+    """The rows of one engine ("" = the bench's --engine)."""
+    return [r for r in rows if r.get("engine", "") == engine]
+
+
 def best_budget(rows: Sequence[dict[str, Any]], policy: str = "talon") -> dict[str, Any] | None:
     """The (budget, mu, root_k) with the highest geometric-mean tokens/s over the datasets and
-    temperatures run (each dataset weighs the same); ties go to the smaller budget."""
+    temperatures run (each dataset weighs the same) on the --engine; ties go to the smaller budget."""
     by_config: dict[tuple[int, float | None, int | None], list[float]] = defaultdict(list)
-    for r in rows:
+    for r in main_rows(rows):
         if r["policy"] == policy and r["tokens_per_s"] > 0:
             by_config[(r["budget"], r["mu"], r.get("root_k"))].append(r["tokens_per_s"])
     if not by_config:

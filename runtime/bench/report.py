@@ -118,6 +118,10 @@ def _policy_label(row: dict) -> str:
     return f"{row['policy']} (N={row['budget']}{mu}{k})"
 
 
+def _of(rows: Sequence[dict], engine: str) -> list[dict]:
+    return [r for r in rows if r.get("engine", "") == engine]
+
+
 def table1(rows: Sequence[dict]) -> list[str]:
     """Paper-style Table 1: one line per policy/budget, MAT (tau) and speed-up per dataset."""
     out = []
@@ -151,7 +155,8 @@ def detail_table(rows: Sequence[dict]) -> list[str]:
            "tree size | pool cut | prompts |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['dataset']} | {r['temperature']:g} | {_policy_label(r)} | {_f(r['tokens_per_s'], '{:.1f}')} | "
+        where = f" [{Path(r['engine']).name}]" if r.get("engine") else ""
+        out.append(f"| {r['dataset']} | {r['temperature']:g} | {_policy_label(r)}{where} | {_f(r['tokens_per_s'], '{:.1f}')} | "
                    f"{_f(r['speedup_vs_ar'], '{:.2f}x')} | {_f(r['tau'])} | {_f(r['delta'])} | "
                    f"{_f(r['host_share'], '{:.1%}')} | {_f(r['depth_mean'], '{:.1f}')} | "
                    f"{_f(r['width_mean'], '{:.1f}')} | {_f(r['tree_size_mean'], '{:.1f}')} | "
@@ -165,7 +170,7 @@ def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
     ar: dict[str, dict] = {}
     best: dict[str, dict[str, dict]] = {"talon": {}, "talon-cost": {}}
     for r in rows:
-        if r["temperature"] != 0:
+        if r["temperature"] != 0 or r.get("engine", ""):
             continue
         if r["policy"] == "ar":
             ar[r["dataset"]] = r
@@ -213,7 +218,11 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
              "included); ×ar: ratio of medians against `ar` of the same engine in the same run; "
              "τ (MAT): tokens per verify call; δ: draft calls per verify call.", ""]
     if results["rows"]:
-        lines += ["## MAT (τ) and speed-up over ar, per dataset", ""] + table1(results["rows"])
+        lines += ["## MAT (τ) and speed-up over ar, per dataset", ""] + table1(_of(results["rows"], ""))
+        for c in results.get("compare_engines", ()):
+            lines += [f"## The same prompts through {c['name']} ({c['dir']}: target weights "
+                      f"{c['model']['weights']}, {c['model']['compute']} compute), interleaved", ""]
+            lines += table1(_of(results["rows"], c["dir"]))
         lines += ["## All numbers", ""] + detail_table(results["rows"]) + [""]
     if results.get("best_budget"):
         b = results["best_budget"]

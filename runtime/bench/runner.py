@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from runtime.bench.datasets import Prompt
@@ -26,12 +27,14 @@ class BenchConfig:
     temperature: float = 0.0
     mu: float | None = None  # talon and talon-cost only
     root_k: int | None = None  # talon and talon-cost only; None = the engine's default
+    engine: str = ""  # "" = the bench's --engine; else a --compare-engine directory
 
     @property
     def label(self) -> str:
         mu = f" mu={self.mu:g}" if self.mu is not None else ""
         k = f" K={self.root_k}" if self.root_k is not None else ""
-        return f"{self.policy} N={self.budget}{mu}{k} T={self.temperature:g}"
+        where = f" [{Path(self.engine).name}]" if self.engine else ""
+        return f"{self.policy} N={self.budget}{mu}{k} T={self.temperature:g}{where}"
 
 
 def make_configs(policies: Sequence[str], budgets: Sequence[int], temperatures: Sequence[float],
