@@ -309,3 +309,12 @@ def test_llama_cpp_wheel_is_reused_only_with_the_same_cmake_flags(tmp_path, monk
     assert cmd[:3] == ["nice", "-n", "19"] and "wheel" in cmd and f"build-dir={root / 'build'}" in cmd
     assert env["CMAKE_ARGS"] == envs.LLAMA_CPP_CMAKE_ARGS and env["CMAKE_BUILD_PARALLEL_LEVEL"] == "2"
     assert not wheel.exists() and not (root / "build").exists()  # other flags: nothing of the old build kept
+
+
+def test_only_torch_families_get_a_sleeping_openmp_pool(monkeypatch):
+    from runtime.bench.peers import worker_env
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert worker_env("hf", 2)["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert worker_env("ortgenai", 2)["OMP_WAIT_POLICY"] == "PASSIVE"
+    llama = worker_env("llamacpp", 2)
+    assert "OMP_WAIT_POLICY" not in llama and llama["OMP_NUM_THREADS"] == "2"

@@ -85,15 +85,24 @@ def _unavailable(spec: PeerSpec, datasets: Sequence[str], reason: str) -> list[d
     return [{**_row(spec, d), "tokens_per_s": None, "tau": None, "prompts": 0, "status": reason} for d in datasets]
 
 
+def worker_env(family: str, threads: int) -> dict[str, str]:
+    """The environment of a family's worker process."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    env.pop("OMP_WAIT_POLICY", None)
+    if family != "llamacpp":
+        # torch's OpenMP pool sleeps instead of spinning: with any other load on 2 cores, a spinning
+        # pool made transformers' greedy generate 20x slower here (7 vs 155 tok/s). Not llama.cpp's
+        # (its OpenMP build): sleeping threads there cost 3x on a quiet machine (38 vs 107 tok/s greedy)
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return env
+
+
 def run_worker(spec: PeerSpec, job: dict[str, Any], timeout_s: float, python: str | None = None) -> dict[str, Any]:
     """Run one peer configuration in a fresh process; returns the worker's JSON answer."""
     with tempfile.TemporaryDirectory(prefix="talon-peer-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "out.json"
         job_path.write_text(json.dumps({**job, "family": spec.family, "mode": spec.mode, "precision": spec.precision}))
-        # torch's OpenMP pool sleeps instead of spinning: with any other load on 2 cores, a spinning
-        # pool made transformers' greedy generate 20x slower here (7 vs 155 tok/s)
-        env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]), MKL_NUM_THREADS=str(job["threads"]),
-                   OMP_WAIT_POLICY="PASSIVE", TOKENIZERS_PARALLELISM="false")
+        env = worker_env(spec.family, job["threads"])
         try:
             proc = subprocess.run([python or sys.executable, "-m", "runtime.bench.peers.worker",
                                    str(job_path), str(out_path)], capture_output=True, text=True,
