@@ -81,6 +81,7 @@ def test_sweep_over_mu_and_root_k_writes_all_three(tiny_engine, tmp_path):
     (["--budgets", "500"], r"--budgets: \[500\] outside \[1, limits.max_tree_tokens=64\]"),
     (["--max-new-tokens", "400"], "--max-new-tokens 400 leaves no room for a prompt"),
     (["--write-defaults"], "--write-defaults needs --sweep"),
+    (["--top-p", "1.5"], r"--top-p 1.5: outside \(0, 1\]"),
     (["--peers", "--gguf", "no/such.gguf"], "--gguf no/such.gguf: no such file"),
 ])
 def test_bench_errors(tiny_engine, tmp_path, args, message):
@@ -131,3 +132,28 @@ def test_compare_engine_must_tokenize_the_same(tiny_engine, tmp_path):
     proc = _bench("--engine", tiny_engine, "--compare-engine", tiny_engine, "--limit", 1, "--out", tmp_path / "o",
                   check=False)
     assert proc.returncode == 2 and "already in the run" in proc.stderr
+
+
+def test_top_p_reaches_the_sampled_configurations_only(tiny_engine, tmp_path, monkeypatch):
+    import argparse
+
+    from runtime import api
+    from runtime.bench import cli as bench_cli
+    seen = []
+    real_open = api.Generator.open
+
+    def spy(engine, **opts):
+        seen.append((opts["temperature"], opts.get("top_p")))
+        return real_open(engine, **opts)
+
+    monkeypatch.setattr(api.Generator, "open", staticmethod(spy))
+    parser = argparse.ArgumentParser()
+    bench_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--engine", str(tiny_engine), "--limit", "1", "--policies", "ar",
+                              "--temperature", "0,0.7", "--top-p", "0.95", "--max-new-tokens", "4",
+                              "--out", str(tmp_path), "--no-progress"])
+    assert args.func(args) == 0
+    assert sorted(seen) == [(0.0, None), (0.7, 0.95)]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["settings"]["top_p"] == 0.95
+    assert "sampling (T > 0) with top-p 0.95" in (tmp_path / "results.md").read_text()

@@ -53,6 +53,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="talon's root fan-out K, comma-separated (default: the engine's)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=_csv(float), default=[0.0], help="comma-separated; 0 = greedy (default 0)")
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling for the T > 0 configurations (default: the engine's, 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (T > 0)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads per session, ours and the peers' (default 2)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
@@ -120,6 +122,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise OptionError("--write-defaults needs --sweep")
     if args.limit is not None and args.limit < 1:
         raise OptionError(f"--limit must be >= 1, got {args.limit}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise OptionError(f"--top-p {args.top_p}: outside (0, 1]")
     if args.max_new_tokens < 1 or args.warmup < 0 or args.threads < 0:
         raise OptionError("--max-new-tokens must be >= 1, --warmup and --threads >= 0")
     if not args.engine:
@@ -204,6 +208,8 @@ def _run(args: argparse.Namespace) -> int:
             opts["mu"] = c.mu
         if c.root_k is not None:
             opts["root_k"] = c.root_k
+        if args.top_p is not None and c.temperature > 0:
+            opts["top_p"] = args.top_p
         return Generator.open(c.engine or args.engine, **opts)
 
     runs = run_plan(plan, open_generator, progress=not args.no_progress)
@@ -219,6 +225,7 @@ def _run(args: argparse.Namespace) -> int:
                 "warmup": plan.warmup,
                 "max_new_tokens": args.max_new_tokens, "threads": args.threads, "policies": policies,
                 "budgets": budgets, "mus": mus, "temperatures": args.temperature, "seed": args.seed,
+                "top_p": args.top_p if args.top_p is not None else float(manifest.defaults.get("top_p", 1.0)),
                 "chain_depth": chain_depth, "max_prompt_tokens": max_prompt, "sweep": args.sweep,
                 "chat_template": plan.chat}
     if others:

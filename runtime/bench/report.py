@@ -213,7 +213,9 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
              f"- commit: {g.get('commit') or 'unknown'}{' (dirty)' if g.get('dirty') else ''}; created {results['created']}",
              f"- settings: datasets {', '.join(s['datasets'])}; {s['prompts_per_dataset']} prompt(s) each "
              + (f"(skipping the first {s['offset']}) " if s.get("offset") else "")
-             + f"after {s['warmup']} warm-up; max_new_tokens {s['max_new_tokens']}; threads {s['threads']}",
+             + f"after {s['warmup']} warm-up; max_new_tokens {s['max_new_tokens']}; threads {s['threads']}"
+             + (f"; sampling (T > 0) with top-p {s['top_p']:g}, seed {s['seed']}"
+                if any(t > 0 for t in s.get("temperatures", ())) and s.get("top_p") is not None else ""),
              "- tokens/s: median over prompts of new tokens / wall time of one generate call (prefill "
              "included); ×ar: ratio of medians against `ar` of the same engine in the same run; "
              "τ (MAT): tokens per verify call; δ: draft calls per verify call.", ""]
