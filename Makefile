@@ -66,6 +66,9 @@ DEMO_ENGINE := $(ENGINES)/demo
 DEMO_TARGET_WEIGHTS ?= int4
 DEMO_DRAFT_WEIGHTS ?= float
 DEMO_CHAT ?= Explain in three sentences why the sky is blue.
+# the demo engine's talon defaults on this 2-core CPU: `talon-rt bench --sweep` on tuning prompts no
+# reported table uses (docs/bench.md); empty: the exporter's built-in ones
+DEMO_DEFAULTS ?=
 DRAFT_WEIGHTS ?= float
 # target weights of `make export`: float | int8 | int4 (ORT MatMulNBits; a different, faster model)
 TARGET_WEIGHTS ?= float
@@ -78,13 +81,13 @@ DEMO_TARGET_COMPUTE ?= int8
 $(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO_HEAD)/* export/*.py) $(SMOLLM2_STAMP) Makefile | $(VENV)/.installed
 	$(PYTHON) -m export --model "$(SMOLLM2_GGUF)" --draft $(DEMO_HEAD) --out $(DEMO_ENGINE) --name demo \
 		--target-weights $(DEMO_TARGET_WEIGHTS) --target-compute $(DEMO_TARGET_COMPUTE) \
-		--draft-weights $(DEMO_DRAFT_WEIGHTS) --force
+		--draft-weights $(DEMO_DRAFT_WEIGHTS) $(foreach d,$(DEMO_DEFAULTS),--default $(d)) --force
 
 # The same GGUF and head with float32 target weights: the demo's float twin, for `make bench-peers`
 DEMO_FP32_ENGINE := $(ENGINES)/demo-fp32
 $(DEMO_FP32_ENGINE)/manifest.json: $(wildcard $(DEMO_HEAD)/* export/*.py) $(SMOLLM2_STAMP) Makefile | $(VENV)/.installed
 	$(PYTHON) -m export --model "$(SMOLLM2_GGUF)" --draft $(DEMO_HEAD) --out $(DEMO_FP32_ENGINE) --name demo-fp32 \
-		--draft-weights $(DEMO_DRAFT_WEIGHTS) --force
+		--draft-weights $(DEMO_DRAFT_WEIGHTS) $(foreach d,$(DEMO_DEFAULTS),--default $(d)) --force
 
 demo: install $(DEMO_ENGINE)/manifest.json  ## export SmolLM2 (GGUF) + its EAGLE-3 head to engines/demo and chat with talon
 	$(BIN)/talon-rt run --engine $(DEMO_ENGINE) --chat "$(DEMO_CHAT)" --policy talon --max-new-tokens 128 --stats
