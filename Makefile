@@ -68,7 +68,7 @@ DEMO_DRAFT_WEIGHTS ?= float
 DEMO_CHAT ?= Explain in three sentences why the sky is blue.
 # the demo engine's talon defaults on this 2-core CPU: `talon-rt bench --sweep` on tuning prompts no
 # reported table uses (docs/bench.md); empty: the exporter's built-in ones
-DEMO_DEFAULTS ?=
+DEMO_DEFAULTS ?= budget=2 mu=0.3 root_k=10
 DRAFT_WEIGHTS ?= float
 # target weights of `make export`: float | int8 | int4 (ORT MatMulNBits; a different, faster model)
 TARGET_WEIGHTS ?= float
@@ -102,8 +102,9 @@ engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs
 	$(PYTHON) -m export.trt "$(ENGINES)/$(NAME)"
 
 BENCH_OUT ?= bench/results
-# stdlib_heldout: code the demo pair never trained on (bench/prompts/README.md); never given to --sweep
-BENCH_ARGS ?= --dataset humaneval,mtbench,gsm8k,bench/prompts/stdlib_heldout.jsonl --limit 10 --temperature 0,1 \
+# chat_heldout: chat prompts on topics the head never trained on (bench/prompts/README.md); the sweep
+# behind DEMO_DEFAULTS ran on prompts 6-7 of the three sets (--offset 5), never on these
+BENCH_ARGS ?= --dataset bench/prompts/chat_heldout.jsonl,humaneval,mtbench,gsm8k --limit 3 --budgets 4,8,16,32,60 \
 	--max-new-tokens 128
 # the demo engine is (re-)exported when stale, as for make demo
 BENCH_ENGINE := $(if $(filter demo,$(NAME)),$(DEMO_ENGINE)/manifest.json)
@@ -116,8 +117,8 @@ PEERS_CACHE ?= $(HOME)/.cache/talon-rt/peers
 PEERS_GGUF ?= $(SMOLLM2_GGUF)
 # the GGUF dequantized to an fp32 HF folder, for onnxruntime-genai's builder and transformers
 PEERS_HF ?= $(PEERS_CACHE)/hf-$(notdir $(basename $(PEERS_GGUF)))
-PEERS_ARGS ?= --dataset humaneval,mtbench,gsm8k --limit 3 --max-new-tokens 128 \
-	--policies ar,chain,eagle3,talon,talon-cost --budgets 8,16
+PEERS_ARGS ?= --dataset bench/prompts/chat_heldout.jsonl,humaneval,mtbench,gsm8k --limit 3 --max-new-tokens 128 \
+	--policies ar,chain,eagle3,talon --budgets 2,4,8
 # DRAFT_LM=<hf dir>: a standalone draft LM for the peers' draft-model modes (none exists for SmolLM2-135M)
 
 # engines run interleaved with engines/$(NAME) (their own rows; the demo: its float twin)

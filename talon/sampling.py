@@ -27,15 +27,46 @@ def logits_to_probs(logits: np.ndarray, temperature: float = 1.0, top_p: float =
     p = np.exp(x)
     p /= p.sum(axis=-1, keepdims=True)
     if top_p < 1.0:
-        order = np.argsort(-p, axis=-1, kind="stable")
-        ranked = np.take_along_axis(p, order, axis=-1)
-        before = np.cumsum(ranked, axis=-1) - ranked  # mass ranked strictly above each token
-        drop = before >= top_p  # the token that crosses top_p stays, and so does the best one
-        drop[..., 0] = False
-        p = np.empty_like(p)
-        np.put_along_axis(p, order, np.where(drop, 0.0, ranked), axis=-1)
+        rows = p.reshape(-1, v)
+        for r in range(rows.shape[0]):
+            rows[r] = _nucleus(rows[r], top_p)
         p /= p.sum(axis=-1, keepdims=True)
     return p
+
+
+FIRST_CANDIDATES = 64  # tokens ranked first; grown 8x while the nucleus reaches past them
+
+
+def _nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
+    """p [V] with every token zeroed whose probability mass ranked strictly above it (descending,
+    ties by index) is >= top_p: the token that crosses top_p stays, and so does the best one.
+
+    Only the candidates, the tokens at least as likely as the m-th most likely one, are sorted: when
+    the last candidate is dropped, every other token ranks after it and is dropped too. The kept
+    values and their cumulative sums are those of a full sort (same elements, same order)."""
+    v = p.shape[0]
+    m = FIRST_CANDIDATES
+    while m < v:
+        kth = np.partition(p, v - m)[v - m]
+        cand = np.flatnonzero(p >= kth)                  # ascending index: the stable tie order
+        ranked_order = np.argsort(-p[cand], kind="stable")
+        ranked = p[cand][ranked_order]
+        before = np.cumsum(ranked) - ranked
+        if before[-1] >= top_p:
+            keep = before < top_p
+            keep[0] = True
+            out = np.zeros_like(p)
+            out[cand[ranked_order[keep]]] = ranked[keep]
+            return out
+        m *= 8
+    order = np.argsort(-p, kind="stable")
+    ranked = p[order]
+    before = np.cumsum(ranked) - ranked
+    drop = before >= top_p
+    drop[0] = False
+    out = np.empty_like(p)
+    out[order] = np.where(drop, 0.0, ranked)
+    return out
 
 
 def sample_token(probs: np.ndarray, rng: np.random.Generator) -> int:
