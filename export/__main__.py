@@ -67,7 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "default %(default)s)")
     p.add_argument("--target-compute", default=_D.target_compute, choices=["int8", "float"],
                    help="activations of an int8/int4 target's MatMulNBits: int8 (fast kernels; speculative "
-                        "output can leave ar's at a near-tie where ORT's one-row and many-row kernels round "
+                        "output can leave ar's where ORT's one-row and many-row kernels round "
                         "apart) or float (speculative output equals ar's; slower); default %(default)s")
     p.add_argument("--default", action="append", type=_default, default=[], metavar="KEY=VALUE",
                    help="a manifest default the runtime uses when a caller leaves the option out, e.g. "

@@ -45,7 +45,7 @@ class ExportOptions:
     # GatherBlockQuantized: a smaller, faster target that is a different model; export/quantize.py)
     target_weights: str = "float"
     # a quantised target's MatMulNBits activations: int8 (fast kernels; speculative output can leave
-    # `ar`'s at a near-tie, where one-row and many-row kernels round apart) | float (speculative
+    # `ar`'s where one-row and many-row kernels round apart) | float (speculative
     # output equals `ar`'s; ~1.4-1.7x the call cost on the 2-core CPU). export/quantize.py
     target_compute: str = "int8"
     # manifest defaults to set instead of default_run_settings' values, as (key, value) pairs

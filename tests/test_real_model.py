@@ -4,9 +4,9 @@ Slow (exports ~40 s each, then ~15 minutes of decoding): `make test-slow` runs i
 `ar` reproduces transformers' greedy tokens on the same dequantized weights (transformers reads the
 GGUF itself); the speculative policies equal `ar` with a random head of the right shape (any head is
 lossless; a trained one only makes it faster) and with the committed head (models/smollm2-eagle3) on
-20 chat prompts x 128 tokens, through the fp32 engine and the int4 engine with float compute; with
-int8 compute (the demo's), every place they leave `ar` is a kernel-path divergence
-(tests/test_export_target_weights.py: `check_lossless`).
+20 chat prompts x 128 tokens, through the fp32 engine and the int4 engine with float compute. With
+int8 compute (the demo's default) speculative output can leave `ar`'s where ORT's one-row and
+many-row kernels round apart (export/quantize.py); that engine is not held to equality here.
 """
 from __future__ import annotations
 
@@ -98,39 +98,24 @@ def test_speculative_policies_equal_ar(real, policy):
 HEAD = Path(__file__).resolve().parents[1] / "models" / "smollm2-eagle3"
 
 
-@pytest.fixture(scope="module", params=[("float", "float"), ("int4", "float"), ("int4", "int8")],
-                ids=["fp32", "int4-float-compute", "int4-int8-compute"])
+@pytest.fixture(scope="module", params=["float", "int4"], ids=["fp32", "int4-float-compute"])
 def trained(request, tmp_path_factory):
     from export.build import ExportOptions, export_engine
-    weights, compute = request.param
-    tmp = tmp_path_factory.mktemp(f"smollm2-{weights}-{compute}")
-    opts = ExportOptions(max_seq_len=512, max_tree_tokens=32, max_prefill_chunk=128, target_weights=weights,
-                         target_compute=compute)
-    return export_engine(smollm2_gguf(), HEAD, tmp / "engine", opts), compute
+    tmp = tmp_path_factory.mktemp(f"smollm2-{request.param}")
+    opts = ExportOptions(max_seq_len=512, max_tree_tokens=32, max_prefill_chunk=128, target_weights=request.param,
+                         target_compute="float")
+    return export_engine(smollm2_gguf(), HEAD, tmp / "engine", opts)
 
 
 def test_trained_head_is_lossless_on_twenty_prompts(trained):
-    """talon (N=16), eagle3 and chain equal ar over 20 chat prompts x 128 tokens; with int8 compute a
-    divergence must be a kernel-path one (ar's token the argmax of its q=1 steps, the speculative
-    token the argmax of one causal call over the same context)."""
-    from test_export_target_weights import check_lossless
-
+    """talon (N=16), eagle3 and chain equal ar over 20 chat prompts x 128 tokens, token for token."""
     from runtime.api import Generator
-    engine, compute = trained
-    notes = []
-    with Generator.open(engine, policy="ar") as ar:
+    with Generator.open(trained, policy="ar") as ar:
         wants = {}
         for prompt in PROMPTS:
             ids = ar.encode(ar.render_chat([{"role": "user", "content": prompt}]))
             wants[prompt] = (ids, ar.generate(ids, max_new_tokens=128).tokens)
         for policy in ("talon", "eagle3", "chain"):
-            with Generator.open(engine, policy=policy, budget=16) as spec:
+            with Generator.open(trained, policy=policy, budget=16) as spec:
                 for prompt, (ids, want) in wants.items():
-                    got = spec.generate(ids, max_new_tokens=128).tokens
-                    if compute == "float":
-                        assert got == want, f"{policy}: {prompt!r}"
-                    else:
-                        notes.append(check_lossless(ar, ids, got, want, f"{policy} {prompt!r}"))
-    notes = [n for n in notes if n]
-    print(f"{engine.parent.name} ({compute} compute): {len(notes)} of {3 * len(PROMPTS)} runs leave ar at a "
-          f"kernel-path divergence" + "".join(f"\n  {n}" for n in notes))
+                    assert spec.generate(ids, max_new_tokens=128).tokens == want, f"{policy}: {prompt!r}"

@@ -36,7 +36,7 @@ def summary(m: Manifest) -> list[str]:
         f"engine      {m.name}  ({m.dir}, {m.created_by or 'unknown producer'})",
         f"source      {source(m)}",
         f"weights     target weights {md.weights}"
-        + (f" ({md.compute} compute{'' if md.compute == 'float' else ': speculative output may leave ar at near-ties'})"
+        + (f" ({md.compute} compute{'' if md.compute == 'float' else ': speculative output may leave ar where kernels round apart'})"
            if md.weights != "float" else "")
         + f", draft weights {dd.weights} ({md.dtype} activations and KV)",
         f"target      {md.architecture}, {md.num_layers} layers, hidden {md.hidden_size}, heads {md.num_heads}/"
