@@ -42,31 +42,24 @@ def _nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
     ties by index) is >= top_p: the token that crosses top_p stays, and so does the best one.
 
     Only the candidates, the tokens at least as likely as the m-th most likely one, are sorted: when
-    the last candidate is dropped, every other token ranks after it and is dropped too. The kept
-    values and their cumulative sums are those of a full sort (same elements, same order)."""
+    the last candidate is dropped, every other token ranks after it and is dropped too; m grows
+    until that holds or every token is a candidate. The kept values and their cumulative sums are
+    those of a full sort (same elements, same order)."""
     v = p.shape[0]
-    m = FIRST_CANDIDATES
-    while m < v:
-        kth = np.partition(p, v - m)[v - m]
-        cand = np.flatnonzero(p >= kth)                  # ascending index: the stable tie order
-        ranked_order = np.argsort(-p[cand], kind="stable")
-        ranked = p[cand][ranked_order]
+    m = min(FIRST_CANDIDATES, v)
+    while True:
+        cand = np.flatnonzero(p >= np.partition(p, v - m)[v - m])  # ascending index: the stable tie order
+        values = p[cand]
+        order = np.argsort(-values, kind="stable")
+        ranked = values[order]
         before = np.cumsum(ranked) - ranked
-        if before[-1] >= top_p:
+        if before[-1] >= top_p or len(cand) == v:
             keep = before < top_p
             keep[0] = True
             out = np.zeros_like(p)
-            out[cand[ranked_order[keep]]] = ranked[keep]
+            out[cand[order[keep]]] = ranked[keep]
             return out
-        m *= 8
-    order = np.argsort(-p, kind="stable")
-    ranked = p[order]
-    before = np.cumsum(ranked) - ranked
-    drop = before >= top_p
-    drop[0] = False
-    out = np.empty_like(p)
-    out[order] = np.where(drop, 0.0, ranked)
-    return out
+        m = min(8 * m, v)
 
 
 def sample_token(probs: np.ndarray, rng: np.random.Generator) -> int:

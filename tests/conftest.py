@@ -75,3 +75,14 @@ class GpuNeeds:
 @pytest.fixture
 def need() -> GpuNeeds:
     return GpuNeeds()
+
+
+def edited_engine(engine, out, edit):
+    """A copy of the engine directory `engine` at `out` whose manifest.json went through `edit(dict)`."""
+    import json
+    import shutil
+    shutil.copytree(engine, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    edit(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out

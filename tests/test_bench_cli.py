@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import edited_engine
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -120,11 +122,8 @@ def test_compare_engine_runs_interleaved_and_is_tabled_apart(tiny_engine, tiny_e
 
 
 def test_compare_engine_must_tokenize_the_same(tiny_engine, tmp_path):
-    other = tmp_path / "other"
-    shutil.copytree(tiny_engine, other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["tokenizer"]["chat_template"] = "{{ messages[0]['content'] }}"
-    (other / "manifest.json").write_text(json.dumps(manifest))
+    other = edited_engine(tiny_engine, tmp_path / "other",
+                          lambda m: m["tokenizer"].update(chat_template="{{ messages[0]['content'] }}"))
     proc = _bench("--engine", tiny_engine, "--compare-engine", other, "--limit", 1, "--out", tmp_path / "o",
                   check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

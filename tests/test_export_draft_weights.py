@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import _export_tiny
+from conftest import _export_tiny, edited_engine
 from export.build import ExportOptions
 from export.errors import ExportError
 from runtime.api import Generator
@@ -52,13 +52,7 @@ def test_bad_draft_weight_options_are_named():
 
 
 def _with_draft_weights(engine, tmp_path, weights: str):
-    import shutil
-    out = tmp_path / "edited"
-    shutil.copytree(engine, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["draft"]["weights"] = weights
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
+    return edited_engine(engine, tmp_path / "edited", lambda m: m["draft"].update(weights=weights))
 
 
 def test_manifest_rejects_unknown_draft_weights(quantized_engine, tmp_path):

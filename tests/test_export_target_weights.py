@@ -5,14 +5,13 @@ are re-quantised, and the manifest says so); bad combinations are refused by nam
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import _export_tiny
+from conftest import _export_tiny, edited_engine
 from export.build import ExportOptions, export_engine
 from export.errors import ExportError
 from export.gguf import GGUFModel
@@ -163,11 +162,7 @@ def test_bad_target_weight_options_are_named():
 
 def test_tensorrt_refuses_quantized_target_weights(tiny_engine, tmp_path):
     from export.trt import build_engine_plans
-    out = tmp_path / "edited"
-    shutil.copytree(tiny_engine, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["model"]["weights"] = "int4"
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    out = edited_engine(tiny_engine, tmp_path / "edited", lambda m: m["model"].update(weights="int4"))
     with pytest.raises(ExportError, match="target weights are int4 .*TensorRT plans need float target weights"):
         build_engine_plans(out, log=lambda *a: None)
 
@@ -314,10 +309,7 @@ def test_real_model_int4_speculative_follows_its_own_kernels(policy, tmp_path_fa
 ])
 def test_manifest_rejects_a_bad_compute(float_compute_target, tmp_path, weights, compute, message):
     from runtime.errors import EngineError
-    out = tmp_path / "edited"
-    shutil.copytree(float_compute_target, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["model"].update(weights=weights, compute=compute)
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    out = edited_engine(float_compute_target, tmp_path / "edited",
+                        lambda m: m["model"].update(weights=weights, compute=compute))
     with pytest.raises(EngineError, match=message):
         Generator.open(out)

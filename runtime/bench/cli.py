@@ -234,11 +234,11 @@ def _run(args: argparse.Namespace) -> int:
                                    peers=peers_rows, best=best, extra=extra, command=sys.argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    written = plots.write_plots(metrics.main_rows(rows), out)
+    written = plots.write_plots(metrics.engine_rows(rows), out)
     js, md = report.write_results(out, results, written)
-    print("\n".join(report.table1(metrics.main_rows(rows))))
+    print("\n".join(report.table1(metrics.engine_rows(rows))))
     for m in others:
-        print(f"## {m.name} ({m.dir})\n" + "\n".join(report.table1(metrics.main_rows(rows, str(m.dir)))))
+        print(f"## {m.name} ({m.dir})\n" + "\n".join(report.table1(metrics.engine_rows(rows, str(m.dir)))))
     if peers_rows:
         print("\n".join(report.peers_table(peers_rows, rows)))
     if best is not None:

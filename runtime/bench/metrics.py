@@ -82,8 +82,8 @@ def build_rows(runs: Sequence[PromptRun]) -> list[dict[str, Any]]:
     return rows
 
 
-def main_rows(rows: Sequence[dict[str, Any]], engine: str = "") -> list[dict[str, Any]]:
-    """The rows of one engine ("" = the bench's --engine)."""
+def engine_rows(rows: Sequence[dict[str, Any]], engine: str = "") -> list[dict[str, Any]]:
+    """The rows of one engine ("" = the bench's --engine; else a --compare-engine directory)."""
     return [r for r in rows if r.get("engine", "") == engine]
 
 
@@ -91,7 +91,7 @@ def best_budget(rows: Sequence[dict[str, Any]], policy: str = "talon") -> dict[s
     """The (budget, mu, root_k) with the highest geometric-mean tokens/s over the datasets and
     temperatures run (each dataset weighs the same) on the --engine; ties go to the smaller budget."""
     by_config: dict[tuple[int, float | None, int | None], list[float]] = defaultdict(list)
-    for r in main_rows(rows):
+    for r in engine_rows(rows):
         if r["policy"] == policy and r["tokens_per_s"] > 0:
             by_config[(r["budget"], r["mu"], r.get("root_k"))].append(r["tokens_per_s"])
     if not by_config:

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
+from runtime.bench.metrics import engine_rows
 from runtime.bench.runner import PromptRun
 
 SCHEMA = 1
@@ -118,10 +119,6 @@ def _policy_label(row: dict) -> str:
     return f"{row['policy']} (N={row['budget']}{mu}{k})"
 
 
-def _of(rows: Sequence[dict], engine: str) -> list[dict]:
-    return [r for r in rows if r.get("engine", "") == engine]
-
-
 def table1(rows: Sequence[dict]) -> list[str]:
     """Paper-style Table 1: one line per policy/budget, MAT (tau) and speed-up per dataset."""
     out = []
@@ -169,8 +166,8 @@ def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
     budgets (T=0)."""
     ar: dict[str, dict] = {}
     best: dict[str, dict[str, dict]] = {"talon": {}, "talon-cost": {}}
-    for r in rows:
-        if r["temperature"] != 0 or r.get("engine", ""):
+    for r in engine_rows(rows):
+        if r["temperature"] != 0:
             continue
         if r["policy"] == "ar":
             ar[r["dataset"]] = r
@@ -220,11 +217,11 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
              "included); ×ar: ratio of medians against `ar` of the same engine in the same run; "
              "τ (MAT): tokens per verify call; δ: draft calls per verify call.", ""]
     if results["rows"]:
-        lines += ["## MAT (τ) and speed-up over ar, per dataset", ""] + table1(_of(results["rows"], ""))
+        lines += ["## MAT (τ) and speed-up over ar, per dataset", ""] + table1(engine_rows(results["rows"]))
         for c in results.get("compare_engines", ()):
             lines += [f"## The same prompts through {c['name']} ({c['dir']}: target weights "
                       f"{c['model']['weights']}, {c['model']['compute']} compute), interleaved", ""]
-            lines += table1(_of(results["rows"], c["dir"]))
+            lines += table1(engine_rows(results["rows"], c["dir"]))
         lines += ["## All numbers", ""] + detail_table(results["rows"]) + [""]
     if results.get("best_budget"):
         b = results["best_budget"]
