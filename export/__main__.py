@@ -55,9 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="largest prefill call (default %(default)s)")
     p.add_argument("--k-max", type=int, default=_D.k_max,
                    help="children per draft row in topk_ids/topk_logp (default %(default)s)")
-    p.add_argument("--flavour", default=_D.flavour, choices=["standard", "gqa"],
-                   help="attention in target/draft: ORT's GroupQueryAttention writing the KV cache in place "
-                        "(ORT CPU only) or standard ONNX ops (ORT CPU and CUDA, TensorRT; default %(default)s)")
+    p.add_argument("--flavour", default=_D.flavour, choices=["ort", "gqa", "standard"],
+                   help="target attention: ort (ONNX Runtime's fused ops with row-invariant attention: every "
+                        "verified row equals ar's bit for bit), gqa (ORT's GroupQueryAttention writing the KV "
+                        "cache in place; its one-row and many-row paths round apart) or standard (standard ONNX "
+                        "ops: ORT CPU and CUDA, TensorRT); the draft is gqa for ort (default %(default)s)")
     p.add_argument("--draft-weights", default=_D.draft_weights, choices=["float", "int8", "int4"],
                    help="draft graphs' MatMul weights: float, or int8/int4 blockwise (ORT only; lossless, "
                         "the target verifies every draft token; default %(default)s)")

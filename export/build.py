@@ -35,9 +35,10 @@ class ExportOptions:
     max_tree_tokens: int = 64  # bounds q of a verify call (budget N, root included); paper's N=60 fits
     max_prefill_chunk: int = 128  # bounds q of a prefill call
     k_max: int = 32  # children per draft row in topk_*; >= the widest layer a policy asks for
-    # target/draft attention: gqa (ORT only, KV written in place; 8-17 % cheaper target calls than
-    # standard on the 2-core CPU, demo engine) | standard (standard ops: TensorRT needs it)
-    flavour: str = "gqa"
+    # target attention: ort (ORT only: fused ops, row-invariant attention, so speculative output equals
+    # `ar`'s on every kind of weights; the draft is gqa) | gqa (ORT only, GroupQueryAttention writes KV
+    # in place; its one-row path rounds apart from its many-row one) | standard (standard ops: TensorRT)
+    flavour: str = "ort"
     # draft MatMul weights: float (dtype) | int8 | int4 (ORT MatMulNBits; lossless: the target
     # verifies every draft token; draft_fc stays float; export/quantize.py)
     draft_weights: str = "float"
@@ -81,14 +82,20 @@ class ExportOptions:
 
 
     def _check_weights(self, role: str, weights: str) -> None:
-        """--{role}-weights: a known format; a quantised one needs fp32 graphs of flavour gqa."""
+        """--{role}-weights: a known format; a quantised one needs fp32 graphs of an ORT flavour."""
         if weights not in quantize.WEIGHTS:
             raise ExportError(f"--{role}-weights {weights!r}: expected one of {', '.join(quantize.WEIGHTS)}")
         if weights != "float" and self.dtype != "float32":
             raise ExportError(f"--{role}-weights {weights} needs --dtype float32, got {self.dtype}")
-        if weights != "float" and self.flavour != "gqa":
-            raise ExportError(f"--{role}-weights {weights} needs --flavour gqa (ONNX Runtime only; "
+        if weights != "float" and self.flavour not in onnx_graphs.ORT_FLAVOURS:
+            raise ExportError(f"--{role}-weights {weights} needs --flavour ort or gqa (ONNX Runtime only; "
                               f"TensorRT plans need float {role} weights)")
+
+
+def draft_flavour(flavour: str) -> str:
+    """The draft graph's flavour for an export `flavour`: the draft only proposes tokens, so an ort
+    engine keeps the cheaper in-place gqa draft."""
+    return "gqa" if flavour == "ort" else flavour
 
 
 def default_run_settings(opts: ExportOptions) -> dict:
@@ -175,13 +182,16 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
                                                                      opts.flavour, target_quant), target_quant),
                     ("draft_fc.onnx", lambda: onnx_graphs.build_draft_fc(head, opts.dtype), None),
                     ("draft.onnx", lambda: onnx_graphs.build_draft(head, opts.dtype, opts.max_seq_len, opts.k_max,
-                                                                   opts.flavour, draft_quant), draft_quant)):
+                                                                   draft_flavour(opts.flavour), draft_quant),
+                     draft_quant)):
                 t0 = time.perf_counter()
                 written = onnx_graphs.save(build(), tmp / fname)
                 files += written
                 stage(f"wrote {', '.join(p.name for p in written)} "
                       f"({sum(p.stat().st_size for p in written) / 1e6:.1f} MB, "
                       f"{opts.dtype if quant is None else quant.summary()})", t0)
+                for line in quant.storage_lines() if quant is not None else ():
+                    log(f"  {line}")
             t0 = time.perf_counter()
             source.write_tokenizer(tmp / "tokenizer.json")
             files.append(tmp / "tokenizer.json")
@@ -253,7 +263,7 @@ def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, fil
                    "max_prefill_chunk": opts.max_prefill_chunk},
         "defaults": default_run_settings(opts),
         # draft_fc has no attention: always standard ops
-        "graphs": {role: {"file": f"{role}.onnx", "flavour": "standard" if role == "draft_fc" else opts.flavour}
+        "graphs": {role: {"file": f"{role}.onnx", "flavour": {"draft_fc": "standard", "draft": draft_flavour(opts.flavour)}.get(role, opts.flavour)}
                    for role in ROLES},
         "files": {p.name: file_record(p) for p in sorted(files, key=lambda p: p.name)},
     }

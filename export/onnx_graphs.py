@@ -30,7 +30,13 @@ from export.quantize import BLOCK, BlockWeight, WeightQuantizer, concat
 from export.reference import Eagle3Head, Target
 
 OPSET = 17
-FLAVOURS = ("standard", "gqa")
+# standard: standard ops (TensorRT); gqa: GroupQueryAttention writes K/V in place (ORT); ort: ORT's fused
+# ops with row-invariant attention (every row's logits and K/V equal, bit for bit, those of the same
+# tokens in any other call: `ar` included), new K/V rows returned as in standard
+FLAVOURS = ("standard", "gqa", "ort")
+ORT_FLAVOURS = ("gqa", "ort")   # MatMul linears, fused norms, quantised weights: ONNX Runtime only
+# logical positions per reduction chunk of the row-invariant attention (a multiple of 16: MLAS's kernels)
+ATTN_CHUNK = 32
 EXTERNAL_DATA_BYTES = 1_500_000_000  # above this a graph's weights go to `<file>.data` (protobuf caps at 2 GB)
 MASK_NEG = -1e9  # additive bias for a hidden key: exp(-1e9) == 0 in fp32, finite for TensorRT
 
@@ -53,6 +59,7 @@ class _Graph:
         self.skip_norm = False  # residual Add + RMSNorm as one com.microsoft op (ORT flavour)
         self.quant: WeightQuantizer | None = None  # MatMul weights as MatMulNBits blocks (ORT flavour)
         self.names: dict[int, str] = {}  # id(module) -> checkpoint tensor name of its weight
+        self._block_sums: dict[str, str] = {}  # activation -> its block sums (nbits_matmul with mins)
 
     def _name(self, hint: str) -> str:
         self._n += 1
@@ -119,8 +126,13 @@ class _Graph:
         ORT runs MatMul on rows of any rank (no 2-D reshapes around it) and one fused projection
         (e.g. q|k|v) costs one kernel launch instead of three."""
         if self.quant is not None:
-            w = concat([self.block_weight(lin) for lin in lins])
-            y = self.nbits_matmul(x, w, self.nbits_init(w, prefix))
+            blocks = [self.block_weight(lin) for lin in lins]
+            if len({b.bits for b in blocks}) == 1:
+                w = concat(blocks)
+                y = self.nbits_matmul(x, w, self.nbits_init(w, prefix))
+            else:   # llama.cpp files may mix types (Q8_0 v beside Q4_1 q, k): one product per weight
+                y = self.op("Concat", *[self.nbits_matmul(x, b, self.nbits_init(b, f"{prefix}.{j}"))
+                                        for j, b in enumerate(blocks)], axis=-1)
         else:
             w = torch.cat([lin.weight.detach().float() for lin in lins], 0).t()
             y = self.op("MatMul", x, self.init(prefix + ".weight_t", w.numpy().astype(self.np_dtype)))
@@ -135,25 +147,53 @@ class _Graph:
         return self.quant.block_weight(self.names.get(id(module)), module.weight.detach().float().numpy())
 
     def nbits_init(self, w: BlockWeight, prefix: str) -> list[str]:
-        """The initializers of a quantised weight: [qweight, scales(, zero_points)]."""
-        names = [self.init(prefix + ".qweight", w.data), self.init(prefix + ".scales", w.scales)]
-        if w.zero_points is not None:
-            names.append(self.init(prefix + ".zero_points", w.zero_points))
+        """The initializers of a quantised weight: [qweight, scales, zero_points or "", mins_t [K/BLOCK, N]]
+        (the last only with block minimums)."""
+        names = [self.init(prefix + ".qweight", w.data), self.init(prefix + ".scales", w.scales),
+                 "" if w.zero_points is None else self.init(prefix + ".zero_points", w.zero_points)]
+        if w.mins is not None:
+            names.append(self.init(prefix + ".mins_t", np.ascontiguousarray(w.mins.T)))
         return names
 
     def nbits_matmul(self, x: str, w: BlockWeight, inits: list[str]) -> str:
-        """x [..., K] -> [..., N] = x @ dequantize(w)^T (com.microsoft.MatMulNBits)."""
+        """x [1, q, K] -> [1, q, N] = x @ dequantize(w)^T (com.microsoft.MatMulNBits, plus the block
+        minimums' term when w has them)."""
         n, k = w.shape
-        return self.op("MatMulNBits", x, *inits, domain="com.microsoft", K=k, N=n, bits=w.bits, block_size=BLOCK,
-                       accuracy_level=self.quant.accuracy_level)
+        y = self.op("MatMulNBits", x, *inits[:3], domain="com.microsoft", K=k, N=n, bits=w.bits, block_size=BLOCK,
+                    accuracy_level=self.quant.accuracy_level)
+        if w.mins is None:
+            return y
+        return self.op("Add", y, self.block_sums_matmul(x, inits[3]))
+
+    def block_sums_matmul(self, x: str, mins_t: str) -> str:
+        """x [1, q, K] -> [1, q, N] = blocksum(x) @ mins_t, blocksum(x) [1, q, K/BLOCK] the sums of x over
+        each block (computed once per x). One zero row is appended so the product always has >= 2 rows:
+        ORT's one-row product rounds apart from its many-row one, and a row must not depend on q."""
+        sums = self._block_sums.get(x)
+        if sums is None:
+            blocks = self.op("Reshape", x, self.const([0, 0, -1, BLOCK]))
+            sums = self.op("ReduceSum", blocks, self.const([3]), keepdims=0)                 # [1, q, K/BLOCK]
+            zero_row = self.op("Slice", self.op("Mul", sums, self.const(0.0, np.float32)), self.const([0]),
+                               self.const([1]), self.const([1]))
+            sums = self._block_sums[x] = self.op("Concat", sums, zero_row, axis=1)           # [1, q+1, K/BLOCK]
+        y = self.op("MatMul", sums, mins_t)
+        return self.op("Slice", y, self.const([0]), self.const([-1]), self.const([1]))
 
     def nbits_gather(self, w: BlockWeight, inits: list[str], ids: str) -> str:
         """Rows `ids` of dequantize(w) (com.microsoft.GatherBlockQuantized) from `nbits_init`'s
         initializers; qweight [N, K/BLOCK, bytes] is read as [N, K*bits/8]."""
         n, k = w.shape
         data = self.op("Reshape", inits[0], self.const([n, k * w.bits // 8]))
-        return self.op("GatherBlockQuantized", data, ids, *inits[1:], domain="com.microsoft", bits=w.bits,
+        zp = [inits[2]] if inits[2] else []
+        rows = self.op("GatherBlockQuantized", data, ids, inits[1], *zp, domain="com.microsoft", bits=w.bits,
                        block_size=BLOCK, gather_axis=0, quantize_axis=1)
+        if w.mins is None:
+            return rows
+        # + each row's block minimums, repeated over its block: mins [N, K/BLOCK] from mins_t
+        mins = self.op("Gather", self.op("Transpose", inits[3], perm=[1, 0]), ids)          # [1, q, K/BLOCK]
+        mins = self.op("Reshape", self.op("Expand", self.op("Unsqueeze", mins, self.const([3])),
+                                          self.const([1, 1, k // BLOCK, BLOCK])), self.const([1, -1, k]))
+        return self.op("Add", rows, mins)
 
     def rmsnorm(self, x: str, norm, prefix: str) -> str:
         """RMSNorm over the last axis; statistics in fp32."""
@@ -267,6 +307,97 @@ class _Graph:
                             scale=1.0 / math.sqrt(hd))
         return out
 
+    def invariant_inputs(self, tree_mask: str, past_len: str, q_len: str) -> dict[str, str]:
+        """The per-call index tensors every row-invariant attention of a graph shares.
+
+        Keys are reduced in chunks of C = ATTN_CHUNK logical positions: chunk c holds positions
+        [cC, (c+1)C). The prefix chunks [0, B), B = floor(P/C)*C, are the same cache rows for every
+        row of the call; the window [B, B+W) (W = C*ceil((P-B+q)/C)) is gathered per row into logical
+        order: the D = P-B cache rows [B, P), then the row's visible tree nodes (ancestors, then
+        itself) in cache order, then padding (masked). So each row reduces the same values at the
+        same chunk offsets as a call that saw its tokens at contiguous rows (`ar`'s q=1 calls).
+        """
+        C = ATTN_CHUNK
+        i64 = TensorProto.INT64
+        zero, one = self.const(0), self.const(1)
+        B = self.op("Mul", self.op("Div", past_len, self.const([C])), self.const([C]))          # [1]
+        D = self.op("Sub", past_len, B)
+        W = self.op("Mul", self.op("Div", self.op("Add", self.op("Add", D, q_len), self.const([C - 1])),
+                                   self.const([C])), self.const([C]))
+        q_s = self.op("Squeeze", q_len, self.const([0]))
+        mask = self.op("Reshape", tree_mask, self.op("Concat", q_len, q_len, axis=0))         # [q, q]
+        col = self.op("Range", zero, q_s, one)                                                # [q]
+        key = self.op("Where", mask, col, self.op("Add", col, q_s))
+        _, order = self.op("TopK", key, q_len, axis=-1, largest=0, sorted=1, outputs=2)       # visible first
+        n_vis = self.op("ReduceSum", self.op("Cast", mask, to=i64), self.const([1]), keepdims=1)  # [q, 1]
+        jj = self.op("Range", zero, self.op("Squeeze", W, self.const([0])), one)              # [W]
+        t = self.op("Sub", jj, D)                                                             # tree slot
+        t_c = self.op("Max", self.op("Min", t, self.op("Sub", q_s, one)), zero)
+        shape_qw = self.op("Concat", q_len, self.op("Shape", jj), axis=0)
+        tree_idx = self.op("Add", self.op("GatherElements", order, self.op("Expand", t_c, shape_qw), axis=1), D)
+        valid = self.op("Less", t, n_vis)                                                     # [q, W]
+        idx = self.op("Where", self.op("Less", jj, D), jj, self.op("Where", valid, tree_idx, zero))
+        return {"B": B, "D": D, "W": W, "total": self.op("Add", past_len, q_len), "idx": idx, "valid": valid,
+                "nb": self.op("Div", B, self.const([C])), "nw": self.op("Div", W, self.const([C])),
+                "q": q_len}
+
+    def invariant_attention(self, q: str, k: str, v: str, past_k: str, past_v: str, past_len: str,
+                            shared: dict[str, str], nh: int, kvh: int, hd: int) -> str:
+        """Attention whose every row is independent of the call's shape and of where its keys sit.
+
+        q [1, nh, q, hd]; new k, v [1, kvh, q, hd] (rotated); past buffers [1, kvh, S, hd] read at
+        [0, P). Scores are one MatMul over cache order (each a 64-term dot product whatever the column);
+        softmax runs over each row's keys in logical order (`invariant_inputs`) with its denominator
+        summed sequentially (CumSum); P@V is one MatMul per chunk of C keys (M >= 2 rows, K = C: MLAS
+        rounds a row the same way for any M >= 2 and trailing zeros) and the chunks are added in order
+        (CumSum). Returns [1, q, nh*hd].
+        """
+        C, rep = ATTN_CHUNK, nh // kvh
+        s = shared
+        zero, axis2, axis3 = self.const([0]), self.const([2]), self.const([3])
+        k_all = self.op("Concat", self.op("Slice", past_k, zero, past_len, axis2), k, axis=2)  # [1,kvh,P+q,hd]
+        qg = self.op("Reshape", q, self.const([1, kvh, -1, hd]))                             # rows (rep, q)
+        scores = self.op("MatMul", qg, self.op("Transpose", k_all, perm=[0, 1, 3, 2]))
+        scores = self.op("Mul", scores, self.const(1.0 / math.sqrt(hd), np.float32))
+        scores = self.op("Reshape", scores, self.op("Concat", self.const([kvh, rep]), s["q"], self.const([-1]),
+                                                    axis=0))                                 # [kvh,rep,q,P+q]
+        s_pre = self.op("Slice", scores, zero, s["B"], axis3)
+        s_win = self.op("Slice", scores, s["B"], s["total"], axis3)                          # [kvh,rep,q,D+q]
+        shape4 = self.op("Concat", self.const([kvh, rep]), self.op("Shape", s["idx"]), axis=0)
+        s_tail = self.op("GatherElements", s_win, self.op("Expand", s["idx"], shape4), axis=3)
+        s_tail = self.op("Where", s["valid"], s_tail, self.const(MASK_NEG, np.float32))
+        s_log = self.op("Concat", s_pre, s_tail, axis=3)                                     # [kvh,rep,q,B+W]
+        e = self.op("Exp", self.op("Sub", s_log, self.op("ReduceMax", s_log, axes=[3], keepdims=1)))
+        last = (self.const([-1]), self.const([np.iinfo(np.int64).max]))
+        den = self.op("Slice", self.op("CumSum", e, self.const(3)), *last, axis3)             # [kvh,rep,q,1]
+        # prefix chunks: one [rep*q, C] x [C, hd] product per chunk, V read from the cache
+        e_pre = self.op("Reshape", self.op("Slice", e, zero, s["B"], axis3),
+                        self.op("Concat", self.const([kvh, rep]), s["q"], s["nb"], self.const([C]), axis=0),
+                        allowzero=1)
+        e_pre = self.op("Reshape", self.op("Transpose", e_pre, perm=[0, 3, 1, 2, 4]),
+                        self.op("Concat", self.const([kvh]), s["nb"], self.op("Mul", s["q"], self.const([rep])),
+                                self.const([C]), axis=0), allowzero=1)
+        v_pre = self.op("Reshape", self.op("Slice", past_v, zero, s["B"], axis2),
+                        self.op("Concat", self.const([kvh]), s["nb"], self.const([C, hd]), axis=0), allowzero=1)
+        part_pre = self.op("MatMul", e_pre, v_pre)                                           # [kvh,nb,rep*q,hd]
+        # window chunks: each row's own V rows in logical order, one [rep, C] x [C, hd] per row and chunk
+        v_win = self.op("Concat", self.op("Slice", past_v, s["B"], past_len, axis2), v, axis=2)  # [1,kvh,D+q,hd]
+        v_tail = self.op("Gather", self.op("Reshape", v_win, self.const([kvh, -1, hd])), s["idx"], axis=1)
+        v_tail = self.op("Reshape", v_tail, self.op("Concat", self.const([kvh]), s["q"], s["nw"],
+                                                    self.const([C, hd]), axis=0))             # [kvh,q,nw,C,hd]
+        e_tail = self.op("Reshape", self.op("Slice", e, s["B"], self.const([np.iinfo(np.int64).max]), axis3),
+                         self.op("Concat", self.const([kvh, rep]), s["q"], s["nw"], self.const([C]), axis=0))
+        e_tail = self.op("Transpose", e_tail, perm=[0, 2, 3, 1, 4])                          # [kvh,q,nw,rep,C]
+        part_tail = self.op("Transpose", self.op("MatMul", e_tail, v_tail), perm=[0, 2, 3, 1, 4])
+        part_tail = self.op("Reshape", part_tail, self.op("Concat", self.const([kvh]), s["nw"],
+                                                          self.const([-1, hd]), axis=0))     # [kvh,nw,rep*q,hd]
+        parts = self.op("Concat", part_pre, part_tail, axis=1)
+        out = self.op("Slice", self.op("CumSum", parts, self.const(1)), *last, self.const([1]))   # [kvh,1,rep*q,hd]
+        out = self.op("Div", self.op("Reshape", out, self.op("Concat", self.const([kvh, rep]), s["q"],
+                                                             self.const([hd]), axis=0)), den)  # [kvh,rep,q,hd]
+        out = self.op("Transpose", self.op("Reshape", out, self.const([nh, -1, hd])), perm=[1, 0, 2])
+        return self.op("Reshape", out, self.const([1, -1, nh * hd]))
+
     def mask_bias(self, tree_mask: str, past_len: str, q_len: str) -> str:
         """tree_mask [1, q, T] bool over the trailing T of P+q keys -> additive [1, 1, q, P+q] fp32."""
         t_len = self.op("Slice", self.op("Shape", tree_mask), self.const([2]), self.const([3]))
@@ -284,8 +415,8 @@ def _check_flavour(flavour: str) -> None:
 
 
 def _check_quant(quant: WeightQuantizer | None, flavour: str) -> None:
-    if quant is not None and flavour != "gqa":
-        raise ValueError(f"quantised weights need flavour gqa (ONNX Runtime), got {flavour!r}")
+    if quant is not None and flavour not in ORT_FLAVOURS:
+        raise ValueError(f"quantised weights need flavour {' or '.join(ORT_FLAVOURS)} (ONNX Runtime), got {flavour!r}")
 
 
 def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "standard",
@@ -309,13 +440,17 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
              g.input(f"past_value_{i}", g.onnx_dtype, [1, kvh, S, hd])) for i in range(c.num_layers)]
 
     q_len = g.op("Slice", g.op("Shape", ids), g.const([1]), g.const([2]))
-    fused = flavour == "gqa"  # ORT only: rows stay [1, q, H], MatMul linears, one q|k|v projection
+    fused = flavour in ORT_FLAVOURS  # ORT only: rows stay [1, q, H], MatMul linears, one q|k|v projection
+    in_place = flavour == "gqa"      # GroupQueryAttention, K/V written into the bound cache
     g.matmul = g.skip_norm = fused
-    if fused:
+    if in_place:
         shared = g.gqa_inputs(model.inv_freq, S, tree_mask, past_len, q_len)
     else:
         cos, sin = g.rope_tables(model.inv_freq, S, pos)
-        bias = g.mask_bias(tree_mask, past_len, q_len)
+        if fused:
+            shared = g.invariant_inputs(tree_mask, past_len, q_len)
+        else:
+            bias = g.mask_bias(tree_mask, past_len, q_len)
     if quant is not None:
         embed_q = g.block_weight(model.model.embed_tokens)
         embed_inits = g.nbits_init(embed_q, "model.embed_tokens")
@@ -332,8 +467,13 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
             hidden_states.append(x)
         if fused and not c.qk_norm:
             qkv = g.matmul_linear(h, [at.q_proj, at.k_proj, at.v_proj], p + ".self_attn.qkv_proj")
-            a = g.gqa(qkv, "", "", past[i][0], past[i][1], f"present_key_{i}", f"present_value_{i}", pos,
-                       shared, nh, kvh, hd)
+            if in_place:
+                a = g.gqa(qkv, "", "", past[i][0], past[i][1], f"present_key_{i}", f"present_value_{i}", pos,
+                           shared, nh, kvh, hd)
+            else:
+                axis = g.const([2])
+                cuts = [0, nh * hd, (nh + kvh) * hd, (nh + 2 * kvh) * hd]
+                qs, ks, vs = (g.op("Slice", qkv, g.const([a]), g.const([b]), axis) for a, b in zip(cuts, cuts[1:]))
         else:
             qs = g.linear(h, at.q_proj, p + ".self_attn.q_proj")   # [q, nh*hd]
             ks = g.linear(h, at.k_proj, p + ".self_attn.k_proj")   # [q, kvh*hd]
@@ -341,7 +481,7 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
         if c.qk_norm:   # per head, before rotary
             qs = g.rmsnorm(g.heads(qs, nh, hd), at.q_norm, p + ".self_attn.q_norm")
             ks = g.rmsnorm(g.heads(ks, kvh, hd), at.k_norm, p + ".self_attn.k_norm")
-        if fused:
+        if in_place:
             if c.qk_norm:
                 qs = g.op("Reshape", qs, g.const([1, -1, nh * hd]))
                 ks = g.op("Reshape", ks, g.const([1, -1, kvh * hd]))
@@ -353,7 +493,10 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
             qs = g.rope(g.op("Transpose", g.heads(qs, nh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
             ks = g.rope(g.op("Transpose", g.heads(ks, kvh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
             vs = g.op("Transpose", g.heads(vs, kvh, hd), perm=[0, 2, 1, 3])
-            a = g.attention(qs, ks, vs, past[i][0], past[i][1], past_len, bias, nh, kvh, hd)
+            if fused:
+                a = g.invariant_attention(qs, ks, vs, past[i][0], past[i][1], past_len, shared, nh, kvh, hd)
+            else:
+                a = g.attention(qs, ks, vs, past[i][0], past[i][1], past_len, bias, nh, kvh, hd)
             g.output(ks, f"present_key_{i}", g.onnx_dtype, [1, kvh, "q", hd])
             g.output(vs, f"present_value_{i}", g.onnx_dtype, [1, kvh, "q", hd])
         h, x = g.add_norm(x, g.linear(a, at.o_proj, p + ".self_attn.o_proj"), layer.post_attention_layernorm,

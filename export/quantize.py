@@ -53,15 +53,18 @@ RawBlocks = Callable[[str], "tuple[str, np.ndarray] | None"]
 
 @dataclass(frozen=True)
 class BlockWeight:
-    """A weight [N, K] in MatMulNBits layout.
+    """A weight [N, K] in MatMulNBits layout, plus an optional per-block offset.
 
     data [N, K/BLOCK, BLOCK*bits/8] uint8: values low nibble first (4-bit); scales [N, K/BLOCK]
     float32; zero_points [N, ceil(K/BLOCK*bits/8)] uint8 packed the same way, or None for
-    2^(bits-1) everywhere (symmetric)."""
+    2^(bits-1) everywhere (symmetric); mins [N, K/BLOCK] float32 or None: w = (q - z) * scale + min
+    (llama.cpp's Q4_1 `d*q + m`). A graph adds the mins as (block sums of x) @ mins^T, a product
+    1/BLOCK the size of the weight's."""
     data: np.ndarray
     scales: np.ndarray
     zero_points: np.ndarray | None
     bits: int
+    mins: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -99,7 +102,10 @@ def dequantize(w: BlockWeight) -> np.ndarray:
     blocks = k // BLOCK
     q = unpack(w.data, w.bits, BLOCK).astype(np.float32)                             # [N, blocks, BLOCK]
     z = unpack(w.full_zero_points(), w.bits, blocks).astype(np.float32)              # [N, blocks]
-    return ((q - z[..., None]) * w.scales[..., None]).reshape(n, k)
+    out = (q - z[..., None]) * w.scales[..., None]
+    if w.mins is not None:
+        out = out + w.mins[..., None]
+    return out.reshape(n, k)
 
 
 def quantize_rtn(weight: np.ndarray, bits: int) -> BlockWeight:
@@ -116,20 +122,48 @@ def quantize_rtn(weight: np.ndarray, bits: int) -> BlockWeight:
 
 
 def concat(parts: list[BlockWeight]) -> BlockWeight:
-    """BlockWeights of one K stacked along N (one fused q|k|v projection)."""
+    """BlockWeights of one K and one bit width stacked along N (one fused q|k|v projection)."""
     if len(parts) == 1:
         return parts[0]
-    zp = None
+    if len({p.bits for p in parts}) > 1:
+        raise ValueError(f"cannot stack blocks of {sorted({p.bits for p in parts})} bits into one weight")
+    zp = mins = None
     if any(p.zero_points is not None for p in parts):
         zp = np.concatenate([p.full_zero_points() for p in parts])
+    if any(p.mins is not None for p in parts):
+        mins = np.concatenate([p.mins if p.mins is not None else np.zeros_like(p.scales) for p in parts])
     return BlockWeight(np.concatenate([p.data for p in parts]), np.concatenate([p.scales for p in parts]),
-                       zp, parts[0].bits)
+                       zp, parts[0].bits, mins)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """How one weight went into the graph: its source (a ggml type or "float"), its storage, and the
+    largest |stored - source| relative to the tensor's largest |value| (0 when exact)."""
+    name: str
+    source: str
+    storage: str
+    rel_error: float
+
+    @property
+    def exact(self) -> bool:
+        return self.rel_error == 0.0
+
+
+def storage_name(w: BlockWeight) -> str:
+    kind = f"{w.bits}-bit, " + ("symmetric" if w.zero_points is None else "zero points")
+    return kind + (" + block minimums" if w.mins is not None else "")
+
+
+def rel_error(w: BlockWeight, source: np.ndarray) -> float:
+    top = float(np.abs(source).max())
+    return float(np.abs(dequantize(w) - source).max()) / top if top else 0.0
 
 
 class WeightQuantizer:
     """Makes the BlockWeight of each weight a graph quantises, from the file's own blocks where
-    `raw_blocks` has them and MatMulNBits can hold them exactly, else by `quantize_rtn`; counts
-    where each came from (`summary`)."""
+    `raw_blocks` has them and MatMulNBits can hold them exactly (llama.cpp's Q4_0, Q4_1 and Q8_0, each
+    at its own bit width), else by `quantize_rtn`; records how each was stored (`stored`, `summary`)."""
 
     def __init__(self, weights: str, raw_blocks: RawBlocks | None = None, compute: str = "int8"):
         if WEIGHTS.get(weights) is None:
@@ -141,6 +175,7 @@ class WeightQuantizer:
         self.kept: Counter[str] = Counter()         # ggml type -> matrices stored from the file's blocks
         self.requantised: Counter[str] = Counter()  # source ("float" or a ggml type) -> matrices re-quantised
         self.made: dict[str, BlockWeight] = {}      # checkpoint tensor name -> its blocks
+        self.stored: dict[str, Stored] = {}         # checkpoint tensor name -> how it was stored
 
     def block_weight(self, name: str | None, weight: np.ndarray) -> BlockWeight:
         """`weight` [N, K] float (the dequantised values); `name` its checkpoint tensor name."""
@@ -155,14 +190,32 @@ class WeightQuantizer:
             exact = from_ggml(ggml_type, rows, (n, k), self.bits)
             if exact is not None:
                 self.kept[ggml_type] += 1
-                return self._made(name, exact)
-        self.requantised["float" if raw is None else raw[0]] += 1
-        return self._made(name, quantize_rtn(weight, self.bits))
+                return self._made(name, exact, ggml_type, 0.0)
+        source = "float" if raw is None else raw[0]
+        self.requantised[source] += 1
+        w = quantize_rtn(weight, self.bits)
+        return self._made(name, w, source, rel_error(w, weight))
 
-    def _made(self, name: str | None, w: BlockWeight) -> BlockWeight:
+    def _made(self, name: str | None, w: BlockWeight, source: str, error: float) -> BlockWeight:
         if name is not None:
             self.made[name] = w
+            self.stored[name] = Stored(name, source, storage_name(w), error)
         return w
+
+    def storage_lines(self) -> list[str]:
+        """The export log's account of every weight: one line per (source, storage) group, then one per
+        weight stored with an error (re-quantised), naming it and its largest relative error."""
+        groups: dict[tuple[str, str, bool], list[str]] = {}
+        for st in self.stored.values():
+            groups.setdefault((st.source, st.storage, st.exact), []).append(st.name)
+        lines = []
+        for (source, storage, exact), names in sorted(groups.items()):
+            how = "exact" if exact else "re-quantised round-to-nearest"
+            lines.append(f"{len(names)} {'weight' if len(names) == 1 else 'weights'} {source} -> {storage} "
+                         f"({how}): {_names(names)}")
+        lines += [f"  {st.name}: {st.source} -> {st.storage}, max |error| {st.rel_error:.2%} of its largest |weight|"
+                  for st in self.stored.values() if not st.exact]
+        return lines
 
     def dequantized(self, model: torch.nn.Module) -> torch.nn.Module:
         """A copy of `model` whose quantised weights hold their dequantised blocks: the model the
@@ -184,6 +237,16 @@ class WeightQuantizer:
         return f"{self.weights} block {BLOCK}, {self.compute} compute: " + ", ".join(parts)
 
     def record(self) -> dict:
-        """The manifest's account of it: {"block_size", "compute", "kept": {type: n}, "requantised": {type: n}}."""
+        """The manifest's account of it: {"block_size", "compute", "kept": {type: n}, "requantised": {type: n},
+        "tensors": {name: "source -> storage"}}."""
         return {"block_size": BLOCK, "compute": self.compute, "kept": dict(sorted(self.kept.items())),
-                "requantised": dict(sorted(self.requantised.items()))}
+                "requantised": dict(sorted(self.requantised.items())),
+                "tensors": {st.name: f"{st.source} -> {st.storage}" + ("" if st.exact else f" (max rel. error "
+                                                                         f"{st.rel_error:.2e})")
+                            for st in self.stored.values()}}
+
+
+def _names(names: list[str]) -> str:
+    """A short list of weight names: the first few, then how many more."""
+    shown = ", ".join(names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")

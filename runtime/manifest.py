@@ -74,10 +74,11 @@ class Limits:
 
 
 # "standard": standard ONNX ops, returns the q new K/V rows; "gqa": GroupQueryAttention writes them
-# into the bound cache in place (ORT only). draft_fc has no attention.
+# into the bound cache in place (ORT only); "ort": ORT's fused ops with row-invariant attention, returns
+# the new rows (target only). draft_fc has no attention.
 DRAFT_WEIGHTS = ("float", "int8", "int4")
 TARGET_COMPUTE = ("int8", "float")  # a quantised target's MatMulNBits activations (model.compute)
-FLAVOURS = {"target": ("standard", "gqa"), "draft_fc": ("standard",), "draft": ("standard", "gqa")}
+FLAVOURS = {"target": ("standard", "gqa", "ort"), "draft_fc": ("standard",), "draft": ("standard", "gqa")}
 
 
 @dataclass(frozen=True)
