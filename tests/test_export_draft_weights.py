@@ -47,7 +47,7 @@ def test_bad_draft_weight_options_are_named():
         ExportOptions(draft_weights="int3").check()
     with pytest.raises(ExportError, match="--draft-weights int4 needs --dtype float32, got float16"):
         ExportOptions(draft_weights="int4", dtype="float16").check()
-    with pytest.raises(ExportError, match="--draft-weights int8 needs --flavour gqa"):
+    with pytest.raises(ExportError, match="--draft-weights int8 needs --flavour ort or gqa"):
         ExportOptions(draft_weights="int8", flavour="standard").check()
 
 
