@@ -34,10 +34,17 @@ def tiny_engine_gqa(tiny_pair, tmp_path_factory):
     return _export_tiny(tiny_pair, tmp_path_factory, "gqa", "tiny-gqa", check=True)   # export.check on gqa too
 
 
-@pytest.fixture(scope="session", params=["standard", "gqa"])
+@pytest.fixture(scope="session")
+def tiny_engine_ort(tiny_pair, tmp_path_factory):
+    """`tiny_engine` with flavour "ort": ORT's fused ops, row-invariant attention (the export default)."""
+    return _export_tiny(tiny_pair, tmp_path_factory, "ort", "tiny-ort", check=True)
+
+
+@pytest.fixture(scope="session", params=["standard", "gqa", "ort"])
 def flavour_engine(request):
-    """`tiny_engine` in each graph flavour (the losslessness tests run on both)."""
-    return request.getfixturevalue("tiny_engine" if request.param == "standard" else "tiny_engine_gqa")
+    """`tiny_engine` in each graph flavour (the losslessness tests run on all of them)."""
+    return request.getfixturevalue({"standard": "tiny_engine", "gqa": "tiny_engine_gqa",
+                                    "ort": "tiny_engine_ort"}[request.param])
 
 
 
