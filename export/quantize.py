@@ -8,25 +8,19 @@ embedding and LM head share one BlockWeight. ORT only: TensorRT plans need float
 
 Float weights are quantised round-to-nearest, symmetric (zero point 2^(bits-1), scale = the block's
 signed extreme / -2^(bits-1)), by ONNX Runtime's own C++ quantiser (`quantize_matmul_{4,8}bits`, as
-its MatMulNBitsQuantizer). Weights that arrive as llama.cpp blocks keep the file's own blocks where
-MatMulNBits represents them exactly (export/gguf_blocks.py); the others are quantised from their
-dequantised values, and `WeightQuantizer.summary` says which.
+its MatMulNBitsQuantizer). Weights that arrive as llama.cpp blocks keep the file's own blocks exactly
+(export/gguf_blocks.py: Q4_0, Q8_0, and Q4_1 with its block minimums); other ggml types are quantised
+from their dequantised values, and `WeightQuantizer.storage_lines` names each with its error.
 
 The draft only proposes tokens; the target verifies every one of them, so quantised draft weights
 change which tokens are proposed, never what is emitted. Quantised target weights make a different
-model (a different greedy output than the float engine's), which speculative decoding follows token
+model from a float engine (unless they are the GGUF's own), which speculative decoding follows token
 for token. `--target-compute` picks the activations MatMulNBits computes with:
-- int8 (default, accuracy_level 4): the fast kernels, but they round each row's activations to int8
-  per block, so the ulp-level difference between ORT's one-row kernels (`ar` steps) and its many-row
-  kernels (verify calls) can cross a rounding step and grow over 30 layers to ~1-4 % of SmolLM2's
-  logit range, enough to flip a close argmax: speculative output then leaves `ar`'s at that token,
-  each token being the argmax of the call that produced it (on the tiny test model a divergence is
-  reproduced from one causal call, tests/test_export_target_weights.py; on SmolLM2 a verify call's
-  cache rows come from earlier calls of other shapes, so one call does not reproduce it). On 6
-  SmolLM2 chat prompts x 64 tokens, talon left `ar` on 5 and eagle3 on 4.
-- float (accuracy_level 1): float32 activations, no int8 steps; the kernels differ by float
-  rounding only, as in a float engine, and speculative output equals `ar`'s. Slower: on the 2-core
-  CPU the int4 SmolLM2 call costs ~1.4x at q=1 and ~1.7x at q=8.
+- int8 (default, accuracy_level 4): the fast kernels; each row's activations are rounded to int8 per
+  block, so an ulp of difference upstream can become whole logits. Flavour ort computes every row
+  exactly as `ar` does (onnx_graphs.invariant_attention), so speculative output still equals `ar`'s.
+- float (accuracy_level 1): float32 activations; ~1.4x the call cost at q=1, ~1.7x at q=8 on the
+  2-core CPU.
 """
 from __future__ import annotations
 
