@@ -60,6 +60,7 @@ class _Graph:
         self.quant: WeightQuantizer | None = None  # MatMul weights as MatMulNBits blocks (ORT flavour)
         self.names: dict[int, str] = {}  # id(module) -> checkpoint tensor name of its weight
         self._block_sums: dict[str, str] = {}  # activation -> its block sums (nbits_matmul with mins)
+        self.invariant_rows = False  # float products through >= 2 rows (flavour ort: rows independent of q)
 
     def _name(self, hint: str) -> str:
         self._n += 1
@@ -135,7 +136,7 @@ class _Graph:
                                         for j, b in enumerate(blocks)], axis=-1)
         else:
             w = torch.cat([lin.weight.detach().float() for lin in lins], 0).t()
-            y = self.op("MatMul", x, self.init(prefix + ".weight_t", w.numpy().astype(self.np_dtype)))
+            y = self.rows_matmul(x, self.init(prefix + ".weight_t", w.numpy().astype(self.np_dtype)))
         if all(lin.bias is None for lin in lins):
             return y
         b = torch.cat([lin.bias.detach().float() if lin.bias is not None else torch.zeros(lin.out_features)
@@ -165,6 +166,20 @@ class _Graph:
             return y
         return self.op("Add", y, self.block_sums_matmul(x, inits[3]))
 
+    def rows_matmul(self, x: str, w: str) -> str:
+        """x [1, q, K] @ w [K, N]; with `invariant_rows`, through one appended zero row: ORT's one-row
+        product (a matrix-vector kernel) rounds apart from its many-row one, and a row must not depend
+        on q (memory-bound at small q on a CPU: the extra row costs little)."""
+        if not self.invariant_rows:
+            return self.op("MatMul", x, w)
+        y = self.op("MatMul", self.op("Concat", x, self.zero_row(x), axis=1), w)
+        return self.op("Slice", y, self.const([0]), self.const([-1]), self.const([1]))
+
+    def zero_row(self, x: str) -> str:
+        """[1, 1, K] zeros shaped like one row of x [1, q, K]."""
+        return self.op("Slice", self.op("Mul", x, self.const(0.0, self.np_dtype)), self.const([0]), self.const([1]),
+                       self.const([1]))
+
     def block_sums_matmul(self, x: str, mins_t: str) -> str:
         """x [1, q, K] -> [1, q, N] = blocksum(x) @ mins_t, blocksum(x) [1, q, K/BLOCK] the sums of x over
         each block (computed once per x). One zero row is appended so the product always has >= 2 rows:
@@ -173,9 +188,7 @@ class _Graph:
         if sums is None:
             blocks = self.op("Reshape", x, self.const([0, 0, -1, BLOCK]))
             sums = self.op("ReduceSum", blocks, self.const([3]), keepdims=0)                 # [1, q, K/BLOCK]
-            zero_row = self.op("Slice", self.op("Mul", sums, self.const(0.0, np.float32)), self.const([0]),
-                               self.const([1]), self.const([1]))
-            sums = self._block_sums[x] = self.op("Concat", sums, zero_row, axis=1)           # [1, q+1, K/BLOCK]
+            sums = self._block_sums[x] = self.op("Concat", sums, self.zero_row(sums), axis=1)  # [1, q+1, K/BLOCK]
         y = self.op("MatMul", sums, mins_t)
         return self.op("Slice", y, self.const([0]), self.const([-1]), self.const([1]))
 
@@ -443,6 +456,7 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
     fused = flavour in ORT_FLAVOURS  # ORT only: rows stay [1, q, H], MatMul linears, one q|k|v projection
     in_place = flavour == "gqa"      # GroupQueryAttention, K/V written into the bound cache
     g.matmul = g.skip_norm = fused
+    g.invariant_rows = flavour == "ort"
     if in_place:
         shared = g.gqa_inputs(model.inv_freq, S, tree_mask, past_len, q_len)
     else:
@@ -513,7 +527,7 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
     elif fused:   # [1, q, V]; a tied lm_head reads the embedding through a Transpose ORT folds at load
         lm_w = (g.op("Transpose", embed, perm=[1, 0]) if c.tie_word_embeddings else
                 g.init("lm_head.weight_t", model.lm_head.weight.detach().float().t().numpy().astype(g.np_dtype)))
-        logits = g.op("MatMul", h, lm_w)
+        logits = g.rows_matmul(h, lm_w)
     else:
         lm_w = embed if c.tie_word_embeddings else g.weight("lm_head.weight", model.lm_head.weight)
         logits = g.op("Gemm", h, lm_w, transB=1)

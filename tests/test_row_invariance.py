@@ -13,11 +13,14 @@ from conftest import _export_tiny
 from export.parity import GraphRunner, ancestors_mask, causal, ort_session
 
 
-@pytest.fixture(scope="module", params=["ort", "gqa"])
-def int4_target(request, tiny_pair, tmp_path_factory):
-    engine = _export_tiny(tiny_pair, tmp_path_factory, request.param, f"tiny-rows-{request.param}",
-                          target_weights="int4", target_compute="int8")
-    return request.param, ort_session(engine / "target.onnx", threads=2)
+@pytest.fixture(scope="module", params=[("ort", "int4"), ("ort", "float"), ("gqa", "int4")],
+                ids=["ort-int4-int8-compute", "ort-fp32", "gqa-int4-int8-compute"])
+def target(request, tiny_pair, tmp_path_factory):
+    flavour, weights = request.param
+    options = {"target_weights": weights} if weights == "float" else {"target_weights": weights,
+                                                                        "target_compute": "int8"}
+    engine = _export_tiny(tiny_pair, tmp_path_factory, flavour, f"tiny-rows-{flavour}-{weights}", **options)
+    return flavour, ort_session(engine / "target.onnx", threads=2)
 
 
 def _runner(session, base: GraphRunner | None = None) -> GraphRunner:
@@ -74,8 +77,8 @@ def _differing_rows(kind: str, session, rng: np.random.Generator, past: int, q: 
 PASTS = (3, 30, 33, 63, 95)
 
 
-def test_every_tree_row_equals_its_ar_chain_bit_for_bit(int4_target):
-    kind, session = int4_target
+def test_every_tree_row_equals_its_ar_chain_bit_for_bit(target):
+    kind, session = target
     rng = np.random.default_rng(7)
     bad = []
     for past in PASTS:
