@@ -60,6 +60,7 @@ class _Graph:
         self.quant: WeightQuantizer | None = None  # MatMul weights as MatMulNBits blocks (ORT flavour)
         self.names: dict[int, str] = {}  # id(module) -> checkpoint tensor name of its weight
         self._block_sums: dict[str, str] = {}  # activation -> its block sums (nbits_matmul with mins)
+        self._shapes: dict[str, tuple[int, ...]] = {}  # initializer -> shape (the mins' [K/BLOCK, N])
         self.invariant_rows = False  # float products through >= 2 rows (flavour ort: rows independent of q)
 
     def _name(self, hint: str) -> str:
@@ -154,6 +155,7 @@ class _Graph:
                  "" if w.zero_points is None else self.init(prefix + ".zero_points", w.zero_points)]
         if w.mins is not None:
             names.append(self.init(prefix + ".mins_t", np.ascontiguousarray(w.mins.T)))
+            self._shapes[names[-1]] = w.mins.T.shape
         return names
 
     def nbits_matmul(self, x: str, w: BlockWeight, inits: list[str]) -> str:
@@ -186,9 +188,11 @@ class _Graph:
         ORT's one-row product rounds apart from its many-row one, and a row must not depend on q."""
         sums = self._block_sums.get(x)
         if sums is None:
-            blocks = self.op("Reshape", x, self.const([0, 0, -1, BLOCK]))
+            kb = self._shapes[mins_t][0]
+            blocks = self.op("Reshape", x, self.const([0, 0, kb, BLOCK]))
             sums = self.op("ReduceSum", blocks, self.const([3]), keepdims=0)                 # [1, q, K/BLOCK]
-            sums = self._block_sums[x] = self.op("Concat", sums, self.zero_row(sums), axis=1)  # [1, q+1, K/BLOCK]
+            sums = self._block_sums[x] = self.op("Concat", sums, self.const(np.zeros((1, 1, kb)), np.float32),
+                                                 axis=1)                                     # [1, q+1, K/BLOCK]
         y = self.op("MatMul", sums, mins_t)
         return self.op("Slice", y, self.const([0]), self.const([-1]), self.const([1]))
 
@@ -232,8 +236,13 @@ class _Graph:
         return y, s
 
     def mlp(self, x: str, mlp, prefix: str) -> str:
-        gate = self.linear(x, mlp.gate_proj, prefix + ".gate_proj")
-        up = self.linear(x, mlp.up_proj, prefix + ".up_proj")
+        if self.matmul:   # one gate|up projection, split (one kernel launch instead of two)
+            both = self.matmul_linear(x, [mlp.gate_proj, mlp.up_proj], prefix + ".gate_up_proj")
+            n = mlp.gate_proj.out_features
+            gate, up = self.op("Split", both, self.const([n, n]), axis=-1, outputs=2)
+        else:
+            gate = self.linear(x, mlp.gate_proj, prefix + ".gate_proj")
+            up = self.linear(x, mlp.up_proj, prefix + ".up_proj")
         return self.linear(self.op("Mul", self.op("Mul", gate, self.op("Sigmoid", gate)), up),
                            mlp.down_proj, prefix + ".down_proj")
 
@@ -320,8 +329,9 @@ class _Graph:
                             scale=1.0 / math.sqrt(hd))
         return out
 
-    def invariant_inputs(self, tree_mask: str, past_len: str, q_len: str) -> dict[str, str]:
-        """The per-call index tensors every row-invariant attention of a graph shares.
+    def invariant_inputs(self, inv_freq: torch.Tensor, max_seq_len: int, tree_mask: str, past_len: str,
+                         q_len: str, kvh: int, rep: int, hd: int) -> dict[str, str]:
+        """The per-call tensors every row-invariant attention of a graph shares (computed once).
 
         Keys are reduced in chunks of C = ATTN_CHUNK logical positions: chunk c holds positions
         [cC, (c+1)C). The prefix chunks [0, B), B = floor(P/C)*C, are the same cache rows for every
@@ -337,6 +347,7 @@ class _Graph:
         D = self.op("Sub", past_len, B)
         W = self.op("Mul", self.op("Div", self.op("Add", self.op("Add", D, q_len), self.const([C - 1])),
                                    self.const([C])), self.const([C]))
+        nb, nw = self.op("Div", B, self.const([C])), self.op("Div", W, self.const([C]))
         q_s = self.op("Squeeze", q_len, self.const([0]))
         mask = self.op("Reshape", tree_mask, self.op("Concat", q_len, q_len, axis=0))         # [q, q]
         col = self.op("Range", zero, q_s, one)                                                # [q]
@@ -349,67 +360,88 @@ class _Graph:
         shape_qw = self.op("Concat", q_len, self.op("Shape", jj), axis=0)
         tree_idx = self.op("Add", self.op("GatherElements", order, self.op("Expand", t_c, shape_qw), axis=1), D)
         valid = self.op("Less", t, n_vis)                                                     # [q, W]
-        idx = self.op("Where", self.op("Less", jj, D), jj, self.op("Where", valid, tree_idx, zero))
-        return {"B": B, "D": D, "W": W, "total": self.op("Add", past_len, q_len), "idx": idx, "valid": valid,
-                "nb": self.op("Div", B, self.const([C])), "nw": self.op("Div", W, self.const([C])),
-                "q": q_len}
+        win = self.op("Where", self.op("Less", jj, D), jj, self.op("Where", valid, tree_idx, zero))  # [q, W]
+        # each row's keys in logical order as columns of the call's scores [1, kvh, q*rep, P+q]
+        prefix = self.op("Expand", self.op("Range", zero, self.op("Squeeze", B, self.const([0])), one),
+                         self.op("Concat", q_len, B, axis=0))                                 # [q, B]
+        cols = self.op("Concat", prefix, self.op("Add", win, B), axis=1)                     # [q, B+W]
+        rows4 = self.op("Concat", self.const([1, kvh]), self.op("Mul", q_len, self.const([rep])), self.const([1]),
+                        axis=0)
+        cols = self.op("Reshape", self.op("Expand", self.op("Unsqueeze", cols, self.const([1])),
+                                          self.op("Concat", q_len, self.const([rep]), self.const([1]), axis=0)),
+                       self.op("Concat", self.const([1, 1]), self.op("Mul", q_len, self.const([rep])),
+                               self.const([-1]), axis=0))
+        cols = self.op("Expand", cols, rows4)                                                # [1,kvh,q*rep,B+W]
+        vis = self.op("Concat", self.op("Expand", self.const(True, np.bool_), self.op("Concat", q_len, B, axis=0)),
+                      valid, axis=1)                                                         # [q, B+W]
+        vis = self.op("Reshape", self.op("Expand", self.op("Unsqueeze", vis, self.const([1])),
+                                         self.op("Concat", q_len, self.const([rep]), self.const([1]), axis=0)),
+                      self.op("Concat", self.const([1, 1]), self.op("Mul", q_len, self.const([rep])),
+                              self.const([-1]), axis=0))                                     # [1,1,q*rep,B+W]
+        freqs = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq.float()[None]
+        cat = lambda *xs: self.op("Concat", *xs, axis=0)   # noqa: E731
+        return {
+            "B": B, "total": self.op("Add", past_len, q_len), "win": win, "cols": cols, "vis": vis,
+            "cos": self.weight("rope.cos_cache", freqs.cos()), "sin": self.weight("rope.sin_cache", freqs.sin()),
+            # q's tables times 1/sqrt(hd): the scores' scale folded into q's rotation (exact for hd = 4^n)
+            "q_cos": self.weight("rope.q_cos_cache", freqs.cos() / math.sqrt(hd)),
+            "q_sin": self.weight("rope.q_sin_cache", freqs.sin() / math.sqrt(hd)),
+            # shapes
+            "pre_e": cat(self.const([kvh]), self.op("Mul", q_len, self.const([rep])), nb, self.const([C])),
+            "pre_v": cat(self.const([kvh]), nb, self.const([C, hd])),
+            "tail_e": cat(self.const([kvh]), q_len, self.const([rep]), nw, self.const([C])),
+            "tail_v": cat(self.const([kvh]), q_len, nw, self.const([C, hd])),
+            "sum_pre": cat(self.const([kvh]), q_len, self.const([-1, rep, hd])),
+            "q_rows": cat(q_len, self.const([kvh, rep, hd])),
+            "heads": cat(self.const([1]), q_len, self.const([kvh, hd])),
+        }
 
     def invariant_attention(self, q: str, k: str, v: str, past_k: str, past_v: str, past_len: str,
-                            shared: dict[str, str], nh: int, kvh: int, hd: int) -> str:
+                            position_ids: str, s: dict[str, str], nh: int, kvh: int, hd: int,
+                            present: tuple[str, str]) -> str:
         """Attention whose every row is independent of the call's shape and of where its keys sit.
 
-        q [1, nh, q, hd]; new k, v [1, kvh, q, hd] (rotated); past buffers [1, kvh, S, hd] read at
-        [0, P). Scores are one MatMul over cache order (each a 64-term dot product whatever the column);
-        softmax runs over each row's keys in logical order (`invariant_inputs`) with its denominator
-        summed sequentially (CumSum); P@V is one MatMul per chunk of C keys (M >= 2 rows, K = C: MLAS
-        rounds a row the same way for any M >= 2 and trailing zeros) and the chunks are added in order
-        (CumSum). Returns [1, q, nh*hd].
+        q [1, q, nh*hd], k, v [1, q, kvh*hd] before rotary; past buffers [1, kvh, S, hd] read at [0, P);
+        the new K/V rows [1, kvh, q, hd] become the graph outputs `present`. Scores are one MatMul over
+        cache order (each a hd-term dot product, the same whatever the column); softmax runs over each
+        row's keys in logical order (`invariant_inputs`) with its denominator summed sequentially
+        (CumSum); P@V is one MatMul per chunk of C keys (ORT's CPU GEMM rounds a row the same way for
+        any M >= 2 and with trailing zeros), and the chunks are added in order (CumSum). Returns the
+        attention output [1, q, nh*hd].
         """
-        C, rep = ATTN_CHUNK, nh // kvh
-        s = shared
+        rep = nh // kvh
         zero, axis2, axis3 = self.const([0]), self.const([2]), self.const([3])
-        k_all = self.op("Concat", self.op("Slice", past_k, zero, past_len, axis2), k, axis=2)  # [1,kvh,P+q,hd]
-        qg = self.op("Reshape", q, self.const([1, kvh, -1, hd]))                             # rows (rep, q)
-        scores = self.op("MatMul", qg, self.op("Transpose", k_all, perm=[0, 1, 3, 2]))
-        scores = self.op("Mul", scores, self.const(1.0 / math.sqrt(hd), np.float32))
-        scores = self.op("Reshape", scores, self.op("Concat", self.const([kvh, rep]), s["q"], self.const([-1]),
-                                                    axis=0))                                 # [kvh,rep,q,P+q]
-        s_pre = self.op("Slice", scores, zero, s["B"], axis3)
-        s_win = self.op("Slice", scores, s["B"], s["total"], axis3)                          # [kvh,rep,q,D+q]
-        shape4 = self.op("Concat", self.const([kvh, rep]), self.op("Shape", s["idx"]), axis=0)
-        s_tail = self.op("GatherElements", s_win, self.op("Expand", s["idx"], shape4), axis=3)
-        s_tail = self.op("Where", s["valid"], s_tail, self.const(MASK_NEG, np.float32))
-        s_log = self.op("Concat", s_pre, s_tail, axis=3)                                     # [kvh,rep,q,B+W]
-        e = self.op("Exp", self.op("Sub", s_log, self.op("ReduceMax", s_log, axes=[3], keepdims=1)))
-        last = (self.const([-1]), self.const([np.iinfo(np.int64).max]))
-        den = self.op("Slice", self.op("CumSum", e, self.const(3)), *last, axis3)             # [kvh,rep,q,1]
-        # prefix chunks: one [rep*q, C] x [C, hd] product per chunk, V read from the cache
-        e_pre = self.op("Reshape", self.op("Slice", e, zero, s["B"], axis3),
-                        self.op("Concat", self.const([kvh, rep]), s["q"], s["nb"], self.const([C]), axis=0),
-                        allowzero=1)
-        e_pre = self.op("Reshape", self.op("Transpose", e_pre, perm=[0, 3, 1, 2, 4]),
-                        self.op("Concat", self.const([kvh]), s["nb"], self.op("Mul", s["q"], self.const([rep])),
-                                self.const([C]), axis=0), allowzero=1)
-        v_pre = self.op("Reshape", self.op("Slice", past_v, zero, s["B"], axis2),
-                        self.op("Concat", self.const([kvh]), s["nb"], self.const([C, hd]), axis=0), allowzero=1)
-        part_pre = self.op("MatMul", e_pre, v_pre)                                           # [kvh,nb,rep*q,hd]
+        end = self.const([np.iinfo(np.int64).max])
+        last = (self.const([-1]), end)
+        rot = lambda x, n, c: self.op("RotaryEmbedding", x, position_ids, s[c + "cos"], s[c + "sin"],  # noqa: E731
+                                      domain="com.microsoft", interleaved=0, num_heads=n)
+        k_new, v_new = present
+        self.op("Transpose", self.op("Reshape", rot(k, kvh, ""), s["heads"]), perm=[0, 2, 1, 3], outputs=[k_new])
+        self.op("Transpose", self.op("Reshape", v, s["heads"]), perm=[0, 2, 1, 3], outputs=[v_new])
+        # q rotated with tables pre-scaled by 1/sqrt(hd); rows ordered (q, rep) within each KV head
+        qg = self.op("Reshape", self.op("Transpose", self.op("Reshape", rot(q, nh, "q_"), s["q_rows"]),
+                                        perm=[1, 0, 2, 3]), self.const([1, kvh, -1, hd]))
+        k_all = self.op("Concat", self.op("Slice", past_k, zero, past_len, axis2), k_new, axis=2)
+        scores = self.op("MatMul", qg, self.op("Transpose", k_all, perm=[0, 1, 3, 2]))   # [1,kvh,q*rep,P+q]
+        scores = self.op("Where", s["vis"], self.op("GatherElements", scores, s["cols"], axis=3),
+                         self.const(MASK_NEG, np.float32))                                 # [1,kvh,q*rep,B+W]
+        e = self.op("Exp", self.op("Sub", scores, self.op("ReduceMax", scores, axes=[3], keepdims=1)))
+        e = self.op("Div", e, self.op("Slice", self.op("CumSum", e, self.const(3)), *last, axis3))
+        # prefix chunks: one [q*rep, C] x [C, hd] product per chunk, V read from the cache, added in order
+        e_pre = self.op("Transpose", self.op("Reshape", self.op("Slice", e, zero, s["B"], axis3), s["pre_e"],
+                                             allowzero=1), perm=[0, 2, 1, 3])             # [kvh,nb,q*rep,C]
+        v_pre = self.op("Reshape", self.op("Slice", past_v, zero, s["B"], axis2), s["pre_v"], allowzero=1)
+        pre = self.op("Slice", self.op("CumSum", self.op("MatMul", e_pre, v_pre), self.const(1)), *last,
+                      self.const([1]))                                                    # [kvh,<=1,q*rep,hd]
+        pre = self.op("Reshape", pre, s["sum_pre"])                                       # [kvh,q,<=1,rep,hd]
         # window chunks: each row's own V rows in logical order, one [rep, C] x [C, hd] per row and chunk
-        v_win = self.op("Concat", self.op("Slice", past_v, s["B"], past_len, axis2), v, axis=2)  # [1,kvh,D+q,hd]
-        v_tail = self.op("Gather", self.op("Reshape", v_win, self.const([kvh, -1, hd])), s["idx"], axis=1)
-        v_tail = self.op("Reshape", v_tail, self.op("Concat", self.const([kvh]), s["q"], s["nw"],
-                                                    self.const([C, hd]), axis=0))             # [kvh,q,nw,C,hd]
-        e_tail = self.op("Reshape", self.op("Slice", e, s["B"], self.const([np.iinfo(np.int64).max]), axis3),
-                         self.op("Concat", self.const([kvh, rep]), s["q"], s["nw"], self.const([C]), axis=0))
-        e_tail = self.op("Transpose", e_tail, perm=[0, 2, 3, 1, 4])                          # [kvh,q,nw,rep,C]
-        part_tail = self.op("Transpose", self.op("MatMul", e_tail, v_tail), perm=[0, 2, 3, 1, 4])
-        part_tail = self.op("Reshape", part_tail, self.op("Concat", self.const([kvh]), s["nw"],
-                                                          self.const([-1, hd]), axis=0))     # [kvh,nw,rep*q,hd]
-        parts = self.op("Concat", part_pre, part_tail, axis=1)
-        out = self.op("Slice", self.op("CumSum", parts, self.const(1)), *last, self.const([1]))   # [kvh,1,rep*q,hd]
-        out = self.op("Div", self.op("Reshape", out, self.op("Concat", self.const([kvh, rep]), s["q"],
-                                                             self.const([hd]), axis=0)), den)  # [kvh,rep,q,hd]
-        out = self.op("Transpose", self.op("Reshape", out, self.const([nh, -1, hd])), perm=[1, 0, 2])
-        return self.op("Reshape", out, self.const([1, -1, nh * hd]))
+        e_tail = self.op("Transpose", self.op("Reshape", self.op("Slice", e, s["B"], end, axis3), s["tail_e"]),
+                         perm=[0, 1, 3, 2, 4])                                            # [kvh,q,nw,rep,C]
+        v_win = self.op("Concat", self.op("Slice", past_v, s["B"], past_len, axis2), v_new, axis=2)
+        v_tail = self.op("Reshape", self.op("Gather", v_win, s["win"], axis=2), s["tail_v"])   # [kvh,q,nw,C,hd]
+        parts = self.op("Concat", pre, self.op("MatMul", e_tail, v_tail), axis=2)         # [kvh,q,n,rep,hd]
+        out = self.op("Slice", self.op("CumSum", parts, self.const(2)), *last, axis2)     # [kvh,q,1,rep,hd]
+        return self.op("Reshape", self.op("Transpose", out, perm=[2, 1, 0, 3, 4]), self.const([1, -1, nh * hd]))
 
     def mask_bias(self, tree_mask: str, past_len: str, q_len: str) -> str:
         """tree_mask [1, q, T] bool over the trailing T of P+q keys -> additive [1, 1, q, P+q] fp32."""
@@ -459,12 +491,11 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
     g.invariant_rows = flavour == "ort"
     if in_place:
         shared = g.gqa_inputs(model.inv_freq, S, tree_mask, past_len, q_len)
+    elif fused:
+        shared = g.invariant_inputs(model.inv_freq, S, tree_mask, past_len, q_len, kvh, nh // kvh, hd)
     else:
         cos, sin = g.rope_tables(model.inv_freq, S, pos)
-        if fused:
-            shared = g.invariant_inputs(tree_mask, past_len, q_len)
-        else:
-            bias = g.mask_bias(tree_mask, past_len, q_len)
+        bias = g.mask_bias(tree_mask, past_len, q_len)
     if quant is not None:
         embed_q = g.block_weight(model.model.embed_tokens)
         embed_inits = g.nbits_init(embed_q, "model.embed_tokens")
@@ -503,14 +534,19 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
                            shared, nh, kvh, hd)
             g.declare_output(f"present_key_{i}", g.onnx_dtype, [1, kvh, S, hd])
             g.declare_output(f"present_value_{i}", g.onnx_dtype, [1, kvh, S, hd])
+        elif fused:   # flavour ort
+            if c.qk_norm:
+                qs = g.op("Reshape", qs, g.const([1, -1, nh * hd]))
+                ks = g.op("Reshape", ks, g.const([1, -1, kvh * hd]))
+            present = (f"present_key_{i}", f"present_value_{i}")
+            a = g.invariant_attention(qs, ks, vs, past[i][0], past[i][1], past_len, pos, shared, nh, kvh, hd, present)
+            for name in present:
+                g.declare_output(name, g.onnx_dtype, [1, kvh, "q", hd])
         else:
             qs = g.rope(g.op("Transpose", g.heads(qs, nh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
             ks = g.rope(g.op("Transpose", g.heads(ks, kvh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
             vs = g.op("Transpose", g.heads(vs, kvh, hd), perm=[0, 2, 1, 3])
-            if fused:
-                a = g.invariant_attention(qs, ks, vs, past[i][0], past[i][1], past_len, shared, nh, kvh, hd)
-            else:
-                a = g.attention(qs, ks, vs, past[i][0], past[i][1], past_len, bias, nh, kvh, hd)
+            a = g.attention(qs, ks, vs, past[i][0], past[i][1], past_len, bias, nh, kvh, hd)
             g.output(ks, f"present_key_{i}", g.onnx_dtype, [1, kvh, "q", hd])
             g.output(vs, f"present_value_{i}", g.onnx_dtype, [1, kvh, "q", hd])
         h, x = g.add_norm(x, g.linear(a, at.o_proj, p + ".self_attn.o_proj"), layer.post_attention_layernorm,
