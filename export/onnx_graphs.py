@@ -423,10 +423,14 @@ class _Graph:
                                         perm=[1, 0, 2, 3]), self.const([1, kvh, -1, hd]))
         k_all = self.op("Concat", self.op("Slice", past_k, zero, past_len, axis2), k_new, axis=2)
         scores = self.op("MatMul", qg, self.op("Transpose", k_all, perm=[0, 1, 3, 2]))   # [1,kvh,q*rep,P+q]
+        if self.half:   # softmax in fp32, as transformers does
+            scores = self.op("Cast", scores, to=TensorProto.FLOAT)
         scores = self.op("Where", s["vis"], self.op("GatherElements", scores, s["cols"], axis=3),
                          self.const(MASK_NEG, np.float32))                                 # [1,kvh,q*rep,B+W]
         e = self.op("Exp", self.op("Sub", scores, self.op("ReduceMax", scores, axes=[3], keepdims=1)))
         e = self.op("Div", e, self.op("Slice", self.op("CumSum", e, self.const(3)), *last, axis3))
+        if self.half:
+            e = self.op("Cast", e, to=self.onnx_dtype)
         # prefix chunks: one [q*rep, C] x [C, hd] product per chunk, V read from the cache, added in order
         e_pre = self.op("Transpose", self.op("Reshape", self.op("Slice", e, zero, s["B"], axis3), s["pre_e"],
                                              allowzero=1), perm=[0, 2, 1, 3])             # [kvh,nb,q*rep,C]
