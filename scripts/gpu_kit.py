@@ -1,5 +1,7 @@
-"""`python scripts/gpu_kit.py`: carry onnxruntime-gpu to a GPU machine that reaches no registry, install
-it there beside the image's own onnxruntime, and run the check (scripts/gpu_kit_check.py).
+"""`python scripts/gpu_kit.py`: carry onnxruntime-gpu to a GPU machine in checked pieces, install it, check.
+
+The machine reaches no registry: the wheel travels from here, installs there beside the image's own
+onnxruntime (which stays as it is), and the check (scripts/gpu_kit_check.py) runs with it.
 
 The machine takes one bash command per call with the working tree and at most 64 MiB in all, and keeps
 ignored files between back-to-back calls while it is warm. So the wheel travels in pieces:
@@ -12,6 +14,8 @@ ignored files between back-to-back calls while it is warm. So the wheel travels 
     unpack    (device) verify, reassemble, decompress, install into .gpu-kit/site, write .gpu-kit/env.sh
                        (PYTHONPATH first, LD_LIBRARY_PATH to the image's nvidia-* CUDA libraries)
     check     (device) scripts/gpu_kit_check.py: the GPU check, results under --out
+    aside     (here)   move what a call does not read out of the working tree, and back
+    rehearse  (here)   the plan's calls against a scratch folder standing in for the device (CPU)
 
 Only the standard library here: `receive` and `unpack` run on the device's bare Python.
 """
@@ -30,6 +34,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,6 +316,38 @@ def print_plan(root: Path, kit: Path) -> int:
     return 0
 
 
+def rehearse(root: Path, kit: Path, scratch: Path, check_args: str) -> int:
+    """The plan's calls on this machine: for each, the tree as it would travel (after `aside`) and the
+    carried paths are copied into scratch, as the device's copy of the repository, and the call's command
+    runs there with OUT=scratch/out (check_args appended to the last). Everything moved aside comes back."""
+    calls, _ = plan(root, kit)
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    try:
+        for i, call in enumerate(calls, 1):
+            move_aside(root, kit, "check" if call.final else "transfer")
+            for rel in tree_files(root) + [Path(c) for c in call.carry]:
+                (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(root / rel, scratch / rel)
+            out = scratch / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            command = call.command + (f" {check_args}" if call.final and check_args else "")
+            log(f"call {i}/{len(calls)}: {command}")
+            t0 = time.perf_counter()
+            env = {**os.environ, "OUT": str(out),   # `python3` there: this Python (a venv's, here)
+                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+            r = subprocess.run(["bash", "-c", command], cwd=scratch, env=env)
+            log(f"call {i}: exit {r.returncode} in {time.perf_counter() - t0:.1f} s")
+            if r.returncode != 0:
+                return r.returncode
+    finally:
+        move_aside(root, kit, None)
+    log(f"results: {scratch / 'out'}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ device side
 
 def wheel_fits(wheel: str, version: tuple[int, int] = sys.version_info[:2]) -> str | None:
@@ -344,7 +381,7 @@ def verify_pieces(kit: Path, manifest: dict, need_all: bool) -> tuple[list[dict]
     if need_all and missing:
         raise KitError(f"{kit}: missing {len(missing)} of {len(have) + len(missing)} pieces: "
                        f"{', '.join(p['file'] for p in missing[:6])}{' ...' if len(missing) > 6 else ''} "
-                       f"(the machine went back between calls? send them again)")
+                       f"(the machine went back between calls? send them all again)")
     return have, missing
 
 
@@ -402,6 +439,7 @@ def install_wheel(wheel: Path, target: Path) -> int:
 
 def unpack(kit: Path, target: Path, env_file: Path) -> dict:
     """Verify every piece, reassemble and decompress each payload, install it into target, write env_file."""
+    t0 = time.perf_counter()
     manifest = read_manifest(kit)
     for e in manifest["payloads"]:
         why = wheel_fits(e["wheel"])
@@ -443,8 +481,17 @@ def unpack(kit: Path, target: Path, env_file: Path) -> dict:
                         "${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}\n")
     (env_file.with_suffix(".json")).write_text(json.dumps({"env": env, "installed": installed}, indent=2) + "\n")
     log(f"wrote {env_file}: PYTHONPATH {target}; LD_LIBRARY_PATH {len(libs)} nvidia lib folders"
-        + ("" if libs else " (none found: `import nvidia` failed or holds no lib/)"))
+        + ("" if libs else " (none found: `import nvidia` failed or holds no lib/)")
+        + f"; unpack took {time.perf_counter() - t0:.1f} s")
     return {"installed": installed, "env": env}
+
+
+def piece_list(pieces: list[dict]) -> str:
+    """'none', or the first piece's name and the last's number: 'w.whl.005 .. .017 (13)'."""
+    if not pieces:
+        return "none"
+    first, last = pieces[0]["file"], pieces[-1]["file"]
+    return first if len(pieces) == 1 else f"{first} .. {last.rsplit('.', 1)[-1]} ({len(pieces)})"
 
 
 def receive(kit: Path) -> int:
@@ -452,7 +499,7 @@ def receive(kit: Path) -> int:
     have, missing = verify_pieces(kit, manifest, need_all=False)
     got = sum(p["size"] for p in have)
     log(f"{len(have)}/{len(have) + len(missing)} pieces here and intact ({got / MIB:.1f} MiB); "
-        f"missing: {', '.join(p['file'] for p in missing) or 'none'}")
+        f"missing: {piece_list(missing)}")
     log(f"python {sys.version.split()[0]} at {sys.executable}; nvidia lib folders: {nvidia_lib_dirs() or 'none'}")
     bad = [why for e in manifest["payloads"] if (why := wheel_fits(e["wheel"]))]
     for why in bad:
@@ -480,6 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     unpack_p = sub.choices["unpack"]
     unpack_p.add_argument("--target", type=Path, default=None, help="install folder (default KIT/site)")
     sub.choices["pack"].add_argument("--kit", type=Path, default=KIT)
+    rp = sub.add_parser("rehearse", help="run the plan's calls here, the device a scratch folder (CPU rehearsal)")
+    rp.add_argument("--kit", type=Path, default=KIT)
+    rp.add_argument("--scratch", type=Path, default=Path("/tmp/talon-gpu-kit-rehearsal"),
+                    help="the device's stand-in (default %(default)s; replaced)")
+    rp.add_argument("--check-args", default="--dry-run", help="appended to the check (default %(default)s)")
     ap = sub.add_parser("aside", help="move what a call does not read out of the tree (no argument: put it back)")
     ap.add_argument("which", nargs="?", choices=sorted(ASIDE))
     ap.add_argument("--kit", type=Path, default=KIT)
@@ -503,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
             return print_plan(ROOT, kit)
         if args.cmd == "plan":
             return print_plan(ROOT, kit)
+        if args.cmd == "rehearse":
+            return rehearse(ROOT, kit, args.scratch.resolve(), args.check_args)
         if args.cmd == "aside":
             moved = move_aside(ROOT, kit, args.which)
             log(f"moved aside: {', '.join(moved) or 'nothing'}; tree now "

@@ -59,12 +59,22 @@ class Check:
         except NotRun as e:
             rec["status"] = str(e)
         except Exception as e:
-            rec["status"] = f"failed: {type(e).__name__}: {e}".splitlines()[0]
+            rec["status"] = f"failed: {type(e).__name__}: {e.args[0] if e.args else e}".splitlines()[0]
             rec["traceback"] = traceback.format_exc()
+            if len(e.args) == 2 and isinstance(e.args[1], dict):
+                rec["partial"] = e.args[1]   # the configurations that ran, and each failure's traceback
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         self.steps[name] = rec
         print(f"gpu-kit check: {name}: {rec['status']} ({rec['seconds']} s)", flush=True)
         return rec.get("result")
+
+
+def guarded(fn: Callable[[], dict]) -> dict:
+    """One configuration of a step: its result, or its error with the traceback (the others still run)."""
+    try:
+        return fn()
+    except Exception as e:
+        return {"status": f"failed: {type(e).__name__}: {e}".splitlines()[0], "traceback": traceback.format_exc()}
 
 
 def environment() -> dict[str, Any]:
@@ -144,15 +154,22 @@ def compare_tokens(engine: Path, device: str, ps: list[list[int]], new_tokens: i
             if chk.left() <= 0:
                 out[key] = {"status": "not run: past the time limit"}
                 continue
-            cpu = generate(engine, "ort-cpu", policy, ps, new_tokens, **opts)
-            dev = generate(engine, device, policy, ps, new_tokens, **opts)
-            diffs = [first_difference(a, b) for a, b in zip(dev["tokens"], cpu["tokens"])]
-            out[key] = {"equal": sum(d is None for d in diffs), "of": len(ps), "first_difference": diffs,
-                        "device_providers": dev["providers"], "cpu_tokens": cpu["tokens"],
-                        "device_tokens": dev["tokens"]}
-            if device == "ort-cuda" and dev["providers"] != ["CUDAExecutionProvider"]:
-                raise RuntimeError(f"{key}: ort-cuda sessions ran on {dev['providers']}")
+            out[key] = guarded(lambda: _compare(engine, device, policy, ps, new_tokens, opts))
+    bad = [k for k, v in out.items() if isinstance(v, dict) and v.get("status", "").startswith("failed")]
+    if bad:
+        raise RuntimeError(f"{', '.join(bad)} failed (tracebacks in results.json, steps.tokens.partial)",
+                           out)
     return out
+
+
+def _compare(engine: Path, device: str, policy: str, ps: list[list[int]], new_tokens: int, opts: dict) -> dict:
+    cpu = generate(engine, "ort-cpu", policy, ps, new_tokens, **opts)
+    dev = generate(engine, device, policy, ps, new_tokens, **opts)
+    if device == "ort-cuda" and dev["providers"] != ["CUDAExecutionProvider"]:
+        raise RuntimeError(f"{policy}: ort-cuda sessions ran on {dev['providers']}")
+    diffs = [first_difference(a, b) for a, b in zip(dev["tokens"], cpu["tokens"])]
+    return {"equal": sum(d is None for d in diffs), "of": len(ps), "first_difference": diffs,
+            "device_providers": dev["providers"], "cpu_tokens": cpu["tokens"], "device_tokens": dev["tokens"]}
 
 
 def curve(engine: Path, backend: str, past: int, reps: int, qs: list[int]) -> dict:
@@ -164,7 +181,6 @@ def curve(engine: Path, backend: str, past: int, reps: int, qs: list[int]) -> di
 def speeds(engine: Path, backend: str, ps: list[list[int]], new_tokens: int, budgets: list[int], chk: Check) -> dict:
     """tok/s, tau and the host share of a round (medians over rounds; runtime.profile.profile_rounds)."""
     from runtime.manifest import open_manifest
-    from runtime.profile import profile_rounds
     m = open_manifest(engine)
     configs = [("ar", {"policy": "ar"})] + [(f"{p} N={n}", {"policy": p, "budget": n})
                                             for p in ("eagle3", "talon") for n in budgets]
@@ -173,10 +189,18 @@ def speeds(engine: Path, backend: str, ps: list[list[int]], new_tokens: int, bud
         if chk.left() <= 0:
             out[label] = {"status": "not run: past the time limit"}
             continue
-        r = profile_rounds(m, ps, new_tokens, temperature=0.0, backend=backend, **opts)
-        r["host_share"] = r["host_us"] / max(r["median_us"]["round"], 1e-9)
-        out[label] = r
+        out[label] = guarded(lambda: _speed(m, ps, new_tokens, backend, opts))
+    bad = [k for k, v in out.items() if isinstance(v, dict) and v.get("status", "").startswith("failed")]
+    if bad:
+        raise RuntimeError(f"{', '.join(bad)} failed (tracebacks in results.json, steps.speed.partial)", out)
     return out
+
+
+def _speed(m, ps: list[list[int]], new_tokens: int, backend: str, opts: dict) -> dict:
+    from runtime.profile import profile_rounds
+    r = profile_rounds(m, ps, new_tokens, temperature=0.0, backend=backend, **opts)
+    r["host_share"] = r["host_us"] / max(r["median_us"]["round"], 1e-9)
+    return r
 
 
 def summary(env: dict | None, chk: Check, args: argparse.Namespace, device: str | None) -> str:
@@ -189,24 +213,27 @@ def summary(env: dict | None, chk: Check, args: argparse.Namespace, device: str 
                   f"- measured backend: {device or 'none'}", ""]
     lines += ["| step | status | s |", "|---|---|---|"]
     lines += [f"| {k} | {v['status']} | {v['seconds']} |" for k, v in chk.steps.items()]
-    toks = chk.steps.get("tokens", {}).get("result")
+    result = lambda name: chk.steps.get(name, {}).get("result") or chk.steps.get(name, {}).get("partial")  # noqa: E731
+    toks = result("tokens")
     if toks:
-        lines += ["", f"## Tokens: {toks['device_backend']} against ort-cpu (prompts equal of {toks['prompts']}, "
-                      f"{toks['new_tokens']} new tokens)", "", "| policy | greedy | sampled |", "|---|---|---|"]
-        cell = lambda r: f"{r['equal']}/{r['of']}" if "equal" in r else r["status"]   # noqa: E731
-        lines += [f"| {p} | {cell(toks[p + ' greedy'])} | {cell(toks[p + ' sampled'])} |" for p in POLICIES]
+        lines += ["", f"## Tokens: {toks.get('device_backend')} against ort-cpu (prompts equal, of "
+                      f"{toks.get('prompts')} prompts, {toks.get('new_tokens')} new tokens each)", "",
+                  "| policy | greedy | sampled |", "|---|---|---|"]
+        cell = lambda r: f"{r['equal']}/{r['of']}" if "equal" in r else r.get("status", "not run")   # noqa: E731
+        lines += [f"| {p} | {cell(toks.get(p + ' greedy', {}))} | {cell(toks.get(p + ' sampled', {}))} |"
+                  for p in POLICIES]
     c = chk.steps.get("verify-cost curve", {}).get("result")
     if c:
         lines += ["", f"## Verify-cost curve (target call, us, median of {args.reps}, past {c['past']})", "",
                   "| q | argmax | logits |", "|---|---|---|"]
         lines += [f"| {q} | {c['target_argmax'][q]:.0f} | {c['target_logits'][q]:.0f} |" for q in c["target_argmax"]]
         lines += ["", f"draft q=1 {c['draft'][1]:.0f} us, q=10 {c['draft'][10]:.0f} us; draft_fc {c['draft_fc']:.0f} us"]
-    s = chk.steps.get("speed", {}).get("result")
+    s = result("speed")
     if s:
         lines += ["", f"## Speed ({s['backend']}, greedy)", "",
                   "| config | tok/s | tau | tree | round us | host us | host share |", "|---|---|---|---|---|---|---|"]
         for label, r in s.items():
-            if label == "backend":
+            if not isinstance(r, dict):
                 continue
             if "tokens_per_s" not in r:
                 lines.append(f"| {label} | {r['status']} | | | | | |")
@@ -214,6 +241,8 @@ def summary(env: dict | None, chk: Check, args: argparse.Namespace, device: str 
             lines.append(f"| {label} | {r['tokens_per_s']:.0f} | {r['tau']:.2f} | {r['tree_size']:.0f} | "
                          f"{r['median_us']['round']:.0f} | {r['host_us']:.0f} | {r['host_share']:.1%} |")
     errors = [(k, v["traceback"]) for k, v in chk.steps.items() if "traceback" in v]
+    errors += [(f"{k}: {c}", r["traceback"]) for k, v in chk.steps.items() for c, r in (v.get("partial") or {}).items()
+               if isinstance(r, dict) and "traceback" in r]
     if errors:
         lines += ["", "## Errors", ""]
         for k, tb in errors:
@@ -277,7 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - chk.t0
     results = {"dry_run": args.dry_run, "device_backend": device, "wall_s": round(wall, 1), "args": {
         k: str(v) for k, v in vars(args).items()}, "steps": chk.steps}
-    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str)[:MAX_FILE] + "\n")
+    text = json.dumps(results, indent=1, default=str)
+    if len(text) > MAX_FILE:   # only token lists grow with the run: keep their comparison, drop the ids
+        for rec in (chk.steps.get("tokens", {}).get("result") or {}).values():
+            if isinstance(rec, dict):
+                rec.pop("cpu_tokens", None), rec.pop("device_tokens", None)
+        text = json.dumps(results, indent=1, default=str)
+    (args.out / "results.json").write_text(text + "\n")
     (args.out / "summary.md").write_text(summary(env, chk, args, device))
     print((args.out / "summary.md").read_text(), flush=True)
     failed = [k for k, v in chk.steps.items() if v["status"].startswith("failed")]

@@ -207,3 +207,22 @@ def test_check_steps_record_errors_and_reasons(tmp_path):
     assert check_mod.first_difference([1, 2, 3], [1, 2, 3]) is None
     assert check_mod.first_difference([1, 2, 3], [1, 5, 3]) == 1 and check_mod.first_difference([1, 2], [1, 2, 3]) == 2
     assert check_mod.ints("1-4,8,60") == [1, 2, 3, 4, 8, 60]
+
+
+def test_a_failing_configuration_keeps_the_others_and_its_traceback(tmp_path):
+    chk = check_mod.Check(tmp_path, deadline_s=60)
+
+    def step():
+        out = {"device_backend": "ort-cuda", "prompts": 2, "new_tokens": 8, "ar greedy": {"equal": 2, "of": 2},
+               "talon greedy": check_mod.guarded(lambda: 1 / 0)}
+        raise RuntimeError("talon failed", out)
+
+    chk.step("tokens", step)
+    rec = chk.steps["tokens"]
+    assert rec["status"] == "failed: RuntimeError: talon failed" and rec["partial"]["ar greedy"]["equal"] == 2
+    assert rec["partial"]["talon greedy"]["status"] == "failed: ZeroDivisionError: division by zero"
+    args = check_mod.parse_args(["--out", str(tmp_path), "--dry-run"])
+    md = check_mod.summary(None, chk, args, "ort-cpu")
+    assert "| tokens | failed: RuntimeError: talon failed |" in md and "### tokens: talon greedy" in md
+    assert "| ar | 2/2 | not run |" in md and "| talon | failed: ZeroDivisionError: division by zero | not run |" in md
+    assert "ZeroDivisionError" in md
