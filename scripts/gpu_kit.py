@@ -538,9 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="device: the GPU check (scripts/gpu_kit_check.py; --help there)", add_help=False)
     args, rest = p.parse_known_args(argv)
     try:
-        if args.cmd == "check":
-            sys.path.insert(0, str(ROOT))
-            from scripts import gpu_kit_check
+        if args.cmd == "check":   # by path: an installed package named `scripts` would shadow the folder
+            sys.path[:0] = [str(ROOT / "scripts"), str(ROOT)]
+            import gpu_kit_check
             return gpu_kit_check.main(rest)
         if rest:
             p.error(f"unrecognized arguments: {' '.join(rest)}")

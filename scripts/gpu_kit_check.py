@@ -32,6 +32,9 @@ MODEL, HEAD = ROOT / "models/demo/target", ROOT / "models/demo/eagle3"
 POLICIES = ("ar", "chain", "eagle3", "talon")
 SAMPLING = {"temperature": 1.0, "seed": 7}
 NO_CUDA = "not run: no CUDA provider"
+# what onnxruntime-gpu 1.31.1's CUDA provider links (readelf NEEDED) or opens (cuDNN, cuFFT) at run time
+CUDA_LIBS = ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libcufft.so.12",
+             "libcudnn.so.9")
 MAX_FILE = 15 * (1 << 20)   # each file under $OUT comes back only under 16 MiB
 
 
@@ -81,12 +84,21 @@ def environment() -> dict[str, Any]:
     import onnxruntime as ort
 
     from runtime.backends import cuda_rt
+    import ctypes
+
+    def loads(name: str) -> str:
+        try:
+            ctypes.CDLL(name)
+            return "ok"
+        except OSError as e:
+            return str(e)
+
     smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
                          capture_output=True, text=True) if _which("nvidia-smi") else None
     return {"python": sys.version.split()[0], "executable": sys.executable, "platform": platform.platform(),
             "onnxruntime": ort.__version__, "onnxruntime_file": ort.__file__,
             "providers": ort.get_available_providers(), "cuda_devices": cuda_rt.device_count(),
-            "nvidia_smi": smi.stdout.strip() if smi else None,
+            "nvidia_smi": smi.stdout.strip() if smi else None, "cuda_libs": {n: loads(n) for n in CUDA_LIBS},
             "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "LD_LIBRARY_PATH": os.environ.get("LD_LIBRARY_PATH", "")}
 
 
@@ -210,6 +222,7 @@ def summary(env: dict | None, chk: Check, args: argparse.Namespace, device: str 
     if env:
         lines += [f"- python {env['python']}, onnxruntime {env['onnxruntime']} ({env['onnxruntime_file']})",
                   f"- providers {env['providers']}, CUDA devices {env['cuda_devices']}, GPU: {env['nvidia_smi']}",
+                  f"- CUDA libraries: {', '.join(f'{n} {v}' for n, v in env['cuda_libs'].items())}",
                   f"- measured backend: {device or 'none'}", ""]
     lines += ["| step | status | s |", "|---|---|---|"]
     lines += [f"| {k} | {v['status']} | {v['seconds']} |" for k, v in chk.steps.items()]

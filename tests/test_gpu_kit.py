@@ -226,3 +226,14 @@ def test_a_failing_configuration_keeps_the_others_and_its_traceback(tmp_path):
     assert "| tokens | failed: RuntimeError: talon failed |" in md and "### tokens: talon greedy" in md
     assert "| ar | 2/2 | not run |" in md and "| talon | failed: ZeroDivisionError: division by zero | not run |" in md
     assert "ZeroDivisionError" in md
+
+
+def test_make_gpu_kit_packs_the_pinned_wheel_for_the_device_python():
+    r = subprocess.run(["make", "-n", "gpu-kit", "gpu-kit-rehearse", "-o", ".venv/.installed"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "scripts/gpu_kit.py pack --spec 'onnxruntime-gpu[cuda,cudnn]==1.31.1'" in r.stdout   # the ORT_GPU pin
+    assert "scripts/gpu_kit.py rehearse --kit .gpu-kit/cpu --check-args '--dry-run" in r.stdout
+    assert kit_mod.DEVICE_PYTHON == "3.12"
+    ignored = subprocess.run(["git", "check-ignore", "-q", ".gpu-kit/x.whl.001"], cwd=ROOT)
+    assert ignored.returncode == 0, "the pieces must stay out of git"
