@@ -93,7 +93,7 @@ def download(spec: str, python: str, dest: Path) -> Path:
 
 def stored_zip(wheel: Path, out: Path) -> None:
     """The wheel with every member stored (not deflated): xz then sees the raw bytes and compresses
-    them far better than it compresses deflate output. The result is still a valid wheel."""
+    them better than it compresses deflate output. The result is still a valid wheel."""
     with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
         for info in src.infolist():
             new = zipfile.ZipInfo(info.filename, info.date_time)
@@ -238,16 +238,18 @@ class Call:
         return self.carried_bytes + self.tree_bytes
 
 
-def plan_calls(manifest: dict, manifest_bytes: int, transfer_tree: int, check_tree: int, kit_rel: str,
-               check_args: str = "") -> list[Call]:
+def plan_calls(manifest: dict, manifest_bytes: int, transfer_tree: int, check_tree: int, kit_rel: str) -> list[Call]:
     """Pieces into back-to-back calls: each carries the manifest and as many pieces as fit beside the
     transfer tree (at most MAX_CARRY paths); the last call runs unpack and the check beside the check tree
     and carries whatever pieces still fit there."""
     pieces = all_pieces(manifest)
     room_final = CALL_LIMIT - CALL_MARGIN - check_tree - manifest_bytes
     room = CALL_LIMIT - CALL_MARGIN - transfer_tree - manifest_bytes
+    if room_final < 0:
+        raise KitError(f"the last call's tree ({check_tree / MIB:.1f} MiB) and the manifest leave no room in a "
+                       f"{CALL_LIMIT // MIB} MiB call: keep the tree smaller")
     biggest = max((p["size"] for p in pieces), default=0)
-    if biggest > max(room, room_final):
+    if biggest > room:
         raise KitError(f"a piece of {biggest / MIB:.1f} MiB does not fit beside the tree "
                        f"({transfer_tree / MIB:.1f} MiB; {room / MIB:.1f} MiB left in a {CALL_LIMIT // MIB} MiB "
                        f"call): pack with a smaller --piece-mib, or keep the tree smaller")
@@ -274,7 +276,7 @@ def plan_calls(manifest: dict, manifest_bytes: int, transfer_tree: int, check_tr
     if batch:
         flush()
     final = (f"python3 scripts/gpu_kit.py unpack --kit {kit_rel} && . {kit_rel}/env.sh && "
-             f"PYTHONUNBUFFERED=1 python3 scripts/gpu_kit.py check --out \"$OUT\"{check_args}")
+             f"PYTHONUNBUFFERED=1 python3 scripts/gpu_kit.py check --out \"$OUT\"")
     calls.append(Call([man] + [f"{kit_rel}/{p['file']}" for p in tail],
                       manifest_bytes + sum(p["size"] for p in tail), check_tree, final, True))
     return calls
@@ -518,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     pk.add_argument("--spec", action="append", default=[], help=f"a requirement to download (default {ORT_GPU})")
     pk.add_argument("--python-version", default=DEVICE_PYTHON, help="the device's Python (default %(default)s)")
     pk.add_argument("--piece-mib", type=float, default=15.0, help="piece size in MiB (default %(default)s)")
-    pk.add_argument("--xz", type=int, metavar="PRESET", default=None,
+    pk.add_argument("--xz", type=int, metavar="PRESET", default=None, choices=range(10),
                     help="recompress with xz at this preset (0-9): smaller, slower to pack")
     for name, h in (("plan", "print the device calls"), ("receive", "device: check the pieces there so far"),
                     ("unpack", "device: verify, reassemble, install, write env.sh")):

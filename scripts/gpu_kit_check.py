@@ -222,7 +222,8 @@ def summary(env: dict | None, chk: Check, args: argparse.Namespace, device: str 
     if env:
         lines += [f"- python {env['python']}, onnxruntime {env['onnxruntime']} ({env['onnxruntime_file']})",
                   f"- providers {env['providers']}, CUDA devices {env['cuda_devices']}, GPU: {env['nvidia_smi']}",
-                  f"- CUDA libraries: {', '.join(f'{n} {v}' for n, v in env['cuda_libs'].items())}",
+                  "- CUDA libraries: " + ", ".join(f"{n} {'loads' if v == 'ok' else 'MISSING'}"
+                                                   for n, v in env["cuda_libs"].items()),
                   f"- measured backend: {device or 'none'}", ""]
     lines += ["| step | status | s |", "|---|---|---|"]
     lines += [f"| {k} | {v['status']} | {v['seconds']} |" for k, v in chk.steps.items()]

@@ -156,6 +156,8 @@ def test_plan_keeps_every_call_under_the_limit_with_the_tree():
     # the whole tree (54 MiB) beside a 15 MiB piece cannot fit
     with pytest.raises(KitError, match=r"a piece of 15.0 MiB does not fit beside the tree"):
         kit_mod.plan_calls(_manifest(sizes), 4500, 54 * MIB, 54 * MIB, ".gpu-kit")
+    with pytest.raises(KitError, match=r"the last call's tree \(63.5 MiB\) and the manifest leave no room"):
+        kit_mod.plan_calls(_manifest(sizes), 4500, transfer_tree, int(63.5 * MIB), ".gpu-kit")
     # many small pieces: the 8-path limit binds, not the bytes
     calls = kit_mod.plan_calls(_manifest([MIB] * 20), 4500, MIB, MIB, ".gpu-kit")
     assert max(len(c.carry) for c in calls) == kit_mod.MAX_CARRY and sum(len(c.carry) - 1 for c in calls) == 20
