@@ -4,7 +4,7 @@
 Steps, each recorded with its status (ok | failed, with the traceback | not run: why) and wall time:
 1. environment: Python, onnxruntime (which file, which providers), CUDA devices, the nvidia lib folders;
 2. export the stdlib pair (models/demo) fp16, flavour standard;
-3. `pytest -m gpu` (junit XML beside the results);
+3. `pytest -m gpu` on the test files that hold gpu tests (junit XML and the log beside the results);
 4. tokens: ORT CUDA against ORT CPU for ar, chain, eagle3 and talon, greedy and sampled (seeded);
 5. the verify-cost curve: target calls at q = 1..64 over a cache of --past rows (runtime.profile);
 6. tok/s and the host share of a round: ar, and eagle3 and talon at --budgets (runtime.profile).
@@ -120,6 +120,12 @@ def run(cmd: list[str], timeout: float, log: Path | None = None) -> dict[str, An
     if r.returncode != 0:
         raise RuntimeError(f"exit {r.returncode}: {' '.join(cmd[:4])} ...\n{tail}")
     return {"exit": r.returncode, "tail": tail}
+
+
+def gpu_test_files() -> list[str]:
+    """The test files holding gpu-marked tests: collecting only these keeps the other files' imports
+    (the server's and the benchmark's packages, absent from a GPU image) out of the run."""
+    return sorted(str(f.relative_to(ROOT)) for f in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in f.read_text())
 
 
 def export(work: Path, timeout: float) -> Path:
@@ -298,21 +304,24 @@ def main(argv: list[str] | None = None) -> int:
     engine = chk.step("export fp16 standard", lambda: export(args.work, min(240, chk.left())))
 
     def gpu_tests():
+        files = gpu_test_files()
         if not cuda:
-            run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "--collect-only", "-p", "no:cacheprovider"], 120)
-            raise NotRun(f"{NO_CUDA} (the gpu tests collect)")
+            run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "--collect-only", "-p", "no:cacheprovider",
+                 *files], 120)
+            raise NotRun(f"{NO_CUDA} (the gpu tests of {', '.join(files)} collect)")
         return run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "-rA",
-                    f"--junitxml={args.out / 'pytest_gpu.xml'}"], min(240, chk.left()),
+                    f"--junitxml={args.out / 'pytest_gpu.xml'}", *files], min(240, chk.left()),
                    log=args.out / "pytest_gpu.log")
 
     def need() -> tuple[Path, str]:
-        if engine is None:
-            raise NotRun("not run: no engine (the export failed)")
+        if engine is None or (ps is None and "prompts" in chk.steps):
+            raise NotRun("not run: no engine or no prompts (see the steps before)")
         if device is None:
             raise NotRun(NO_CUDA)
         return engine, device
 
     chk.step("pytest -m gpu", gpu_tests)
+    ps = None
     ps = chk.step("prompts", lambda: prompts(need()[0], args.prompts))
     chk.step("tokens", lambda: compare_tokens(*need(), ps, args.new_tokens, chk))
     chk.step("verify-cost curve", lambda: curve(*need(), args.past, args.reps, ints(args.qs)))

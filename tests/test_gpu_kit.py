@@ -239,3 +239,9 @@ def test_make_gpu_kit_packs_the_pinned_wheel_for_the_device_python():
     assert kit_mod.DEVICE_PYTHON == "3.12"
     ignored = subprocess.run(["git", "check-ignore", "-q", ".gpu-kit/x.whl.001"], cwd=ROOT)
     assert ignored.returncode == 0, "the pieces must stay out of git"
+
+
+def test_the_check_runs_only_the_files_with_gpu_tests():
+    files = check_mod.gpu_test_files()
+    assert "tests/test_runtime_gpu.py" in files and "tests/test_export_trt.py" in files
+    assert "tests/test_serve_api.py" not in files   # imports fastapi, which the GPU image lacks
