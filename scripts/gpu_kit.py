@@ -238,6 +238,13 @@ class Call:
         return self.carried_bytes + self.tree_bytes
 
 
+def final_command(kit_rel: str, check_args: str = "") -> str:
+    """unpack, env.sh, the check; its output also to $OUT/check.log (kept if the call hits its limit)."""
+    return (f"set -o pipefail; python3 scripts/gpu_kit.py unpack --kit {kit_rel} && . {kit_rel}/env.sh && "
+            f"PYTHONUNBUFFERED=1 python3 scripts/gpu_kit.py check --out \"$OUT\"{' ' + check_args if check_args else ''}"
+            f" 2>&1 | tee \"$OUT/check.log\"")
+
+
 def plan_calls(manifest: dict, manifest_bytes: int, transfer_tree: int, check_tree: int, kit_rel: str) -> list[Call]:
     """Pieces into back-to-back calls: each carries the manifest and as many pieces as fit beside the
     transfer tree (at most MAX_CARRY paths); the last call runs unpack and the check beside the check tree
@@ -275,8 +282,7 @@ def plan_calls(manifest: dict, manifest_bytes: int, transfer_tree: int, check_tr
         batch.append(p)
     if batch:
         flush()
-    final = (f"python3 scripts/gpu_kit.py unpack --kit {kit_rel} && . {kit_rel}/env.sh && "
-             f"PYTHONUNBUFFERED=1 python3 scripts/gpu_kit.py check --out \"$OUT\"")
+    final = final_command(kit_rel)
     calls.append(Call([man] + [f"{kit_rel}/{p['file']}" for p in tail],
                       manifest_bytes + sum(p["size"] for p in tail), check_tree, final, True))
     return calls
@@ -335,7 +341,7 @@ def rehearse(root: Path, kit: Path, scratch: Path, check_args: str) -> int:
             out = scratch / "out"
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            command = call.command + (f" {check_args}" if call.final and check_args else "")
+            command = final_command(os.path.relpath(kit, root), check_args) if call.final else call.command
             log(f"call {i}/{len(calls)}: {command}")
             t0 = time.perf_counter()
             env = {**os.environ, "OUT": str(out),   # `python3` there: this Python (a venv's, here)

@@ -43,9 +43,10 @@ class NotRun(Exception):
 
 
 class Check:
-    def __init__(self, out: Path, deadline_s: float):
+    def __init__(self, out: Path, deadline_s: float, after_step: Callable[[], None] = lambda: None):
         self.out, self.t0, self.deadline_s = out, time.perf_counter(), deadline_s
         self.steps: dict[str, dict[str, Any]] = {}
+        self.after_step = after_step   # writes the results so far: a call killed at its limit keeps them
 
     def left(self) -> float:
         return self.deadline_s - (time.perf_counter() - self.t0)
@@ -69,6 +70,7 @@ class Check:
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         self.steps[name] = rec
         print(f"gpu-kit check: {name}: {rec['status']} ({rec['seconds']} s)", flush=True)
+        self.after_step()
         return rec.get("result")
 
 
@@ -270,6 +272,21 @@ def summary(env: dict | None, chk: Check, args: argparse.Namespace, device: str 
     return "\n".join(lines) + "\n"
 
 
+def write_results(chk: Check, args: argparse.Namespace, env: dict | None, device: str | None) -> None:
+    """results.json (every step, tracebacks included) and summary.md under args.out, each under 16 MiB."""
+    wall = time.perf_counter() - chk.t0
+    results = {"dry_run": args.dry_run, "device_backend": device, "wall_s": round(wall, 1), "args": {
+        k: str(v) for k, v in vars(args).items()}, "steps": chk.steps}
+    text = json.dumps(results, indent=1, default=str)
+    if len(text) > MAX_FILE:   # only token lists grow with the run: keep their comparison, drop the ids
+        for rec in (chk.steps.get("tokens", {}).get("result") or {}).values():
+            if isinstance(rec, dict):
+                rec.pop("cpu_tokens", None), rec.pop("device_tokens", None)
+        text = json.dumps(results, indent=1, default=str)
+    (args.out / "results.json").write_text(text + "\n")
+    (args.out / "summary.md").write_text(summary(env, chk, args, device))
+
+
 def ints(text: str) -> list[int]:
     out: list[int] = []
     for part in text.split(","):
@@ -297,11 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    chk = Check(args.out, args.deadline)
-    env = chk.step("environment", environment)
+    state: dict[str, Any] = {"env": None, "device": None}
+    chk = Check(args.out, args.deadline, lambda: write_results(chk, args, state["env"], state["device"]))
+    env = state["env"] = chk.step("environment", environment)
     cuda = bool(env) and "CUDAExecutionProvider" in env["providers"] and env["cuda_devices"] > 0
-    device = "ort-cuda" if cuda else ("ort-cpu" if args.dry_run else None)
+    device = state["device"] = "ort-cuda" if cuda else ("ort-cpu" if args.dry_run else None)
     engine = chk.step("export fp16 standard", lambda: export(args.work, min(240, chk.left())))
+    ps: list[list[int]] | None = None
 
     def gpu_tests():
         files = gpu_test_files()
@@ -321,22 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         return engine, device
 
     chk.step("pytest -m gpu", gpu_tests)
-    ps = None
     ps = chk.step("prompts", lambda: prompts(need()[0], args.prompts))
     chk.step("tokens", lambda: compare_tokens(*need(), ps, args.new_tokens, chk))
     chk.step("verify-cost curve", lambda: curve(*need(), args.past, args.reps, ints(args.qs)))
     chk.step("speed", lambda: speeds(*need(), ps, args.new_tokens, ints(args.budgets), chk))
-    wall = time.perf_counter() - chk.t0
-    results = {"dry_run": args.dry_run, "device_backend": device, "wall_s": round(wall, 1), "args": {
-        k: str(v) for k, v in vars(args).items()}, "steps": chk.steps}
-    text = json.dumps(results, indent=1, default=str)
-    if len(text) > MAX_FILE:   # only token lists grow with the run: keep their comparison, drop the ids
-        for rec in (chk.steps.get("tokens", {}).get("result") or {}).values():
-            if isinstance(rec, dict):
-                rec.pop("cpu_tokens", None), rec.pop("device_tokens", None)
-        text = json.dumps(results, indent=1, default=str)
-    (args.out / "results.json").write_text(text + "\n")
-    (args.out / "summary.md").write_text(summary(env, chk, args, device))
     print((args.out / "summary.md").read_text(), flush=True)
     failed = [k for k, v in chk.steps.items() if v["status"].startswith("failed")]
     unrun = [k for k, v in chk.steps.items() if v["status"].startswith("not run")]

@@ -153,6 +153,10 @@ def test_plan_keeps_every_call_under_the_limit_with_the_tree():
     assert [c.tree_bytes for c in calls] == [transfer_tree] * (len(calls) - 1) + [check_tree]
     assert len(calls) == 5 and calls[-1].final and "unpack" in calls[-1].command and "check" in calls[-1].command
     assert [len(c.carry) - 1 for c in calls] == [4, 4, 4, 2, 3]
+    assert calls[-1].command == kit_mod.final_command(".gpu-kit")
+    cmd = kit_mod.final_command(".gpu-kit", "--dry-run --reps 3")
+    assert cmd.startswith("set -o pipefail; python3 scripts/gpu_kit.py unpack --kit .gpu-kit && . .gpu-kit/env.sh && ")
+    assert cmd.endswith('check --out "$OUT" --dry-run --reps 3 2>&1 | tee "$OUT/check.log"')
     # the whole tree (54 MiB) beside a 15 MiB piece cannot fit
     with pytest.raises(KitError, match=r"a piece of 15.0 MiB does not fit beside the tree"):
         kit_mod.plan_calls(_manifest(sizes), 4500, 54 * MIB, 54 * MIB, ".gpu-kit")
