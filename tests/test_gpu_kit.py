@@ -249,3 +249,28 @@ def test_the_check_runs_only_the_files_with_gpu_tests():
     files = check_mod.gpu_test_files()
     assert "tests/test_runtime_gpu.py" in files and "tests/test_export_trt.py" in files
     assert "tests/test_serve_api.py" not in files   # imports fastapi, which the GPU image lacks
+
+
+def test_rehearse_runs_the_planned_calls_against_a_scratch_device(tmp_path):
+    """pack -> plan -> each call's tree and carried pieces copied to a scratch folder -> receive there ->
+    unpack + env.sh + check (here `check --help`, the check's own steps need the real repository)."""
+    repo, scratch = tmp_path / "repo", tmp_path / "device"
+    for rel in ("scripts/gpu_kit.py", "scripts/gpu_kit_check.py"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / rel, repo / rel)
+    for rel in ("models/demo/w.bin", "models/smollm2-eagle3/w.bin", "bench/results/r.json"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_bytes(b"w" * 1000)
+    (repo / ".gitignore").write_text("/.gpu-kit/\n")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    kit = repo / ".gpu-kit"
+    m = kit_mod.pack([fake_wheel(tmp_path)], kit, piece_bytes=16 * 1024, xz_preset=None)
+    calls = kit_mod.plan_calls(m, (kit / "manifest.json").stat().st_size, 1, 1, ".gpu-kit")
+    assert len(calls) == 2 and not calls[0].final and len(calls[1].carry) == kit_mod.MAX_CARRY
+    assert kit_mod.rehearse(repo, kit, scratch, "--help") == 0
+    assert (scratch / ".gpu-kit/site/fakeort/__init__.py").read_text() == "VALUE = 42\n"
+    assert "usage: scripts/gpu_kit.py check" in (scratch / "out/check.log").read_text()
+    assert (scratch / "models/demo/w.bin").is_file() and not (scratch / "bench/results").exists()
+    assert not (scratch / "models/smollm2-eagle3").exists()      # moved aside for both kinds of call
+    assert (repo / "models/smollm2-eagle3/w.bin").is_file() and not (kit / "aside").exists()   # put back
