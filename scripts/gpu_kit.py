@@ -103,6 +103,14 @@ def stored_zip(wheel: Path, out: Path) -> None:
 
 
 def xz_file(src: Path, out: Path, preset: int) -> None:
+    """src compressed to the .xz stream out: by the xz tool on every core when it is installed (one stream
+    of several blocks, which lzma reads back), else by Python's lzma on one."""
+    if shutil.which("xz"):
+        with open(out, "wb") as w:
+            r = subprocess.run(["xz", f"-{preset}", "-T0", "-c", str(src)], stdout=w, stderr=subprocess.PIPE)
+        if r.returncode == 0:
+            return
+        log(f"xz: exit {r.returncode} ({r.stderr.decode().strip()}); compressing with Python's lzma instead")
     comp = lzma.LZMACompressor(preset=preset)
     with open(src, "rb") as r, open(out, "wb") as w:
         for block in iter(lambda: r.read(CHUNK), b""):

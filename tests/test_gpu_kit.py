@@ -274,3 +274,17 @@ def test_rehearse_runs_the_planned_calls_against_a_scratch_device(tmp_path):
     assert (scratch / "models/demo/w.bin").is_file() and not (scratch / "bench/results").exists()
     assert not (scratch / "models/smollm2-eagle3").exists()      # moved aside for both kinds of call
     assert (repo / "models/smollm2-eagle3/w.bin").is_file() and not (kit / "aside").exists()   # put back
+
+
+@pytest.mark.parametrize("tool", [True, False])
+def test_xz_payloads_decompress_to_the_stored_wheel(tmp_path, monkeypatch, tool):
+    """The xz tool's multi-block stream and Python's single-block one both unpack (lzma reads both)."""
+    if not tool:
+        monkeypatch.setattr(kit_mod.shutil, "which", lambda name: None)
+    elif shutil.which("xz") is None:
+        pytest.skip("no xz tool here")
+    m = kit_mod.pack([fake_wheel(tmp_path)], tmp_path / "kit", piece_bytes=MIB, xz_preset=1)
+    (entry,) = m["payloads"]
+    assert entry["compression"] == "xz" and entry["stored_size"] > entry["payload_size"]
+    kit_mod.unpack(tmp_path / "kit", tmp_path / "site", tmp_path / "env.sh")
+    assert (tmp_path / "site/fakeort/capi/lib.bin").stat().st_size == 300_000
