@@ -540,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
                     ("unpack", "device: verify, reassemble, install, write env.sh")):
         s = sub.add_parser(name, help=h)
         s.add_argument("--kit", type=Path, default=KIT)
+    sub.choices["plan"].add_argument("--json", action="store_true", help="the calls as JSON (carry, command, bytes)")
     unpack_p = sub.choices["unpack"]
     unpack_p.add_argument("--target", type=Path, default=None, help="install folder (default KIT/site)")
     sub.choices["pack"].add_argument("--kit", type=Path, default=KIT)
@@ -569,6 +570,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{e['wheel']}: wheel {e['wheel_size'] / MIB:.1f} MiB, payload {e['payload_size'] / MIB:.1f} MiB "
                     f"({e['compression']}), {len(e['pieces'])} pieces")
             return print_plan(ROOT, kit)
+        if args.cmd == "plan" and args.json:
+            calls, sizes = plan(ROOT, kit)
+            print(json.dumps({"sizes": sizes, "calls": [{**vars(c), "total": c.total} for c in calls]}, indent=1))
+            return 0
         if args.cmd == "plan":
             return print_plan(ROOT, kit)
         if args.cmd == "rehearse":
