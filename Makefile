@@ -10,7 +10,7 @@ ENGINES ?= engines
 FLAVOUR ?= ort
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu gpu-check test test-slow demo export engines bench bench-peers smollm2 capi pytriton clean
+.PHONY: help install install-gpu gpu-check gpu-kit gpu-kit-rehearse test test-slow demo export engines bench bench-peers smollm2 capi pytriton clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,20 @@ install-gpu: install  ## replace onnxruntime with onnxruntime-gpu and add tensor
 
 gpu-check: install  ## on a GPU machine after install-gpu: export SmolLM2 fp16, TensorRT plans, gpu tests, bench, verdicts
 	$(PYTHON) scripts/gpu_check.py
+
+# A GPU machine that reaches no registry (Python 3.12, CUDA 13 from PyTorch's nvidia-* packages, 64 MiB per
+# call): onnxruntime-gpu travels as checked pieces under .gpu-kit/ (git-ignored), docs/gpu.md "GPU kit"
+# --xz 3: 243.7 -> 197.6 MiB, one device call fewer (4 instead of 5), ~3 CPU-minutes to pack
+GPU_KIT_ARGS ?= --xz 3
+# the rehearsal's check on 2 CPU cores: fewer prompts, tokens, budgets and curve points than on the GPU
+GPU_KIT_CHECK_ARGS ?= --prompts 2 --new-tokens 16 --budgets 8,60 --qs 1,2,4,8,16,32,64 --reps 3
+gpu-kit: install  ## download onnxruntime-gpu for the GPU machine, split it into pieces under .gpu-kit/, print the device calls
+	$(PYTHON) scripts/gpu_kit.py pack --spec '$(ORT_GPU)' $(GPU_KIT_ARGS)
+
+gpu-kit-rehearse: install  ## the kit's device calls on this CPU: pack for this Python, simulated transfer, unpack, check --dry-run
+	$(PYTHON) scripts/gpu_kit.py pack --spec '$(ORT_GPU)' --kit .gpu-kit/cpu \
+		--python-version $$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])') $(GPU_KIT_ARGS) >/dev/null
+	$(PYTHON) scripts/gpu_kit.py rehearse --kit .gpu-kit/cpu --check-args '--dry-run $(GPU_KIT_CHECK_ARGS)'
 
 test: install  ## run the fast test suite
 	$(BIN)/pytest -q
