@@ -157,7 +157,7 @@ class Decoder:
         if self.drafter is not None:
             self.drafter.start_round(self.P)
         tree = policy.build(root, self.expand)
-        self.flush_feed()                                # a capped round may not draft at all
+        self.defer_feed()                                # a round may not draft at all
         return tree
 
     def learn(self, tree: DraftTree, acc: Acceptance, start_ns: int) -> None:
@@ -173,9 +173,10 @@ class Decoder:
         assert self.drafter is not None, "the ar policy never drafts"
         return self.drafter.expand(tree, rows)
 
-    def flush_feed(self) -> None:
+    def defer_feed(self) -> None:
+        """A round that made no draft call leaves its feed to the next round's first call."""
         if self.drafter is not None and self.drafter.feed_rows.shape[0]:
-            self.drafter.run_feed()
+            self.drafter.defer_feed()
 
     def verify_call(self, tree: DraftTree) -> np.ndarray:
         mask = ROOT_MASK if tree.size == 1 else tree.mask()
@@ -198,6 +199,7 @@ class Decoder:
         self.P = 0
         if self.drafter is not None:
             self.drafter.committed = 0
+            self.drafter.deferred = 0
             self.drafter.calls = 0
         n = prompt.shape[0]
         root = -1
