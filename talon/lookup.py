@@ -4,10 +4,12 @@ The history is the prompt and every token generated since. `Lookup` finds the lo
 (min_n <= n <= max_n) that ends the history and occurred earlier, and proposes what followed its
 most recent occurrences, as a trie of continuations rooted at the history's last token.
 
-Index: a dict from each n-gram (a tuple of n tokens) to how often it occurred and the end positions
-of its last `recent` occurrences, newest first. An n-gram ending at e is registered once token e
-exists (its continuation then has a token), so `extend` with m tokens registers m * (max_n - min_n + 1)
-keys: O(new tokens) per round, whatever the history's length.
+Index: every n-gram (n <= max_n) that occurred gets an id, keyed by (the id of its last n-1 tokens,
+its first token), so the n-grams ending at one position are found by growing one token to the left,
+one small dict lookup each; per id, how often it occurred and the end positions of its `recent` newest
+occurrences. An n-gram ending at e is registered once token e exists (its continuation then has a
+token), so `extend` with m tokens makes at most m * max_n lookups: O(new tokens) per round, whatever
+the history's length.
 
 Scores, comparable to a head's cumulative log-probs: the match is read as n agreements in a row, and
 by Laplace's rule of succession the continuation's next token agrees with probability
@@ -22,7 +24,6 @@ It decreases strictly from a parent to its child, so the best m nodes of a trie 
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -79,42 +80,54 @@ class Lookup:
 
     def __init__(self, config: LookupConfig = LookupConfig()):
         self.config = config
-        self.history: list[int] = []
-        self.table: dict[tuple[int, ...], list] = {}   # n-gram -> [count, deque of ends, newest first]
+        self.reset(())
 
     def __repr__(self) -> str:
         return f"Lookup({self.config!r}, {len(self.history)} tokens)"
 
     def reset(self, tokens: Iterable[int]) -> None:
         """Start a new history (the prompt, and the first generated token)."""
-        self.history = []
-        self.table = {}
+        self.history: list[int] = []
+        self.ids: dict[tuple[int, int], int] = {}   # (id of g[1:], g[0]) -> id of the n-gram g; -1: empty
+        self.count: list[int] = []                  # occurrences of each n-gram id
+        self.ends: list[list[int]] = []             # their end positions, oldest first (newest `recent` kept)
         self.extend(tokens)
 
     def extend(self, tokens: Iterable[int]) -> None:
         """Append tokens and register the n-grams that now have a continuation."""
-        h, table = self.history, self.table
+        h, ids, count, ends = self.history, self.ids, self.count, self.ends
         old = len(h)
         h.extend(int(t) for t in tokens)
-        lo, hi, recent = self.config.min_n, self.config.max_n, self.config.recent
-        for e in range(max(old, lo), len(h)):   # the n-grams ending at e: h[e] now follows them
-            for n in range(lo, min(hi, e) + 1):
-                key = tuple(h[e - n:e])
-                entry = table.get(key)
-                if entry is None:
-                    table[key] = [1, deque((e,), maxlen=recent)]
+        hi, keep = self.config.max_n, self.config.recent
+        for e in range(max(old, 1), len(h)):   # the n-grams ending at e (h[e] now follows them)
+            node = -1
+            for n in range(1, min(hi, e) + 1):   # grown one token to the left at a time
+                key = (node, h[e - n])
+                node = ids.get(key, -1)
+                if node < 0:
+                    node = ids[key] = len(count)
+                    count.append(1)
+                    ends.append([e])
                 else:
-                    entry[0] += 1
-                    entry[1].appendleft(e)
+                    count[node] += 1
+                    at = ends[node]
+                    at.append(e)
+                    if len(at) > 2 * keep:   # trimmed now and then: amortised O(1)
+                        del at[:-keep]
 
     def match(self) -> Match:
-        """The longest suffix of the history (up to max_n) that occurred before."""
+        """The longest suffix of the history (min_n..max_n tokens) that occurred before."""
         h, L = self.history, len(self.history)
-        for n in range(min(self.config.max_n, L - 1), self.config.min_n - 1, -1):
-            entry = self.table.get(tuple(h[L - n:]))
-            if entry is not None:
-                return Match(n, entry[0], tuple(entry[1]))
-        return NO_MATCH
+        node, found, n_found = -1, -1, 0
+        for n in range(1, min(self.config.max_n, L - 1) + 1):   # a longer match needs the shorter ones
+            node = self.ids.get((node, h[L - n]), -1)
+            if node < 0:
+                break
+            if n >= self.config.min_n:
+                found, n_found = node, n
+        if found < 0:
+            return NO_MATCH
+        return Match(n_found, self.count[found], tuple(reversed(self.ends[found][-self.config.recent:])))
 
     def propose(self, depth: int) -> Proposal:
         """The continuations (up to `depth` tokens each) of the match's recent occurrences as a trie."""
