@@ -86,6 +86,8 @@ class PromptRun:
     runtime_tokens_per_s: float
     shapes: tuple[RoundShape, ...] = ()
     pool_truncated: int = 0
+    lookup_proposed: int = 0  # tree nodes the context lookup proposed (lookup, talon-lookup)
+    lookup_accepted: int = 0  # accepted tokens among them
     tokens: tuple[int, ...] = field(default=(), repr=False)  # the output, to compare across policies/peers
 
     @property
@@ -116,7 +118,9 @@ def record_run(prompt: Prompt, config: BenchConfig, prompt_ids: Sequence[int], r
         target_calls=int(stats.target_calls), draft_calls=int(stats.draft_calls),
         engine_s=float(stats.engine_s), host_s=float(stats.host_s),
         runtime_tokens_per_s=float(stats.tokens_per_s), shapes=shapes,
-        pool_truncated=sum(int(r.pool_truncated) for r in stats.per_round), tokens=tuple(result.tokens),
+        pool_truncated=sum(int(r.pool_truncated) for r in stats.per_round),
+        lookup_proposed=sum(int(r.lookup_proposed) for r in stats.per_round),
+        lookup_accepted=sum(int(r.lookup_accepted) for r in stats.per_round), tokens=tuple(result.tokens),
     )
 
 
