@@ -170,7 +170,7 @@ class Decoder:
             self.learner.record_round(acc.tokens.shape[0], (time.perf_counter_ns() - start_ns) / 1e3)
 
     def expand(self, tree: DraftTree, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        assert self.drafter is not None, "the ar policy never drafts"
+        assert self.drafter is not None, "ar and lookup never draft"
         return self.drafter.expand(tree, rows)
 
     def defer_feed(self) -> None:
