@@ -116,14 +116,16 @@ engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs
 	$(PYTHON) -m export.trt "$(ENGINES)/$(NAME)"
 
 BENCH_OUT ?= bench/results
-# chat_heldout: chat prompts on topics the head never trained on (bench/prompts/README.md); the sweep
-# behind DEMO_DEFAULTS ran on prompts 6-7 of the three sets (--offset 5), never on these
-BENCH_ARGS ?= --dataset bench/prompts/chat_heldout.jsonl,humaneval,mtbench,gsm8k --limit 3 --budgets 4,8,16,32,60 \
+# chat_heldout: chat prompts on topics the head never trained on; input_reuse: answers that reuse their
+# prompt (bench/prompts/README.md); the sweep behind DEMO_DEFAULTS ran on prompts 6-7 of the three sets
+# (--offset 5), never on these
+BENCH_ARGS ?= --dataset bench/prompts/chat_heldout.jsonl,bench/prompts/input_reuse.jsonl,humaneval,mtbench,gsm8k \
+	--limit 3 --budgets 4,8,16,32,60 \
 	--max-new-tokens 128
 # the demo engine is (re-)exported when stale, as for make demo
 BENCH_ENGINE := $(if $(filter demo,$(NAME)),$(DEMO_ENGINE)/manifest.json)
 
-bench: install $(BENCH_ENGINE)  ## benchmark ar/chain/eagle3/talon on the demo engine (reduced prompt count) into bench/results/
+bench: install $(BENCH_ENGINE)  ## benchmark ar/chain/eagle3/talon/lookup on the demo engine (reduced prompt count) into bench/results/
 	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) $(BENCH_ARGS) --out $(BENCH_OUT)
 
 # the peers' virtualenvs, llama.cpp build and exported models: built on first use, outside the repo
@@ -131,8 +133,8 @@ PEERS_CACHE ?= $(HOME)/.cache/talon-rt/peers
 PEERS_GGUF ?= $(SMOLLM2_GGUF)
 # the GGUF dequantized to an fp32 HF folder, for onnxruntime-genai's builder and transformers
 PEERS_HF ?= $(PEERS_CACHE)/hf-$(notdir $(basename $(PEERS_GGUF)))
-PEERS_ARGS ?= --dataset bench/prompts/chat_heldout.jsonl,humaneval,mtbench,gsm8k --limit 3 --max-new-tokens 128 \
-	--policies ar,chain,eagle3,talon --budgets 2,4,8
+PEERS_ARGS ?= --dataset bench/prompts/chat_heldout.jsonl,bench/prompts/input_reuse.jsonl,humaneval,mtbench,gsm8k \
+	--limit 3 --max-new-tokens 128 --policies ar,chain,eagle3,talon,lookup,talon-lookup --budgets 2,4,8
 # DRAFT_LM=<hf dir>: a standalone draft LM for the peers' draft-model modes (none exists for SmolLM2-135M)
 
 # engines run interleaved with engines/$(NAME) (their own rows; the demo: its float twin)

@@ -60,7 +60,7 @@ def draft_mask_width(manifest: dict) -> int:
     q_max = max(lim["max_tree_tokens"], lim["max_prefill_chunk"])
     base = {k: v for k, v in manifest["defaults"].items() if k in OPTION_NAMES and v is not None}
     scratch = [policy_from_options(Options(**{**base, "policy": p, "budget": lim["max_tree_tokens"]})).footprint()[1]
-               for p in ("chain", "eagle3", "talon")]   # talon-cost's footprint is talon's; ar never drafts
+               for p in ("chain", "eagle3", "talon")]   # talon-cost and talon-lookup: talon's; ar and lookup never draft
     return min(max(q_max, *scratch), lim["max_seq_len"])
 
 

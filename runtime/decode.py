@@ -18,7 +18,7 @@ from runtime.costs import measure_cost_model
 from runtime.draft import Drafter
 from runtime.errors import InputError
 from runtime.manifest import Manifest
-from runtime.options import Options
+from runtime.options import HEADLESS, Options
 from runtime.stats import RoundStats, RunStats
 from talon import (Acceptance, CostModel, DraftTree, Policy, logits_to_probs, make_policy, sample_token,
                    verify_greedy, verify_sample)
@@ -45,9 +45,11 @@ class Tracer:
 
 
 def policy_from_options(o: Options, cost: CostModel | None = None) -> Policy:
-    if o.policy in ("talon", "talon-cost"):
+    if o.policy in ("talon", "talon-cost", "talon-lookup"):
         extra = {"cost": cost} if o.policy == "talon-cost" else {}
         return make_policy(o.policy, budget=o.budget, root_k=o.root_k, mu=o.mu, **extra)
+    if o.policy == "lookup":
+        return make_policy("lookup", budget=o.budget)
     if o.policy == "eagle3":
         return make_policy("eagle3", budget=o.budget, top_k=o.eagle3_top_k, depth=o.eagle3_depth)
     if o.policy == "chain":
@@ -98,12 +100,13 @@ class Decoder:
                      if o.policy == "talon-cost" else None)
         self.policy = policy_from_options(o, self.cost)
         self.learner = self.policy.learner     # None unless the policy learns from its rounds
+        self.history = self.policy.history     # None unless the policy drafts from the text so far
         rows, scratch = self.policy.footprint()
         self.need = max(rows, scratch)
         backend.check_footprint(rows, scratch)
         self._capped: dict[int, Policy] = {}
         self.drafter = (Drafter(backend, m.draft.hidden_size, m.kv_dtype, max(scratch, 1), self.chunk)
-                        if o.policy != "ar" else None)
+                        if o.policy not in HEADLESS else None)
         self.sampler = Sampler(o)
         self.causal = np.tril(np.ones((self.chunk, self.chunk), np.bool_))
         self.P = 0
@@ -117,6 +120,8 @@ class Decoder:
         t0 = time.perf_counter()
         root = self.prefill(np.asarray(prompt, dtype=np.int64))
         out = [root]
+        if self.history is not None:
+            self.history.reset([*prompt, root])
         t1 = time.perf_counter()
         rounds: list[RoundStats] = []
         keep = on_tokens is None or on_tokens([root]) is not False
@@ -152,22 +157,26 @@ class Decoder:
         if self.drafter is not None:
             self.drafter.start_round(self.P)
         tree = policy.build(root, self.expand)
-        self.flush_feed()                                # a capped round may not draft at all
+        self.defer_feed()                                # a round may not draft at all
         return tree
 
     def learn(self, tree: DraftTree, acc: Acceptance, start_ns: int) -> None:
-        """Feed the policy's learner the verified round and the round's time so far (us)."""
+        """Feed the policy's history the round's tokens, and its learner the verified round and the
+        round's time so far (us)."""
+        if self.history is not None:
+            self.history.extend(acc.tokens.tolist())
         if self.learner is not None:
             self.learner.learn(tree, acc, self.sampler.greedy)
             self.learner.record_round(acc.tokens.shape[0], (time.perf_counter_ns() - start_ns) / 1e3)
 
     def expand(self, tree: DraftTree, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        assert self.drafter is not None, "the ar policy never drafts"
+        assert self.drafter is not None, "ar and lookup never draft"
         return self.drafter.expand(tree, rows)
 
-    def flush_feed(self) -> None:
+    def defer_feed(self) -> None:
+        """A round that made no draft call leaves its feed to the next round's first call."""
         if self.drafter is not None and self.drafter.feed_rows.shape[0]:
-            self.drafter.run_feed()
+            self.drafter.defer_feed()
 
     def verify_call(self, tree: DraftTree) -> np.ndarray:
         mask = ROOT_MASK if tree.size == 1 else tree.mask()
@@ -190,6 +199,7 @@ class Decoder:
         self.P = 0
         if self.drafter is not None:
             self.drafter.committed = 0
+            self.drafter.deferred = 0
             self.drafter.calls = 0
         n = prompt.shape[0]
         root = -1
@@ -262,12 +272,14 @@ class Decoder:
     def round_stats(self, tree: DraftTree, acc: Acceptance, emitted: int, engine_ns: int,
                     wall_ns: int) -> RoundStats:
         info = tree.info
+        lookup = info.lookup if info else ()
         return RoundStats(
             tree_size=tree.size, depth=int(tree.depth.max()),
             nodes_per_layer=info.nodes_per_layer if info else (),
             draft_calls=info.draft_calls if info else 0, accepted=acc.accepted, emitted=emitted,
             engine_s=engine_ns * 1e-9, host_s=max(wall_ns - engine_ns, 0) * 1e-9,
-            pool_truncated=info.pool_truncated if info else 0)
+            pool_truncated=info.pool_truncated if info else 0, lookup_proposed=len(lookup),
+            lookup_accepted=int(np.isin(acc.nodes[1:], lookup).sum()) if lookup else 0)
 
     def run_stats(self, prompt_len: int, out: list[int], rounds: list[RoundStats], prefill_s: float,
                   decode_s: float) -> RunStats:

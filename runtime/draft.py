@@ -6,6 +6,9 @@ feature rows of the tokens accepted last round, each paired with the *next* toke
 [0])` runs that feed through draft_fc + draft (appended permanently: the draft then has P rows); the
 last row gives the root's children and its `hidden_out`. Deeper calls feed each node as (its token,
 its parent's `hidden_out`) at position P + depth - 1, writing scratch rows at slots [P, P + s).
+A round that makes no draft call (its tree came from elsewhere) defers its feed: `defer_feed` runs
+draft_fc over it while the target's features are there and keeps the hidden rows, which go first in
+the next feed's draft call.
 
 Scratch bookkeeping, all preallocated:
 - `slot_of[node]`: the node's scratch slot (root: the sentinel `cap`, which is no scratch row);
@@ -37,6 +40,9 @@ class Drafter:
         self.past = 0           # target length P of this round (scratch starts there)
         self.feed_rows = np.zeros(0, np.int64)      # rows of the last target call's features
         self.feed_tokens = np.zeros(0, np.int64)    # token paired with each feature row
+        self.deferred = 0                           # feed rows deferred by rounds without a draft call
+        self.deferred_hidden = np.zeros((chunk, hidden_size), dtype)   # their draft_fc output
+        self.deferred_tokens = np.zeros(chunk, np.int64)
         self.calls = 0
         self.engine_ns = 0
 
@@ -48,22 +54,54 @@ class Drafter:
         self.feed_tokens = tokens
 
     def run_feed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Append the pending feed to the draft cache (in chunks); return the last row's outputs."""
+        """Append the deferred rows and the pending feed to the draft cache (in chunks); return the
+        last row's outputs."""
         n = len(self.feed_rows)
         assert n > 0, "draft feed is empty"
-        out = None
-        for s in range(0, n, self.chunk):
+        out, start = None, 0
+        if self.deferred:
+            d, start = self.deferred, min(n, self.chunk - self.deferred)
+            t0 = time.perf_counter_ns()
+            hidden = self.deferred_hidden[:d + start]
+            if start:
+                hidden[d:] = self.backend.draft_fc(self.feed_rows[:start])
+            self.engine_ns += time.perf_counter_ns() - t0
+            self.deferred_tokens[d:d + start] = self.feed_tokens[:start]
+            out = self._append(self.deferred_tokens[:d + start], hidden)
+            self.deferred = 0
+        for s in range(start, n, self.chunk):
             rows, toks = self.feed_rows[s:s + self.chunk], self.feed_tokens[s:s + self.chunk]
-            q = len(rows)
             t0 = time.perf_counter_ns()
             hidden = self.backend.draft_fc(rows)
-            pos = np.arange(self.committed, self.committed + q, dtype=np.int64)
-            out = self.backend.draft(toks, hidden, pos, self.causal[:q, :q], self.committed)
             self.engine_ns += time.perf_counter_ns() - t0
-            self.calls += 1
-            self.committed += q
+            out = self._append(toks, hidden)
         self.feed_rows = self.feed_rows[:0]
         assert out is not None
+        return out
+
+    def defer_feed(self) -> None:
+        """Keep the pending feed's draft_fc rows for the next feed's call (a round without a draft
+        call); run it now instead when the rows would overflow one call."""
+        n, d = len(self.feed_rows), self.deferred
+        if d + n > self.chunk:
+            self.run_feed()
+            return
+        t0 = time.perf_counter_ns()
+        self.deferred_hidden[d:d + n] = self.backend.draft_fc(self.feed_rows)
+        self.engine_ns += time.perf_counter_ns() - t0
+        self.deferred_tokens[d:d + n] = self.feed_tokens
+        self.deferred = d + n
+        self.feed_rows = self.feed_rows[:0]
+
+    def _append(self, tokens: np.ndarray, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One draft call appending q rows (hidden [q, H], draft_fc's output) after the committed ones."""
+        q = len(tokens)
+        pos = np.arange(self.committed, self.committed + q, dtype=np.int64)
+        t0 = time.perf_counter_ns()
+        out = self.backend.draft(tokens, hidden, pos, self.causal[:q, :q], self.committed)
+        self.engine_ns += time.perf_counter_ns() - t0
+        self.calls += 1
+        self.committed += q
         return out
 
     def start_round(self, past_len: int) -> None:

@@ -14,8 +14,11 @@ from typing import Any, Mapping
 from runtime.errors import OptionError
 from runtime.manifest import MANIFEST, Manifest
 
-# talon-cost: TALON with the cost-aware stop and size extension (talon/cost.py); budget = its cap
-POLICIES = ("ar", "chain", "eagle3", "talon", "talon-cost")
+# talon-cost: TALON with the cost-aware stop and size extension (talon/cost.py); budget = its cap.
+# lookup: context lookup alone (talon/lookup.py); talon-lookup: TALON with lookup candidates in its pool.
+POLICIES = ("ar", "chain", "eagle3", "talon", "talon-cost", "lookup", "talon-lookup")
+# the policies that never call the draft head (no draft buffers, no draft feed)
+HEADLESS = ("ar", "lookup")
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt")
 # How the target and draft sessions share the CPU (docs/design.md §7: two spinning pools fight on 2 cores).
 THREAD_MODES = ("runspin", "nospin", "shared", "spin")

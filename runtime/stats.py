@@ -17,6 +17,8 @@ class RoundStats:
     engine_s: float                     # time inside engine calls (draft, target, commit)
     host_s: float                       # the rest of the round: policy, verification, bookkeeping
     pool_truncated: int = 0             # talon: parents whose k_max children all passed the gate
+    lookup_proposed: int = 0            # tree nodes the context lookup proposed (head duplicates included)
+    lookup_accepted: int = 0            # accepted draft tokens among them
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class RunStats:
             "host_s": self.host_s, "host_share": self.host_share,
             "host_us_per_round": self.host_us_per_round,
             "mean_tree_size": (sum(r.tree_size for r in self.per_round) / self.rounds if self.rounds else 0.0),
+            "lookup_proposed": sum(r.lookup_proposed for r in self.per_round),
+            "lookup_accepted": sum(r.lookup_accepted for r in self.per_round),
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,15 +1,17 @@
 """TALON's algorithm layer: draft-tree policies, tree tensors and verification (numpy only)."""
 
 from talon.cost import AcceptanceModel, CostModel
+from talon.lookup import Lookup, LookupConfig
 from talon.nodes import Expand
-from talon.policy import (POLICIES, ArPolicy, ChainPolicy, Eagle3Policy, Learner, Policy, TalonCostPolicy,
-                          TalonPolicy, make_policy)
+from talon.policy import (POLICIES, ArPolicy, ChainPolicy, Eagle3Policy, History, Learner, LookupPolicy, Policy,
+                          TalonCostPolicy, TalonLookupPolicy, TalonPolicy, make_policy)
 from talon.sampling import logits_to_probs, sample_token
 from talon.tree import BuildInfo, DraftTree, root_tree
 from talon.verify import Acceptance, verify_greedy, verify_sample
 
 __all__ = [
     "Acceptance", "AcceptanceModel", "ArPolicy", "BuildInfo", "ChainPolicy", "CostModel", "DraftTree", "Eagle3Policy", "Expand",
-    "Learner", "POLICIES", "Policy", "TalonCostPolicy", "TalonPolicy", "logits_to_probs", "make_policy", "root_tree",
+    "History", "Learner", "Lookup", "LookupConfig", "LookupPolicy", "POLICIES", "Policy", "TalonCostPolicy",
+    "TalonLookupPolicy", "TalonPolicy", "logits_to_probs", "make_policy", "root_tree",
     "sample_token", "verify_greedy", "verify_sample",
 ]

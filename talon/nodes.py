@@ -27,8 +27,9 @@ class Nodes:
         n = self.n
         return DraftTree(self.tokens[:n], self.parents[:n], self.depth[:n], self.logp[:n], info)
 
-    def add(self, parents: np.ndarray, tokens: np.ndarray, logp: np.ndarray, depth: int) -> np.ndarray:
-        """Append one layer; return the new node indices."""
+    def add(self, parents: np.ndarray, tokens: np.ndarray, logp: np.ndarray,
+            depth: int | np.ndarray) -> np.ndarray:
+        """Append one layer (or nodes of any depths, parents first); return the new node indices."""
         a, b = self.n, self.n + tokens.shape[0]
         self.tokens[a:b], self.parents[a:b], self.logp[a:b] = tokens, parents, logp
         self.depth[a:b] = depth

@@ -1,5 +1,6 @@
-"""Draft-tree policies: ar, chain, eagle3 (EAGLE-2/3 topK_genrate), talon (paper Algorithm 2) and
-talon-cost (TALON with the cost-aware extension). docs/design.md §4.
+"""Draft-tree policies: ar, chain, eagle3 (EAGLE-2/3 topK_genrate), talon (paper Algorithm 2),
+talon-cost (TALON with the cost-aware extension), lookup (context lookup alone) and talon-lookup
+(TALON's tree with the lookup's candidates in its pool). docs/design.md §4.
 
 Every policy answers the decoder through one interface (`Policy`):
 - `build(root_token, expand) -> DraftTree`: `expand(tree, rows)` is one draft engine call: given the
@@ -8,20 +9,23 @@ Every policy answers the decoder through one interface (`Policy`):
   children by draft log-prob, descending;
 - `footprint() -> (target rows, draft scratch rows)` a round may write past the committed cache;
 - `capped(room)`: the same policy shrunk so that a round fits in `room` free cache rows;
-- `learner`: None, or the `Learner` the decoder feeds every verified round.
+- `learner`: None, or the `Learner` the decoder feeds every verified round;
+- `history`: None, or the `History` (the text so far) the decoder feeds the prompt and every round.
 ar, chain, eagle3 and talon are frozen config dataclasses; talon-cost composes talon's config, the
-engine's cost model and the state it learns.
+engine's cost model and the state it learns; lookup and talon-lookup own a `Lookup` index.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import ClassVar, Protocol
 
 import numpy as np
 
 from talon.cost import AcceptanceModel, CostModel
+from talon.lookup import Lookup, LookupConfig, Proposal
 from talon.nodes import ROOT, Expand, Nodes, check_int, layer_counts
 from talon.sizer import Sizer
 from talon.tree import BuildInfo, DraftTree, root_tree
@@ -38,8 +42,18 @@ class Learner(Protocol):
         """The round emitted `tokens` in `elapsed` microseconds (its learning included)."""
 
 
+class History(Protocol):
+    """The text a policy drafts from; the decoder calls `reset` with the prompt and the first token,
+    then `extend` with every verified round's tokens."""
+
+    def reset(self, tokens: Iterable[int]) -> None: ...
+
+    def extend(self, tokens: Iterable[int]) -> None: ...
+
+
 class Policy(Protocol):
     learner: Learner | None
+    history: History | None
 
     def build(self, root_token: int, expand: Expand) -> DraftTree: ...
 
@@ -57,6 +71,7 @@ class ArPolicy:
     """No draft: the tree is the root alone (the autoregressive baseline through the same loop)."""
 
     learner: ClassVar[None] = None
+    history: ClassVar[None] = None
 
     def build(self, root_token: int, expand: Expand) -> DraftTree:
         return _root_only(root_token)
@@ -74,6 +89,7 @@ class ChainPolicy:
 
     depth: int = 4  # at the trial head's ~0.7 acceptance per step a 5th draft is reached < 25 % of rounds
     learner: ClassVar[None] = None
+    history: ClassVar[None] = None
 
     def __post_init__(self) -> None:
         check_int("depth", self.depth, 1)
@@ -111,6 +127,7 @@ class Eagle3Policy:
     top_k: int = 10  # EAGLE-3's default beam width and children per node
     depth: int = 7  # EAGLE-3's default: 7 expansions after the root's call, 8 draft calls in all
     learner: ClassVar[None] = None
+    history: ClassVar[None] = None
 
     def __post_init__(self) -> None:
         check_int("budget", self.budget, 1)
@@ -188,6 +205,7 @@ class TalonPolicy:
     root_k: int = 10  # the paper's K: robust initialisation with the root's top-10
     mu: float = 0.03  # the paper's gate: keep paths within 3 % of the layer's best path
     learner: ClassVar[None] = None
+    history: ClassVar[None] = None
 
     def __post_init__(self) -> None:
         check_int("budget", self.budget, 1)
@@ -232,6 +250,8 @@ class TalonCostPolicy:
     while another layer is expected to pay for its draft call and bigger verify, and keeps the root's
     children and every node whose acceptance probability pays for the verify time it adds.
     """
+
+    history = None
 
     def __init__(self, talon: TalonPolicy, cost: CostModel, acceptance: AcceptanceModel | None = None):
         if cost.max_nodes < talon.budget:
@@ -280,24 +300,180 @@ class TalonCostPolicy:
         return TalonCostPolicy(self.talon.capped(room), self.cost, self.acceptance)
 
 
+def _add_proposal(nodes: Nodes, prop: Proposal, sel: np.ndarray) -> np.ndarray:
+    """Add the lookup's trie nodes `sel` (ascending, closed under trie parents) under the root."""
+    remap = np.full(prop.size, -1, dtype=np.int64)
+    remap[sel] = np.arange(nodes.n, nodes.n + sel.shape[0])
+    tp = prop.parents[sel]
+    parents = np.where(tp < 0, ROOT[0], remap[np.maximum(tp, 0)])
+    return nodes.add(parents, prop.tokens[sel], prop.logp[sel], prop.depth[sel])
+
+
+def _lookup_tree(nodes: Nodes, prop: Proposal, room: int, drafted: int) -> DraftTree:
+    """The root and the lookup's best `room` nodes: a tree without a draft call."""
+    new = _add_proposal(nodes, prop, prop.best(room))
+    info = BuildInfo(draft_calls=0, nodes_per_layer=layer_counts(nodes.depth[:nodes.n]), drafted=drafted,
+                     lookup=tuple(new.tolist()))
+    return nodes.tree(info)
+
+
+class LookupPolicy:
+    """Context lookup alone (talon/lookup.py): the root and the best budget-1 nodes of the lookup's
+    continuation trie, by score. No draft head: every round is one target call."""
+
+    learner = None
+
+    def __init__(self, budget: int = 16, lookup: Lookup | None = None):
+        check_int("budget", budget, 1)
+        self.budget = budget    # the sessions' CPU default; a lookup trie rarely holds more
+        self.history = lookup if lookup is not None else Lookup()
+
+    def __repr__(self) -> str:
+        return f"LookupPolicy(budget={self.budget}, {self.history!r})"
+
+    def build(self, root_token: int, expand: Expand) -> DraftTree:
+        prop = self.history.propose(self.budget - 1)
+        return _lookup_tree(Nodes(self.budget, root_token), prop, self.budget - 1, prop.size)
+
+    def footprint(self) -> tuple[int, int]:
+        return self.budget, 0
+
+    def capped(self, room: int) -> LookupPolicy:
+        return LookupPolicy(min(self.budget, room), self.history)
+
+
+def _lookup_candidates(prop: Proposal, layer: int, where: np.ndarray, frontier: np.ndarray,
+                       ids: np.ndarray, score: np.ndarray, trie: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The lookup's candidates for tree layer `layer`: its trie nodes at that depth whose trie parent
+    is in the tree (`where`: trie node -> tree node, -1 if not kept). One that duplicates a head child
+    (same parent, same token) merges into it: `score` [f, k] takes the better score and `trie` [f, k]
+    records the trie node, in place. Returns the others as (parents, tokens, scores, trie nodes)."""
+    at = np.flatnonzero(prop.depth == layer)
+    tp = prop.parents[at]
+    parent = np.where(tp < 0, ROOT[0], where[np.maximum(tp, 0)])
+    at, parent = at[parent >= 0], parent[parent >= 0]
+    extra = np.ones(at.shape[0], dtype=bool)
+    for j in range(at.shape[0]):   # a trie holds at most `recent` nodes per depth
+        r = int(parent[j] - frontier[0])   # the frontier is the previous layer, contiguous
+        hit = np.flatnonzero(ids[r] == prop.tokens[at[j]])
+        if hit.shape[0]:
+            c = int(hit[0])
+            score[r, c] = max(score[r, c], prop.logp[at[j]])
+            trie[r, c] = at[j]
+            extra[j] = False
+    at = at[extra]
+    return parent[extra], prop.tokens[at], prop.logp[at], at
+
+
+class TalonLookupPolicy:
+    """TALON's tree with the context lookup's continuations as candidates, under one budget.
+
+    Every layer's pool holds the head's children of the frontier (TALON, §4.4) and the lookup trie's
+    nodes at that depth whose trie parent is in the tree, each with its lookup score (talon/lookup.py:
+    a log-probability estimate from the match's length and counts). A lookup node equal to a head
+    child (same parent, same token) is one candidate with the better of the two scores. Layer 1 keeps
+    every candidate (the head's root_k and the lookup's), later layers gate the pool as TALON does,
+    and overflow keeps the best by score. When the lookup alone proposes budget-1 nodes scoring at
+    least log(skip), the tree is those nodes and the round makes no draft call for its tree. With
+    no match the tree is TALON's.
+    """
+
+    learner = None
+
+    def __init__(self, talon: TalonPolicy, lookup: Lookup | None = None, skip: float = 0.5):
+        if not (isinstance(skip, (int, float)) and 0.0 < skip <= 1.0):
+            raise ValueError(f"skip must be in (0, 1], got {skip!r}")
+        self.talon, self.skip = talon, skip   # skip 0.5: every node likelier accepted than not
+        self.history = lookup if lookup is not None else Lookup()
+
+    def __repr__(self) -> str:
+        return f"TalonLookupPolicy({self.talon!r}, {self.history!r}, skip={self.skip})"
+
+    def build(self, root_token: int, expand: Expand) -> DraftTree:
+        budget = self.talon.budget
+        if budget == 1:
+            return _root_only(root_token)
+        prop = self.history.propose(budget - 1)
+        nodes = Nodes(budget, root_token)
+        if np.count_nonzero(prop.logp >= math.log(self.skip)) >= budget - 1:   # the lookup fills the budget
+            return _lookup_tree(nodes, prop, budget - 1, prop.size)
+        where = np.full(prop.size, -1, dtype=np.int64)   # trie node -> tree node
+        found: list[np.ndarray] = []
+        ids, logp = nodes.expand(expand, ROOT)
+        k0 = min(self.talon.root_k, ids.shape[1], budget - 1)
+        frontier, ids, score = ROOT, ids[:, :k0], logp[:, :k0].astype(np.float64)
+        layer, drafted, truncated, log_mu = 1, ids.shape[1] + prop.size, 0, math.log(self.talon.mu)
+        while True:
+            trie = np.full(score.shape, -1, dtype=np.int64)
+            ex_parent, ex_tokens, ex_score, ex_trie = _lookup_candidates(prop, layer, where, frontier, ids,
+                                                                         score, trie)
+            pool = np.concatenate((score.ravel(), ex_score))
+            best = pool.max()
+            if best != best:
+                raise ValueError(f"expand: NaN log-probs at layer {layer}")
+            if layer == 1:   # robust initialisation: the root's top-K, and the lookup's first tokens
+                flat = np.arange(pool.shape[0])
+            else:
+                passed = pool >= best + log_mu
+                truncated += int(np.count_nonzero(passed[:score.size].reshape(score.shape).all(axis=1)))
+                flat = np.flatnonzero(passed)
+            room = budget - nodes.n
+            if flat.shape[0] > room:
+                flat = flat[np.sort(np.argsort(-pool[flat], kind="stable")[:room])]
+            parents = np.concatenate((np.repeat(frontier, ids.shape[1]), ex_parent))
+            tokens = np.concatenate((ids.ravel(), ex_tokens))
+            tries = np.concatenate((trie.ravel(), ex_trie))[flat]
+            frontier = nodes.add(parents[flat], tokens[flat], pool[flat], layer)
+            where[tries[tries >= 0]] = frontier[tries >= 0]
+            found.append(frontier[tries >= 0])
+            if nodes.n >= budget:
+                break
+            ids, logp = nodes.expand(expand, frontier)
+            score = nodes.logp[frontier][:, None] + logp
+            layer += 1
+            drafted += score.size
+        info = BuildInfo(draft_calls=layer, nodes_per_layer=layer_counts(nodes.depth[:nodes.n]),
+                         drafted=drafted, pool_truncated=truncated,
+                         lookup=tuple(np.concatenate(found).tolist()))
+        return nodes.tree(info)
+
+    def footprint(self) -> tuple[int, int]:
+        return self.talon.footprint()
+
+    def capped(self, room: int) -> TalonLookupPolicy:
+        return TalonLookupPolicy(self.talon.capped(room), self.history, self.skip)
+
+
 POLICIES: dict[str, type] = {"ar": ArPolicy, "chain": ChainPolicy, "eagle3": Eagle3Policy,
-                             "talon": TalonPolicy, "talon-cost": TalonCostPolicy}
+                             "talon": TalonPolicy, "talon-cost": TalonCostPolicy, "lookup": LookupPolicy,
+                             "talon-lookup": TalonLookupPolicy}
+LOOKUP_OPTIONS = {f.name for f in fields(LookupConfig)}
 
 
 def make_policy(name: str, **options) -> Policy:
     """A policy by name with its config fields as keyword options. talon-cost takes talon's and
-    `cost` (the engine's CostModel), and learns from a fresh AcceptanceModel."""
+    `cost` (the engine's CostModel), and learns from a fresh AcceptanceModel; lookup takes `budget`
+    and the LookupConfig fields, talon-lookup talon's, the LookupConfig fields and `skip`; both start
+    a fresh Lookup index."""
     if name not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")
-    costed = name == "talon-cost"
-    config = TalonPolicy if costed else POLICIES[name]
-    allowed = {f.name for f in fields(config)} | ({"cost"} if costed else set())
+    talon_fields = {f.name for f in fields(TalonPolicy)}
+    allowed = {"talon-cost": talon_fields | {"cost"}, "lookup": {"budget"} | LOOKUP_OPTIONS,
+               "talon-lookup": talon_fields | LOOKUP_OPTIONS | {"skip"}}.get(name)
+    if allowed is None:
+        allowed = {f.name for f in fields(POLICIES[name])}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(f"policy {name!r} has no option {unknown[0]!r} "
                          f"(options: {', '.join(sorted(allowed)) or 'none'})")
-    if not costed:
-        return config(**options)
+    if name in ("lookup", "talon-lookup"):
+        index = Lookup(LookupConfig(**{k: options.pop(k) for k in LOOKUP_OPTIONS & set(options)}))
+        if name == "lookup":
+            return LookupPolicy(lookup=index, **options)
+        skip = {"skip": options.pop("skip")} if "skip" in options else {}
+        return TalonLookupPolicy(TalonPolicy(**options), index, **skip)
+    if name != "talon-cost":
+        return POLICIES[name](**options)
     cost = options.pop("cost", None)
     if cost is None:
         raise ValueError("policy 'talon-cost' needs option 'cost' (the engine's measured CostModel)")

@@ -15,6 +15,7 @@ class BuildInfo:
     nodes_per_layer: tuple[int, ...]  # final tree nodes at depth 1, 2, ... (root excluded)
     drafted: int  # draft nodes scored during the build, kept or not
     pool_truncated: int = 0  # talon: parents whose k children all passed the gate (pool cut by k)
+    lookup: tuple[int, ...] = ()  # the nodes the context lookup proposed (head duplicates included)
 
     @property
     def layers(self) -> int:

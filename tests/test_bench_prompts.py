@@ -84,3 +84,22 @@ def test_step_cuts_after_the_docstring_of_held_out_files_only(tmp_path):
 
     narrow = {r["id"]: r["prompt"] for r in prompts.build(root, PromptSpec(context_lines=1))}
     assert narrow[f"{documented}:Box.fill"].startswith("    def fill(self, items,\n")  # blank context line dropped
+
+
+INPUT_REUSE = COMMITTED.parent / "input_reuse.jsonl"
+
+
+def test_input_reuse_prompts_load_and_are_disjoint_from_training_and_the_other_sets():
+    from export.train_head.prompts import heldout_prompts, training_prompts
+    rows = load_prompts(str(INPUT_REUSE))
+    assert len(rows) >= 12 and len({r.id for r in rows}) == len(rows)
+    texts = [r.text for r in rows]
+    train, valid = training_prompts()
+    others = [p.text for p in train + valid + heldout_prompts()]
+    others += [r.text for name in ("stdlib_heldout.jsonl", "chat_heldout.jsonl")
+               for r in load_prompts(str(COMMITTED.parent / name))]
+    for text in texts:
+        first = text.split("\n", 1)[0]
+        assert not any(text == o or first in o or o in text for o in others), first
+    # each prompt carries the text its answer reuses: an instruction line, then a block of it
+    assert all(len(t.split("\n\n", 1)[-1]) >= 150 for t in texts)

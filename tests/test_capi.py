@@ -88,8 +88,10 @@ def talon_rt_cli(*args) -> dict:
 # ---- generation through the example host --------------------------------------------------------
 
 @pytest.mark.parametrize("options", [OPTIONS, {"policy": "chain", "chain_depth": 3},
-                                     {"policy": "eagle3", "temperature": 0.9, "top_p": 0.9, "seed": 7}],
-                         ids=["talon-greedy", "chain-greedy", "eagle3-sampled"])
+                                     {"policy": "eagle3", "temperature": 0.9, "top_p": 0.9, "seed": 7},
+                                     {"policy": "talon-lookup", "budget": 6}, {"policy": "lookup", "budget": 6}],
+                         ids=["talon-greedy", "chain-greedy", "eagle3-sampled", "talon-lookup-greedy",
+                              "lookup-greedy"])
 def test_example_host_ids_match_cli(capi, tiny_engine, options):
     c = parse_generate(run([capi["generate"], "--ids", "--options", json.dumps(options), tiny_engine, PROMPT,
                             24]).stdout)

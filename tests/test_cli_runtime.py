@@ -46,7 +46,7 @@ def test_run_json_matches_api_and_policies_agree(tiny_engine):
     from runtime.api import Generator
     with Generator.open(tiny_engine, policy="ar") as gen:
         want = gen.generate([1, 5, 9, 40], max_new_tokens=16).tokens
-    for policy in ("ar", "talon"):
+    for policy in ("ar", "talon", "lookup", "talon-lookup"):
         r = cli("run", "--engine", str(tiny_engine), "--prompt-ids", "1,5,9,40", "--max-new-tokens", "16",
                 "--policy", policy, "--json")
         assert json.loads(r.stdout)["tokens"] == want, policy

@@ -17,7 +17,7 @@ import pytest
 from runtime.api import Generator
 from runtime.backends.base import Backend
 
-POLICIES = ("chain", "eagle3", "talon", "talon-cost")
+POLICIES = ("chain", "eagle3", "talon", "talon-cost", "talon-lookup")
 N_PROMPTS, NEW = 20, 64
 NEAR_TIE = 1e-4
 

@@ -17,7 +17,8 @@ N = 1500
 P_MIN = 1e-3
 CONFIGS = {"t1": dict(temperature=1.0), "t08_p09_k12": dict(temperature=0.8, top_p=0.9, top_k=12)}
 POLICIES = {"chain": dict(chain_depth=3), "eagle3": dict(eagle3_top_k=4, eagle3_depth=2, budget=8),
-            "talon": dict(budget=8, root_k=4, mu=0.1), "talon-cost": dict(budget=8, root_k=4, mu=0.1)}
+            "talon": dict(budget=8, root_k=4, mu=0.1), "talon-cost": dict(budget=8, root_k=4, mu=0.1),
+            "talon-lookup": dict(budget=8, root_k=4, mu=0.1)}
 
 
 @pytest.fixture(scope="module", params=["standard", "gqa"])

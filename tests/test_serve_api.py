@@ -203,7 +203,7 @@ def test_sampling_options_and_seed(server, chat_engine):
     assert got == [want, want]          # a seeded request starts its sampler afresh
 
 
-@pytest.mark.parametrize("policy", ["ar", "chain", "eagle3"])
+@pytest.mark.parametrize("policy", ["ar", "chain", "eagle3", "lookup", "talon-lookup"])
 def test_x_talon_policy_is_lossless(server, reference, policy):
     want = reference.generate(PROMPT, max_new_tokens=30).tokens
     body = post(server, "/v1/completions", {"model": "tiny", "prompt": PROMPT, "max_tokens": 30,

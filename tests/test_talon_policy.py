@@ -195,7 +195,8 @@ def test_make_policy_and_errors():
     assert make_policy("eagle3", top_k=4) == Eagle3Policy(top_k=4)
     assert make_policy("chain", depth=3) == ChainPolicy(depth=3)
     assert make_policy("ar") == ArPolicy()
-    with pytest.raises(ValueError, match="policy must be one of ar, chain, eagle3, talon, talon-cost, got 'beam'"):
+    with pytest.raises(ValueError, match="policy must be one of ar, chain, eagle3, talon, talon-cost, lookup, "
+                                         "talon-lookup, got 'beam'"):
         make_policy("beam")
     with pytest.raises(ValueError, match="no option 'budget'"):
         make_policy("chain", budget=4)
@@ -229,7 +230,11 @@ def test_nan_draft_is_a_clear_error():
 
 @st.composite
 def any_policy(draw):
-    name = draw(st.sampled_from(["ar", "chain", "eagle3", "talon", "talon-cost"]))
+    name = draw(st.sampled_from(["ar", "chain", "eagle3", "talon", "talon-cost", "lookup", "talon-lookup"]))
+    if name in ("lookup", "talon-lookup"):
+        policy = make_policy(name, budget=draw(st.integers(1, 40)))
+        policy.history.reset(draw(st.lists(st.integers(0, 5), min_size=1, max_size=40)))
+        return policy
     if name == "chain":
         return ChainPolicy(depth=draw(st.integers(1, 12)))
     if name == "eagle3":
@@ -262,7 +267,7 @@ def test_footprint_bounds_a_round_and_capped_fits_the_room(policy, draft, room):
     draft.calls.clear()
     nodes, scratch = rows_written(small, draft)
     assert nodes <= room and scratch <= room
-    assert small.learner is policy.learner
+    assert small.learner is policy.learner and small.history is policy.history
 
 
 def test_only_talon_cost_learns_and_its_learner_is_outside_the_config():

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from talon import (ArPolicy, ChainPolicy, DraftTree, Eagle3Policy, TalonPolicy, logits_to_probs,
+from talon import (ArPolicy, ChainPolicy, DraftTree, Eagle3Policy, TalonPolicy, logits_to_probs, make_policy,
                    sample_token, verify_greedy, verify_sample)
 from talon.synthetic import SyntheticDraft
 
@@ -90,15 +90,30 @@ class Target:
         return self.cache[context]
 
 
-def dup_tree(root: int) -> DraftTree:
+def dup_tree(context: tuple[int, ...]) -> DraftTree:
     # root -> 2, 2 (duplicate), 0; first 2 -> 3, 3 -> 1: distinct children tried in order
-    return DraftTree(np.array([root, 2, 2, 0, 3, 1]), np.array([-1, 0, 0, 0, 1, 4]),
+    return DraftTree(np.array([context[-1], 2, 2, 0, 3, 1]), np.array([-1, 0, 0, 0, 1, 4]),
                      np.array([0, 1, 1, 1, 2, 3]), np.zeros(6))
 
 
 def policy_trees(policy):
     draft = SyntheticDraft(VOCAB, VOCAB, seed=5, sharpness=1.5)
-    return lambda root: policy.build(root, draft)
+    return lambda context: policy.build(context[-1], draft)
+
+
+def lookup_trees(name: str):
+    """Trees of a lookup policy over a fixed text and the context: a function of the context (point
+    masses), with lookup nodes in most of them."""
+    draft = SyntheticDraft(VOCAB, VOCAB, seed=5, sharpness=1.5)
+    text = [0, 1, 2, 3, 0, 1, 3, 2, 1, 0, 2, 2, 3, 1, 1, 0, 3, 3, 2, 0]
+
+    def make(context: tuple[int, ...]) -> DraftTree:
+        policy = make_policy(name, **({"budget": 6} if name == "lookup" else dict(budget=8, root_k=2, mu=0.2)))
+        policy.history.reset(text + list(context))
+        tree = policy.build(context[-1], draft)
+        assert tree.info.lookup, "the lookup proposed nothing"
+        return tree
+    return make
 
 
 SHAPES = {
@@ -107,6 +122,8 @@ SHAPES = {
     "eagle3": policy_trees(Eagle3Policy(budget=9, top_k=3, depth=2)),
     "talon": policy_trees(TalonPolicy(budget=10, root_k=3, mu=0.2)),
     "duplicates": dup_tree,
+    "lookup": lookup_trees("lookup"),
+    "talon-lookup": lookup_trees("talon-lookup"),
 }
 
 
@@ -131,7 +148,7 @@ def test_sampling_is_lossless(shape, emit):
         context, emitted = start, []
         while len(emitted) < emit:
             if context not in rounds:
-                tree = make_tree(context[-1])
+                tree = make_tree(context)
                 rounds[context] = tree, node_probs(tree, context, target)
             tree, probs = rounds[context]
             tokens = verify_sample(tree, probs, rng).tokens.tolist()

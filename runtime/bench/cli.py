@@ -17,7 +17,7 @@ from runtime.errors import OptionError
 DEFAULT_BUDGETS = (8, 16, 32, 60)
 SWEEP_BUDGETS = (4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 60)
 DEFAULT_OUT = "bench/results"
-POLICIES = ("ar", "chain", "eagle3", "talon", "talon-cost")
+POLICIES = ("ar", "chain", "eagle3", "talon", "talon-cost", "lookup", "talon-lookup")
 
 
 def _csv(kind: type):
@@ -31,7 +31,7 @@ def _csv(kind: type):
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "bench", help="benchmark ar/chain/eagle3/talon (and peers) on evaluation prompts",
+        "bench", help="benchmark ar/chain/eagle3/talon/lookup (and peers) on evaluation prompts",
         description="Run every prompt through every policy and budget (interleaved, after a warm-up) and "
                     "write results.json, results.md and PNG plots into --out.")
     p.add_argument("--engine", help="engine directory (manifest.json, graphs, tokenizer)")
@@ -44,7 +44,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N prompts of each dataset")
     p.add_argument("--offset", type=int, default=0,
                    help="skip the first N prompts of each dataset (a tuning set disjoint from a benchmark's)")
-    p.add_argument("--policies", type=_csv(str), default=list(POLICIES), help="default ar,chain,eagle3,talon,talon-cost")
+    p.add_argument("--policies", type=_csv(str), default=list(POLICIES), help=f"default {','.join(POLICIES)}")
     p.add_argument("--budgets", type=_csv(int), default=None,
                    help=f"tree budgets N incl. the root for eagle3/talon (default {','.join(map(str, DEFAULT_BUDGETS))}, "
                         "capped at the engine's limits.max_tree_tokens)")

@@ -104,7 +104,7 @@ def print_report(r: dict[str, Any]) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--engine", required=True, help="engine directory")
-    p.add_argument("--policy", help="ar | chain | eagle3 | talon | talon-cost (default: the manifest's)")
+    p.add_argument("--policy", help="ar | chain | eagle3 | talon | talon-cost | lookup | talon-lookup (default: the manifest's)")
     p.add_argument("--budget", type=int, help="tree budget (default: the manifest's)")
     p.add_argument("--tokens", type=int, default=10000, help="tokens to generate in all (default %(default)s)")
     p.add_argument("--per-call", type=int, default=900,

@@ -60,6 +60,8 @@ def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
         "width_hist": _hist(s.width for s in shapes),
         "depth_width": [[d, w, n] for (d, w), n in sorted(Counter((s.depth, s.width) for s in shapes).items())],
         "pool_truncations": sum(r.pool_truncated for r in runs),
+        "lookup_proposed": sum(r.lookup_proposed for r in runs),
+        "lookup_accepted": sum(r.lookup_accepted for r in runs),
         "stop_reasons": dict(Counter(r.stop_reason for r in runs)),
     }
 

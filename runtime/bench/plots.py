@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-COLORS = {"ar": "0.4", "chain": "tab:green", "eagle3": "tab:blue", "talon": "tab:red", "talon-cost": "tab:purple"}
+COLORS = {"ar": "0.4", "chain": "tab:green", "eagle3": "tab:blue", "talon": "tab:red", "talon-cost": "tab:purple",
+          "lookup": "tab:olive", "talon-lookup": "tab:orange"}
+BUDGETED = ("eagle3", "talon", "talon-cost", "lookup", "talon-lookup")   # one point per budget
 
 
 def _pyplot():
@@ -25,7 +27,7 @@ def speedup_vs_budget(rows: Sequence[dict], path: Path) -> Path:
     for (i, t), (j, ds) in ((it, jd) for it in enumerate(temps) for jd in enumerate(datasets)):
         ax = axes[i][j]
         sub = [r for r in rows if r["dataset"] == ds and r["temperature"] == t and r["speedup_vs_ar"] is not None]
-        for policy in ("eagle3", "talon", "talon-cost"):
+        for policy in BUDGETED:
             variants = sorted({(r["mu"], r.get("root_k")) for r in sub if r["policy"] == policy},
                               key=lambda v: (v[0] or 0, v[1] or 0))
             for mu, k in variants:
@@ -40,7 +42,7 @@ def speedup_vs_budget(rows: Sequence[dict], path: Path) -> Path:
                 ax.axhline(r["speedup_vs_ar"], color=COLORS[policy], ls="--", lw=1,
                            label=f"{policy}" + (f" (depth {r['budget'] - 1})" if policy == "chain" else ""))
         ax.set_xscale("log", base=2)
-        ticks = sorted({r["budget"] for r in sub if r["policy"] in ("eagle3", "talon", "talon-cost")})
+        ticks = sorted({r["budget"] for r in sub if r["policy"] in BUDGETED})
         if ticks:
             ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.minorticks_off()

@@ -107,6 +107,8 @@ def build_results(*, rows: Sequence[dict], runs: Sequence[PromptRun], settings: 
     })
 
 
+PEER_COLUMNS = ("talon", "talon-cost", "lookup", "talon-lookup")   # our policies the peers table sets beside each peer
+
 def _f(x: Any, fmt: str = "{:.2f}", none: str = "–") -> str:
     return none if x is None else fmt.format(x)
 
@@ -162,10 +164,10 @@ def detail_table(rows: Sequence[dict]) -> list[str]:
 
 
 def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
-    """Each peer configuration beside talon-rt's `ar`, and `talon` and `talon-cost` at their best
-    budgets (T=0)."""
+    """Each peer configuration beside talon-rt's `ar`, and `talon`, `talon-cost`, `lookup` and
+    `talon-lookup` at their best budgets (T=0)."""
     ar: dict[str, dict] = {}
-    best: dict[str, dict[str, dict]] = {"talon": {}, "talon-cost": {}}
+    best: dict[str, dict[str, dict]] = {p: {} for p in PEER_COLUMNS}
     for r in engine_rows(rows):
         if r["temperature"] != 0:
             continue
@@ -173,9 +175,9 @@ def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
             ar[r["dataset"]] = r
         elif r["policy"] in best and r["tokens_per_s"] > best[r["policy"]].get(r["dataset"], {}).get("tokens_per_s", 0):
             best[r["policy"]][r["dataset"]] = r
-    out = ["| dataset | peer configuration | tok/s (median) | τ | talon best / peer | talon-cost best / peer | "
-           "ar / peer | same output as ar | status |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = ["| dataset | peer configuration | tok/s (median) | τ | "
+           + "".join(f"{p} best / peer | " for p in PEER_COLUMNS) + "ar / peer | same output as ar | status |",
+           "|---|---|---|---|" + "---|" * len(PEER_COLUMNS) + "---|---|---|"]
 
     def ratio(r: dict | None, tps: float | None, tag: bool) -> str:
         if not r or not tps:
@@ -185,8 +187,8 @@ def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
     for p in peers:
         ds, tps = p["dataset"], p.get("tokens_per_s")
         out.append(f"| {ds} | {p['peer']} | {_f(tps, '{:.1f}')} | {_f(p.get('tau'))} | "
-                   f"{ratio(best['talon'].get(ds), tps, True)} | {ratio(best['talon-cost'].get(ds), tps, True)} | "
-                   f"{ratio(ar.get(ds), tps, False)} | {p.get('same_output_as_ar') or '–'} | {p['status']} |")
+                   + "".join(f"{ratio(best[c].get(ds), tps, True)} | " for c in PEER_COLUMNS)
+                   + f"{ratio(ar.get(ds), tps, False)} | {p.get('same_output_as_ar') or '–'} | {p['status']} |")
     return out
 
 

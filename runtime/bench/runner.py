@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from runtime.bench.datasets import Prompt
 
-POLICY_ORDER = ("ar", "chain", "eagle3", "talon", "talon-cost")
+POLICY_ORDER = ("ar", "chain", "eagle3", "talon", "talon-cost", "lookup", "talon-lookup")
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,8 @@ class BenchConfig:
     policy: str
     budget: int
     temperature: float = 0.0
-    mu: float | None = None  # talon and talon-cost only
-    root_k: int | None = None  # talon and talon-cost only; None = the engine's default
+    mu: float | None = None  # talon, talon-cost and talon-lookup only
+    root_k: int | None = None  # talon, talon-cost and talon-lookup only; None = the engine's default
     engine: str = ""  # "" = the bench's --engine; else a --compare-engine directory
 
     @property
@@ -40,8 +40,8 @@ class BenchConfig:
 def make_configs(policies: Sequence[str], budgets: Sequence[int], temperatures: Sequence[float],
                  mus: Sequence[float], chain_depth: int,
                  root_ks: Sequence[int | None] = (None,)) -> list[BenchConfig]:
-    """ar and chain once per temperature (their tree does not depend on the budget); eagle3,
-    talon and talon-cost once per budget (talon and talon-cost once per mu and root_k too)."""
+    """ar and chain once per temperature (their tree does not depend on the budget); eagle3, lookup,
+    talon, talon-cost and talon-lookup once per budget (the talon ones once per mu and root_k too)."""
     configs = []
     for t in temperatures:
         for p in sorted(set(policies), key=POLICY_ORDER.index):
@@ -49,8 +49,8 @@ def make_configs(policies: Sequence[str], budgets: Sequence[int], temperatures: 
                 configs.append(BenchConfig("ar", 1, t))
             elif p == "chain":
                 configs.append(BenchConfig("chain", chain_depth + 1, t))
-            elif p == "eagle3":
-                configs.extend(BenchConfig("eagle3", n, t) for n in budgets)
+            elif p in ("eagle3", "lookup"):
+                configs.extend(BenchConfig(p, n, t) for n in budgets)
             else:
                 configs.extend(BenchConfig(p, n, t, mu, k) for n in budgets for mu in mus for k in root_ks)
     return configs
@@ -86,6 +86,8 @@ class PromptRun:
     runtime_tokens_per_s: float
     shapes: tuple[RoundShape, ...] = ()
     pool_truncated: int = 0
+    lookup_proposed: int = 0  # tree nodes the context lookup proposed (lookup, talon-lookup)
+    lookup_accepted: int = 0  # accepted tokens among them
     tokens: tuple[int, ...] = field(default=(), repr=False)  # the output, to compare across policies/peers
 
     @property
@@ -116,7 +118,9 @@ def record_run(prompt: Prompt, config: BenchConfig, prompt_ids: Sequence[int], r
         target_calls=int(stats.target_calls), draft_calls=int(stats.draft_calls),
         engine_s=float(stats.engine_s), host_s=float(stats.host_s),
         runtime_tokens_per_s=float(stats.tokens_per_s), shapes=shapes,
-        pool_truncated=sum(int(r.pool_truncated) for r in stats.per_round), tokens=tuple(result.tokens),
+        pool_truncated=sum(int(r.pool_truncated) for r in stats.per_round),
+        lookup_proposed=sum(int(r.lookup_proposed) for r in stats.per_round),
+        lookup_accepted=sum(int(r.lookup_accepted) for r in stats.per_round), tokens=tuple(result.tokens),
     )
 
 
