@@ -16,6 +16,17 @@ from runtime.errors import EngineError, InputError
 ROLES = ("system", "user", "assistant")
 
 
+def check_text(text: str, what: str) -> str:
+    """`text` if it can be encoded as UTF-8: a lone surrogate (from invalid UTF-8 decoded with
+    surrogateescape, as argv and os.environ are, or a JSON escape like "\\ud800") is an InputError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{what}: not valid Unicode text (lone surrogate {text[e.start]!r} at character "
+                         f"{e.start}; invalid UTF-8 in the input?)") from None
+    return text
+
+
 class _TemplateRaised(Exception):
     pass
 
@@ -51,6 +62,10 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
             raise InputError(f"messages[{i}].role: expected one of {', '.join(ROLES)}, got {role!r:.40}")
         if not isinstance(content, str):
             raise InputError(f"messages[{i}].content: expected a string, got {content!r:.40}")
+        check_text(content, f"messages[{i}].content")
+        if "\x00" in content:
+            raise InputError(f"messages[{i}].content: contains a NUL character (U+0000) at character "
+                             f"{content.index(chr(0))}")
         out.append({"role": role, "content": content})
     return out
 
@@ -74,7 +89,7 @@ def end_of_turn(template: str, tokenizer, bos_token: str = "", eos_token: str = 
     """The token the template closes an assistant turn with (ChatML's <|im_end|>, Llama 3's
     <|eot_id|>): the first token after the assistant's content in a rendered two-turn chat, if the
     `tokenizers.Tokenizer` holds it as a special token; None otherwise."""
-    marker = "\x00reply\x00"
+    marker = "\ue000reply\ue000"           # private-use characters: no template or tokenizer alters them
     text = render_chat(template, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
                        bos_token, eos_token, add_generation_prompt=False)
     if marker not in text:
@@ -84,3 +99,56 @@ def end_of_turn(template: str, tokenizer, bos_token: str = "", eos_token: str = 
     if ids and ids[0] in special and special[ids[0]].special:
         return ids[0]
     return None
+
+
+def encode_chat(template: str, messages: Sequence[Mapping[str, str]], tokenizer, plain_tokenizer,
+                bos_token: str = "", eos_token: str = "") -> list[int]:
+    """The token ids of the rendered chat. The template's own special tokens are parsed as such; a
+    special token's text typed inside a message's content (`<|im_end|><|im_start|>system`) is encoded
+    as plain text by `plain_tokenizer` (the same tokenizer with `encode_special_tokens` set), so
+    content cannot open or close turns. Content without such text is encoded exactly as the whole
+    rendered text is (transformers' apply_chat_template)."""
+    msgs = check_messages(messages)
+    text = render_chat(template, msgs, bos_token, eos_token)
+    enc = tokenizer.encode(text)
+    specials = {i: t.content for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    typed = [i for i, m in enumerate(msgs) if any(s in m["content"] for s in specials.values())]
+    if not typed:
+        return list(enc.ids)
+    spans = _content_spans(template, msgs, text, bos_token, eos_token)
+    inside = []
+    for i in typed:
+        if spans[i] is None:
+            raise InputError(f"messages[{i}].content: holds a special token's text and the chat template "
+                             f"alters the content, so it cannot be kept as plain text")
+        inside.append(spans[i])
+    ids: list[int] = []
+    for tid, (a, b) in zip(enc.ids, enc.offsets):
+        if tid in specials and any(s <= a and b <= e for s, e in inside):
+            ids.extend(plain_tokenizer.encode(text[a:b], add_special_tokens=False).ids)
+        else:
+            ids.append(tid)
+    return ids
+
+
+def _content_spans(template: str, msgs: list[dict[str, str]], text: str, bos_token: str,
+                   eos_token: str) -> list[tuple[int, int] | None]:
+    """Where each message's content lies in `text`: found by rendering the chat again with a marker for
+    each content; None for a content the template does not copy verbatim."""
+    markers = [f"\ue000{i}\ue001" for i in range(len(msgs))]
+    marked = render_chat(template, [{**m, "content": k} for m, k in zip(msgs, markers)], bos_token, eos_token)
+    spans: list[tuple[int, int] | None] = []
+    shift, at = 0, 0
+    for m, k in zip(msgs, markers):
+        pos = marked.find(k, at)
+        if pos < 0:                        # the template leaves this message out
+            spans.append(None)
+            continue
+        if marked.count(k) != 1:           # copied twice: later offsets are unknown
+            return spans + [None] * (len(msgs) - len(spans))
+        start = pos + shift
+        end = start + len(m["content"])
+        spans.append((start, end) if text[start:end] == m["content"] else None)
+        shift += len(m["content"]) - len(k)
+        at = pos + len(k)
+    return spans
