@@ -19,7 +19,7 @@ from test_serve_api import (PROMPT, Wrapped, chat_engine, health, metric, post, 
                             serving, slowed, sse_events, wait_until)
 
 from runtime.api import Generator  # noqa: E402
-from runtime.serve.app import Server, create_app  # noqa: E402
+from runtime.serve.app import create_app  # noqa: E402
 from runtime.serve.pool import Pool  # noqa: E402
 from runtime.serve.stops import StopText  # noqa: E402
 
@@ -190,6 +190,7 @@ def test_a_non_streaming_client_that_leaves_cancels_its_generation(chat_engine):
 # -- shutdown -------------------------------------------------------------------------------------------
 
 def test_sigterm_ends_open_streams_with_an_error_event_and_done(chat_engine):
+    from runtime.serve.app import Server
     gen = Wrapped(Generator.open(chat_engine, threads=1), slowed(0.05))
     pool = Pool([gen], 4)
     app = create_app(pool, "tiny")
