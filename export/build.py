@@ -214,7 +214,7 @@ def tokenizer_record(source, tokenizer_file: Path, vocab_size: int) -> dict:
     """The manifest's `tokenizer` object: file, special ids, the chat template and the ids generation
     stops at (eos + the template's end-of-turn token)."""
     from tokenizers import Tokenizer
-    from runtime.chat import end_of_turn
+    from runtime.chat import end_of_turn, render_chat
     special = source.special_tokens(vocab_size)
     template = source.chat_template
     stop = list(special["eos_ids"])
@@ -223,6 +223,8 @@ def tokenizer_record(source, tokenizer_file: Path, vocab_size: int) -> dict:
         name = lambda i: tok.id_to_token(i) if i is not None else ""   # noqa: E731
         try:
             eot = end_of_turn(template, tok, name(special["bos_id"]), name(stop[0] if stop else None))
+            render_chat(template, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                        name(special["bos_id"]), name(stop[0] if stop else None))
         except Exception as e:  # the template is the model's: any failure to render it is the model's
             raise CheckpointError(f"{source.path}: chat template does not render ({type(e).__name__}: {e})") from None
         if eot is not None and eot not in stop:
