@@ -28,8 +28,8 @@ BOMBS = [
      "its output went past 8,388,608 characters|it ran longer than 2 s"),
     ("{% for m in messages %}{% for i in range(900000) %}{% for c in 'abcdefgh' %}{% endfor %}{% endfor %}"
      "{% endfor %}", "range\\(900000,\\) has more than 100,000 items"),
-    ("{% for i in range(99000) %}{% for c in 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ' %}{{ c | upper | lower }}{% endfor %}"
-     "{% endfor %}", "it ran longer than 2 s|its output went past"),
+    ("{% for i in range(99000) %}{% for c in 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ' %}"
+     "{{ c | upper | lower }}{% endfor %}{% endfor %}", "it ran longer than 2 s|its output went past"),
 ]
 
 
