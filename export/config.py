@@ -144,7 +144,7 @@ class HeadConfig:
                 if len(ids) != 3:
                     raise CheckpointError(f"{source}: {key} must list 3 layers, got {ids}")
                 taps = tuple(int(i) + 1 for i in ids)
-        return cls(
+        head = cls(
             hidden_size=H,
             intermediate_size=_req(cfg, "intermediate_size", source),
             num_heads=nh,
@@ -160,6 +160,10 @@ class HeadConfig:
             norm_before_residual=bool(cfg.get("norm_before_residual", False)),
             feature_layers=taps,
         )
+        for name, value in (("rms_norm_eps", head.rms_norm_eps), ("rope_theta", head.rope.theta)):
+            if not (math.isfinite(value) and value > 0):
+                raise CheckpointError(f"{source}: {name} = {value} must be a finite number > 0")
+        return head
 
 
 def parse_rope(cfg: dict, source: str = "config.json") -> Rope:
