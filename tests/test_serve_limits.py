@@ -178,6 +178,34 @@ def test_a_half_sent_body_times_out_with_a_408(chat_engine):
         sock.close()
 
 
+def test_half_sent_headers_are_closed_after_the_timeout(chat_engine):
+    from runtime.serve.app import timed_h11
+    pool = Pool([Generator.open(chat_engine, threads=1)], 4)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(create_app(pool, "tiny"), log_level="warning", lifespan="off",
+                                        http=timed_h11(0.5)))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_until(lambda: srv.started, "the server to start")
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        started = time.monotonic()
+        assert raw_request(url, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le", b"", wait_s=0.1) == b""
+        assert time.monotonic() - started < 5                 # closed by the server, not the socket's 10 s
+        assert health(url)["status"] == "ok"                  # whole requests are unaffected
+        with httpx.Client(timeout=10) as c:                   # a keep-alive connection serves several
+            for _ in range(2):
+                assert c.post(url + "/v1/completions",
+                              json={"model": "tiny", "prompt": PROMPT, "max_tokens": 2}).status_code == 200
+                time.sleep(0.3)
+    finally:
+        srv.should_exit = True
+        thread.join(30)
+        pool.close()
+        sock.close()
+
+
 def test_a_non_streaming_client_that_leaves_cancels_its_generation(chat_engine):
     gen = Wrapped(Generator.open(chat_engine, threads=1), slowed(0.02))   # a token every 20 ms: never idle
     with serving([gen]) as url:

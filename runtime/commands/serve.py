@@ -29,8 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
                    help=f"largest request body; larger ones get 413 (default {DEFAULT_MAX_BODY_BYTES})")
     p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S, metavar="S",
-                   help=f"seconds a client has to send its request body; slower ones get 408 "
-                        f"(default {DEFAULT_BODY_TIMEOUT_S:g})")
+                   help=f"seconds a client has to send its request headers (else the connection is closed) "
+                        f"and then its body (else 408) (default {DEFAULT_BODY_TIMEOUT_S:g})")
     p.add_argument("--model-name", metavar="NAME", help="the model id clients send (default: the engine's name)")
     add_options(p)
     p.set_defaults(func=serve)
@@ -39,13 +39,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from runtime.serve.app import Server, create_app
+    from runtime.serve.app import Server, create_app, timed_h11
 
     pool = open_pool(args)
     try:
         app = create_app(pool, args.model_name or pool.manifest.name, args.max_body_bytes, args.body_timeout)
-        Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                              timeout_graceful_shutdown=5)).run()
+        Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5,
+                              http=timed_h11(args.body_timeout))).run()
     finally:
         pool.close()
     return 0

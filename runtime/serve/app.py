@@ -44,6 +44,34 @@ class BodyRefused(Exception):
         self.status, self.kind = status, kind
 
 
+def timed_h11(timeout_s: float) -> type:
+    """uvicorn's h11 protocol that closes a connection which begins no request within `timeout_s`
+    (half-sent headers, or nothing at all): uvicorn itself times out only idle keep-alive connections."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._watch()
+
+        def _watch(self) -> None:
+            self._timer = self.loop.call_later(timeout_s, self._check, self.cycle)
+
+        def _check(self, seen: Any) -> None:
+            if self.transport.is_closing():
+                return
+            if self.cycle is seen and (seen is None or seen.response_complete):   # no request began since
+                self.transport.close()
+            else:
+                self._watch()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._timer.cancel()
+            super().connection_lost(exc)
+
+    return TimedH11
+
+
 class Server(uvicorn.Server):
     """uvicorn's server that tells the app when a signal asks it to stop, so that running requests
     end at once (streams with an error event and [DONE]) instead of being cut off."""
