@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from export.tiny import CHATML
-from runtime.chat import MAX_RENDER_CHARS, render_chat
+from runtime.chat import render_chat
 from runtime.errors import EngineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,7 @@ def test_template_bombs_stop_with_a_named_error(template, match):
 
 
 def test_ordinary_templates_render_as_before():
+    from runtime.chat import MAX_RENDER_CHARS
     assert render_chat(CHATML, HI) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     loops = "{% for i in range(3) %}{{ i }}{% endfor %}{{ range(5) | length }}{{ messages | tojson }}{{ 'ab' * 2 }}"
     assert render_chat(loops, HI) == '0125[{"role": "user", "content": "hi"}]abab'
