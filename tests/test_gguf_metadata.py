@@ -1,6 +1,6 @@
 """GGUF files whose metadata lies or is out of range: every one is a named CheckpointError raised from
 the metadata and the tensors' shapes alone, before a module is built or a weight is read (a block_count
-of 10^6 used to allocate 5.5 GB, then die in std::bad_alloc), and `python -m export` says so in one line."""
+the metadata and the tensors' shapes alone, before a module is built or a weight is read (a block_count
 from __future__ import annotations
 
 import math
@@ -66,3 +66,21 @@ def test_hf_config_numbers_are_checked(pair):
         bad = {**cfg, key: value, "rope_parameters": None} if key == "rope_theta" else {**cfg, key: value}
         with pytest.raises(CheckpointError, match=match):
             TargetConfig.from_hf(bad)
+
+
+def test_a_signal_right_after_the_temp_dir_is_made_leaves_nothing(pair, tmp_path, monkeypatch):
+    import signal
+    import tempfile
+
+    from export.build import ExportOptions, export_engine
+    real = tempfile.mkdtemp
+
+    def mkdtemp_then_signal(*args, **kwargs):
+        made = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)          # lands before the caller holds the name
+        return made
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        export_engine(pair[0], pair[1], tmp_path / "eng", ExportOptions(max_seq_len=64, max_tree_tokens=8,
+                                                                        max_prefill_chunk=16, k_max=8))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".eng")] == []
