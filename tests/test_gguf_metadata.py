@@ -1,6 +1,7 @@
 """GGUF files whose metadata lies or is out of range: every one is a named CheckpointError raised from
 the metadata and the tensors' shapes alone, before a module is built or a weight is read (a block_count
-the metadata and the tensors' shapes alone, before a module is built or a weight is read (a block_count
+of 10^6 used to allocate 5.5 GB, then die in std::bad_alloc), and `python -m export` says so in one line.
+An export interrupted as it makes its temp dir leaves nothing."""
 from __future__ import annotations
 
 import math
