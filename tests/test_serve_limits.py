@@ -258,8 +258,12 @@ def test_sigterm_ends_open_streams_with_an_error_event_and_done(chat_engine):
     (["--max-body-bytes", "10"], "--max-body-bytes: 10 must be >= 1024"),
     (["--body-timeout", "nan"], "--body-timeout: nan must be a positive number"),
 ])
-def test_serve_settings_are_checked_before_the_engine_opens(tiny_engine, capsys, argv, message):
+def test_serve_settings_are_checked_before_the_engine_opens(tiny_engine, capsys, monkeypatch, argv, message):
     from runtime.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("the engine was opened before the settings were checked")
+    monkeypatch.setattr(Generator, "open", never)
     assert main(["serve", "--engine", str(tiny_engine), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
