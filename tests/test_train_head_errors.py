@@ -62,7 +62,11 @@ def test_sigint_is_one_line_and_status_130(pair, tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr("export.train_head.__main__.run", interrupted)
-    assert "interrupted" in one_line_error(capsys, ["--model", str(pair[0]), "--out", str(tmp_path / "h")], 130)
+    try:
+        err = one_line_error(capsys, ["--model", str(pair[0]), "--out", str(tmp_path / "h")], 130)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main()")
+    assert "interrupted" in err
 
 
 def test_a_work_folder_refuses_another_model(pair, tmp_path):
