@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from export.errors import ExportError
+from runtime.cli import ArgumentParser
 
 from . import prompts
 from .pipeline import STEPS, run
@@ -73,7 +74,7 @@ def check_out(out: Path) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m export.train_head", description=__doc__,
+    ap = ArgumentParser(prog="python -m export.train_head", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("steps", nargs="*", metavar="STEP",
                     help=f"steps to run, in order: {', '.join(STEPS)} (default: all), or 'prompts'")
@@ -111,8 +112,6 @@ def _main(argv: list[str] | None) -> None:
         ap.error(f"--eval-conversations must be >= 1, got {args.eval_conversations}")
     if args.lr is not None and not math.isfinite(args.lr):
         ap.error(f"--lr must be a finite number > 0, got {args.lr}")
-    check_model(args.model)
-    check_out(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work or args.out.with_name(args.out.name + ".work")
@@ -127,6 +126,8 @@ def _main(argv: list[str] | None) -> None:
                 ap.error(f"{flag} must be {least}, got {getattr(args, flag[2:].replace('-', '_'))}")
             train = replace(train, **{field: value})
     recipe = replace(DEFAULT, train=train, eval_conversations=args.eval_conversations)
+    check_model(args.model)
+    check_out(args.out)
     run(args.steps or list(STEPS), recipe, args.model, args.out, work, args.threads)
 
 
