@@ -10,11 +10,13 @@ import json
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -164,13 +166,15 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
                               f"--max-seq-len {opts.max_seq_len}")
         except EngineError as e:
             raise ExportError(str(e)) from None
+        tmp = None
         try:
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
-        except OSError as e:
-            raise ExportError(f"--out {out_dir}: cannot create a directory beside it ({e.strerror})") from None
-        tmp.chmod(0o755)
-        try:
+            with _signals_held():    # a signal lands after the temp dir has a name the cleanup below sees
+                try:
+                    out_dir.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
+                    tmp.chmod(0o755)
+                except OSError as e:
+                    raise ExportError(f"--out {out_dir}: cannot create a directory beside it ({e.strerror})") from None
             files: list[Path] = []
             # a GGUF source offers its own blocks (export/gguf_blocks.py keeps those that are exact)
             target_quant = (None if opts.target_weights == "float" else
@@ -214,7 +218,9 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
                       f"(top-1 {r['draft_top1']:.0%})", t0)
             _replace_dir(tmp, out_dir)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            with _signals_held():    # a second signal must not cut the removal short
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
             raise
     log(f"engine directory ready: {out_dir}")
     return out_dir
@@ -224,7 +230,7 @@ def tokenizer_record(source, tokenizer_file: Path, vocab_size: int) -> dict:
     """The manifest's `tokenizer` object: file, special ids, the chat template and the ids generation
     stops at (eos + the template's end-of-turn token)."""
     from tokenizers import Tokenizer
-    from runtime.chat import end_of_turn
+    from runtime.chat import end_of_turn, render_chat
     special = source.special_tokens(vocab_size)
     template = source.chat_template
     stop = list(special["eos_ids"])
@@ -233,6 +239,8 @@ def tokenizer_record(source, tokenizer_file: Path, vocab_size: int) -> dict:
         name = lambda i: tok.id_to_token(i) if i is not None else ""   # noqa: E731
         try:
             eot = end_of_turn(template, tok, name(special["bos_id"]), name(stop[0] if stop else None))
+            render_chat(template, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                        name(special["bos_id"]), name(stop[0] if stop else None))
         except Exception as e:  # the template is the model's: any failure to render it is the model's
             raise CheckpointError(f"{source.path}: chat template does not render ({type(e).__name__}: {e})") from None
         if eot is not None and eot not in stop:
@@ -299,6 +307,17 @@ def _safe_out_dir(out_dir: Path, inputs: tuple[Path, ...], force: bool) -> Path:
                           f"{CREATED_BY.split()[0]} (no {MANIFEST} with created_by {CREATED_BY.split()[0]!r}); "
                           f"--force only replaces one of those, nothing was deleted")
     return out
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM stay pending (delivered on exit) while a temp dir is created or removed."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _temp_prefix(out_dir: Path) -> str:

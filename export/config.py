@@ -6,6 +6,7 @@ silent approximation.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from export.errors import CheckpointError
@@ -97,6 +98,10 @@ class TargetConfig:
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             feature_layers=cls.default_feature_layers(L),
         )
+        for name, value in (("rms_norm_eps", c.rms_norm_eps), ("rope_theta", c.rope.theta),
+                            ("rope factor", c.rope.factor)):
+            if not (math.isfinite(value) and value > 0):
+                raise CheckpointError(f"{source}: {name} = {value} must be a finite number > 0")
         if c.num_heads % c.num_kv_heads:
             raise CheckpointError(f"{source}: num_attention_heads {nh} is not a multiple of num_key_value_heads")
         return c
@@ -139,7 +144,7 @@ class HeadConfig:
                 if len(ids) != 3:
                     raise CheckpointError(f"{source}: {key} must list 3 layers, got {ids}")
                 taps = tuple(int(i) + 1 for i in ids)
-        return cls(
+        head = cls(
             hidden_size=H,
             intermediate_size=_req(cfg, "intermediate_size", source),
             num_heads=nh,
@@ -155,6 +160,10 @@ class HeadConfig:
             norm_before_residual=bool(cfg.get("norm_before_residual", False)),
             feature_layers=taps,
         )
+        for name, value in (("rms_norm_eps", head.rms_norm_eps), ("rope_theta", head.rope.theta)):
+            if not (math.isfinite(value) and value > 0):
+                raise CheckpointError(f"{source}: {name} = {value} must be a finite number > 0")
+        return head
 
 
 def parse_rope(cfg: dict, source: str = "config.json") -> Rope:
@@ -183,6 +192,10 @@ def parse_rope(cfg: dict, source: str = "config.json") -> Rope:
 
 
 def _req(cfg: dict, key: str, source: str) -> int:
+    """A required integer field >= 1."""
     if key not in cfg or cfg[key] is None:
         raise CheckpointError(f"{source}: missing field {key!r}")
-    return int(cfg[key])
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{source}: field {key!r} = {value!r:.40} must be an integer >= 1")
+    return value

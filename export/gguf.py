@@ -11,6 +11,7 @@ head); `tensors()` and `raw_blocks()` undo it, so both speak HF's layout.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -118,27 +119,45 @@ class GGUFModel:
         types = [t.tensor_type.name for t in self._reader.tensors if len(t.shape) == 2]
         return max(set(types), key=types.count) if types else "unknown"
 
+    def _int(self, key: str, default: int | None = None, low: int = 1) -> int:
+        """An integer metadata value >= `low` (`default` when absent; required when no default)."""
+        value = self._req(key) if default is None else self.meta(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise CheckpointError(f"{self.path}: metadata {key!r} = {value!r:.40} is not an integer")
+        if value < low:
+            raise CheckpointError(f"{self.path}: metadata {key!r} = {value} must be >= {low}")
+        return int(value)
+
+    def _positive(self, key: str, default: float | None = None) -> float:
+        """A finite metadata number > 0 (`default` when absent; required when no default)."""
+        value = self._req(key) if default is None else self.meta(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise CheckpointError(f"{self.path}: metadata {key!r} = {value!r:.40} is not a number")
+        if not (math.isfinite(value) and value > 0):
+            raise CheckpointError(f"{self.path}: metadata {key!r} = {value} must be a finite number > 0")
+        return float(value)
+
     @cached_property
     def config(self) -> dict:
-        """The metadata as the config.json dict an HF folder of the same model would carry."""
+        """The metadata as the config.json dict an HF folder of the same model would carry, checked
+        against the tensors' shapes (and the float32 weights against the machine's memory) before
+        anything is built from it."""
         a = self.arch
-        heads = int(self._req(f"{a}.attention.head_count"))
-        kv = self.meta(f"{a}.attention.head_count_kv")
-        hidden = int(self._req(f"{a}.embedding_length"))
+        heads = self._int(f"{a}.attention.head_count")
+        hidden = self._int(f"{a}.embedding_length")
         vocab = self.meta(f"{a}.vocab_size")
-        if vocab is None:
-            vocab = len(self._req("tokenizer.ggml.tokens"))
+        vocab = self._int(f"{a}.vocab_size") if vocab is not None else len(self._req("tokenizer.ggml.tokens"))
         cfg = {
             "model_type": ARCHITECTURES[a],
             "hidden_size": hidden,
-            "intermediate_size": int(self._req(f"{a}.feed_forward_length")),
-            "num_hidden_layers": int(self._req(f"{a}.block_count")),
+            "intermediate_size": self._int(f"{a}.feed_forward_length"),
+            "num_hidden_layers": self._int(f"{a}.block_count"),
             "num_attention_heads": heads,
-            "num_key_value_heads": int(kv) if kv is not None else heads,
-            "head_dim": int(self.meta(f"{a}.attention.key_length", hidden // heads)),
-            "vocab_size": int(vocab),
-            "rms_norm_eps": float(self._req(f"{a}.attention.layer_norm_rms_epsilon")),
-            "max_position_embeddings": int(self.meta(f"{a}.context_length", 2048)),
+            "num_key_value_heads": self._int(f"{a}.attention.head_count_kv", heads),
+            "head_dim": self._int(f"{a}.attention.key_length", max(1, hidden // heads)),
+            "vocab_size": vocab,
+            "rms_norm_eps": self._positive(f"{a}.attention.layer_norm_rms_epsilon"),
+            "max_position_embeddings": self._int(f"{a}.context_length", 2048),
             "hidden_act": "silu",
             "tie_word_embeddings": self._tensor("output.weight") is None,
             "rope_parameters": self._rope(),
@@ -148,12 +167,53 @@ class GGUFModel:
         for key in ("bos", "eos", "padding"):
             value = self.meta(f"tokenizer.ggml.{key}_token_id")
             if value is not None:
-                cfg[f"{'pad' if key == 'padding' else key}_token_id"] = int(value)
+                cfg[f"{'pad' if key == 'padding' else key}_token_id"] = self._int(f"tokenizer.ggml.{key}_token_id", 0, 0)
+        self._check_tensors(cfg)
         return cfg
+
+    def _check_tensors(self, cfg: dict) -> None:
+        """Every tensor's shape is the one the metadata implies, every block has its tensors, and the
+        float32 weights fit in memory."""
+        from runtime.manifest import physical_memory
+        V, H, I = cfg["vocab_size"], cfg["hidden_size"], cfg["intermediate_size"]
+        q, kv, hd = cfg["num_attention_heads"] * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"], cfg["head_dim"]
+        shapes = {"token_embd.weight": (V, H), "output_norm.weight": (H,), "output.weight": (V, H),
+                  "attn_norm.weight": (H,), "ffn_norm.weight": (H,), "attn_q.weight": (q, H), "attn_k.weight": (kv, H),
+                  "attn_v.weight": (kv, H), "attn_output.weight": (H, q), "attn_q.bias": (q,), "attn_k.bias": (kv,),
+                  "attn_v.bias": (kv,), "attn_output.bias": (H,), "attn_q_norm.weight": (hd,),
+                  "attn_k_norm.weight": (hd,), "ffn_gate.weight": (I, H), "ffn_up.weight": (I, H),
+                  "ffn_down.weight": (H, I)}
+        blocks = cfg["num_hidden_layers"]
+        found, elements = set(), 0
+        for t in self._reader.tensors:
+            shape = tuple(int(d) for d in reversed(t.shape))   # ggml lists the fastest dim first
+            parts = t.name.split(".", 2)
+            if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit():
+                if int(parts[1]) >= blocks:
+                    raise CheckpointError(f"{self.path}: tensor {t.name!r} is beyond metadata "
+                                          f"{self.arch}.block_count = {blocks}")
+                found.add(int(parts[1]))
+                want = shapes.get(parts[2])
+            else:
+                want = shapes.get(t.name)
+            if want is not None and shape != want:
+                raise CheckpointError(f"{self.path}: tensor {t.name!r} has shape {list(shape)}, the metadata "
+                                      f"implies {list(want)}")
+            if 0 in shape:
+                raise CheckpointError(f"{self.path}: tensor {t.name!r} has shape {list(shape)} (a dimension of 0)")
+            elements += math.prod(shape)
+        if len(found) != blocks:
+            missing = min(set(range(blocks)) - found)
+            raise CheckpointError(f"{self.path}: metadata {self.arch}.block_count = {blocks}, but block {missing} "
+                                  f"has no tensors ({len(found)} blocks in the file)")
+        memory = physical_memory()
+        if memory is not None and 4 * elements > memory:
+            raise CheckpointError(f"{self.path}: the weights need {4 * elements / 2**30:.1f} GiB as float32, more "
+                                  f"than this machine's {memory / 2**30:.1f} GiB of memory")
 
     def _rope(self) -> dict:
         a = self.arch
-        theta = float(self.meta(f"{a}.rope.freq_base", 10000.0))
+        theta = self._positive(f"{a}.rope.freq_base", 10000.0)
         if self._tensor("rope_freqs.weight") is not None:
             raise CheckpointError(f"{self.path}: tensor 'rope_freqs.weight' (llama3-style rope scaling stored "
                                   f"as per-frequency factors) is not supported")
@@ -162,7 +222,7 @@ class GGUFModel:
             return {"rope_type": "default", "rope_theta": theta}
         if kind == "linear":
             return {"rope_type": "linear", "rope_theta": theta,
-                    "factor": float(self._req(f"{a}.rope.scaling.factor"))}
+                    "factor": self._positive(f"{a}.rope.scaling.factor")}
         raise CheckpointError(f"{self.path}: {a}.rope.scaling.type {kind!r} is not supported (none, linear)")
 
     @cached_property

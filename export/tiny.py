@@ -180,11 +180,12 @@ def make_tiny_pair(out_dir: str | Path, arch: str = "llama", seed: int = 0, voca
 GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
 
 
-def write_gguf(model_dir: str | Path, path: str | Path, qtype: str = "Q8_0") -> Path:
+def write_gguf(model_dir: str | Path, path: str | Path, qtype: str = "Q8_0", meta: dict | None = None) -> Path:
     """The tiny HF Llama folder of `make_tiny_pair` as a GGUF file, written the way llama.cpp's
     converter writes one: q/k rows permuted per head, matrices in `qtype` (norms stay F32), the BPE
     tokenizer as `gpt2` vocabulary + merges with its special tokens as control tokens, and the
-    folder's chat template if it has one."""
+    folder's chat template if it has one. `meta` replaces metadata values (None removes the key):
+    hostile files for the tests."""
     import gguf
     import numpy as np
     from safetensors.torch import load_file
@@ -252,6 +253,13 @@ def write_gguf(model_dir: str | Path, path: str | Path, qtype: str = "Q8_0") -> 
             w.add_tensor(name, gguf.quants.quantize(value, kind), raw_dtype=kind)
         else:
             w.add_tensor(name, value.astype(np.float32))
+    for key, value in (meta or {}).items():
+        w.kv_data[0].pop(key, None)
+        if value is not None:
+            vtype = (gguf.GGUFValueType.BOOL if isinstance(value, bool) else gguf.GGUFValueType.INT64
+                     if isinstance(value, int) else gguf.GGUFValueType.FLOAT32 if isinstance(value, float)
+                     else gguf.GGUFValueType.STRING)
+            w.add_key_value(key, value, vtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from runtime.backends import open_backend
-from runtime.chat import render_chat
+from runtime.chat import check_text, encode_chat, render_chat
 from runtime.decode import Decoder
 from runtime.errors import BusyError, ClosedError, InputError, OptionError
 from runtime.manifest import Manifest
@@ -38,6 +38,7 @@ class Generator:
         self.options = options
         self._decoder: Decoder | None = decoder
         self._tokenizer = tokenizer
+        self._plain_tokenizer: Any = None  # the tokenizer with encode_special_tokens (encode_chat)
         self._owns_sessions = owns_sessions
         self._busy = threading.Lock()     # shared with the Generators of with_options (same sessions)
 
@@ -91,21 +92,37 @@ class Generator:
         if t.chat_template is None:
             raise InputError(f"{self.manifest.dir}: the engine has no chat template (manifest "
                              f"tokenizer.chat_template is null); use a text prompt")
+        return render_chat(t.chat_template, messages, *self._template_tokens())
+
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        """The prompt ids of a conversation (`render_chat`'s text, encoded). A special token's text
+        typed in a message's content is encoded as plain text, so it cannot start or end a turn."""
+        self.render_chat(messages)          # the checks: live, a template, well-formed messages
+        if self._plain_tokenizer is None:
+            from tokenizers import Tokenizer
+            self._plain_tokenizer = Tokenizer.from_str(self._tokenizer.to_str())
+            self._plain_tokenizer.encode_special_tokens = True
+        return encode_chat(self.manifest.tokenizer.chat_template, messages, self._tokenizer,
+                           self._plain_tokenizer, *self._template_tokens())
+
+    def _template_tokens(self) -> tuple[str, str]:
+        """(bos_token, eos_token) as the chat template sees them."""
+        t = self.manifest.tokenizer
         token = lambda i: self._tokenizer.id_to_token(i) if i is not None else ""   # noqa: E731
-        return render_chat(t.chat_template, messages, token(t.bos_id),
-                           token(t.eos_ids[0] if t.eos_ids else None))
+        return token(t.bos_id), token(t.eos_ids[0] if t.eos_ids else None)
 
     def chat(self, messages: Sequence[Mapping[str, str]], max_new_tokens: int | None = None,
              on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
-        """Generate the assistant's reply to `messages` (see render_chat); stops at the template's
+        """Generate the assistant's reply to `messages` (see encode_chat); stops at the template's
         end-of-turn token or EOS. `.text` is the reply."""
-        return self.generate_text(self.render_chat(messages), max_new_tokens, on_tokens)
+        res = self.generate(self.encode_chat(messages), max_new_tokens, on_tokens)
+        return replace(res, text=self.decode(res.tokens))
 
     def encode(self, text: str) -> list[int]:
         self._live()
         if not isinstance(text, str):
             raise InputError(f"text must be a str, got {type(text).__name__}")
-        return list(self._tokenizer.encode(text).ids)
+        return list(self._tokenizer.encode(check_text(text, "text")).ids)
 
     def max_prompt_chars(self) -> int:
         """The most characters a prompt that fits the context can have: limits.max_seq_len tokens of

@@ -16,7 +16,7 @@ import numpy as np
 from runtime.backends.base import Backend
 from runtime.costs import measure_cost_model
 from runtime.draft import Drafter
-from runtime.errors import InputError
+from runtime.errors import EngineError, InputError
 from runtime.manifest import Manifest
 from runtime.options import HEADLESS, Options
 from runtime.stats import RoundStats, RunStats
@@ -74,6 +74,7 @@ class Sampler:
         """The token after the prompt from the last row of `target_call`'s output."""
         if self.greedy:
             return int(row)
+        check_logits(row)
         return sample_token(logits_to_probs(row, self.o.temperature, self.o.top_p, self.o.top_k), self.rng)
 
     def verify(self, tree: DraftTree, out: np.ndarray) -> Acceptance:
@@ -82,8 +83,17 @@ class Sampler:
             if tree.size == 1:   # the root alone (ar, or a capped round): its argmax is the token
                 return Acceptance(nodes=ROOT_ONLY, tokens=np.array([out[0]], np.int64))
             return verify_greedy(tree, out)
+        check_logits(out)
         probs = logits_to_probs(out, self.o.temperature, self.o.top_p, self.o.top_k)
         return verify_sample(tree, probs, self.rng)
+
+
+def check_logits(logits: np.ndarray) -> None:
+    """Target logits [..., V] with a NaN or an inf (a row's max is then not finite) are a broken engine,
+    never sampled from."""
+    if not np.isfinite(logits.max(axis=-1)).all():
+        raise EngineError("the target's logits are not finite (NaN or inf): the engine's weights or constants "
+                          "are broken (a NaN rms epsilon, a negative rope base?); re-export it")
 
 
 class Decoder:
@@ -112,6 +122,14 @@ class Decoder:
         self.P = 0
         self.target_ns = 0
         self.tracer = Tracer()
+        self.probe()
+
+    def probe(self) -> None:
+        """One target call on a one-token prompt (position 0, overwritten by the next prefill): logits
+        that are not finite are an EngineError here, before a greedy argmax turns them into token 0
+        forever."""
+        one = np.zeros(1, np.int64)
+        check_logits(self.backend.target(one, one, self.causal[:1, :1], 0))
 
     # -- the loop ----------------------------------------------------------------------------------
 
@@ -171,7 +189,11 @@ class Decoder:
 
     def expand(self, tree: DraftTree, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self.drafter is not None, "ar and lookup never draft"
-        return self.drafter.expand(tree, rows)
+        ids, logp = self.drafter.expand(tree, rows)
+        if np.isnan(logp).any():                         # [rows, k_max]: a broken head, never a tree
+            raise EngineError("the draft head's log-probs are NaN: the engine's draft weights or constants are "
+                              "broken; re-export it")
+        return ids, logp
 
     def defer_feed(self) -> None:
         """A round that made no draft call leaves its feed to the next round's first call."""

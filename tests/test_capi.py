@@ -336,7 +336,9 @@ def test_render_chat_then_generate_text_equals_python_chat(lib, tmp_path_factory
             assert ctypes.string_at(reply.value).decode() == gen.chat(messages, max_new_tokens=16).text
         lib.talon_rt_free(text), lib.talon_rt_free(reply)
         for bad, match in ((b"not json", "invalid JSON"), (b'[{"role": "robot", "content": "x"}]', "role"),
-                           (b"\xff\xfe", "not valid UTF-8")):
+                           (b"\xff\xfe", "not valid UTF-8"), (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+                           (b'[{"role": "user", "content": "\\ud800"}]', "lone surrogate"),
+                           (b'[{"role": "user", "content": "a\\u0000b"}]', "contains a NUL character")):
             assert lib.talon_rt_render_chat(rt, bad, ctypes.byref(text)) == 3 and text.value is None  # E_INPUT
             assert match in lib.talon_rt_last_error(rt).decode()
     finally:

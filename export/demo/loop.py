@@ -11,6 +11,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from export.errors import ExportError
+
 from .recipe import TrainSpec
 from .threads import ThreadGovernor
 
@@ -60,9 +62,12 @@ def train(
     ckpt = work / CKPT
     if ckpt.exists():
         saved = torch.load(ckpt, weights_only=True)
+        state = saved["state"]
+        if state["step"] > spec.steps:
+            raise ExportError(f"{ckpt}: a checkpoint at step {state['step']}, past this run's {spec.steps} steps "
+                              f"(another training length or batch); use the same settings or another work folder")
         module.load_state_dict(saved["model"], strict=False)
         opt.load_state_dict(saved["optim"])
-        state = saved["state"]
         console.log(f"{name}: resumed at step {state['step']}/{spec.steps} ({state['tokens']:,} tokens)")
 
     def checkpoint() -> None:

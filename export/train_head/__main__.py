@@ -9,18 +9,72 @@ alone writes the held-out chat prompt set.
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+from export.errors import ExportError
+from runtime.cli import ArgumentParser
 
 from . import prompts
 from .pipeline import STEPS, run
 from .recipe import DEFAULT
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m export.train_head", description=__doc__,
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 a named error (one line on stderr), 2 bad arguments, 130 interrupted."""
+    try:
+        _main(argv)
+    except ExportError as e:
+        print(f"python -m export.train_head: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("python -m export.train_head: interrupted (the work folder keeps what is done; run again to "
+              "resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def check_model(model: Path) -> None:
+    """A Hugging Face model folder or a GGUF file, not an EAGLE-3 head folder."""
+    if model.is_file():
+        with open(model, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ExportError(f"--model {model}: not a GGUF file (no GGUF magic) nor a model folder")
+        return
+    if not model.is_dir():
+        raise ExportError(f"--model {model}: not found")
+    config = model / "config.json"
+    try:
+        cfg = json.loads(config.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"--model {model}: no config.json (not a Hugging Face model folder)") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ExportError(f"--model {config}: not readable JSON ({type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise ExportError(f"--model {config}: not a JSON object")
+    if "draft_vocab_size" in cfg or any("eagle" in str(a).lower() for a in cfg.get("architectures") or []):
+        raise ExportError(f"--model {model}: an EAGLE-3 head folder; --model is the target model")
+
+
+def check_out(out: Path) -> None:
+    """--out can be created and written (checked before hours of work, not after)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"--out {out}: {parent} cannot be written")
+
+
+def _main(argv: list[str] | None) -> None:
+    ap = ArgumentParser(prog="python -m export.train_head", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("steps", nargs="*", metavar="STEP",
                     help=f"steps to run, in order: {', '.join(STEPS)} (default: all), or 'prompts'")
@@ -52,6 +106,12 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"unknown step {unknown[0]!r} (steps: {', '.join(STEPS)}; or 'prompts' alone)")
     if args.model is None:
         ap.error("--model is required (a Hugging Face folder or a .gguf file)")
+    if args.threads < 0:
+        ap.error(f"--threads must be >= 0, got {args.threads}")
+    if args.eval_conversations is not None and args.eval_conversations < 1:
+        ap.error(f"--eval-conversations must be >= 1, got {args.eval_conversations}")
+    if args.lr is not None and not math.isfinite(args.lr):
+        ap.error(f"--lr must be a finite number > 0, got {args.lr}")
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work or args.out.with_name(args.out.name + ".work")
@@ -66,8 +126,10 @@ def main(argv: list[str] | None = None) -> None:
                 ap.error(f"{flag} must be {least}, got {getattr(args, flag[2:].replace('-', '_'))}")
             train = replace(train, **{field: value})
     recipe = replace(DEFAULT, train=train, eval_conversations=args.eval_conversations)
+    check_model(args.model)
+    check_out(args.out)
     run(args.steps or list(STEPS), recipe, args.model, args.out, work, args.threads)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

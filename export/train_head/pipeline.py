@@ -3,11 +3,13 @@
 Each step resumes from what is already under `work`."""
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 
 from export.demo.loop import console
+from export.errors import ExportError
 
 from . import features, generate, prompts
 from .recipe import HeadRecipe
@@ -81,5 +83,35 @@ def run(steps: list[str], recipe: HeadRecipe, model: Path, out: Path, work: Path
         stdlib_root: Path | None = None) -> None:
     """`threads` 0: follow the machine's load (export/demo/threads.py); > 0: fixed. `stdlib_root`:
     the standard library the `stdlib` prompts are read from (default: this interpreter's)."""
+    claim_work(work, model)
     for step in steps:
         RUNNERS[step](recipe, model, out, work, threads, stdlib_root)
+
+
+def model_identity(model: Path) -> str:
+    """sha256 of a GGUF file, or of a folder's config.json with the name and size of its other files."""
+    h = hashlib.sha256()
+    if model.is_file():
+        with open(model, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest()
+    h.update((model / "config.json").read_bytes())
+    for f in sorted(p for p in model.iterdir() if p.is_file() and p.name != "config.json"):
+        h.update(f"\0{f.name}\0{f.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def claim_work(work: Path, model: Path) -> None:
+    """Record the model a work folder's data comes from; refuse a work folder of another model."""
+    path = work / "model.json"
+    identity = model_identity(model)
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        if recorded.get("identity") != identity:
+            raise ExportError(f"--work {work}: holds data of another model ({recorded.get('model')}, sha256 "
+                              f"{str(recorded.get('identity'))[:12]}), not of --model {model} (sha256 {identity[:12]}); "
+                              f"use another --work or delete it")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"model": str(model), "identity": identity}, indent=1) + "\n")

@@ -24,8 +24,9 @@ def load(model: Path, dtype: torch.dtype = torch.float32):
     try:
         tok = AutoTokenizer.from_pretrained(where, **kwargs)
         lm = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{model}: transformers cannot load it ({type(e).__name__}: {e})") from None
+    except Exception as e:  # transformers raises many types for a damaged or foreign file
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{model}: transformers cannot load it ({type(e).__name__}: {first:.300})") from None
     TargetConfig.from_hf(lm.config.to_dict(), str(model))  # the exporter must support the architecture
     if tok.chat_template is None:
         raise CheckpointError(f"{model}: the tokenizer has no chat template (self-distillation renders chats)")

@@ -17,6 +17,7 @@ import torch
 from export.demo import head as demo_head
 from export.demo import loop
 from export.demo.loop import console
+from export.errors import ExportError
 
 from . import target as target_mod
 from .dataset import Split
@@ -30,9 +31,13 @@ def draft_ids(split: Split, vocab: int, size: int, work: Path) -> torch.Tensor:
     path = work / "draft_ids.npy"
     if path.exists():
         ids = torch.from_numpy(np.load(path)).long()
-        if len(ids) != size:
-            raise ValueError(f"{path}: {len(ids)} draft ids, the recipe asks for {size} (delete it to restart)")
+        if len(ids) != size or (len(ids) and int(ids.max()) >= vocab):
+            raise ExportError(f"{path}: {len(ids)} draft ids up to {int(ids.max()) if len(ids) else 0}, the recipe "
+                              f"asks for {size} below the vocabulary's {vocab} (delete it to restart)")
         return ids
+    if size > vocab:
+        raise ExportError(f"the target's vocabulary ({vocab} tokens) is smaller than the head's draft vocabulary "
+                          f"({size}); nothing written")
     ids = demo_head.draft_vocab(split.target_tokens(), vocab, size)
     work.mkdir(parents=True, exist_ok=True)
     np.save(path, ids.numpy())

@@ -107,6 +107,8 @@ def render_chat(gen, messages_json):
             messages = json.loads(messages_json)
         except ValueError as exc:
             raise errors.InputError(f"messages_json: invalid JSON ({exc})") from None
+        except RecursionError:
+            raise errors.InputError("messages_json: invalid JSON: nested too deeply") from None
         return OK, gen.render_chat(messages)
     except BaseException as exc:  # the C boundary
         return _failure(exc)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runtime.chat import check_text
 from runtime.errors import InputError
 from runtime.options import BACKENDS, POLICIES, THREAD_MODES
 from runtime.text import IncrementalText
@@ -89,13 +90,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.system is not None and args.chat is None:
         raise InputError("--system needs --chat (a raw --prompt is not templated)")
+    for flag in ("prompt", "chat", "system"):
+        if getattr(args, flag) is not None:
+            check_text(getattr(args, flag), f"--{flag}")
     options = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None}
     with Generator.open(args.engine, **options) as gen:
         if args.prompt_ids is not None:
             prompt = parse_ids(args.prompt_ids)
         elif args.chat is not None:
             messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
-            prompt = gen.encode(gen.render_chat([*messages, {"role": "user", "content": args.chat}]))
+            prompt = gen.encode_chat([*messages, {"role": "user", "content": args.chat}])
         else:
             text = args.prompt if args.prompt is not None else _read(args.prompt_file, gen.max_prompt_chars())
             prompt = gen.encode_prompt(text)

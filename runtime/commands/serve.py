@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from runtime.commands.run import OPTION_ARGS, add_options
 from runtime.errors import OptionError
 
 DEFAULT_MAX_QUEUE = 64     # waiting requests beyond the busy instances; more get 429 + Retry-After
+DEFAULT_MAX_BODY_BYTES = 4 << 20   # runtime.serve.app.MAX_BODY_BYTES (not imported: it pulls in fastapi)
+DEFAULT_BODY_TIMEOUT_S = 30.0      # runtime.serve.app.BODY_TIMEOUT_S
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="engine instances = concurrent generations (default 1)")
     p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
                    help=f"requests that may wait for an instance (default {DEFAULT_MAX_QUEUE})")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+                   help=f"largest request body; larger ones get 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    p.add_argument("--body-timeout", type=float, default=DEFAULT_BODY_TIMEOUT_S, metavar="S",
+                   help=f"seconds a client has to send its request headers (else the connection is closed) "
+                        f"and then its body (else 408) (default {DEFAULT_BODY_TIMEOUT_S:g})")
     p.add_argument("--model-name", metavar="NAME", help="the model id clients send (default: the engine's name)")
     add_options(p)
     p.set_defaults(func=serve)
@@ -31,15 +39,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from runtime.serve.app import create_app
+    from runtime.serve.app import Server, create_app, timed_h11
 
     pool = open_pool(args)
     try:
-        app = create_app(pool, args.model_name or pool.manifest.name)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
+        app = create_app(pool, args.model_name or pool.manifest.name, args.max_body_bytes, args.body_timeout)
+        Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5,
+                              http=timed_h11(args.body_timeout))).run()
     finally:
         pool.close()
     return 0
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """The server's own settings, checked before any engine is opened."""
+    if not 0 <= args.port <= 65535:
+        raise OptionError(f"--port: {args.port} is not a TCP port (0-65535)")
+    cores = os.cpu_count() or 1
+    if not 1 <= args.instances <= cores:
+        raise OptionError(f"--instances: {args.instances} must be >= 1 and at most the {cores} CPU cores "
+                          f"(each instance holds a copy of the engine's sessions and KV cache)")
+    if args.max_queue < 1:
+        raise OptionError(f"--max-queue: {args.max_queue} must be >= 1")
+    if args.max_body_bytes < 1024:
+        raise OptionError(f"--max-body-bytes: {args.max_body_bytes} must be >= 1024")
+    if not (args.body_timeout > 0 and math.isfinite(args.body_timeout)):
+        raise OptionError(f"--body-timeout: {args.body_timeout} must be a positive number of seconds")
 
 
 def threads_per_instance(instances: int) -> int:
@@ -50,10 +75,7 @@ def open_pool(args: argparse.Namespace):
     from runtime.api import Generator
     from runtime.serve.pool import Pool
 
-    if args.instances < 1:
-        raise OptionError(f"--instances: {args.instances} must be >= 1")
-    if args.max_queue < 1:
-        raise OptionError(f"--max-queue: {args.max_queue} must be >= 1")
+    check_settings(args)
     options = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None}
     if "threads" not in options and args.instances > 1:   # N instances share the cores instead of each taking all
         options["threads"] = threads_per_instance(args.instances)

@@ -1,16 +1,21 @@
 """The FastAPI application: OpenAI's /v1/chat/completions, /v1/completions and /v1/models, plus
-/health and /metrics. Handlers validate, queue a Job on the Pool and relay its events; a client that
-goes away (polled while waiting, seen by the stream while streaming) cancels its job."""
+/health and /metrics. Handlers read a bounded body, validate, queue a Job on the Pool and relay its
+events; a client that goes away (polled every DISCONNECT_POLL_S while its job waits or runs) cancels
+its job, and so does the server's shutdown (`Server`: SIGINT/SIGTERM), which ends open streams with
+an error event and [DONE]."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any, AsyncIterator, Sequence
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from runtime.api import Generator
 from runtime.errors import ClosedError, TalonError
@@ -21,10 +26,61 @@ from runtime.serve.protocol import ChatRequest, CompletionRequest, Reply, Reques
 log = logging.getLogger("talon_rt.serve")
 DISCONNECT_POLL_S = 0.25           # how often a waiting handler checks that its client is still there
 CLIENT_CLOSED = 499                # the status logged for a request whose client went away (nginx's)
+MAX_BODY_BYTES = 4 << 20           # a request body; a context's worth of text, JSON-escaped, fits many times
+BODY_TIMEOUT_S = 30.0              # to send a whole request body once its headers arrived
 
 
 class Disconnected(Exception):
     """The client closed the connection."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping (SIGINT/SIGTERM)."""
+
+
+class BodyRefused(Exception):
+    def __init__(self, status: int, kind: str, message: str):
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+def timed_h11(timeout_s: float) -> type:
+    """uvicorn's h11 protocol that closes a connection which begins no request within `timeout_s`
+    (half-sent headers, or nothing at all): uvicorn itself times out only idle keep-alive connections."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._watch()
+
+        def _watch(self) -> None:
+            self._timer = self.loop.call_later(timeout_s, self._check, self.cycle)
+
+        def _check(self, seen: Any) -> None:
+            if self.transport.is_closing():
+                return
+            if self.cycle is seen and (seen is None or seen.response_complete):   # no request began since
+                self.transport.close()
+            else:
+                self._watch()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._timer.cancel()
+            super().connection_lost(exc)
+
+    return TimedH11
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server that tells the app when a signal asks it to stop, so that running requests
+    end at once (streams with an error event and [DONE]) instead of being cut off."""
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        stopping = getattr(getattr(self.config.app, "state", None), "stopping", None)
+        if stopping is not None:
+            stopping.set()
+        super().handle_exit(sig, frame)
 
 
 def prompt_work(prompt: str | Sequence[int]) -> Work:
@@ -49,11 +105,14 @@ def status_of(error: BaseException) -> tuple[int, str]:
     return 500, "InternalError"
 
 
-def create_app(pool: Pool, model_name: str) -> FastAPI:
+def create_app(pool: Pool, model_name: str, max_body_bytes: int = MAX_BODY_BYTES,
+               body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
     app = FastAPI(title="talon-rt", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(pool)
-    app.state.pool, app.state.metrics = pool, metrics
+    stopping = threading.Event()       # set by Server.handle_exit (a signal handler: not an asyncio.Event)
+    app.state.pool, app.state.metrics, app.state.stopping = pool, metrics, stopping
     created = int(time.time())
+    max_prompt_chars = pool.max_prompt_chars()
 
     def failure(endpoint: str, status: int, kind: str, message: str, headers: dict[str, str] | None = None):
         metrics.requests.labels(endpoint, str(status)).inc()
@@ -65,27 +124,79 @@ def create_app(pool: Pool, model_name: str) -> FastAPI:
         message = str(error) if status != 500 else f"generation failed: {type(error).__name__}: {error}"
         return failure(endpoint, status, kind, message)
 
+    async def read_body(request: Request) -> bytes:
+        """The request body, at most `max_body_bytes`, sent within `body_timeout_s`."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            raise BodyRefused(413, "RequestTooLarge", f"request body: {declared} bytes, more than the server's "
+                                                      f"limit of {max_body_bytes} (--max-body-bytes)")
+        chunks: list[bytes] = []
+        size = 0
+
+        async def collect() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body_bytes:
+                    raise BodyRefused(413, "RequestTooLarge", f"request body: more than the server's limit "
+                                                              f"of {max_body_bytes} bytes (--max-body-bytes)")
+                chunks.append(chunk)
+        try:
+            await asyncio.wait_for(collect(), body_timeout_s)
+        except asyncio.TimeoutError:
+            raise BodyRefused(408, "RequestTimeout", f"request body: not received within {body_timeout_s:g} s "
+                                                     f"(--body-timeout)") from None
+        return b"".join(chunks)
+
     async def next_event(job: Job, request: Request) -> Delta | Done | Failed:
+        """The job's next event; every DISCONNECT_POLL_S (however fast events come) the client and the
+        server are checked: a client gone or a server stopping cancels the job."""
         while True:
+            if time.monotonic() - job.watched >= DISCONNECT_POLL_S:
+                job.watched = time.monotonic()
+                if stopping.is_set():
+                    job.cancel()
+                    raise ShuttingDown
+                if await request.is_disconnected():
+                    job.cancel()
+                    raise Disconnected
+            try:
+                return job.events.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
             try:
                 return await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
             except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    job.cancel()
-                    raise Disconnected from None
+                pass
 
-    def gone(endpoint: str) -> Response:
-        metrics.cancelled.inc()
+    def gone(endpoint: str, cancelled: bool = True) -> Response:
+        if cancelled:
+            metrics.cancelled.inc()
         metrics.requests.labels(endpoint, str(CLIENT_CLOSED)).inc()
         return Response(status_code=CLIENT_CLOSED)
 
     async def complete(request: Request, kind: type[ApiRequest]) -> Response:
         endpoint, t0 = request.url.path, time.perf_counter()
         try:
-            req = parse(await request.body(), kind)
+            body = await read_body(request)
+        except ClientDisconnect:
+            return gone(endpoint, cancelled=False)
+        except BodyRefused as e:
+            return failure(endpoint, e.status, e.kind, str(e), {"Connection": "close"})
+        try:
+            req = parse(body, kind)
             options = pool.resolve(req.overrides())
         except TalonError as e:
             return failure(endpoint, 400, type(e).__name__, str(e))
+        chars = (sum(len(m.text()) for m in req.messages) if isinstance(req, ChatRequest)
+                 else len(req.prompt_value()) if isinstance(req.prompt_value(), str) else 0)
+        if chars > max_prompt_chars:
+            where = "messages" if isinstance(req, ChatRequest) else "prompt"
+            return failure(endpoint, 400, "InputError", f"field {where}: {chars} characters, longer than the context "
+                                                        f"can hold (at most {max_prompt_chars}: limits.max_seq_len "
+                                                        f"tokens of the longest token)")
+        if stopping.is_set():
+            return failure(endpoint, 503, "ShuttingDown", "the server is shutting down")
         if req.model != model_name:
             return failure(endpoint, 404, "NotFound", f"field model: {req.model!r} is not served here "
                                                       f"(GET /v1/models lists {model_name!r})")
@@ -100,6 +211,8 @@ def create_app(pool: Pool, model_name: str) -> FastAPI:
             first = await next_event(job, request)      # the first token, or why there is none
         except Disconnected:
             return gone(endpoint)
+        except ShuttingDown:
+            return failure(endpoint, 503, "ShuttingDown", "the server is shutting down")
         if isinstance(first, Failed):
             return failed(endpoint, first.error)
         metrics.ttft.observe(time.perf_counter() - t0)
@@ -118,6 +231,8 @@ def create_app(pool: Pool, model_name: str) -> FastAPI:
                 event = await next_event(job, request)
         except Disconnected:
             return gone(endpoint)
+        except ShuttingDown:
+            return failure(endpoint, 503, "ShuttingDown", "the server is shutting down")
         if isinstance(event, Failed):
             return failed(endpoint, event.error)
         finished(event, t0)
@@ -152,6 +267,11 @@ def create_app(pool: Pool, model_name: str) -> FastAPI:
             yield sse("[DONE]")
         except Disconnected:
             pass
+        except ShuttingDown:
+            over = True
+            metrics.errors.labels("ShuttingDown").inc()
+            yield sse(error_body("ShuttingDown", "the server is shutting down; the generation was stopped"))
+            yield sse("[DONE]")
         finally:
             if not over:          # the client went away mid-stream (or the stream was cancelled)
                 job.cancel()

@@ -70,6 +70,7 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued: float = field(default_factory=time.perf_counter)
+    watched: float = 0.0               # time.monotonic() of the handler's last check of its client
 
     def post(self, event: Delta | Done | Failed) -> None:
         try:
@@ -160,6 +161,10 @@ class Pool:
             self._jobs.put_nowait(job)
         except queue.Full:
             raise QueueFull(self.waiting(), self.retry_after_s()) from None
+
+    def max_prompt_chars(self) -> int:
+        """The most characters a text prompt may have (Generator.max_prompt_chars)."""
+        return self.instances[0].generator.max_prompt_chars()
 
     def waiting(self) -> int:
         return self._jobs.qsize()

@@ -12,26 +12,29 @@ import time
 import uuid
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 from runtime.errors import InputError
 from runtime.serve.pool import Done
 
 # generation options a request may set in x_talon (runtime.options.Options)
 TALON_OPTIONS = ("policy", "budget", "mu", "root_k", "eagle3_top_k", "eagle3_depth", "chain_depth", "top_k")
+MAX_STOPS, MAX_STOP_CHARS = 4, 1000   # OpenAI's 4 stop strings; a length far above any real one
+MAX_JSON_DEPTH = 64                  # nesting of a request body: OpenAI's requests need 5
+Number = StrictFloat | StrictInt     # a JSON number, never a bool (pydantic's lax mode reads true as 1)
 FINISH = {"eos": "stop", "max_new_tokens": "length", "context_full": "length", "cancelled": "stop"}
 
 
 class XTalon(BaseModel):
     model_config = ConfigDict(extra="forbid")
     policy: str | None = None
-    budget: int | None = None
-    mu: float | None = None
-    root_k: int | None = None
-    eagle3_top_k: int | None = None
-    eagle3_depth: int | None = None
-    chain_depth: int | None = None
-    top_k: int | None = None
+    budget: StrictInt | None = None
+    mu: Number | None = None
+    root_k: StrictInt | None = None
+    eagle3_top_k: StrictInt | None = None
+    eagle3_depth: StrictInt | None = None
+    chain_depth: StrictInt | None = None
+    top_k: StrictInt | None = None
     return_tokens: bool = False        # the generated ids in the response's x_talon.tokens
 
 
@@ -42,12 +45,12 @@ class StreamOptions(BaseModel):
 class Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
+    max_tokens: StrictInt | None = None
+    temperature: Number | None = None
+    top_p: Number | None = None
+    seed: StrictInt | None = None
     stop: str | list[str] | None = None
-    n: int = 1
+    n: StrictInt = 1
     logprobs: bool | int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -69,8 +72,12 @@ class Request(BaseModel):
             raise InputError(f"field n: {self.n} choices requested; this server returns n=1")
         if self.logprobs:
             raise InputError("field logprobs: not supported by this server")
-        if len(self.stops()) > 4:
-            raise InputError(f"field stop: {len(self.stops())} strings, at most 4")
+        stops = self.stops()
+        if len(stops) > MAX_STOPS:
+            raise InputError(f"field stop: {len(stops)} strings, at most {MAX_STOPS}")
+        for i, stop in enumerate(stops):
+            if len(stop) > MAX_STOP_CHARS:
+                raise InputError(f"field stop[{i}]: {len(stop)} characters, at most {MAX_STOP_CHARS}")
 
 
 class TextPart(BaseModel):
@@ -88,7 +95,7 @@ class Message(BaseModel):
 
 class ChatRequest(Request):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: StrictInt | None = None
 
     def new_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -98,7 +105,7 @@ class ChatRequest(Request):
 
 
 class CompletionRequest(Request):
-    prompt: Union[str, list[int], list[str]]
+    prompt: Union[str, list[StrictInt], list[str]]
     echo: bool = False
     suffix: str | None = None
 
@@ -120,6 +127,10 @@ def parse(body: bytes, model: type[Request]) -> Request:
         raw = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"request body is not JSON: {e}") from None
+    except RecursionError:
+        raise InputError(f"request body: JSON nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if depth(raw) > MAX_JSON_DEPTH:
+        raise InputError(f"request body: JSON nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(raw, dict):
         raise InputError(f"request body: expected a JSON object, got {type(raw).__name__}")
     try:
@@ -130,6 +141,19 @@ def parse(body: bytes, model: type[Request]) -> Request:
         raise InputError(f"field {where}: {first['msg']} (got {first.get('input')!r:.80})") from None
     req.check()
     return req
+
+
+def depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if items is not None:
+            deepest = max(deepest, d)
+            if d <= MAX_JSON_DEPTH:
+                todo.extend((x, d + 1) for x in items)
+    return deepest
 
 
 def error_body(kind: str, message: str) -> dict[str, Any]:
