@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "bench", help="benchmark ar/chain/eagle3/talon (and peers) on evaluation prompts",
         description="Run every prompt through every policy and budget (interleaved, after a warm-up) and "
                     "write results.json, results.md and PNG plots into --out.")
-    p.add_argument("--engine", help="engine directory (manifest.json, graphs, tokenizer)")
+    p.add_argument("-e", "--engine", help="engine directory (manifest.json, graphs, tokenizer)")
     p.add_argument("--compare-engine", action="append", default=[], metavar="DIR",
                    help="another engine of the same model and tokenizer (e.g. the float build of an int4 "
                         "one) run through the same configurations, interleaved with --engine's; its rows "
@@ -51,7 +51,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--mu", type=_csv(float), default=None, help="talon's mu, comma-separated (default: the engine's)")
     p.add_argument("--root-k", type=_csv(int), default=None,
                    help="talon's root fan-out K, comma-separated (default: the engine's)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("-n", "--max-new-tokens", type=int, default=128, metavar="N",
+                   help="generated tokens per prompt (default %(default)s)")
     p.add_argument("--temperature", type=_csv(float), default=[0.0], help="comma-separated; 0 = greedy (default 0)")
     p.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling for the T > 0 configurations (default: the engine's, 1 = off)")
@@ -96,7 +97,7 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 def _engine_info(manifest: Any) -> dict[str, Any]:
     return {"dir": str(manifest.dir), "name": manifest.name, "created_by": manifest.created_by,
-            "model": dataclasses.asdict(manifest.model), "draft": dataclasses.asdict(manifest.draft),
+            "model": dataclasses.asdict(manifest.model), "draft": dataclasses.asdict(manifest.draft) if manifest.draft else None,
             "limits": dataclasses.asdict(manifest.limits), "defaults": dict(manifest.defaults),
             "graphs": {k: dataclasses.asdict(v) for k, v in manifest.graphs.items()}}
 
