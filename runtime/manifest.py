@@ -213,6 +213,8 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelDims:
 
 
 def _parse_draft(raw: Mapping[str, Any], model: ModelDims) -> DraftDims | None:
+    if "draft" not in raw:
+        raise _err("draft", "missing (null for a target-only engine)")
     d = _get(raw, "draft", dict, "", optional=True)
     if d is None:
         return None

@@ -82,6 +82,9 @@ def test_manifest_with_draft_graphs_but_no_draft_is_refused(tiny_engine, tmp_pat
     bad = edited_engine(tiny_engine, tmp_path / "e", lambda m: m.update(draft=None))
     with pytest.raises(EngineError, match=r"graphs.draft_fc: present, but draft is null"):
         open_manifest(bad)
+    gone = edited_engine(tiny_engine, tmp_path / "g", lambda m: m.pop("draft"))
+    with pytest.raises(EngineError, match=r"manifest.json: draft: missing \(null for a target-only engine\)"):
+        open_manifest(gone)
 
 
 def test_serves_chat_completions(tiny_target_engine, tmp_path):
