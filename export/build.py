@@ -171,13 +171,13 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path | None, out_dir: 
         target = checkpoints.load_target(source, feature_layers=head_cfg.feature_layers if head_cfg else None,
                                          dtype=torch.float16 if opts.dtype == "float16" else torch.float32)
         tc = target.config
+        stage(f"loaded target {tc.architecture} from {_describe(source.description())}: {tc.num_layers} layers, hidden {tc.hidden_size}, "
+              f"vocab {tc.vocab_size}, taps {list(tc.feature_layers)}", t0)
         if opts.max_seq_len is None:
             S, why = auto_max_seq_len(tc, torch.finfo(getattr(torch, opts.dtype)).bits // 8,
                                       max(opts.max_tree_tokens, opts.max_prefill_chunk))
             opts = replace(opts, max_seq_len=S)
             log(why)
-        stage(f"loaded target {tc.architecture} from {_describe(source.description())}: {tc.num_layers} layers, hidden {tc.hidden_size}, "
-              f"vocab {tc.vocab_size}, taps {list(tc.feature_layers)}", t0)
         t0 = time.perf_counter()
         head = None if draft_dir is None else checkpoints.load_head(draft_dir, target)
         if head is None:
