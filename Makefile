@@ -106,10 +106,9 @@ $(DEMO_FP32_ENGINE)/manifest.json: $(wildcard $(DEMO_HEAD)/* export/*.py) $(SMOL
 demo: install $(DEMO_ENGINE)/manifest.json  ## export SmolLM2 (GGUF) + its EAGLE-3 head to engines/demo and chat with talon
 	$(BIN)/talon-rt run --engine $(DEMO_ENGINE) --chat "$(DEMO_CHAT)" --policy talon --max-new-tokens 128 --stats
 
-export: install  ## MODEL=<hf dir> DRAFT=<eagle3 dir> NAME=<name>: build engines/<name>/
-	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder>" >&2; exit 2; }
-	@test -n "$(DRAFT)" || { echo "make export: set DRAFT=<local EAGLE-3 head folder>" >&2; exit 2; }
-	$(PYTHON) -m export --model "$(MODEL)" --draft "$(DRAFT)" --out "$(ENGINES)/$(NAME)" --flavour $(FLAVOUR) \
+export: install  ## MODEL=<hf dir or .gguf> [DRAFT=<eagle3 dir>] [NAME=<name>]: build engines/<name>/ (no DRAFT: target-only, policy ar)
+	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder or GGUF file>" >&2; exit 2; }
+	$(PYTHON) -m export --model "$(MODEL)" $(if $(DRAFT),--draft "$(DRAFT)") --out "$(ENGINES)/$(NAME)" --flavour $(FLAVOUR) \
 		--draft-weights $(DRAFT_WEIGHTS) --target-weights $(TARGET_WEIGHTS) --target-compute $(TARGET_COMPUTE)
 
 engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs a GPU, tensorrt, and `make export FLAVOUR=standard`)

@@ -1,4 +1,5 @@
-"""`python -m export --model DIR --draft DIR --out DIR`: build an engine directory (docs/engine-format.md).
+"""`python -m export --model DIR [--draft DIR] --out DIR`: build an engine directory (docs/engine-format.md);
+without --draft, a target-only engine (policy ar).
 
 SIGINT and SIGTERM, at any point (imports included), remove the export's temp dir and end with one
 line on stderr and exit code 128 + the signal number.
@@ -40,15 +41,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     from export.build import ExportOptions
     _D = ExportOptions()
     p = argparse.ArgumentParser(prog=PROG, description="Build an engine directory "
-                                "(docs/engine-format.md) from a local HF target and EAGLE-3 head.")
+                                "(docs/engine-format.md) from a local HF target or GGUF file and, optionally, an EAGLE-3 head.")
     p.add_argument("--model", required=True, type=Path, help="the target: a local Hugging Face folder or a GGUF file (llama.cpp format)")
-    p.add_argument("--draft", required=True, type=Path, help="local EAGLE-3 head folder")
+    p.add_argument("--draft", type=Path, help="local EAGLE-3 head folder (default: none, a target-only engine "
+                                              "that runs policy ar)")
     p.add_argument("--out", required=True, type=Path, help="engine directory to create")
     p.add_argument("--name", help="engine name in the manifest (default: the --out folder name)")
     p.add_argument("--dtype", default=_D.dtype, choices=["float32", "float16"],
                    help="weights, KV, features and hidden (logits stay float32; default %(default)s)")
     p.add_argument("--max-seq-len", type=int, default=_D.max_seq_len,
-                   help="rows of every static KV buffer: prompt + generated (default %(default)s)")
+                   help="rows of every static KV buffer: prompt + generated (default: the model's context, "
+                        "max_position_embeddings or a GGUF's context_length, capped so that the target's KV "
+                        "cache takes at most 1 GiB; the export log says the value and why)")
     p.add_argument("--max-tree-tokens", type=int, default=_D.max_tree_tokens,
                    help="largest verify call, root included: the top tree budget (default %(default)s)")
     p.add_argument("--max-prefill-chunk", type=int, default=_D.max_prefill_chunk,

@@ -1,4 +1,5 @@
-"""HF target folder + EAGLE-3 head folder -> a complete engine directory (docs/engine-format.md).
+"""HF target folder (or GGUF file) + EAGLE-3 head folder -> a complete engine directory
+(docs/engine-format.md). Without a head: a target-only engine (target.onnx alone; policy ar).
 
 Everything is written to a temporary directory beside the output and renamed into place at the
 end, so an interrupted or failed export never leaves a half-written engine directory.
@@ -14,7 +15,7 @@ import signal
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -33,7 +34,9 @@ CREATED_BY = "talon-rt 0.1.0"
 @dataclass(frozen=True)
 class ExportOptions:
     dtype: str = "float32"  # float32 | float16: dtype of weights, KV, features and hidden
-    max_seq_len: int = 1024  # S: rows of every static KV buffer (prompt + generated)
+    # S: rows of every static KV buffer (prompt + generated); None: the model's context within
+    # CONTEXT_KV_BYTES of target KV cache (auto_max_seq_len)
+    max_seq_len: int | None = None
     max_tree_tokens: int = 64  # bounds q of a verify call (budget N, root included); paper's N=60 fits
     max_prefill_chunk: int = 128  # bounds q of a prefill call
     k_max: int = 32  # children per draft row in topk_*; >= the widest layer a policy asks for
@@ -75,10 +78,10 @@ class ExportOptions:
             if key == "budget" and not 1 <= value <= self.max_tree_tokens:
                 raise ExportError(f"--default budget={value}: outside [1, --max-tree-tokens {self.max_tree_tokens}]")
         for name in ("max_seq_len", "max_tree_tokens", "max_prefill_chunk", "k_max"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ExportError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("max_tree_tokens", "max_prefill_chunk"):
-            if getattr(self, name) > self.max_seq_len:
+            if self.max_seq_len is not None and getattr(self, name) > self.max_seq_len:
                 raise ExportError(f"--{name.replace('_', '-')} {getattr(self, name)} exceeds "
                                   f"--max-seq-len {self.max_seq_len}")
 
@@ -100,6 +103,29 @@ def draft_flavour(flavour: str) -> str:
     return "gqa" if flavour == "ort" else flavour
 
 
+# the most target KV cache (K and V of every layer, in the engine's dtype) an automatic context may cost
+CONTEXT_KV_BYTES = 1 << 30
+# contexts are whole multiples of this many rows; the model's context when it is smaller
+CONTEXT_STEP = 256
+# the context of a model whose config names none (transformers' LlamaConfig default)
+FALLBACK_CONTEXT = 2048
+
+
+def auto_max_seq_len(tc, itemsize: int, floor: int) -> tuple[int, str]:
+    """(S, why): the model's context (max_position_embeddings / a GGUF's context_length) capped so the
+    target's KV cache stays within CONTEXT_KV_BYTES (rounded down to CONTEXT_STEP rows), never below
+    `floor` (the largest call)."""
+    trained = tc.context_length or FALLBACK_CONTEXT
+    row = cache_bytes(tc.num_layers, tc.num_kv_heads, 1, tc.head_dim, itemsize)
+    fits = CONTEXT_KV_BYTES // row // CONTEXT_STEP * CONTEXT_STEP
+    S = max(min(trained, fits), floor)
+    named = (f"the model's context {tc.context_length}" if tc.context_length else
+             f"no context in the model's config, {FALLBACK_CONTEXT} assumed")
+    why = (f"max_seq_len {S}: {named}, capped at {fits} rows = {CONTEXT_KV_BYTES >> 20} MiB of target KV cache "
+           f"({row} B per row); --max-seq-len overrides it; KV cache {cache_bytes(tc.num_layers, tc.num_kv_heads, S, tc.head_dim, itemsize) / 2**20:.0f} MiB")
+    return S, why
+
+
 def default_run_settings(opts: ExportOptions) -> dict:
     """manifest `defaults`: what the runtime uses for an option the caller leaves out (`opts.defaults`
     override these)."""
@@ -115,24 +141,26 @@ def _builtin_settings(opts: ExportOptions) -> dict:
         "eagle3_top_k": 10,  # EAGLE-3's top_k
         "eagle3_depth": 7,  # EAGLE-3's depth
         "chain_depth": 4,
-        "max_new_tokens": 128,
+        "max_new_tokens": -1,  # until the end of the turn or a full context (runtime.options.UNTIL_STOP)
         "temperature": 0.0,
         "top_p": 1.0,
         "top_k": 0,
     }
 
 
-def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | Path,
+def export_engine(model_dir: str | Path, draft_dir: str | Path | None, out_dir: str | Path,
                   opts: ExportOptions = ExportOptions(), name: str | None = None, force: bool = False,
                   check: bool = False, log: Callable[[str], None] = lambda msg: None) -> Path:
     """Build the engine directory `out_dir`; returns its path. `log` receives one line per stage.
 
+    draft_dir None: a target-only engine (no draft graphs, `draft: null`, default policy ar).
     check: run the graphs once through ORT against the reference modules (export.check) before the
     directory is moved into place; a failure leaves nothing behind.
     """
     opts.check()
-    model_dir, draft_dir = Path(model_dir), Path(draft_dir)
-    if not draft_dir.is_dir():
+    model_dir = Path(model_dir)
+    draft_dir = None if draft_dir is None else Path(draft_dir)
+    if draft_dir is not None and not draft_dir.is_dir():
         raise CheckpointError(f"--draft {draft_dir}: not a directory")
     out_dir = _safe_out_dir(Path(out_dir), (model_dir, draft_dir), force)
     _remove_stale_temps(out_dir)
@@ -146,18 +174,27 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
 
     with torch.no_grad():
         t0 = time.perf_counter()
-        head_cfg = HeadConfig.from_hf(checkpoints.read_config(draft_dir), str(draft_dir / "config.json"))
+        head_cfg = (None if draft_dir is None else
+                    HeadConfig.from_hf(checkpoints.read_config(draft_dir), str(draft_dir / "config.json")))
         # fp16 engines: load in fp16 (half the memory of a large model; the graph weights are the same)
-        target = checkpoints.load_target(source, feature_layers=head_cfg.feature_layers,
+        target = checkpoints.load_target(source, feature_layers=head_cfg.feature_layers if head_cfg else None,
                                          dtype=torch.float16 if opts.dtype == "float16" else torch.float32)
         tc = target.config
         stage(f"loaded target {tc.architecture} from {_describe(source.description())}: {tc.num_layers} layers, hidden {tc.hidden_size}, "
               f"vocab {tc.vocab_size}, taps {list(tc.feature_layers)}", t0)
+        if opts.max_seq_len is None:
+            S, why = auto_max_seq_len(tc, torch.finfo(getattr(torch, opts.dtype)).bits // 8,
+                                      max(opts.max_tree_tokens, opts.max_prefill_chunk))
+            opts = replace(opts, max_seq_len=S)
+            log(why)
         t0 = time.perf_counter()
-        head = checkpoints.load_head(draft_dir, target)
-        stage(f"loaded EAGLE-3 head: draft vocab {head.config.draft_vocab_size}, "
-              f"{'own' if head.embed_tokens is not None else 'target'} embedding", t0)
-        if opts.k_max > head.config.draft_vocab_size:
+        head = None if draft_dir is None else checkpoints.load_head(draft_dir, target)
+        if head is None:
+            log("no --draft: a target-only engine (policy ar)")
+        else:
+            stage(f"loaded EAGLE-3 head: draft vocab {head.config.draft_vocab_size}, "
+                  f"{'own' if head.embed_tokens is not None else 'target'} embedding", t0)
+        if head is not None and opts.k_max > head.config.draft_vocab_size:
             raise ExportError(f"--k-max {opts.k_max} exceeds the head's draft_vocab_size {head.config.draft_vocab_size}")
 
         try:
@@ -181,13 +218,15 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
                             quantize.WeightQuantizer(opts.target_weights, getattr(source, "raw_blocks", None),
                                                      opts.target_compute))
             draft_quant = None if opts.draft_weights == "float" else quantize.WeightQuantizer(opts.draft_weights)
-            for fname, build, quant in (
-                    ("target.onnx", lambda: onnx_graphs.build_target(target, opts.dtype, opts.max_seq_len,
-                                                                     opts.flavour, target_quant), target_quant),
+            graphs = [("target.onnx", lambda: onnx_graphs.build_target(target, opts.dtype, opts.max_seq_len,
+                                                                       opts.flavour, target_quant), target_quant)]
+            if head is not None:
+                graphs += [
                     ("draft_fc.onnx", lambda: onnx_graphs.build_draft_fc(head, opts.dtype), None),
                     ("draft.onnx", lambda: onnx_graphs.build_draft(head, opts.dtype, opts.max_seq_len, opts.k_max,
                                                                    draft_flavour(opts.flavour), draft_quant),
-                     draft_quant)):
+                     draft_quant)]
+            for fname, build, quant in graphs:
                 t0 = time.perf_counter()
                 written = onnx_graphs.save(build(), tmp / fname)
                 files += written
@@ -200,7 +239,8 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
             source.write_tokenizer(tmp / "tokenizer.json")
             files.append(tmp / "tokenizer.json")
             tokenizer = tokenizer_record(source, tmp / "tokenizer.json", tc.vocab_size)
-            manifest = _manifest(name or out_dir.name, target, head, opts, tokenizer, files)
+            manifest = _manifest(name or out_dir.name, target, head, opts, tokenizer, files,
+                                 generation_defaults(source))
             manifest["source"] = source.description()
             if target_quant is not None:   # which target weights kept a checkpoint's blocks, which were quantised
                 manifest["model"]["quantization"] = target_quant.record()
@@ -214,8 +254,9 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
                 # a quantised target is checked against the float model of its own blocks
                 r = check_engine(tmp, target if target_quant is None else target_quant.dequantized(target), head)
                 stage(f"checked against the reference: target max |diff| {r['target_max_abs_diff']:.1e} "
-                      f"(top-1 {r['target_top1']:.0%}), draft max |diff| {r['draft_max_abs_diff']:.1e} "
-                      f"(top-1 {r['draft_top1']:.0%})", t0)
+                      f"(top-1 {r['target_top1']:.0%})" + (
+                          f", draft max |diff| {r['draft_max_abs_diff']:.1e} (top-1 {r['draft_top1']:.0%})"
+                          if head is not None else ""), t0)
             _replace_dir(tmp, out_dir)
         except BaseException:
             with _signals_held():    # a second signal must not cut the removal short
@@ -224,6 +265,11 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path, out_dir: str | P
             raise
     log(f"engine directory ready: {out_dir}")
     return out_dir
+
+
+def generation_defaults(source) -> dict:
+    """The model's own sampling defaults (HF generation_config.json) for the manifest's `defaults`."""
+    return source.sampling_defaults()
 
 
 def tokenizer_record(source, tokenizer_file: Path, vocab_size: int) -> dict:
@@ -252,8 +298,16 @@ def _describe(src: dict) -> str:
     return f"{src['format'].upper()} {src['name']}" + (f" ({src['quantization']})" if src.get("quantization") else "")
 
 
-def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, files: list[Path]) -> dict:
-    tc, hc = target.config, head.config
+def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, files: list[Path],
+              sampling: dict | None = None) -> dict:
+    """head None: a target-only engine (`draft: null`, the target graph alone, default policy ar).
+    sampling: the model's own sampling defaults (generation_defaults), over the built-in ones."""
+    tc = target.config
+    hc = head.config if head is not None else None
+    defaults = {**default_run_settings(opts), **(sampling or {}), **dict(opts.defaults)}
+    if head is None:
+        defaults["policy"] = "ar"
+    roles = ROLES if head is not None else ("target",)
     return {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -263,21 +317,22 @@ def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, fil
                   "head_dim": tc.head_dim, "feature_layers": list(tc.feature_layers), "dtype": opts.dtype,
                   "weights": opts.target_weights,
                   "compute": "float" if opts.target_weights == "float" else opts.target_compute},
-        "draft": {"hidden_size": hc.hidden_size, "num_heads": hc.num_heads, "num_kv_heads": hc.num_kv_heads,
-                  "head_dim": hc.head_dim, "draft_vocab_size": hc.draft_vocab_size, "k_max": opts.k_max,
-                  "weights": opts.draft_weights},
+        "draft": None if hc is None else {
+            "hidden_size": hc.hidden_size, "num_heads": hc.num_heads, "num_kv_heads": hc.num_kv_heads,
+            "head_dim": hc.head_dim, "draft_vocab_size": hc.draft_vocab_size, "k_max": opts.k_max,
+            "weights": opts.draft_weights},
         "tokenizer": tokenizer,
         "limits": {"max_seq_len": opts.max_seq_len, "max_tree_tokens": opts.max_tree_tokens,
                    "max_prefill_chunk": opts.max_prefill_chunk},
-        "defaults": default_run_settings(opts),
+        "defaults": defaults,
         # draft_fc has no attention: always standard ops
         "graphs": {role: {"file": f"{role}.onnx", "flavour": {"draft_fc": "standard", "draft": draft_flavour(opts.flavour)}.get(role, opts.flavour)}
-                   for role in ROLES},
+                   for role in roles},
         "files": {p.name: file_record(p) for p in sorted(files, key=lambda p: p.name)},
     }
 
 
-def _safe_out_dir(out_dir: Path, inputs: tuple[Path, ...], force: bool) -> Path:
+def _safe_out_dir(out_dir: Path, inputs: tuple[Path | None, ...], force: bool) -> Path:
     """The absolute --out path, if exporting there can lose nothing: it does not exist, or (with
     force) it is an engine directory this project wrote that neither is nor contains an input."""
     out = Path(os.path.abspath(out_dir))
@@ -292,6 +347,8 @@ def _safe_out_dir(out_dir: Path, inputs: tuple[Path, ...], force: bool) -> Path:
         raise ExportError(f"{out_dir}: already exists (use --force to replace it)")
     real = out.resolve()
     for label, d in zip(("--model", "--draft"), inputs):
+        if d is None:
+            continue
         src = d.resolve()
         if real == src or real in src.parents:
             raise ExportError(f"--out {out_dir}: {'is' if real == src else 'contains'} the {label} folder "

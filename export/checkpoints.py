@@ -9,6 +9,7 @@ unpickle). Every expected tensor is checked by name and shape before use; a prob
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -202,6 +203,27 @@ class HFFolder:
     def description(self) -> dict:
         """The manifest's `source` record."""
         return {"format": "hf", "name": self.path.name, "quantization": None}
+
+    def sampling_defaults(self) -> dict:
+        """generation_config.json's sampling settings as manifest defaults ({temperature, top_p, top_k},
+        those present), when it samples (`do_sample: true`); {} when it decodes greedily, as
+        transformers does (do_sample false or absent: the other fields are unused)."""
+        name = "generation_config.json"
+        gen = self._json(name)
+        if gen.get("do_sample") is not True:
+            return {}
+        out = {}
+        checks = {"temperature": (float, lambda v: v >= 0, ">= 0"), "top_p": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
+                  "top_k": (int, lambda v: v >= 0, ">= 0")}
+        for key, (kind, ok, rule) in checks.items():
+            if gen.get(key) is None:
+                continue
+            value = gen[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) \
+                    or not math.isfinite(value) or not ok(value):
+                raise CheckpointError(f"{self.path / name}: {key} {value!r} is not a number {rule}")
+            out[key] = kind(value)
+        return out
 
 
 def open_source(path: str | Path, label: str = "--model"):

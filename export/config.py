@@ -49,6 +49,7 @@ class TargetConfig:
     mlp_bias: bool = False
     qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on q and k before rotary
     tie_word_embeddings: bool = False
+    context_length: int | None = None  # max_position_embeddings (a GGUF's context_length): the trained context
     # EAGLE-3 taps: hidden_states[i] (transformers' convention: input of layer i), low -> mid -> high
     feature_layers: tuple[int, int, int] = (2, 1, 1)
 
@@ -96,6 +97,7 @@ class TargetConfig:
             mlp_bias=bool(cfg.get("mlp_bias", False)),
             qk_norm=qk_norm,
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            context_length=int(cfg["max_position_embeddings"]) if cfg.get("max_position_embeddings") else None,
             feature_layers=cls.default_feature_layers(L),
         )
         for name, value in (("rms_norm_eps", c.rms_norm_eps), ("rope_theta", c.rope.theta),

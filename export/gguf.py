@@ -233,6 +233,10 @@ class GGUFModel:
         """The manifest's `source` record."""
         return {"format": "gguf", "name": self.path.name, "quantization": self.quantization}
 
+    def sampling_defaults(self) -> dict:
+        """A GGUF carries no generation_config.json: no sampling defaults of its own."""
+        return {}
+
     # ---- tensors -------------------------------------------------------------------------------
 
     @cached_property

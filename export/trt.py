@@ -186,6 +186,9 @@ def build_engine_plans(engine_dir: Path, workspace_gb: float = 4.0, check: bool 
                        log=print) -> dict:
     """Build `<role>.plan` for every graph, update manifest.json; returns the new manifest."""
     manifest = verify_engine_dir(engine_dir)
+    if manifest.get("draft") is None:
+        raise ExportError(f"{engine_dir}: a target-only engine (draft: null in manifest.json); the TensorRT "
+                          f"backend runs engines with a draft head (ORT runs this one: --backend ort-cuda)")
     odd = [r for r in ROLES if manifest["graphs"][r]["flavour"] != "standard"]
     if odd:
         raise ExportError(f"{engine_dir}: graphs {odd} are flavour {manifest['graphs'][odd[0]]['flavour']!r}; "

@@ -14,7 +14,7 @@ from typing import NoReturn, Sequence
 
 from runtime.errors import TalonError
 
-SUBCOMMANDS = ("runtime.commands.run", "runtime.commands.inspect", "runtime.bench.cli", "runtime.commands.serve",
+SUBCOMMANDS = ("runtime.commands.run", "runtime.commands.chat", "runtime.commands.inspect", "runtime.bench.cli", "runtime.commands.serve",
                "runtime.commands.triton_repo")
 EXIT_USAGE = 2
 
@@ -26,9 +26,20 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+    try:
+        return dist_version("talon-rt")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="talon-rt", description="Speculative decoding with adaptive draft trees "
                             "(TALON) and EAGLE-3 heads on ONNX Runtime / TensorRT.")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=ArgumentParser)
     for name in SUBCOMMANDS:

@@ -25,6 +25,7 @@ from runtime.onnx_refs import MalformedModel, external_files
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ROLES = ("target", "draft_fc", "draft")
+DRAFT_ROLES = ("draft_fc", "draft")   # absent together from a target-only engine (no EAGLE-3 head)
 KV_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -99,7 +100,7 @@ class Manifest:
     name: str
     created_by: str
     model: ModelDims
-    draft: DraftDims
+    draft: DraftDims | None         # None: a target-only engine (no draft head; policy ar only)
     tokenizer: TokenizerInfo
     limits: Limits
     defaults: Mapping[str, Any]
@@ -108,6 +109,11 @@ class Manifest:
     raw: Mapping[str, Any]          # manifest.json as read (export.trt rewrites it)
     # where the target came from: {"format": "gguf" | "hf", "name": ..., "quantization": ...}
     source: Mapping[str, Any] | None = None
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The graphs this engine has: every role, or the target alone."""
+        return tuple(r for r in ROLES if r in self.graphs)
 
     @property
     def kv_dtype(self) -> type:
@@ -207,8 +213,12 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelDims:
     return dims
 
 
-def _parse_draft(raw: Mapping[str, Any], model: ModelDims) -> DraftDims:
-    d = _section(raw, "draft")
+def _parse_draft(raw: Mapping[str, Any], model: ModelDims) -> DraftDims | None:
+    if "draft" not in raw:
+        raise _err("draft", "missing (null for a target-only engine)")
+    d = _get(raw, "draft", dict, "", optional=True)
+    if d is None:
+        return None
     dims = DraftDims(
         hidden_size=_positive(d, "hidden_size", "draft"),
         num_heads=_positive(d, "num_heads", "draft"),
@@ -281,10 +291,15 @@ def _parse_limits(raw: Mapping[str, Any]) -> Limits:
     return limits
 
 
-def _parse_graphs(raw: Mapping[str, Any]) -> dict[str, GraphEntry]:
+def _parse_graphs(raw: Mapping[str, Any], has_draft: bool) -> dict[str, GraphEntry]:
+    """Every role's graph; only the target's when the manifest's `draft` is null."""
     g = _section(raw, "graphs")
     graphs = {}
-    for role in ROLES:
+    if not has_draft:
+        extra = [r for r in DRAFT_ROLES if r in g]
+        if extra:
+            raise _err(f"graphs.{extra[0]}", "present, but draft is null (a target-only engine has no draft graphs)")
+    for role in ROLES if has_draft else ("target",):
         entry = _get(g, role, dict, "graphs")
         flavour = _get(entry, "flavour", str, f"graphs.{role}")
         known = FLAVOURS[role]
@@ -409,12 +424,13 @@ def open_manifest(engine_dir: str | os.PathLike[str], verify_checksums: bool = T
 
     model = _parse_model(raw)
     tokenizer = _parse_tokenizer(raw, model.vocab_size)
-    graphs = _parse_graphs(raw)
+    draft = _parse_draft(raw, model)
+    graphs = _parse_graphs(raw, draft is not None)
     files = _parse_files(raw)
     defaults = _get(raw, "defaults", dict, "")
     manifest = Manifest(
         dir=root, name=_get(raw, "name", str, ""), created_by=str(raw.get("created_by", "")),
-        model=model, draft=_parse_draft(raw, model), tokenizer=tokenizer, limits=_parse_limits(raw),
+        model=model, draft=draft, tokenizer=tokenizer, limits=_parse_limits(raw),
         defaults=dict(defaults), graphs=graphs, files=files, raw=raw, source=_parse_source(raw),
     )
     referenced = {f"graphs.{r}.file": g.file for r, g in graphs.items()}
@@ -442,10 +458,12 @@ def kv_buffers(m: Manifest) -> dict[str, int]:
     md, dd, S = m.model, m.draft, m.limits.max_seq_len
     q_max = max(m.limits.max_tree_tokens, m.limits.max_prefill_chunk)
     item = np.dtype(m.kv_dtype).itemsize
-    bufs = {"target_cache": cache_bytes(md.num_layers, md.num_kv_heads, S, md.head_dim, item),
-            "draft_cache": cache_bytes(1, dd.num_kv_heads, S, dd.head_dim, item)}
+    bufs = {"target_cache": cache_bytes(md.num_layers, md.num_kv_heads, S, md.head_dim, item)}
     if m.graphs["target"].flavour == "standard":   # gqa writes the new rows into the cache in place
         bufs["target_new_rows"] = cache_bytes(md.num_layers, md.num_kv_heads, q_max, md.head_dim, item)
+    if dd is None:
+        return bufs
+    bufs["draft_cache"] = cache_bytes(1, dd.num_kv_heads, S, dd.head_dim, item)
     if m.graphs["draft"].flavour == "standard":
         bufs["draft_new_rows"] = cache_bytes(1, dd.num_kv_heads, q_max, dd.head_dim, item)
     return bufs

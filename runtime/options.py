@@ -1,6 +1,7 @@
 """Generation and session options: defined once, typed, validated against the engine's limits.
 
-Any option left out takes the manifest's `defaults`, then the fallback below.
+Any option left out takes the manifest's `defaults`, then the fallback below. max_new_tokens -1
+(UNTIL_STOP) resolves to limits.max_seq_len + 1, a count the context always stops first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ HEADLESS = ("ar", "lookup")
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt")
 # How the target and draft sessions share the CPU (docs/design.md §7: two spinning pools fight on 2 cores).
 THREAD_MODES = ("runspin", "nospin", "shared", "spin")
+# max_new_tokens: no limit but the end of the turn (a stop id) and the context (limits.max_seq_len)
+UNTIL_STOP = -1
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Options:
     eagle3_top_k: int = 10         # EAGLE-2/3 topK_genrate default
     eagle3_depth: int = 7          # EAGLE-3 default depth (8 draft calls incl. the root's)
     chain_depth: int = 4           # classic chain speculation depth
-    max_new_tokens: int = 128
+    max_new_tokens: int = UNTIL_STOP  # until a stop id or a full context, as llama.cpp's `-n -1`
     temperature: float = 0.0       # 0 = greedy
     top_p: float = 1.0             # 1 = off
     top_k: int = 0                 # 0 = off
@@ -87,6 +90,8 @@ def resolve_options(manifest: Manifest, overrides: Mapping[str, Any]) -> Options
             values[name] = overrides[name]
         elif name in manifest.defaults and manifest.defaults[name] is not None:
             values[name] = manifest.defaults[name]
+    if manifest.draft is None:
+        values.setdefault("policy", "ar")   # a target-only engine has nothing to draft with
     return validate(manifest, Options(**values))
 
 
@@ -94,6 +99,10 @@ def validate(manifest: Manifest, o: Options) -> Options:
     """Type and range checks; returns the options with numbers normalised."""
     if o.policy not in POLICIES:
         raise OptionError(f"option policy: unknown policy {o.policy!r} (expected one of {', '.join(POLICIES)})")
+    if manifest.draft is None and o.policy not in HEADLESS:
+        raise OptionError(f"option policy: {o.policy!r} drafts with an EAGLE-3 head, and engine {manifest.name!r} "
+                          f"({manifest.dir}) has none (target-only: draft is null in its {MANIFEST}); use policy "
+                          f"ar or lookup, or export the model with --draft")
     if o.backend not in BACKENDS:
         raise OptionError(f"option backend: unknown backend {o.backend!r} (expected one of {', '.join(BACKENDS)})")
     if o.thread_mode not in THREAD_MODES:
@@ -114,8 +123,14 @@ def validate(manifest: Manifest, o: Options) -> Options:
         raise OptionError(f"option temperature: {floats['temperature']} < 0 (0 means greedy)")
     if not 0.0 < floats["top_p"] <= 1.0:
         raise OptionError(f"option top_p: {floats['top_p']} outside (0, 1]")
+    if ints["max_new_tokens"] == UNTIL_STOP:
+        # a run generates at most max_seq_len tokens (one-token prompt): the context always stops it first
+        ints["max_new_tokens"] = manifest.limits.max_seq_len + 1
+    elif ints["max_new_tokens"] < 1:
+        raise OptionError(f"option max_new_tokens: {ints['max_new_tokens']} must be >= 1, or {UNTIL_STOP} "
+                          f"(until the end of the turn or a full context)")
     # root_k and eagle3_top_k above draft.k_max act as k_max (the draft returns k_max children)
-    for key in ("root_k", "eagle3_top_k", "eagle3_depth", "chain_depth", "max_new_tokens"):
+    for key in ("root_k", "eagle3_top_k", "eagle3_depth", "chain_depth"):
         if ints[key] < 1:
             raise OptionError(f"option {key}: {ints[key]} must be >= 1")
     for key in ("top_k", "threads"):

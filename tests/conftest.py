@@ -40,6 +40,16 @@ def tiny_engine_ort(tiny_pair, tmp_path_factory):
     return _export_tiny(tiny_pair, tmp_path_factory, "ort", "tiny-ort", check=True)
 
 
+@pytest.fixture(scope="session")
+def tiny_target_engine(tiny_pair, tmp_path_factory):
+    """`tiny_pair`'s target alone (no --draft): a target-only engine, flavour standard, with the context
+    chosen by the exporter (max_seq_len left out)."""
+    from export.build import ExportOptions, export_engine
+    out = tmp_path_factory.mktemp("tiny-target") / "tiny-target"
+    opts = ExportOptions(dtype="float32", max_tree_tokens=64, max_prefill_chunk=128, flavour="standard")
+    return export_engine(tiny_pair[0], None, out, opts, name="tiny-target", check=True)
+
+
 @pytest.fixture(scope="session", params=["standard", "gqa", "ort"])
 def flavour_engine(request):
     """`tiny_engine` in each graph flavour (the losslessness tests run on all of them)."""

@@ -46,6 +46,24 @@ def test_bench_writes_three_outputs(tiny_engine, tmp_path):
     assert "## MAT (τ) and speed-up over ar" in (out / "results.md").read_text()
     assert (out / "speedup_vs_budget.png").stat().st_size > 0
     assert (out / "tree_depth_width.png").stat().st_size > 0
+    assert (out / "tokens_per_s.png").stat().st_size > 0
+    for r in data["rows"]:
+        assert r["tokens_per_s_p10"] <= r["tokens_per_s"] <= r["tokens_per_s_p90"] and r["ttft_s"] > 0
+    assert "warning: humaneval: 2 prompt(s), fewer than 5" in proc.stderr
+    assert "**Warning:** humaneval: 2 prompt(s)" in (out / "results.md").read_text()
+
+
+def test_out_defaults_to_a_new_ignored_runs_folder(tiny_engine, tmp_path):
+    """Without --out nothing lands in bench/results: a new runs/bench-<time>/ per run."""
+    args = [sys.executable, "-m", "runtime.cli", "bench", "--engine", str(tiny_engine), "--dataset", "humaneval",
+            "--limit", "5", "--warmup", "0", "--policies", "ar", "--max-new-tokens", "4", "--no-progress"]
+    for _ in range(2):
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "warning" not in proc.stderr     # 5 prompts: enough
+    outs = sorted((tmp_path / "runs").glob("bench-*/results.json"))
+    assert len(outs) == 2 and outs[0].parent != outs[1].parent
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/bench-x/results.json"], cwd=ROOT).returncode == 0
 
 
 def test_sweep_writes_default_budget(tiny_engine, tmp_path):

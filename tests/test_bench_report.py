@@ -107,7 +107,8 @@ def test_rows_metrics(tmp_path):
 def test_writers(tmp_path):
     plan, configs, runs, _, _ = _run(tmp_path, temperatures=(0.0, 1.0))
     rows = metrics.build_rows(runs)
-    peers = [{"dataset": "humaneval", "peer": "ort-genai greedy", "tokens_per_s": 50.0, "tau": 1.0, "status": "ok"},
+    peers = [{"dataset": "humaneval", "peer": "ort-genai greedy", "tokens_per_s": 50.0, "tau": 1.0, "status": "ok",
+              "tokens_per_s_p10": 40.0, "tokens_per_s_p90": 61.5},
              {"dataset": "humaneval", "peer": "ort-genai draft-model", "tokens_per_s": None, "tau": None,
               "status": "unavailable: no --draft-lm given"}]
     settings = {"datasets": ["humaneval", "mtbench"], "prompts_per_dataset": 3, "warmup": 1,
@@ -116,8 +117,9 @@ def test_writers(tmp_path):
                                    peers=peers, best=metrics.best_budget(rows), command=["bench"])
     out = tmp_path / "out"
     out.mkdir()
-    written = plots.write_plots(rows, out)
-    assert sorted(p.rsplit("/", 1)[1] for p in written) == ["speedup_vs_budget.png", "tree_depth_width.png"]
+    written = plots.write_plots(rows, out, peers)
+    assert sorted(p.rsplit("/", 1)[1] for p in written) == ["speedup_vs_budget.png", "tokens_per_s.png",
+                                                            "tree_depth_width.png"]
     for p in written:
         assert open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     js, md = report.write_results(out, results, written)
@@ -128,3 +130,25 @@ def test_writers(tmp_path):
     text = md.read_text()
     assert "### T = 0" in text and "### T = 1" in text and "humaneval τ" in text
     assert "unavailable: no --draft-lm given" in text and "![speedup_vs_budget](speedup_vs_budget.png)" in text
+    assert "![tokens_per_s](tokens_per_s.png)" in text
+    assert "| ort-genai greedy | 50.0 | 40.0–61.5 |" in text     # the peer's spread beside its median
+    assert "TTFT ms (median)" in text and "tok/s p10–p90" in text
+
+
+def test_spread_and_time_to_first_token(tmp_path):
+    _, _, runs, _, _ = _run(tmp_path)
+    walls = [0.1, 0.2, 0.3, 0.4, 0.9]
+    firsts = [0.01, 0.02, 0.03, 0.04, 0.05]
+    import dataclasses
+    ar = [r for r in runs if r.config.policy == "ar" and r.dataset == "humaneval"]
+    varied = [dataclasses.replace(r, wall_s=w, ttft_s=f) for r, w, f in zip(ar, walls, firsts)]
+    row = metrics.summarize(varied)
+    tps = sorted(r.tokens_per_s for r in varied)
+    assert row["tokens_per_s"] == tps[1]
+    assert row["tokens_per_s_p10"] == pytest.approx(tps[0] + 0.2 * (tps[1] - tps[0]))   # linear, 3 samples
+    assert row["tokens_per_s_p90"] == pytest.approx(tps[1] + 0.8 * (tps[2] - tps[1]))
+    assert row["ttft_s"] == 0.02 and row["ttft_s_p10"] == pytest.approx(0.012)
+    assert runs[0].ttft_s == 0.005      # the runtime's prefill_s: prompt in, first token out
+    assert report.detail_table([row])[2].split(" | ")[4:7] == [f"{tps[0] + 0.2 * (tps[1] - tps[0]):.1f}–"
+                                                             f"{tps[1] + 0.8 * (tps[2] - tps[1]):.1f}",
+                                                             "20.0", "12.0–28.0"]

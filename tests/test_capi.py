@@ -104,6 +104,16 @@ def test_example_host_ids_match_cli(capi, tiny_engine, options):
     assert c["stats"]["delta"] == pytest.approx(cli["stats"]["delta"], abs=1e-3)
 
 
+def test_target_only_engine_through_the_c_api(capi, tiny_target_engine):
+    c = parse_generate(run([capi["generate"], "--ids", tiny_target_engine, PROMPT, 16]).stdout)
+    cli = talon_rt_cli("run", "--engine", tiny_target_engine, "--prompt-ids", PROMPT, "--max-new-tokens", 16)
+    assert c["tokens"] == cli["tokens"] and len(c["tokens"]) == 16
+    bad = run([capi["generate"], "--ids", "--options", json.dumps({"policy": "talon"}), tiny_target_engine, PROMPT,
+               4], check=False)
+    assert bad.returncode != 0
+    assert "TALON_RT_E_OPTION" in bad.stderr and "'talon' drafts with an EAGLE-3 head" in bad.stderr, bad.stderr
+
+
 def test_example_host_text_matches_cli(capi, tiny_engine):
     c = parse_generate(run([capi["generate"], tiny_engine, "def fib(n):", 16]).stdout)
     cli = talon_rt_cli("run", "--engine", tiny_engine, "--prompt", "def fib(n):", "--max-new-tokens", 16)

@@ -100,6 +100,48 @@ def test_inspect_valid(tiny_engine):
     assert r.stdout.strip().splitlines()[-1].startswith("valid")
 
 
+def test_inspect_takes_engine_like_every_subcommand(tiny_engine, tmp_path):
+    a, b = cli("inspect", "--engine", str(tiny_engine)), cli("inspect", "-e", str(tiny_engine))
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout == cli("inspect", str(tiny_engine)).stdout
+    r = cli("inspect")
+    assert r.returncode == 2 and "the engine directory is missing (--engine DIR)" in r.stderr
+    r = cli("inspect", str(tmp_path), "--engine", str(tiny_engine))
+    assert r.returncode == 2 and "two engine directories given" in r.stderr
+
+
+def test_version_and_short_flags(tiny_engine):
+    from importlib.metadata import version
+    for flag in ("--version", "-V"):
+        r = cli(flag)
+        assert r.returncode == 0 and r.stdout.strip() == f"talon-rt {version('talon-rt')}"
+    long = cli("run", "--engine", str(tiny_engine), "--prompt", "def f", "--max-new-tokens", "9",
+               "--temperature", "0.7", "--seed", "1", "--json")
+    short = cli("run", "-e", str(tiny_engine), "-p", "def f", "-n", "9", "-t", "0.7", "--seed", "1", "--json")
+    assert short.returncode == 0, short.stderr
+    assert json.loads(short.stdout)["tokens"] == json.loads(long.stdout)["tokens"]
+    assert len(json.loads(short.stdout)["tokens"]) == 9
+
+
+def test_stats_help_explains_tau_and_delta():
+    text = " ".join(cli("run", "--help").stdout.split())
+    assert "tau = generated tokens per target call" in text and "delta = draft calls per target call" in text
+
+
+def test_default_generates_until_stop_or_full_context(tiny_engine, tmp_path):
+    """max_new_tokens -1 (the exporter's default now): no count limit, the context ends the run."""
+    from conftest import edited_engine
+    eng = edited_engine(tiny_engine, tmp_path / "e", lambda m: m["defaults"].update(max_new_tokens=-1))
+    prompt = [1, 5, 9, 40]
+    for args in ((), ("-n", "-1")):
+        r = cli("run", "-e", str(eng), "--prompt-ids", ",".join(map(str, prompt)), "--json", *args)
+        assert r.returncode == 0, r.stderr
+        obj = json.loads(r.stdout)
+        # the whole context (this prompt meets no stop id): prompt + generated = 256 rows + the last token
+        assert obj["stop_reason"] == "context_full" and len(obj["tokens"]) == 256 - len(prompt) + 1
+    r = cli("run", "-e", str(eng), "--prompt-ids", "1", "-n", "0")
+    assert r.returncode == 2 and "option max_new_tokens: 0 must be >= 1, or -1" in r.stderr
+
+
 def test_inspect_reports_a_bad_checksum(tiny_engine, tmp_path):
     eng = tmp_path / "eng"
     shutil.copytree(tiny_engine, eng)

@@ -50,7 +50,8 @@ def test_cli_errors_are_one_line_and_leave_nothing(tiny_pair, tmp_path):
     assert "Traceback" not in r.stderr
     r = _export("--model", model_dir, "--draft", draft_dir, "--out", out, "--k-max", 999)
     assert r.returncode == 1 and "--k-max 999 exceeds the head's draft_vocab_size 160" in r.stderr
-    r = _export("--model", model_dir, "--draft", draft_dir, "--out", out, "--max-tree-tokens", 2048)
+    r = _export("--model", model_dir, "--draft", draft_dir, "--out", out, "--max-tree-tokens", 2048,
+                "--max-seq-len", 1024)
     assert r.returncode == 1 and "--max-tree-tokens 2048 exceeds --max-seq-len 1024" in r.stderr
     assert not out.exists()
     assert not (tmp_path / "engines").exists() or not any((tmp_path / "engines").iterdir())
@@ -66,4 +67,18 @@ def test_make_export(tiny_pair, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     m = verify_engine_dir(tmp_path / "made")
-    assert m["name"] == "made" and m["limits"]["max_seq_len"] == 1024
+    # the tiny model's whole context (max_position_embeddings 4096): its KV cache is far below the cap
+    assert m["name"] == "made" and m["limits"]["max_seq_len"] == 4096
+    assert "max_seq_len 4096: the model's context 4096" in r.stderr
+
+
+def test_make_export_without_draft(tiny_pair, tmp_path):
+    """`make export MODEL=...` alone: a target-only engine."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("make export needs the project's .venv")
+    r = subprocess.run(["make", "-s", "-o", ".venv/.installed", "export", f"MODEL={tiny_pair[0]}", "NAME=bare",
+                        f"ENGINES={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    m = verify_engine_dir(tmp_path / "bare")
+    assert m["draft"] is None and list(m["graphs"]) == ["target"] and m["defaults"]["policy"] == "ar"
+    assert "no --draft: a target-only engine (policy ar)" in r.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from runtime.backends.base import Backend
 from runtime.errors import OptionError
-from runtime.manifest import ROLES, Manifest
+from runtime.manifest import Manifest
 
 __all__ = ["Backend", "open_backend", "resolve_backend"]
 
@@ -20,11 +20,11 @@ def resolve_backend(m: Manifest, backend: str) -> str:
     if backend != "auto":
         return backend
     from runtime.backends.ort import cuda_available
-    if all(m.plan(r) is not None for r in ROLES) and _gpu_present():
+    if all(m.plan(r) is not None for r in m.roles) and _gpu_present():
         from runtime.backends.trt import trt_available
         if trt_available():
             return "tensorrt"
-    standard = all(m.graphs[r].flavour == "standard" for r in ROLES)
+    standard = all(m.graphs[r].flavour == "standard" for r in m.roles)
     if standard and cuda_available() and _gpu_present():
         return "ort-cuda"
     return "ort-cpu"

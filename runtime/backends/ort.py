@@ -64,7 +64,7 @@ def check_graphs(m: Manifest) -> None:
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
-    for role in ("target", "draft_fc", "draft"):
+    for role in m.roles:
         check_graph_io(m, role, *ort_io(_load(m.path(m.graphs[role].file), so, ["CPUExecutionProvider"])))
 
 
@@ -156,6 +156,7 @@ class OrtDims:
     head_dim: int
     vocab: int
     features: int         # 3H: the EAGLE-3 taps, concatenated
+    # the draft's sizes: 0 for a target-only engine (no draft buffers)
     hidden: int           # draft hidden size
     draft_kv_heads: int
     draft_head_dim: int
@@ -166,9 +167,11 @@ class OrtDims:
     @classmethod
     def of(cls, m: Manifest) -> OrtDims:
         md, dd, lim = m.model, m.draft, m.limits
+        hidden, kvh, hd, k_max = ((dd.hidden_size, dd.num_kv_heads, dd.head_dim, dd.k_max) if dd is not None
+                                  else (0, 0, 0, 0))
         return cls(layers=md.num_layers, kv_heads=md.num_kv_heads, head_dim=md.head_dim, vocab=md.vocab_size,
-                   features=m.feature_size, hidden=dd.hidden_size, draft_kv_heads=dd.num_kv_heads,
-                   draft_head_dim=dd.head_dim, k_max=dd.k_max, S=lim.max_seq_len,
+                   features=m.feature_size, hidden=hidden, draft_kv_heads=kvh,
+                   draft_head_dim=hd, k_max=k_max, S=lim.max_seq_len,
                    q_max=max(lim.max_tree_tokens, lim.max_prefill_chunk))
 
     @property
@@ -188,7 +191,7 @@ GQA_ON_CUDA = ("ORT's CUDA GroupQueryAttention kernel rejects attention_bias (th
 def _check_device(m: Manifest, device: str) -> None:
     if device != "cuda":
         return
-    gqa = [r for r in ("target", "draft") if m.graphs[r].flavour == "gqa"]
+    gqa = [r for r in ("target", "draft") if r in m.graphs and m.graphs[r].flavour == "gqa"]
     if gqa:
         raise OptionError(f"option backend: 'ort-cuda' cannot run flavour 'gqa' graphs ({GQA_ON_CUDA}); "
                           f"{m.dir} has graphs.{gqa[0]}.flavour 'gqa' (export with --flavour standard)")
@@ -231,7 +234,8 @@ def ort_gpu_conflict() -> str:
 
 
 class OrtBackend(Backend):
-    """Target, draft_fc and draft graphs on one ORT execution provider."""
+    """Target, draft_fc and draft graphs on one ORT execution provider (the target alone for a
+    target-only engine: its draft calls are never made)."""
 
     def __init__(self, m: Manifest, device: str = "cpu", threads: int = 0, thread_mode: str = "runspin",
                  io: HostIO | None = None):
@@ -249,7 +253,7 @@ class OrtBackend(Backend):
                 io = HostIO()
         self.io = io
         sessions = {}
-        for role in ("target", "draft_fc", "draft"):
+        for role in m.roles:
             path = m.path(m.graphs[role].file)
             sess = _load(path, _session_options(threads, thread_mode), session_providers(device))
             check_providers(sess, path, device)
@@ -263,7 +267,7 @@ class OrtBackend(Backend):
         self.pos = np.zeros(qm, np.int64)
         self.mask = np.zeros(qm * S, np.bool_)     # [q, T] with T <= S (draft scratch + new rows)
         self.past = np.zeros(1, np.int64)
-        self.in_place = {r: m.graphs[r].flavour == "gqa" for r in ("target", "draft")}
+        self.in_place = {r: r in m.graphs and m.graphs[r].flavour == "gqa" for r in ("target", "draft")}
 
         # target: cache [2L, kvh, S, hd]; present [2L, kvh*qm*hd] (standard); features stay with the cache
         tk = d.target_kv
@@ -286,6 +290,12 @@ class OrtBackend(Backend):
             self._target_greedy = _Graph(sessions["target"], small + kv_in, [
                 _Tensor("logits", self.logits_dev, np.float32, lambda q, t: [1, q, d.vocab], dev)] + rest, per_call)
         self._q_t = 0
+        self._closed = False
+        if m.draft is None:
+            self.kv_d = self.new_d = self.fc_in = self.fc_out = self.hidden = None
+            self.topk_ids = self.topk_logp = self.hidden_out = None
+            self._fc = self._draft = None
+            return
 
         # draft_fc: feature rows (gathered next to the features) -> hidden
         self.fc_in = io.alloc(qm * d.features, dt)
@@ -311,7 +321,6 @@ class OrtBackend(Backend):
             _Tensor("topk_logp", self.topk_logp, np.float32, lambda q, t: [1, q, d.k_max]),
             _Tensor("hidden_out", self.hidden_out, dt, lambda q, t: [1, q, d.hidden])] + d_present
         self._draft = _Graph(sessions["draft"], d_in, d_out, per_call)
-        self._closed = False
 
     def _small_inputs(self, with_t: bool) -> list[_Tensor]:
         return [
@@ -392,7 +401,7 @@ class OrtBackend(Backend):
         bufs = (self.kv_t, self.new_t, self.kv_d, self.new_d, self.logits, self.argmax, self.features, self.fc_in,
                 self.fc_out, self.hidden, self.topk_ids, self.topk_logp, self.hidden_out, self.ids,
                 self.pos, self.mask, self.past)
-        return tuple(b.ctypes.data if isinstance(b, np.ndarray) else b.data_ptr() for b in bufs)
+        return tuple(b.ctypes.data if isinstance(b, np.ndarray) else b.data_ptr() for b in bufs if b is not None)
 
     def close(self) -> None:
         if not self._closed:

@@ -113,6 +113,9 @@ class TrtBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, m: Manifest):
+        if m.draft is None:
+            raise OptionError(f"option backend: 'tensorrt' runs engines with a draft head; {m.dir} is target-only "
+                              f"(draft: null): use backend ort-cuda or ort-cpu")
         odd = [r for r in ("target", "draft") if m.graphs[r].flavour != "standard"]
         if odd:
             raise OptionError(f"option backend: 'tensorrt' needs flavour 'standard' graphs; {m.dir} has "

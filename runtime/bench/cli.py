@@ -16,7 +16,11 @@ from runtime.errors import OptionError
 
 DEFAULT_BUDGETS = (8, 16, 32, 60)
 SWEEP_BUDGETS = (4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 60)
-DEFAULT_OUT = "bench/results"
+# --out left out: a new folder per run under runs/ (git-ignored); the committed tables are written
+# only when asked for by name (`make bench` passes --out bench/results)
+RUNS_DIR = "runs"
+# fewer prompts per dataset than this: the medians and spreads rest on too few samples to compare
+MIN_PROMPTS = 5
 POLICIES = ("ar", "chain", "eagle3", "talon", "talon-cost", "lookup", "talon-lookup")
 
 
@@ -34,7 +38,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "bench", help="benchmark ar/chain/eagle3/talon/lookup (and peers) on evaluation prompts",
         description="Run every prompt through every policy and budget (interleaved, after a warm-up) and "
                     "write results.json, results.md and PNG plots into --out.")
-    p.add_argument("--engine", help="engine directory (manifest.json, graphs, tokenizer)")
+    p.add_argument("-e", "--engine", help="engine directory (manifest.json, graphs, tokenizer)")
     p.add_argument("--compare-engine", action="append", default=[], metavar="DIR",
                    help="another engine of the same model and tokenizer (e.g. the float build of an int4 "
                         "one) run through the same configurations, interleaved with --engine's; its rows "
@@ -51,13 +55,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--mu", type=_csv(float), default=None, help="talon's mu, comma-separated (default: the engine's)")
     p.add_argument("--root-k", type=_csv(int), default=None,
                    help="talon's root fan-out K, comma-separated (default: the engine's)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("-n", "--max-new-tokens", type=int, default=128, metavar="N",
+                   help="generated tokens per prompt (default %(default)s)")
     p.add_argument("--temperature", type=_csv(float), default=[0.0], help="comma-separated; 0 = greedy (default 0)")
     p.add_argument("--top-p", type=float, default=None,
                    help="nucleus sampling for the T > 0 configurations (default: the engine's, 1 = off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (T > 0)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads per session, ours and the peers' (default 2)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
+    p.add_argument("-o", "--out", default=None,
+                   help=f"output directory (default: a new {RUNS_DIR}/bench-<UTC time>/, git-ignored)")
     p.add_argument("--raw", action="store_true",
                    help="feed prompts as raw text even when the engine has a chat template (default: each "
                         "prompt is a user message in the template)")
@@ -96,7 +102,7 @@ def _synthetic(args: argparse.Namespace) -> int:
 
 def _engine_info(manifest: Any) -> dict[str, Any]:
     return {"dir": str(manifest.dir), "name": manifest.name, "created_by": manifest.created_by,
-            "model": dataclasses.asdict(manifest.model), "draft": dataclasses.asdict(manifest.draft),
+            "model": dataclasses.asdict(manifest.model), "draft": dataclasses.asdict(manifest.draft) if manifest.draft else None,
             "limits": dataclasses.asdict(manifest.limits), "defaults": dict(manifest.defaults),
             "graphs": {k: dataclasses.asdict(v) for k, v in manifest.graphs.items()}}
 
@@ -112,6 +118,26 @@ def _budgets(args: argparse.Namespace, limit: int) -> tuple[list[int], list[int]
         return sorted(set(args.budgets)), []
     grid = SWEEP_BUDGETS if args.sweep else DEFAULT_BUDGETS
     return [b for b in grid if b <= limit], [b for b in grid if b > limit]
+
+
+def default_out(now: Any = None) -> Path:
+    """A folder no earlier run wrote: runs/bench-YYYYmmdd-HHMMSS[-n]."""
+    import datetime as dt
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    out, n = Path(RUNS_DIR) / f"bench-{stamp}", 1
+    while out.exists():
+        n += 1
+        out = Path(RUNS_DIR) / f"bench-{stamp}-{n}"
+    return out
+
+
+def few_prompts_warnings(prompts: Sequence[Any], datasets: Sequence[str]) -> list[str]:
+    """One warning per dataset with fewer than MIN_PROMPTS prompts."""
+    from collections import Counter
+    counts = Counter(p.dataset for p in prompts)
+    names = list(dict.fromkeys(p.dataset for p in prompts)) or list(datasets)
+    return [f"{name}: {counts[name]} prompt(s), fewer than {MIN_PROMPTS}: medians and p10–p90 spreads of so few "
+            f"runs are noise-prone, compare them with care" for name in names if counts[name] < MIN_PROMPTS]
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -212,10 +238,14 @@ def _run(args: argparse.Namespace) -> int:
             opts["top_p"] = args.top_p
         return Generator.open(c.engine or args.engine, **opts)
 
+    warnings = few_prompts_warnings(prompts, args.dataset)
+    for w in warnings:   # before the run: the user may rather stop it
+        print(f"talon-rt bench: warning: {w}", file=sys.stderr)
     runs = run_plan(plan, open_generator, progress=not args.no_progress)
     rows = metrics.build_rows(runs)
     best = metrics.best_budget(rows) if "talon" in policies else None
-    extra: dict[str, Any] = {"truncated_prompts": plan.truncated_prompts, "budgets_dropped": dropped}
+    extra: dict[str, Any] = {"truncated_prompts": plan.truncated_prompts, "budgets_dropped": dropped,
+                             "warnings": warnings}
     if args.sweep and args.write_defaults and best is not None:
         extra["defaults_written"] = str(sweep.write_defaults(args.engine, best))
     peers_rows: list[dict] = []
@@ -232,9 +262,9 @@ def _run(args: argparse.Namespace) -> int:
         extra["compare_engines"] = [_engine_info(m) for m in others]
     results = report.build_results(rows=rows, runs=runs, settings=settings, engine=_engine_info(manifest),
                                    peers=peers_rows, best=best, extra=extra, command=sys.argv)
-    out = Path(args.out)
+    out = Path(args.out) if args.out is not None else default_out()
     out.mkdir(parents=True, exist_ok=True)
-    written = plots.write_plots(metrics.engine_rows(rows), out)
+    written = plots.write_plots(metrics.engine_rows(rows), out, peers_rows)
     js, md = report.write_results(out, results, written)
     print("\n".join(report.table1(metrics.engine_rows(rows))))
     for m in others:

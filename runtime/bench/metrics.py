@@ -2,7 +2,8 @@
 
 tau   = tokens emitted per verify call (MAT), over all rounds of all prompts (prefill excluded)
 delta = draft calls per verify call
-tokens_per_s = median over prompts of (new tokens / wall time of generate)
+tokens_per_s = median over prompts of (new tokens / wall time of generate); _p10 / _p90 its spread
+ttft_s = median over prompts of the time to first token (prefill up to the first token); _p10 / _p90
 speedup_vs_ar = ratio of medians against `ar` of the same engine, dataset and temperature, same run
 host_share = host time / (host + engine time), over all rounds
 """
@@ -14,11 +15,21 @@ import statistics
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from runtime.bench.runner import POLICY_ORDER, BenchConfig, PromptRun
 
 
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
+
+
+def spread(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """(10th, 90th) percentile, linearly interpolated; (None, None) for no values."""
+    if not values:
+        return None, None
+    p10, p90 = np.percentile(np.asarray(values, dtype=np.float64), [10, 90])
+    return float(p10), float(p90)
 
 
 def _hist(values: Iterable[int]) -> dict[str, int]:
@@ -32,6 +43,8 @@ def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
     rounds = sum(r.rounds for r in runs)
     shapes = [s for r in runs for s in r.shapes]
     busy = sum(r.engine_s + r.host_s for r in runs)
+    tps = [r.tokens_per_s for r in runs]
+    ttft = [r.ttft_s for r in runs]
     return {
         "dataset": runs[0].dataset,
         "engine": c.engine,
@@ -43,8 +56,13 @@ def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
         "prompts": len(runs),
         "tau": _ratio(sum(r.tau * r.rounds for r in runs), rounds),
         "delta": _ratio(sum(r.delta * r.rounds for r in runs), rounds),
-        "tokens_per_s": statistics.median(r.tokens_per_s for r in runs),
-        "tokens_per_s_mean": statistics.fmean(r.tokens_per_s for r in runs),
+        "tokens_per_s": statistics.median(tps),
+        "tokens_per_s_mean": statistics.fmean(tps),
+        "tokens_per_s_p10": spread(tps)[0],
+        "tokens_per_s_p90": spread(tps)[1],
+        "ttft_s": statistics.median(ttft),
+        "ttft_s_p10": spread(ttft)[0],
+        "ttft_s_p90": spread(ttft)[1],
         "runtime_tokens_per_s": statistics.median(r.runtime_tokens_per_s for r in runs),
         "speedup_vs_ar": None,
         "host_share": _ratio(sum(r.host_s for r in runs), busy),

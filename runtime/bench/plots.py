@@ -1,5 +1,6 @@
-"""The PNG figures: speed-up vs budget per policy, and tree depth vs width for talon vs eagle3
-(the paper's deep-and-narrow vs shallow-and-wide picture). matplotlib is imported lazily (Agg)."""
+"""The PNG figures: speed-up vs budget per policy, absolute tokens/s of our policies beside the peers,
+and tree depth vs width for talon vs eagle3 (the paper's deep-and-narrow vs shallow-and-wide picture).
+matplotlib is imported lazily (Agg)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,61 @@ def speedup_vs_budget(rows: Sequence[dict], path: Path) -> Path:
         ax.set_ylabel("speed-up over ar (tokens/s)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+PEER_COLOR = "tab:orange"
+
+
+def _best_per_policy(rows: Sequence[dict]) -> list[dict]:
+    """Each policy's fastest row (its best budget / mu / K), in policy order."""
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["policy"] not in best or r["tokens_per_s"] > best[r["policy"]]["tokens_per_s"]:
+            best[r["policy"]] = r
+    return [best[p] for p in COLORS if p in best]
+
+
+def _bar_label(r: dict) -> str:
+    if r["policy"] == "ar":
+        return "ar"
+    if r["policy"] == "chain":
+        return f"chain (depth {r['budget'] - 1})"
+    return f"{r['policy']} (N={r['budget']})"
+
+
+def tokens_per_s_bars(rows: Sequence[dict], peers: Sequence[dict], path: Path) -> Path | None:
+    """Per dataset (greedy rows, else the lowest temperature run): median tokens/s of each of our
+    policies at its best budget and of each peer configuration that ran, p10–p90 as error bars."""
+    if not rows:
+        return None
+    temp = 0.0 if any(r["temperature"] == 0 for r in rows) else min(r["temperature"] for r in rows)
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows if r["temperature"] == temp))
+    ok_peers = [p for p in peers if p.get("status") == "ok" and p.get("tokens_per_s")]
+    plt = _pyplot()
+    bars = {ds: [(f"talon-rt {_bar_label(r)}", r, COLORS[r["policy"]])
+                 for r in _best_per_policy([r for r in rows if r["dataset"] == ds and r["temperature"] == temp])]
+            + [(p["peer"], p, PEER_COLOR) for p in ok_peers if p["dataset"] == ds] for ds in datasets}
+    height = max(len(b) for b in bars.values())
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 0.42 * height + 1.6), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        labels, values, lo, hi, colors = [], [], [], [], []
+        for label, r, color in bars[ds]:
+            v = r["tokens_per_s"]
+            labels.append(label)
+            values.append(v)
+            lo.append(v - r["tokens_per_s_p10"] if r.get("tokens_per_s_p10") is not None else 0.0)
+            hi.append(r["tokens_per_s_p90"] - v if r.get("tokens_per_s_p90") is not None else 0.0)
+            colors.append(color)
+        y = list(range(len(labels)))[::-1]
+        ax.barh(y, values, xerr=[lo, hi], color=colors, capsize=3, ecolor="0.2")
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_xlabel("tokens/s (median; bars: p10–p90 over prompts)")
+        ax.set_title(f"{ds}, T={temp:g}")
+        ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -111,11 +167,14 @@ def depth_vs_width(rows: Sequence[dict], path: Path) -> Path | None:
     return path
 
 
-def write_plots(rows: Sequence[dict[str, Any]], out_dir: Path) -> list[str]:
-    """Both figures into out_dir; returns the paths written."""
+def write_plots(rows: Sequence[dict[str, Any]], out_dir: Path, peers: Sequence[dict[str, Any]] = ()) -> list[str]:
+    """The figures into out_dir; returns the paths written."""
     out = []
     if any(r["speedup_vs_ar"] is not None for r in rows):
         out.append(str(speedup_vs_budget(rows, out_dir / "speedup_vs_budget.png")))
+    bars = tokens_per_s_bars(rows, peers, out_dir / "tokens_per_s.png")
+    if bars is not None:
+        out.append(str(bars))
     shape = depth_vs_width(rows, out_dir / "tree_depth_width.png")
     if shape is not None:
         out.append(str(shape))

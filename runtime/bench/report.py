@@ -149,14 +149,22 @@ def table1(rows: Sequence[dict]) -> list[str]:
     return out
 
 
+def _spread(row: dict, key: str, fmt: str) -> str:
+    """`row[key]`'s p10–p90 (10th to 90th percentile over prompts)."""
+    lo, hi = row.get(f"{key}_p10"), row.get(f"{key}_p90")
+    return "–" if lo is None or hi is None else f"{fmt.format(lo)}–{fmt.format(hi)}"
+
+
 def detail_table(rows: Sequence[dict]) -> list[str]:
-    out = ["| dataset | T | policy | tok/s (median) | ×ar | τ | δ | host share | depth | width | "
-           "tree size | pool cut | prompts |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| dataset | T | policy | tok/s (median) | tok/s p10–p90 | TTFT ms (median) | TTFT p10–p90 | ×ar | "
+           "τ | δ | host share | depth | width | tree size | pool cut | prompts |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         where = f" [{Path(r['engine']).name}]" if r.get("engine") else ""
+        ms = {k: (None if r.get(k) is None else 1e3 * r[k]) for k in ("ttft_s", "ttft_s_p10", "ttft_s_p90")}
         out.append(f"| {r['dataset']} | {r['temperature']:g} | {_policy_label(r)}{where} | {_f(r['tokens_per_s'], '{:.1f}')} | "
-                   f"{_f(r['speedup_vs_ar'], '{:.2f}x')} | {_f(r['tau'])} | {_f(r['delta'])} | "
+                   f"{_spread(r, 'tokens_per_s', '{:.1f}')} | {_f(ms['ttft_s'], '{:.1f}')} | "
+                   f"{_spread(ms, 'ttft_s', '{:.1f}')} | {_f(r['speedup_vs_ar'], '{:.2f}x')} | {_f(r['tau'])} | {_f(r['delta'])} | "
                    f"{_f(r['host_share'], '{:.1%}')} | {_f(r['depth_mean'], '{:.1f}')} | "
                    f"{_f(r['width_mean'], '{:.1f}')} | {_f(r['tree_size_mean'], '{:.1f}')} | "
                    f"{r['pool_truncations']} | {r['prompts']} |")
@@ -175,9 +183,9 @@ def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
             ar[r["dataset"]] = r
         elif r["policy"] in best and r["tokens_per_s"] > best[r["policy"]].get(r["dataset"], {}).get("tokens_per_s", 0):
             best[r["policy"]][r["dataset"]] = r
-    out = ["| dataset | peer configuration | tok/s (median) | τ | "
+    out = ["| dataset | peer configuration | tok/s (median) | tok/s p10–p90 | τ | "
            + "".join(f"{p} best / peer | " for p in PEER_COLUMNS) + "ar / peer | same output as ar | status |",
-           "|---|---|---|---|" + "---|" * len(PEER_COLUMNS) + "---|---|---|"]
+           "|---|---|---|---|---|" + "---|" * len(PEER_COLUMNS) + "---|---|---|"]
 
     def ratio(r: dict | None, tps: float | None, tag: bool) -> str:
         if not r or not tps:
@@ -186,7 +194,8 @@ def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
 
     for p in peers:
         ds, tps = p["dataset"], p.get("tokens_per_s")
-        out.append(f"| {ds} | {p['peer']} | {_f(tps, '{:.1f}')} | {_f(p.get('tau'))} | "
+        out.append(f"| {ds} | {p['peer']} | {_f(tps, '{:.1f}')} | {_spread(p, 'tokens_per_s', '{:.1f}')} | "
+                   f"{_f(p.get('tau'))} | "
                    + "".join(f"{ratio(best[c].get(ds), tps, True)} | " for c in PEER_COLUMNS)
                    + f"{ratio(ar.get(ds), tps, False)} | {p.get('same_output_as_ar') or '–'} | {p['status']} |")
     return out
@@ -216,8 +225,11 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
              + (f"; sampling (T > 0) with top-p {s['top_p']:g}, seed {s['seed']}"
                 if any(t > 0 for t in s.get("temperatures", ())) and s.get("top_p") is not None else ""),
              "- tokens/s: median over prompts of new tokens / wall time of one generate call (prefill "
-             "included); ×ar: ratio of medians against `ar` of the same engine in the same run; "
-             "τ (MAT): tokens per verify call; δ: draft calls per verify call.", ""]
+             "included), with its spread (10th–90th percentile over prompts); TTFT: time to first token "
+             "(the prompt's prefill up to the first generated token); ×ar: ratio of medians against `ar` of "
+             "the same engine in the same run; τ (MAT): tokens per verify call; δ: draft calls per verify "
+             "call.", ""]
+    lines += [f"**Warning:** {w}" for w in results.get("warnings", ())] + ([""] if results.get("warnings") else [])
     if results["rows"]:
         lines += ["## MAT (τ) and speed-up over ar, per dataset", ""] + table1(engine_rows(results["rows"]))
         for c in results.get("compare_engines", ()):

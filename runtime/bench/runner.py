@@ -84,6 +84,7 @@ class PromptRun:
     engine_s: float
     host_s: float
     runtime_tokens_per_s: float
+    ttft_s: float = 0.0      # time to first token: the prompt's prefill up to the first generated token
     shapes: tuple[RoundShape, ...] = ()
     pool_truncated: int = 0
     lookup_proposed: int = 0  # tree nodes the context lookup proposed (lookup, talon-lookup)
@@ -117,7 +118,7 @@ def record_run(prompt: Prompt, config: BenchConfig, prompt_ids: Sequence[int], r
         rounds=int(stats.rounds), tau=float(stats.tau), delta=float(stats.delta),
         target_calls=int(stats.target_calls), draft_calls=int(stats.draft_calls),
         engine_s=float(stats.engine_s), host_s=float(stats.host_s),
-        runtime_tokens_per_s=float(stats.tokens_per_s), shapes=shapes,
+        runtime_tokens_per_s=float(stats.tokens_per_s), ttft_s=float(stats.prefill_s), shapes=shapes,
         pool_truncated=sum(int(r.pool_truncated) for r in stats.per_round),
         lookup_proposed=sum(int(r.lookup_proposed) for r in stats.per_round),
         lookup_accepted=sum(int(r.lookup_accepted) for r in stats.per_round), tokens=tuple(result.tokens),

@@ -7,6 +7,7 @@ exactly one JSON object on stdout: {"tokens", "text", "stop_reason", "stats"}.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -22,18 +23,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="generate from a prompt",
                        description="Generate from a prompt with speculative decoding. Options left out "
                                    "take the engine manifest's defaults.")
-    p.add_argument("--engine", required=True, metavar="DIR", help="engine directory")
+    p.add_argument("-e", "--engine", required=True, metavar="DIR", help="engine directory")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", metavar="TEXT", help="prompt text (tokenized with the engine's tokenizer)")
-    src.add_argument("--prompt-file", metavar="FILE", type=Path, help="read the prompt text from FILE (UTF-8)")
+    src.add_argument("-p", "--prompt", metavar="TEXT", help="prompt text (tokenized with the engine's tokenizer)")
+    src.add_argument("-f", "--prompt-file", metavar="FILE", type=Path,
+                     help="read the prompt text from FILE (UTF-8); - reads standard input")
     src.add_argument("--prompt-ids", metavar="IDS", help="prompt token ids, comma-separated: 1,2,3")
     src.add_argument("--chat", metavar="TEXT", help="a user message: rendered with the engine's chat template, "
                                                     "generation stops at the end of the assistant's turn")
-    p.add_argument("--system", metavar="TEXT", help="with --chat: the system message (default: the template's)")
+    p.add_argument("-s", "--system", metavar="TEXT", help="with --chat: the system message (default: the template's)")
     add_options(p)
-    p.add_argument("--stats", action="store_true", help="print run statistics (stderr; in the JSON with --json)")
+    p.add_argument("--stats", action="store_true", help=STATS_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of streaming text")
     p.set_defaults(func=run)
+
+
+STATS_HELP = ("print run statistics on stderr (in the JSON with --json): tokens, tok/s, rounds, tau = generated "
+              "tokens per target call (1 for ar; the higher, the more each verification yields), delta = draft "
+              "calls per target call (the drafting cost), mean tree size, and host time per round. The speed-up "
+              "over ar is about tau / (1 + c * delta), c = a draft call's cost relative to a target call")
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -45,8 +53,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eagle3-top-k", type=int, help="eagle3: beam width")
     p.add_argument("--eagle3-depth", type=int, help="eagle3: expansions after the root's call")
     p.add_argument("--chain-depth", type=int, help="chain: draft tokens per round")
-    p.add_argument("--max-new-tokens", type=int, help="stop after this many generated tokens")
-    p.add_argument("--temperature", type=float, help="0 = greedy")
+    p.add_argument("-n", "--max-new-tokens", type=int, metavar="N",
+                   help="stop after N generated tokens; -1 = until the end of the turn (a stop id) or a full "
+                        "context (the default of engines exported since -1 exists)")
+    p.add_argument("-t", "--temperature", type=float, help="0 = greedy")
     p.add_argument("--top-p", type=float, help="nucleus sampling on the target, (0, 1]")
     p.add_argument("--top-k", type=int, help="top-k sampling on the target, 0 = off")
     p.add_argument("--seed", type=int, help="sampling seed")
@@ -119,10 +129,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read(path: Path, limit: int) -> str:
-    """The file's text, refusing more than `limit` characters (a device like /dev/zero never ends)."""
+    """The file's text (`-`: standard input), refusing more than `limit` characters (a device like
+    /dev/zero never ends)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(limit + 1)
+        if str(path) == "-":
+            stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+            text = stdin.read(limit + 1)
+            stdin.detach()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read(limit + 1)
     except OSError as e:
         raise InputError(f"--prompt-file {path}: {e.strerror}") from None
     except UnicodeDecodeError:

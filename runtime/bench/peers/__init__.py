@@ -116,6 +116,7 @@ def run_worker(spec: PeerSpec, job: dict[str, Any], timeout_s: float, python: st
 
 
 def peer_rows(spec: PeerSpec, answer: dict[str, Any], datasets: Sequence[str]) -> list[dict[str, Any]]:
+    from runtime.bench.metrics import spread   # here: the workers import this package, not the metrics
     if answer.get("status") != "ok":
         return _unavailable(spec, datasets, answer.get("status", "failed: no status"))
     rows = []
@@ -124,7 +125,9 @@ def peer_rows(spec: PeerSpec, answer: dict[str, Any], datasets: Sequence[str]) -
         tps = [r["new_tokens"] / r["wall_s"] for r in runs if r["wall_s"] > 0]
         calls = [r.get("target_calls") for r in runs]
         tau = (sum(r["new_tokens"] for r in runs) / sum(calls)) if runs and all(calls) else None
+        p10, p90 = spread(tps)
         rows.append({**_row(spec, d), "tokens_per_s": statistics.median(tps) if tps else None, "tau": tau,
+                     "tokens_per_s_p10": p10, "tokens_per_s_p90": p90,
                      "prompts": len(runs), "new_tokens": sum(r["new_tokens"] for r in runs),
                      "status": "ok", "detail": answer.get("detail", {}), "runs": runs})
     return rows
