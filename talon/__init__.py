@@ -4,12 +4,13 @@ from talon.cost import AcceptanceModel, CostModel
 from talon.nodes import Expand
 from talon.policy import (POLICIES, ArPolicy, ChainPolicy, Eagle3Policy, Learner, Policy, TalonCostPolicy,
                           TalonPolicy, make_policy)
+from talon.penalties import PenaltyContext, Penalties
 from talon.sampling import logits_to_probs, sample_token
 from talon.tree import BuildInfo, DraftTree, root_tree
 from talon.verify import Acceptance, verify_greedy, verify_sample
 
 __all__ = [
     "Acceptance", "AcceptanceModel", "ArPolicy", "BuildInfo", "ChainPolicy", "CostModel", "DraftTree", "Eagle3Policy", "Expand",
-    "Learner", "POLICIES", "Policy", "TalonCostPolicy", "TalonPolicy", "logits_to_probs", "make_policy", "root_tree",
+    "Learner", "POLICIES", "PenaltyContext", "Penalties", "Policy", "TalonCostPolicy", "TalonPolicy", "logits_to_probs", "make_policy", "root_tree",
     "sample_token", "verify_greedy", "verify_sample",
 ]
