@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from runtime.commands.run import OPTION_ARGS, add_options
 from runtime.errors import OptionError
 
 DEFAULT_MAX_QUEUE = 64     # waiting requests beyond the busy instances; more get 429 + Retry-After
+API_KEY_ENV = "TALON_RT_API_KEY"   # the API key when --api-key is not given (keeps it out of `ps`)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE, metavar="N",
                    help=f"requests that may wait for an instance (default {DEFAULT_MAX_QUEUE})")
     p.add_argument("--model-name", metavar="NAME", help="the model id clients send (default: the engine's name)")
+    p.add_argument("--api-key", metavar="KEY", help=f"require 'Authorization: Bearer KEY' on every /v1 route "
+                                                    f"(default: ${API_KEY_ENV} if set, else no key)")
+    p.add_argument("--auth-all", action="store_true",
+                   help="require the API key on /health and /metrics too (default: those stay open)")
     add_options(p)
     p.set_defaults(func=serve)
 
@@ -33,13 +39,35 @@ def serve(args: argparse.Namespace) -> int:
 
     from runtime.serve.app import create_app
 
+    api_key = api_key_of(args)
     pool = open_pool(args)
     try:
-        app = create_app(pool, args.model_name or pool.manifest.name)
+        name = args.model_name or pool.manifest.name
+        app = create_app(pool, name, api_key, args.auth_all)
+        print(startup_line(name, args, pool, api_key), file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
     finally:
         pool.close()
     return 0
+
+
+def api_key_of(args: argparse.Namespace) -> str | None:
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if key is not None and (not key or key != key.strip()):
+        source = "--api-key" if args.api_key is not None else API_KEY_ENV
+        raise OptionError(f"{source}: the API key is empty or has surrounding whitespace")
+    if args.auth_all and key is None:
+        raise OptionError(f"--auth-all needs an API key (--api-key or {API_KEY_ENV})")
+    return key
+
+
+def startup_line(name: str, args: argparse.Namespace, pool, api_key: str | None) -> str:
+    o, inst = pool.options, len(pool.instances)
+    auth = ("API key required on every route" if args.auth_all else "API key required on /v1") if api_key \
+        else "no API key"
+    return (f"talon-rt serve: model {name!r} from engine {args.engine} ({o.policy}, budget {o.budget}, "
+            f"{pool.instances[0].generator.backend}, {inst} instance{'s' if inst > 1 else ''}) "
+            f"on http://{args.host}:{args.port}/v1 ({auth})")
 
 
 def threads_per_instance(instances: int) -> int:
