@@ -94,7 +94,8 @@ class Generator:
             return keep
 
         with self._exclusive("generate"):
-            out = decoder.generate(ids, n, stream if on_tokens or on_text else None, sampler, logprobs)
+            out = decoder.generate(ids, n, stream if on_tokens is not None or on_text is not None else None,
+                                   sampler, logprobs)
             rest = text.rest() if text is not None else ""
             if rest:
                 on_text(rest)

@@ -183,3 +183,25 @@ def test_sampled_with_penalties_and_min_p_matches_ar(vocab_engine):
         ps = [two_sample_p(spec[:, 0], ref[:, 0], 24), two_sample_p(repeats(spec), repeats(ref), 48)]
         print(f"{policy}: p(first)={ps[0]:.3f} p(second, repeat or not)={ps[1]:.3f}")
         assert min(ps) > 1e-3, (policy, ps)
+
+
+# --- talon-rt run flags -------------------------------------------------------------------------------
+
+def test_run_flags_equal_the_api(tiny_engine):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    talon_rt = str(Path(sys.executable).parent / "talon-rt")
+    flags = ["--repetition-penalty", "1.3", "--frequency-penalty", "0.5", "--presence-penalty", "0.4"]
+    with Generator.open(tiny_engine, policy="ar", repetition_penalty=1.3, frequency_penalty=0.5,
+                        presence_penalty=0.4) as gen:
+        want = gen.generate([1, 5, 9, 40], max_new_tokens=24).tokens
+    r = subprocess.run([talon_rt, "run", "--engine", str(tiny_engine), "--prompt-ids", "1,5,9,40",
+                        "--max-new-tokens", "24", "--policy", "talon", *flags, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tokens"] == want
+    r = subprocess.run([talon_rt, "run", "--engine", str(tiny_engine), "--prompt-ids", "1", "--min-p", "2"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().endswith("option min_p: 2.0 outside [0, 1] (0 = off)"), r.stderr

@@ -237,6 +237,7 @@ def test_unsupported_chat_fields_are_refused_by_name(server, kwargs, field):
 @pytest.mark.parametrize("kwargs, field", [
     (dict(echo=True), "echo"), (dict(suffix="x"), "suffix"), (dict(best_of=2), "best_of"),
     (dict(extra_body={"foo": 1}), "foo"),
+    (dict(extra_body={"stream_options": {"continuous_usage_stats": True}}), "stream_options.continuous_usage_stats"),
 ])
 def test_unsupported_completion_fields_are_refused_by_name(server, kwargs, field):
     with pytest.raises(openai.BadRequestError, match=f"field {field}: "):
