@@ -12,7 +12,7 @@ import numpy as np
 
 from runtime.backends import open_backend
 from runtime.chat import render_chat
-from runtime.decode import Decoder, Sampler
+from runtime.decode import Decoder, OnTokens, Sampler
 from runtime.errors import BusyError, ClosedError, InputError, OptionError
 from runtime.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from runtime.manifest import Manifest
@@ -21,7 +21,6 @@ from runtime.stats import RunStats
 from runtime.text import IncrementalText
 from runtime.validate import validate_engine
 
-OnTokens = Callable[[list[int]], "bool | None"]   # each round's new ids; False stops the generation
 OnText = Callable[[str], "bool | None"]           # each new piece of text; False stops the generation
 
 

@@ -22,7 +22,7 @@ from runtime.manifest import Manifest
 from runtime.options import Options
 from runtime.stats import RoundStats, RunStats
 from talon import (Acceptance, CostModel, DraftTree, PenaltyContext, Penalties, Policy, logits_to_probs, make_policy,
-                   root_tree, sample_token, verify_greedy, verify_sample)
+                   root_tree, verify_greedy, verify_sample)
 
 # called with each round's new tokens; returning False cancels the generation (stop_reason "cancelled")
 OnTokens = Callable[[list[int]], "bool | None"]
@@ -177,7 +177,7 @@ class Decoder:
         out = self.verify_call(tree)                     # one target call over all tree tokens
         self.tracer.lap("verify")
         acc = self.sampler.verify(tree, out)             # greedy or lossless sampling (talon/)
-        self.note_logprobs(out[acc.nodes], acc.tokens)   # if asked: each emitted token's, from its node
+        self.note_logprobs(out, acc.nodes, acc.tokens)   # if asked: each emitted token's, from its node
         self.tracer.lap("accept")
         self.commit(acc)                                 # accepted rows -> [P, P+a+1)
         self.learn(tree, acc, start)                     # a policy that learns sees the outcome
@@ -200,10 +200,10 @@ class Decoder:
         if self.top_logprobs is not None:
             self.logprobs.extend(self._pending[:len(emitted)])
 
-    def note_logprobs(self, rows: np.ndarray, tokens: np.ndarray) -> None:
-        """rows [m, V]: the target's logits that emitted tokens [m]."""
+    def note_logprobs(self, logits: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> None:
+        """logits [q, V] of a target call; its rows [m] emitted tokens [m]."""
         if self.top_logprobs is not None:
-            self._pending = token_logprobs(rows, tokens, self.top_logprobs)
+            self._pending = token_logprobs(logits[rows], tokens, self.top_logprobs)
 
     def learn(self, tree: DraftTree, acc: Acceptance, start_ns: int) -> None:
         """Feed the policy's learner the verified round and the round's time so far (us)."""
@@ -255,7 +255,7 @@ class Decoder:
             self.P = e
             if e == n:
                 root = self.sampler.first(out[q - 1])
-                self.note_logprobs(out[q - 1:q], np.array([root]))
+                self.note_logprobs(out, np.array([q - 1]), np.array([root]))
             if self.drafter is not None:
                 nxt = np.append(prompt[s + 1:e], prompt[e] if e < n else root)
                 self.drafter.set_feed(np.arange(q), nxt)
