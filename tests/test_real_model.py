@@ -119,3 +119,29 @@ def test_trained_head_is_lossless_on_twenty_prompts(trained):
             with Generator.open(trained, policy=policy, budget=16) as spec:
                 for prompt, (ids, want) in wants.items():
                     assert spec.generate(ids, max_new_tokens=128).tokens == want, f"{policy}: {prompt!r}"
+
+
+def test_trained_head_is_lossless_with_penalties(trained):
+    """With a repetition penalty (or frequency + presence penalties) talon and eagle3 equal ar with the
+    same penalties; greedy SmolLM2 loops without them (few distinct 4-grams) and not with them."""
+    from runtime.api import Generator
+
+    def distinct4(t: list[int]) -> float:
+        grams = [tuple(t[i:i + 4]) for i in range(len(t) - 3)]
+        return len(set(grams)) / max(len(grams), 1)
+
+    configs = (dict(repetition_penalty=1.1), dict(frequency_penalty=0.3, presence_penalty=0.2))
+    prompts = ["Write a short story about a robot learning to paint.", "Explain how a hash table works.",
+               PROMPTS[2]]
+    with Generator.open(trained, policy="ar") as ar:
+        chats = [ar.encode(ar.render_chat([{"role": "user", "content": p}])) for p in prompts]
+        plain = [ar.generate(ids, max_new_tokens=128).tokens for ids in chats]
+        wants = {i: [ar.generate(ids, max_new_tokens=128, **cfg).tokens for ids in chats]
+                 for i, cfg in enumerate(configs)}
+    assert min(distinct4(t) for t in plain) < 0.8, "no prompt loops without penalties"
+    assert min(distinct4(t) for t in wants[0]) > 0.9, "the repetition penalty does not stop the loops"
+    for policy in ("talon", "eagle3"):
+        with Generator.open(trained, policy=policy, budget=16) as spec:
+            for i, cfg in enumerate(configs):
+                for p, ids, want in zip(prompts, chats, wants[i]):
+                    assert spec.generate(ids, max_new_tokens=128, **cfg).tokens == want, f"{policy} {cfg}: {p!r}"
