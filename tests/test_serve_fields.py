@@ -224,7 +224,7 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
 
 @pytest.mark.parametrize("kwargs, field", [
     (dict(tools=[TOOL]), "tools"),
-    (dict(tool_choice="none"), "tool_choice"),
+    (dict(tool_choice="required"), "tool_choice"),
     (dict(response_format={"type": "json_object"}), "response_format"),
     (dict(logit_bias={"5": 10}), "logit_bias"),
     (dict(extra_body={"mirostat": 2}), "mirostat"),
@@ -245,6 +245,15 @@ def test_unsupported_completion_fields_are_refused_by_name(server, kwargs, field
     r = keyed_post(server, "/v1/completions", {"model": "tiny", "prompt": PROMPT, "stream": True,
                                                **(kwargs.get("extra_body") or kwargs)})
     assert r.status_code == 400 and f"field {field}" in r.json()["error"]["message"]
+
+
+def test_fields_that_ask_for_nothing_are_accepted(server):
+    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 4, "tools": [], "tool_choice": "none",
+            "response_format": {"type": "text"}, "logit_bias": {}, "parallel_tool_calls": False, "user": "u-1",
+            "logprobs": False, "stream_options": None}
+    assert keyed_post(server, "/v1/chat/completions", body).status_code == 200
+    body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 4, "best_of": 1, "echo": False, "suffix": None}
+    assert keyed_post(server, "/v1/completions", body).status_code == 200
 
 
 def test_developer_role_is_a_system_message(server, chat_engine):  # noqa: F811

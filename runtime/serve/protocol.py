@@ -35,6 +35,13 @@ REFUSED = {"tools": "tool calls are not supported", "tool_choice": "tool calls a
            "logit_bias": "not supported", "best_of": "not supported", "suffix": "not supported",
            "audio": "not supported", "modalities": "only text is supported", "prediction": "not supported",
            "reasoning_effort": "not supported", "web_search_options": "not supported"}
+# values of those fields that ask for nothing (clients send some of them by default): accepted
+NO_OP = {"tool_choice": ("none",), "response_format": ({"type": "text"},), "best_of": (1,),
+         "parallel_tool_calls": (True, False), "suffix": ("",)}
+
+
+def _asks_nothing(name: str, value: Any) -> bool:
+    return value is None or value == [] or value == {} or any(value == v for v in NO_OP.get(name, ()))
 
 
 class XTalon(BaseModel):
@@ -166,9 +173,10 @@ def parse(body: bytes, model: type[Request]) -> Request:
         raise InputError(f"request body is not JSON: {e}") from None
     if not isinstance(raw, dict):
         raise InputError(f"request body: expected a JSON object, got {type(raw).__name__}")
-    refused = sorted(set(raw) & set(REFUSED))
+    refused = sorted(k for k in set(raw) & set(REFUSED) if not _asks_nothing(k, raw[k]))
     if refused:
         raise InputError(f"field {refused[0]}: {REFUSED[refused[0]]} by this server")
+    raw = {k: v for k, v in raw.items() if k not in REFUSED}
     try:
         req = model.model_validate(raw)
     except ValidationError as e:
