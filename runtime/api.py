@@ -12,12 +12,16 @@ import numpy as np
 
 from runtime.backends import open_backend
 from runtime.chat import check_text, encode_chat, render_chat
-from runtime.decode import Decoder
+from runtime.decode import Decoder, OnTokens, Sampler
 from runtime.errors import BusyError, ClosedError, InputError, OptionError
+from runtime.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from runtime.manifest import Manifest
-from runtime.options import SESSION_OPTIONS, Options, resolve_options
+from runtime.options import SAMPLING_OPTIONS, SESSION_OPTIONS, UNTIL_STOP, Options, resolve_options, validate
 from runtime.stats import RunStats
+from runtime.text import IncrementalText
 from runtime.validate import validate_engine
+
+OnText = Callable[[str], "bool | None"]           # each new piece of text; False stops the generation
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class GenerationResult:
     stop_reason: str           # "eos" | "max_new_tokens" | "context_full" | "cancelled" (on_tokens returned False)
     stats: RunStats
     text: str | None = None    # set by generate_text
+    logprobs: list[TokenLogprob] | None = None   # one per token, when `logprobs` was given
 
 
 class Generator:
@@ -60,21 +65,70 @@ class Generator:
         return self._live().backend.name
 
     def generate(self, prompt_ids: Sequence[int], max_new_tokens: int | None = None,
-                 on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
-        self._live()
+                 on_tokens: OnTokens | None = None, *, on_text: OnText | None = None,
+                 logprobs: int | None = None, **sampling: Any) -> GenerationResult:
+        """Generate from token ids. on_tokens / on_text: called with each round's new ids / new text
+        (decoded incrementally: a character split across tokens comes whole); either returning False
+        stops the generation. logprobs: k >= 0 fills `.logprobs` (each token's log-probability and
+        its k most likely alternatives). sampling: this call's temperature, top_p, top_k, min_p,
+        repetition_penalty, frequency_penalty, presence_penalty, seed (default: the Generator's)."""
+        decoder = self._live()
         n = self.options.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if n == UNTIL_STOP and not isinstance(n, bool):   # until a stop id or a full context
+            n = self.manifest.limits.max_seq_len + 1
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise OptionError(f"option max_new_tokens: expected an integer >= 1, got {n!r}")
+            raise OptionError(f"option max_new_tokens: expected an integer >= 1 or {UNTIL_STOP}, got {n!r}")
         ids = token_ids(prompt_ids, "prompt_ids", "prompt", self.manifest.model.vocab_size)
-        if on_tokens is not None and not callable(on_tokens):
-            raise InputError(f"on_tokens must be callable or None, got {type(on_tokens).__name__}")
-        with self._exclusive("generate"):
-            out = self._live().generate(ids, n, on_tokens)
-        return GenerationResult(out.tokens, out.stop_reason, out.stats)
+        for name, f in (("on_tokens", on_tokens), ("on_text", on_text)):
+            if f is not None and not callable(f):
+                raise InputError(f"{name} must be callable or None, got {type(f).__name__}")
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
+                                     or not 0 <= logprobs <= MAX_TOP_LOGPROBS):
+            raise OptionError(f"logprobs: expected an integer in [0, {MAX_TOP_LOGPROBS}] or None, got {logprobs!r}")
+        sampler = self._sampler(sampling)
+        text = IncrementalText(self.decode) if on_text is not None else None
 
-    def generate_text(self, prompt: str, max_new_tokens: int | None = None,
-                      on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
-        res = self.generate(self.encode_prompt(prompt), max_new_tokens, on_tokens)
+        def stream(new: list[int]) -> bool:
+            keep = on_tokens is None or on_tokens(new) is not False
+            if text is not None:
+                piece = text.push(new)
+                keep = (not piece or on_text(piece) is not False) and keep
+            return keep
+
+        with self._exclusive("generate"):
+            out = decoder.generate(ids, n, stream if on_tokens is not None or on_text is not None else None,
+                                   sampler, logprobs)
+            rest = text.rest() if text is not None else ""
+            if rest:
+                on_text(rest)
+        return GenerationResult(out.tokens, out.stop_reason, out.stats, logprobs=out.logprobs)
+
+    def logprobs_so_far(self) -> list[TokenLogprob]:
+        """The running generation's logprobs (generate with `logprobs`): one per token streamed so far,
+        complete for the tokens on_tokens has been given. Read it, do not change it."""
+        return self._live().logprobs
+
+    def token_text(self, token: int) -> str:
+        """One token id as text, special tokens spelled out (for logprobs)."""
+        self._live()
+        return self._tokenizer.decode([int(token)], skip_special_tokens=False)
+
+    def _sampler(self, sampling: Mapping[str, Any]) -> Sampler | None:
+        """A Sampler for this call's sampling options; None when there are none (the Decoder's own
+        carries its random state from call to call)."""
+        unknown = sorted(set(sampling) - set(SAMPLING_OPTIONS))
+        if unknown:
+            raise OptionError(f"unknown per-call option(s) {unknown}; a call may set: {', '.join(SAMPLING_OPTIONS)} "
+                              f"(others: Generator.open or with_options)")
+        given = {k: v for k, v in sampling.items() if v is not None}
+        if not given:
+            return None
+        return Sampler(validate(self.manifest, replace(self.options, **given)), self.manifest.model.vocab_size)
+
+    def generate_text(self, prompt: str, max_new_tokens: int | None = None, on_tokens: OnTokens | None = None,
+                      **kwargs: Any) -> GenerationResult:
+        """generate() from prompt text; `.text` is the generated text. kwargs: as generate's."""
+        res = self.generate(self.encode_prompt(prompt), max_new_tokens, on_tokens, **kwargs)
         return replace(res, text=self.decode(res.tokens))
 
     def encode_prompt(self, text: str) -> list[int]:
@@ -112,10 +166,10 @@ class Generator:
         return token(t.bos_id), token(t.eos_ids[0] if t.eos_ids else None)
 
     def chat(self, messages: Sequence[Mapping[str, str]], max_new_tokens: int | None = None,
-             on_tokens: Callable[[list[int]], None] | None = None) -> GenerationResult:
+             on_tokens: OnTokens | None = None, **kwargs: Any) -> GenerationResult:
         """Generate the assistant's reply to `messages` (see encode_chat); stops at the template's
-        end-of-turn token or EOS. `.text` is the reply."""
-        res = self.generate(self.encode_chat(messages), max_new_tokens, on_tokens)
+        end-of-turn token or EOS. `.text` is the reply. kwargs: as generate's."""
+        res = self.generate(self.encode_chat(messages), max_new_tokens, on_tokens, **kwargs)
         return replace(res, text=self.decode(res.tokens))
 
     def encode(self, text: str) -> list[int]:

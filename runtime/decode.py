@@ -17,11 +17,12 @@ from runtime.backends.base import Backend
 from runtime.costs import measure_cost_model
 from runtime.draft import Drafter
 from runtime.errors import EngineError, InputError
+from runtime.logprobs import TokenLogprob, token_logprobs
 from runtime.manifest import Manifest
 from runtime.options import HEADLESS, Options
 from runtime.stats import RoundStats, RunStats
-from talon import (Acceptance, CostModel, DraftTree, Policy, logits_to_probs, make_policy, sample_token,
-                   verify_greedy, verify_sample)
+from talon import (Acceptance, CostModel, DraftTree, PenaltyContext, Penalties, Policy, logits_to_probs, make_policy,
+                   root_tree, verify_greedy, verify_sample)
 
 # called with each round's new tokens; returning False cancels the generation (stop_reason "cancelled")
 OnTokens = Callable[[list[int]], "bool | None"]
@@ -34,6 +35,7 @@ class Decoded:
     tokens: list[int]
     stop_reason: str          # "eos" | "max_new_tokens" | "context_full" | "cancelled"
     stats: RunStats
+    logprobs: list[TokenLogprob] | None = None   # one per token, when asked for
 
 
 class Tracer:
@@ -58,33 +60,48 @@ def policy_from_options(o: Options, cost: CostModel | None = None) -> Policy:
 
 
 class Sampler:
-    """Greedy (temperature 0) or lossless sampling with temperature / top-p / top-k on the target."""
+    """Greedy (temperature 0) or lossless sampling with temperature / top-p / top-k / min-p on the
+    target, after the repetition / frequency / presence penalties of each node's own context."""
 
-    def __init__(self, o: Options):
+    def __init__(self, o: Options, vocab: int, logits: bool = False):
         self.greedy = o.temperature == 0.0
         self.o = o
         self.rng = np.random.default_rng(o.seed)
+        pen = Penalties(o.repetition_penalty, o.frequency_penalty, o.presence_penalty)
+        self.penalties = PenaltyContext(pen, vocab) if pen.active else None
+        self.logits = logits or not self.greedy or self.penalties is not None   # full rows needed
 
     def target_call(self, backend: Backend) -> Callable[..., np.ndarray]:
-        """What verification reads from a target call: greedy, the argmax ids [q] (in the graph, so
-        q ints instead of q x V floats); sampling, the logits [q, V]."""
-        return backend.target_argmax if self.greedy else backend.target
+        """What verification reads from a target call: plain greedy, the argmax ids [q] (in the graph,
+        so q ints instead of q x V floats); otherwise the logits [q, V]."""
+        return backend.target if self.logits else backend.target_argmax
+
+    def start(self, prompt: np.ndarray) -> None:
+        if self.penalties is not None:
+            self.penalties.start(prompt)
+
+    def committed(self, tokens: list[int]) -> None:
+        """Tokens appended to the output (their penalties apply from the next verification on)."""
+        if self.penalties is not None:
+            self.penalties.add(tokens)
 
     def first(self, row: np.ndarray) -> int:
         """The token after the prompt from the last row of `target_call`'s output."""
-        if self.greedy:
-            return int(row)
-        check_logits(row)
-        return sample_token(logits_to_probs(row, self.o.temperature, self.o.top_p, self.o.top_k), self.rng)
+        return int(self.verify(root_tree(0), row[None]).tokens[0])
 
     def verify(self, tree: DraftTree, out: np.ndarray) -> Acceptance:
         """out: `target_call`'s output for the tree's nodes."""
+        if self.penalties is not None:
+            out = self.penalties.apply(out, tree)
         if self.greedy:
+            if self.logits:
+                out = np.argmax(out, axis=-1)
             if tree.size == 1:   # the root alone (ar, or a capped round): its argmax is the token
                 return Acceptance(nodes=ROOT_ONLY, tokens=np.array([out[0]], np.int64))
             return verify_greedy(tree, out)
         check_logits(out)
-        probs = logits_to_probs(out, self.o.temperature, self.o.top_p, self.o.top_k)
+        o = self.o
+        probs = logits_to_probs(out, o.temperature, o.top_p, o.top_k, o.min_p)
         return verify_sample(tree, probs, self.rng)
 
 
@@ -117,7 +134,11 @@ class Decoder:
         self._capped: dict[int, Policy] = {}
         self.drafter = (Drafter(backend, m.draft.hidden_size, m.kv_dtype, max(scratch, 1), self.chunk)
                         if o.policy not in HEADLESS else None)
-        self.sampler = Sampler(o)
+        self.default_sampler = Sampler(o, self.vocab)
+        self.sampler = self.default_sampler             # this generation's (Generator.generate may pass one)
+        self.top_logprobs: int | None = None            # this generation's logprobs request (None = off)
+        self.logprobs: list[TokenLogprob] = []          # this generation's, grown before each on_tokens call
+        self._pending: list[TokenLogprob] = []          # the last target call's, for its emitted tokens
         self.causal = np.tril(np.ones((self.chunk, self.chunk), np.bool_))
         self.P = 0
         self.target_ns = 0
@@ -133,13 +154,27 @@ class Decoder:
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def generate(self, prompt: list[int], max_new_tokens: int, on_tokens: OnTokens | None = None) -> Decoded:
+    def generate(self, prompt: list[int], max_new_tokens: int, on_tokens: OnTokens | None = None,
+                 sampler: Sampler | None = None, top_logprobs: int | None = None) -> Decoded:
+        """sampler: this call's (default: the decoder's own, whose random state carries on);
+        top_logprobs: None, or each token's log-probability with that many alternatives."""
         self.check_prompt(prompt)
+        self.sampler = sampler if sampler is not None else self.default_sampler
+        if top_logprobs is not None and not self.sampler.logits:   # plain greedy: the argmax ids only
+            self.sampler = Sampler(self.sampler.o, self.vocab, logits=True)
+        self.top_logprobs, self.logprobs = top_logprobs, []
+        try:
+            return self._generate(prompt, max_new_tokens, on_tokens)
+        finally:
+            self.sampler = self.default_sampler
+
+    def _generate(self, prompt: list[int], max_new_tokens: int, on_tokens: OnTokens | None) -> Decoded:
         t0 = time.perf_counter()
         root = self.prefill(np.asarray(prompt, dtype=np.int64))
         out = [root]
         if self.history is not None:
             self.history.reset([*prompt, root])
+        self.committed(out)
         t1 = time.perf_counter()
         rounds: list[RoundStats] = []
         keep = on_tokens is None or on_tokens([root]) is not False
@@ -147,12 +182,14 @@ class Decoder:
         while stop is None:
             tree, acc, engine_ns, wall_ns = self.round(root)
             emitted = self.emit(out, acc.tokens, max_new_tokens)
+            self.committed(emitted)
             root = out[-1]
             rounds.append(self.round_stats(tree, acc, len(emitted), engine_ns, wall_ns))
             keep = on_tokens is None or not emitted or on_tokens(emitted) is not False
             stop = self.stop_reason(out, max_new_tokens) or (None if keep else "cancelled")
         t2 = time.perf_counter()
-        return Decoded(out, stop, self.run_stats(len(prompt), out, rounds, t1 - t0, t2 - t1))
+        logprobs = self.logprobs if self.top_logprobs is not None else None
+        return Decoded(out, stop, self.run_stats(len(prompt), out, rounds, t1 - t0, t2 - t1), logprobs)
 
     def round(self, root: int) -> tuple[DraftTree, Acceptance, int, int]:
         """One speculative round; returns (tree, acceptance, engine ns, wall ns)."""
@@ -162,6 +199,7 @@ class Decoder:
         out = self.verify_call(tree)                     # one target call over all tree tokens
         self.tracer.lap("verify")
         acc = self.sampler.verify(tree, out)             # greedy or lossless sampling (talon/)
+        self.note_logprobs(out, acc.nodes, acc.tokens)   # if asked: each emitted token's, from its node
         self.tracer.lap("accept")
         self.commit(acc)                                 # accepted rows -> [P, P+a+1)
         self.learn(tree, acc, start)                     # a policy that learns sees the outcome
@@ -177,6 +215,17 @@ class Decoder:
         tree = policy.build(root, self.expand)
         self.defer_feed()                                # a round may not draft at all
         return tree
+
+    def committed(self, emitted: list[int]) -> None:
+        """Tokens appended to the output: the sampler's penalties and the logprobs see them."""
+        self.sampler.committed(emitted)
+        if self.top_logprobs is not None:
+            self.logprobs.extend(self._pending[:len(emitted)])
+
+    def note_logprobs(self, logits: np.ndarray, rows: np.ndarray, tokens: np.ndarray) -> None:
+        """logits [q, V] of a target call; its rows [m] emitted tokens [m]."""
+        if self.top_logprobs is not None:
+            self._pending = token_logprobs(logits[rows], tokens, self.top_logprobs)
 
     def learn(self, tree: DraftTree, acc: Acceptance, start_ns: int) -> None:
         """Feed the policy's history the round's tokens, and its learner the verified round and the
@@ -219,6 +268,7 @@ class Decoder:
     def prefill(self, prompt: np.ndarray) -> int:
         """Run the prompt through the target (and the draft) in chunks; return the first token."""
         self.P = 0
+        self.sampler.start(prompt)
         if self.drafter is not None:
             self.drafter.committed = 0
             self.drafter.deferred = 0
@@ -236,6 +286,7 @@ class Decoder:
             self.P = e
             if e == n:
                 root = self.sampler.first(out[q - 1])
+                self.note_logprobs(out, np.array([q - 1]), np.array([root]))
             if self.drafter is not None:
                 nxt = np.append(prompt[s + 1:e], prompt[e] if e < n else root)
                 self.drafter.set_feed(np.arange(q), nxt)

@@ -40,6 +40,10 @@ class Options:
     temperature: float = 0.0       # 0 = greedy
     top_p: float = 1.0             # 1 = off
     top_k: int = 0                 # 0 = off
+    min_p: float = 0.0             # 0 = off; keeps tokens with p >= min_p * p(most likely), after top-p
+    repetition_penalty: float = 1.0   # 1 = off; CTRL/HF: a seen token's logit / r if > 0, else * r
+    frequency_penalty: float = 0.0    # 0 = off; OpenAI: logit -= f * times the token was generated
+    presence_penalty: float = 0.0     # 0 = off; OpenAI: logit -= p once the token was generated
     seed: int | None = None        # None = nondeterministic sampling
     backend: str = "auto"          # tensorrt if plans + GPU, else ort-cuda if available, else ort-cpu
     threads: int = 0               # intra-op threads per session; 0 = ORT's choice (all cores)
@@ -49,6 +53,11 @@ class Options:
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Options))
 # fixed when an engine's sessions are opened; the others may change per generation (Generator.with_options)
 SESSION_OPTIONS = ("backend", "threads", "thread_mode")
+# what the target's logits go through in verification (talon/penalties.py, talon/sampling.py); a
+# generate call may set these for itself (Generator.generate)
+SAMPLING_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty",
+                    "presence_penalty", "seed")
+PENALTY_RANGE = 2.0                # frequency and presence penalties lie in [-2, 2], as OpenAI's
 
 
 def _number(name: str, value: Any, kind: type) -> Any:
@@ -111,7 +120,8 @@ def validate(manifest: Manifest, o: Options) -> Options:
     ints = {k: _number(k, getattr(o, k), int) for k in
             ("budget", "root_k", "eagle3_top_k", "eagle3_depth", "chain_depth", "max_new_tokens", "top_k",
              "threads")}
-    floats = {k: _number(k, getattr(o, k), float) for k in ("mu", "temperature", "top_p")}
+    floats = {k: _number(k, getattr(o, k), float) for k in
+              ("mu", "temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")}
     seed = None if o.seed is None else _number("seed", o.seed, int)
     limit = manifest.limits.max_tree_tokens
     if not 1 <= ints["budget"] <= limit:
@@ -129,6 +139,13 @@ def validate(manifest: Manifest, o: Options) -> Options:
     elif ints["max_new_tokens"] < 1:
         raise OptionError(f"option max_new_tokens: {ints['max_new_tokens']} must be >= 1, or {UNTIL_STOP} "
                           f"(until the end of the turn or a full context)")
+    if not 0.0 <= floats["min_p"] <= 1.0:
+        raise OptionError(f"option min_p: {floats['min_p']} outside [0, 1] (0 = off)")
+    if not floats["repetition_penalty"] > 0.0:
+        raise OptionError(f"option repetition_penalty: {floats['repetition_penalty']} must be > 0 (1 = off)")
+    for key in ("frequency_penalty", "presence_penalty"):
+        if not -PENALTY_RANGE <= floats[key] <= PENALTY_RANGE:
+            raise OptionError(f"option {key}: {floats[key]} outside [-{PENALTY_RANGE:g}, {PENALTY_RANGE:g}] (0 = off)")
     # root_k and eagle3_top_k above draft.k_max act as k_max (the draft returns k_max children)
     for key in ("root_k", "eagle3_top_k", "eagle3_depth", "chain_depth"):
         if ints[key] < 1:

@@ -1,4 +1,4 @@
-"""Target-side sampling: logits -> probabilities (temperature, top-k, top-p), and one categorical draw."""
+"""Target-side sampling: logits -> probabilities (temperature, top-k, top-p, min-p), and one categorical draw."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import numpy as np
 
 
 def logits_to_probs(logits: np.ndarray, temperature: float = 1.0, top_p: float = 1.0,
-                    top_k: int = 0) -> np.ndarray:
-    """float64 [..., V] probabilities; applied in Hugging Face order: temperature, top-k, top-p.
+                    top_k: int = 0, min_p: float = 0.0) -> np.ndarray:
+    """float64 [..., V] probabilities; applied in Hugging Face order: temperature, top-k, top-p, min-p.
 
-    top_k=0 and top_p=1.0 switch those filters off. Greedy decoding (temperature 0) takes the argmax
-    of the logits instead and never calls this.
+    top_k=0, top_p=1.0 and min_p=0.0 switch those filters off. min-p keeps the tokens whose
+    probability is at least min_p times the most likely token's. Greedy decoding (temperature 0)
+    takes the argmax of the logits instead and never calls this.
     """
     if not temperature > 0.0:
         raise ValueError(f"temperature must be > 0 (use greedy decoding for 0), got {temperature!r}")
@@ -18,6 +19,8 @@ def logits_to_probs(logits: np.ndarray, temperature: float = 1.0, top_p: float =
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
         raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
+    if not 0.0 <= min_p <= 1.0:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p!r}")
     x = np.asarray(logits, dtype=np.float64) / temperature
     v = x.shape[-1]
     if 0 < top_k < v:
@@ -30,6 +33,9 @@ def logits_to_probs(logits: np.ndarray, temperature: float = 1.0, top_p: float =
         rows = p.reshape(-1, v)
         for r in range(rows.shape[0]):
             rows[r] = _nucleus(rows[r], top_p)
+        p /= p.sum(axis=-1, keepdims=True)
+    if min_p > 0.0:
+        p = np.where(p < min_p * p.max(axis=-1, keepdims=True), 0.0, p)   # the most likely token stays
         p /= p.sum(axis=-1, keepdims=True)
     return p
 

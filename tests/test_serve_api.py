@@ -33,10 +33,11 @@ TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
 
 
 @contextmanager
-def serving(generators: list, max_queue: int = 8, model: str = "tiny") -> Iterator[str]:
-    """A server on 127.0.0.1 (a free port) over `generators`; yields its base URL."""
+def serving(generators: list, max_queue: int = 8, model: str = "tiny", **auth: Any) -> Iterator[str]:
+    """A server on 127.0.0.1 (a free port) over `generators`; yields its base URL. auth: create_app's
+    api_key and protect_all."""
     pool = Pool(generators, max_queue)
-    app = create_app(pool, model)
+    app = create_app(pool, model, **auth)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
@@ -226,7 +227,7 @@ def test_x_talon_policy_is_lossless(server, reference, policy):
     ({"model": "tiny", "prompt": "x", "x_talon": {"budget": 1000}}, 400, "OptionError", "max_tree_tokens"),
     ({"model": "tiny", "prompt": "x", "x_talon": {"policy": "magic"}}, 400, "OptionError", "unknown policy"),
     ({"model": "tiny", "prompt": "x", "x_talon": {"threads": 4}}, 400, "InputError", "x_talon.threads"),
-    ({"model": "tiny", "prompt": "x", "n": 2}, 400, "InputError", "field n"),
+    ({"model": "tiny", "prompt": "x", "n": 0}, 400, "InputError", "field n"),
     ({"model": "tiny", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "InputError", "field stop"),
     ({"model": "other", "prompt": "x"}, 404, "NotFound", "not served here"),
 ])

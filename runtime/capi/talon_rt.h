@@ -133,7 +133,8 @@ typedef struct talon_rt talon_rt;
 
 /* Open the engine directory `engine_dir` with options: a JSON object whose keys are the options of
  * runtime.api.Generator.open (policy, budget, mu, root_k, eagle3_top_k, eagle3_depth, chain_depth,
- * max_new_tokens, temperature, top_p, top_k, seed, backend, threads), e.g.
+ * max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, frequency_penalty,
+ * presence_penalty, seed, backend, threads, thread_mode), e.g.
  * {"policy": "talon", "budget": 16, "temperature": 0}. NULL or "" = the manifest's defaults.
  * On success *out is a new handle; on failure *out is set to NULL (when out is not NULL) and the
  * message is in talon_rt_last_error(NULL).

@@ -59,6 +59,14 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-t", "--temperature", type=float, help="0 = greedy")
     p.add_argument("--top-p", type=float, help="nucleus sampling on the target, (0, 1]")
     p.add_argument("--top-k", type=int, help="top-k sampling on the target, 0 = off")
+    p.add_argument("--min-p", type=float, help="min-p sampling on the target: drop tokens below min_p times "
+                                               "the most likely one's probability, [0, 1], 0 = off")
+    p.add_argument("--repetition-penalty", type=float, help="divide the (positive) logits of tokens already in "
+                                                            "the context by this, > 0, 1 = off (greedy too)")
+    p.add_argument("--frequency-penalty", type=float, help="subtract this times each token's count in the "
+                                                           "output from its logit, [-2, 2], 0 = off (greedy too)")
+    p.add_argument("--presence-penalty", type=float, help="subtract this from the logit of every token already "
+                                                          "in the output, [-2, 2], 0 = off (greedy too)")
     p.add_argument("--seed", type=int, help="sampling seed")
     p.add_argument("--backend", choices=BACKENDS, help="engine backend (default auto)")
     p.add_argument("--threads", type=int, help="intra-op threads per session (0 = all cores)")
@@ -66,8 +74,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 
 OPTION_ARGS = ("policy", "budget", "mu", "root_k", "eagle3_top_k", "eagle3_depth", "chain_depth",
-               "max_new_tokens", "temperature", "top_p", "top_k", "seed", "backend", "threads",
-               "thread_mode")
+               "max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+               "frequency_penalty", "presence_penalty", "seed", "backend", "threads", "thread_mode")
 
 
 def parse_ids(text: str) -> list[int]:

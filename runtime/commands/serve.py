@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 
 from runtime.commands.run import OPTION_ARGS, add_options
 from runtime.errors import OptionError
@@ -12,6 +13,7 @@ from runtime.errors import OptionError
 DEFAULT_MAX_QUEUE = 64     # waiting requests beyond the busy instances; more get 429 + Retry-After
 DEFAULT_MAX_BODY_BYTES = 4 << 20   # runtime.serve.app.MAX_BODY_BYTES (not imported: it pulls in fastapi)
 DEFAULT_BODY_TIMEOUT_S = 30.0      # runtime.serve.app.BODY_TIMEOUT_S
+API_KEY_ENV = "TALON_RT_API_KEY"   # the API key when --api-key is not given (keeps it out of `ps`)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"seconds a client has to send its request headers (else the connection is closed) "
                         f"and then its body (else 408) (default {DEFAULT_BODY_TIMEOUT_S:g})")
     p.add_argument("--model-name", metavar="NAME", help="the model id clients send (default: the engine's name)")
+    p.add_argument("--api-key", metavar="KEY", help=f"require 'Authorization: Bearer KEY' on every /v1 route "
+                                                    f"(default: ${API_KEY_ENV} if set, else no key)")
+    p.add_argument("--auth-all", action="store_true",
+                   help="require the API key on /health and /metrics too (default: those stay open)")
     add_options(p)
     p.set_defaults(func=serve)
 
@@ -41,9 +47,12 @@ def serve(args: argparse.Namespace) -> int:
 
     from runtime.serve.app import Server, create_app, timed_h11
 
+    api_key = api_key_of(args)
     pool = open_pool(args)
     try:
-        app = create_app(pool, args.model_name or pool.manifest.name, args.max_body_bytes, args.body_timeout)
+        name = args.model_name or pool.manifest.name
+        app = create_app(pool, name, args.max_body_bytes, args.body_timeout, api_key, args.auth_all)
+        print(startup_line(name, args, pool, api_key), file=sys.stderr, flush=True)
         Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5,
                               http=timed_h11(args.body_timeout))).run()
     finally:
@@ -65,6 +74,25 @@ def check_settings(args: argparse.Namespace) -> None:
         raise OptionError(f"--max-body-bytes: {args.max_body_bytes} must be >= 1024")
     if not (args.body_timeout > 0 and math.isfinite(args.body_timeout)):
         raise OptionError(f"--body-timeout: {args.body_timeout} must be a positive number of seconds")
+
+
+def api_key_of(args: argparse.Namespace) -> str | None:
+    key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if key is not None and (not key or key != key.strip()):
+        source = "--api-key" if args.api_key is not None else API_KEY_ENV
+        raise OptionError(f"{source}: the API key is empty or has surrounding whitespace")
+    if args.auth_all and key is None:
+        raise OptionError(f"--auth-all needs an API key (--api-key or {API_KEY_ENV})")
+    return key
+
+
+def startup_line(name: str, args: argparse.Namespace, pool, api_key: str | None) -> str:
+    o, inst = pool.options, len(pool.instances)
+    auth = ("API key required on every route" if args.auth_all else "API key required on /v1") if api_key \
+        else "no API key"
+    return (f"talon-rt serve: model {name!r} from engine {args.engine} ({o.policy}, budget {o.budget}, "
+            f"{pool.instances[0].generator.backend}, {inst} instance{'s' if inst > 1 else ''}) "
+            f"on http://{args.host}:{args.port}/v1 ({auth})")
 
 
 def threads_per_instance(instances: int) -> int:

@@ -2,11 +2,13 @@
 /health and /metrics. Handlers read a bounded body, validate, queue a Job on the Pool and relay its
 events; a client that goes away (polled every DISCONNECT_POLL_S while its job waits or runs) cancels
 its job, and so does the server's shutdown (`Server`: SIGINT/SIGTERM), which ends open streams with
-an error event and [DONE]."""
+an error event and [DONE]. With an API key, every /v1 route (and, if asked, /health and /metrics)
+needs `Authorization: Bearer <key>`."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import threading
 import time
@@ -83,17 +85,24 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def prompt_work(prompt: str | Sequence[int]) -> Work:
+def prompt_work(prompt: str | Sequence[int], logprobs: int | None = None) -> Work:
+    extra = {} if logprobs is None else {"logprobs": logprobs}
+
     def work(gen: Generator, max_new_tokens, on_tokens):
         ids = gen.encode(prompt) if isinstance(prompt, str) else prompt
-        return gen.generate(ids, max_new_tokens, on_tokens)
+        return gen.generate(ids, max_new_tokens, on_tokens, **extra)
     return work
 
 
-def chat_work(messages: list[dict[str, str]]) -> Work:
+def chat_work(messages: list[dict[str, str]], logprobs: int | None = None) -> Work:
+    extra = {} if logprobs is None else {"logprobs": logprobs}
+
     def work(gen: Generator, max_new_tokens, on_tokens):
-        return gen.chat(messages, max_new_tokens, on_tokens)
+        return gen.chat(messages, max_new_tokens, on_tokens, **extra)
     return work
+
+
+OPEN_PATHS = ("/health", "/metrics")   # open without the API key unless protect_all
 
 
 def status_of(error: BaseException) -> tuple[int, str]:
@@ -106,18 +115,37 @@ def status_of(error: BaseException) -> tuple[int, str]:
 
 
 def create_app(pool: Pool, model_name: str, max_body_bytes: int = MAX_BODY_BYTES,
-               body_timeout_s: float = BODY_TIMEOUT_S) -> FastAPI:
+               body_timeout_s: float = BODY_TIMEOUT_S, api_key: str | None = None,
+               protect_all: bool = False) -> FastAPI:
+    """api_key: required on every /v1 route (and on /health and /metrics with protect_all); None = open."""
     app = FastAPI(title="talon-rt", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics(pool)
     stopping = threading.Event()       # set by Server.handle_exit (a signal handler: not an asyncio.Event)
     app.state.pool, app.state.metrics, app.state.stopping = pool, metrics, stopping
     created = int(time.time())
     max_prompt_chars = pool.max_prompt_chars()
+    model_card = {"id": model_name, "object": "model", "created": created, "owned_by": "talon-rt"}
+    token_text = pool.instances[0].generator.token_text
 
     def failure(endpoint: str, status: int, kind: str, message: str, headers: dict[str, str] | None = None):
         metrics.requests.labels(endpoint, str(status)).inc()
         metrics.errors.labels(kind).inc()
         return JSONResponse(error_body(kind, message), status_code=status, headers=headers)
+
+    if api_key is not None:
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def authenticate(request: Request, call_next):
+            path = request.url.path
+            if protect_all or path not in OPEN_PATHS:
+                given = request.headers.get("authorization", "").encode()
+                if not hmac.compare_digest(given, expected):
+                    why = "no API key given" if not given else "incorrect API key"
+                    return failure(path, 401, "AuthenticationError",
+                                   f"{why}: send the server's key as 'Authorization: Bearer <key>'",
+                                   {"WWW-Authenticate": "Bearer"})
+            return await call_next(request)
 
     def failed(endpoint: str, error: BaseException) -> JSONResponse:
         status, kind = status_of(error)
@@ -201,8 +229,10 @@ def create_app(pool: Pool, model_name: str, max_body_bytes: int = MAX_BODY_BYTES
             return failure(endpoint, 404, "NotFound", f"field model: {req.model!r} is not served here "
                                                       f"(GET /v1/models lists {model_name!r})")
         chat = isinstance(req, ChatRequest)
-        work = chat_work(req.chat_messages()) if chat else prompt_work(req.prompt_value())
-        job = Job(work, options, req.new_tokens(), req.stops(), asyncio.get_running_loop())
+        k = req.top_logprobs_k()
+        work = chat_work(req.chat_messages(), k) if chat else prompt_work(req.prompt_value(), k)
+        job = Job(work, options, req.new_tokens(), req.stops(), asyncio.get_running_loop(), n=req.n,
+                  logprobs=k is not None)
         try:
             pool.submit(job)
         except QueueFull as e:
@@ -216,18 +246,25 @@ def create_app(pool: Pool, model_name: str, max_body_bytes: int = MAX_BODY_BYTES
         if isinstance(first, Failed):
             return failed(endpoint, first.error)
         metrics.ttft.observe(time.perf_counter() - t0)
-        reply = Reply(chat, model_name)
+        reply = Reply(chat, model_name, token_text)
         if req.stream:
             metrics.requests.labels(endpoint, "200").inc()
             include_usage = req.stream_options is not None and req.stream_options.include_usage
             body = stream(job, request, reply, first, include_usage, req.x_talon.return_tokens, t0)
             return StreamingResponse(body, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        parts: list[str] = []
+        parts: list[list[str]] = [[] for _ in range(job.n)]
+        dones: list[Done] = []
         event: Delta | Done | Failed = first
         try:
-            while isinstance(event, Delta):
-                parts.append(event.text)
+            while not isinstance(event, Failed):
+                if isinstance(event, Delta):
+                    parts[event.index].append(event.text)
+                else:
+                    finished(event, t0)
+                    dones.append(event)
+                    if len(dones) == job.n:
+                        break
                 event = await next_event(job, request)
         except Disconnected:
             return gone(endpoint)
@@ -235,9 +272,8 @@ def create_app(pool: Pool, model_name: str, max_body_bytes: int = MAX_BODY_BYTES
             return failure(endpoint, 503, "ShuttingDown", "the server is shutting down")
         if isinstance(event, Failed):
             return failed(endpoint, event.error)
-        finished(event, t0)
         metrics.requests.labels(endpoint, "200").inc()
-        return JSONResponse(reply.complete("".join(parts), event, req.x_talon.return_tokens))
+        return JSONResponse(reply.complete(["".join(p) for p in parts], dones, req.x_talon.return_tokens, job.logprobs))
 
     def finished(done: Done, t0: float) -> None:
         metrics.generation(done)
@@ -248,11 +284,21 @@ def create_app(pool: Pool, model_name: str, max_body_bytes: int = MAX_BODY_BYTES
         over = False
         try:
             if reply.chat:
-                yield sse(reply.chunk("", first=True))
-            event = first
-            while isinstance(event, Delta):
-                if event.text:
-                    yield sse(reply.chunk(event.text))
+                for index in range(job.n):
+                    yield sse(reply.chunk(index, "", first=True))
+            event, dones = first, []
+            while True:
+                if isinstance(event, Delta):
+                    if event.text or event.logprobs:
+                        yield sse(reply.chunk(event.index, event.text, logprobs=event.logprobs))
+                elif isinstance(event, Done):
+                    finished(event, t0)
+                    dones.append(event)
+                    yield sse(reply.last_chunk(event, return_tokens))
+                    if len(dones) == job.n:
+                        break
+                else:
+                    break
                 event = await next_event(job, request)
             over = True
             if isinstance(event, Failed):
@@ -260,10 +306,8 @@ def create_app(pool: Pool, model_name: str, max_body_bytes: int = MAX_BODY_BYTES
                 metrics.errors.labels(kind).inc()
                 yield sse(error_body(kind, str(event.error)))
                 return
-            finished(event, t0)
-            yield sse(reply.last_chunk(event, return_tokens))
             if include_usage:
-                yield sse(reply.usage_chunk(event))
+                yield sse(reply.usage_chunk(dones))
             yield sse("[DONE]")
         except Disconnected:
             pass
@@ -287,8 +331,14 @@ def create_app(pool: Pool, model_name: str, max_body_bytes: int = MAX_BODY_BYTES
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "talon-rt"}]}
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> Response:
+        if model_id != model_name:
+            return failure(request.url.path, 404, "NotFound", f"model {model_id!r} is not served here "
+                                                              f"(GET /v1/models lists {model_name!r})")
+        return JSONResponse(model_card)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.commands.serve import threads_per_instance
+from runtime.commands.serve import API_KEY_ENV, threads_per_instance
 
 HOST = "127.0.0.1"                 # loopback only
 RSS_GROWTH_LIMIT = 0.10            # "flat": the RSS after the run within 10 % of the RSS after the warm-up
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rss.append((time.monotonic(), rss_bytes(proc.pid)))
 
         def client(who: int) -> None:
-            oai = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
+            oai = OpenAI(base_url=url + "/v1", api_key=os.environ.get(API_KEY_ENV, "unused"), max_retries=0,
                          timeout=max(1.0, deadline - time.monotonic()))
             for j in range(args.requests):
                 which = (who * args.requests + j) % len(prompts)

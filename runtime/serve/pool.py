@@ -3,7 +3,8 @@
 One Generator runs one generation at a time, so each instance is a thread that owns one Generator
 and takes the oldest waiting job (first come, first served across all clients). The queue holds at
 most `max_queue` waiting jobs; `submit` refuses more (QueueFull, with a Retry-After estimate). A job's
-events (text deltas, then done or error) reach the event loop through an asyncio.Queue. Cancelling a
+events (text deltas, then done, for each of its n choices in turn; or an error) reach the event loop
+through an asyncio.Queue. Cancelling a
 job (its client went away) stops it before it starts, or at the next round boundary: the instance's
 on_tokens callback returns False (runtime.decode.OnTokens). Any exception stays inside its job.
 """
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 from runtime.api import GenerationResult, Generator
 from runtime.errors import TalonError
+from runtime.logprobs import TokenLogprob
 from runtime.options import Options, resolve_options
 from runtime.serve.stops import StopText
 from runtime.text import IncrementalText
@@ -44,6 +46,8 @@ class QueueFull(Exception):
 class Delta:
     text: str
     tokens: list[int]                  # the ids that produced it (stop strings may hide their text)
+    index: int = 0                     # the choice
+    logprobs: list[TokenLogprob] | None = None   # the tokens', when the request asked for them
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Done:
     stopped: bool                      # a stop string ended the text
     instance: int
     queue_s: float                     # waiting time before an instance took the job
+    index: int = 0                     # the choice
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class Job:
     max_new_tokens: int | None
     stop: Sequence[str]
     loop: asyncio.AbstractEventLoop
+    n: int = 1                         # choices, generated one after the other
+    logprobs: bool = False             # stream each delta's logprobs (work asks the Generator for them)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued: float = field(default_factory=time.perf_counter)
@@ -110,12 +117,24 @@ class Instance:
                 self._on_done(time.perf_counter() - start)
 
     def _run(self, job: Job, queue_s: float) -> None:
-        gen = self.generator_for(job.options)
+        gen = self.generator_for(job.options)      # n choices share it: a seeded sampler carries on
+        for index in range(job.n):
+            if job.cancelled.is_set():
+                return
+            self._choice(gen, job, index, queue_s)
+
+    def _choice(self, gen: Generator, job: Job, index: int, queue_s: float) -> None:
         text, stops = IncrementalText(gen.decode), StopText(job.stop)
+        streamed = 0
 
         def on_tokens(new: list[int]) -> bool:
+            nonlocal streamed
             piece = stops.feed(text.push(new))
-            job.post(Delta(piece, list(new)))
+            logprobs = None
+            if job.logprobs:
+                logprobs = gen.logprobs_so_far()[streamed:streamed + len(new)]
+                streamed += len(new)
+            job.post(Delta(piece, list(new), index, logprobs))
             return not (stops.matched or job.cancelled.is_set())
 
         res = job.work(gen, job.max_new_tokens, on_tokens)
@@ -123,8 +142,8 @@ class Instance:
             tail = stops.feed(text.rest())
             tail += "" if stops.matched else stops.flush()
             if tail:
-                job.post(Delta(tail, []))
-        job.post(Done(res, gen.options, stops.matched, self.index, queue_s))
+                job.post(Delta(tail, [], index, [] if job.logprobs else None))
+        job.post(Done(res, gen.options, stops.matched, self.index, queue_s, index))
 
     def generator_for(self, options: Options) -> Generator:
         """The instance's own Generator when the options match (a seeded sampler always starts fresh)."""
