@@ -243,8 +243,15 @@ def test_non_integer_prompt(gen):
 
 
 def test_bad_max_new_tokens(gen):
-    with pytest.raises(OptionError, match=r"option max_new_tokens: expected an integer >= 1, got 0"):
+    with pytest.raises(OptionError, match=r"option max_new_tokens: expected an integer >= 1 or -1, got 0"):
         gen.generate([1, 2], max_new_tokens=0)
+
+
+def test_max_new_tokens_minus_one_runs_until_a_stop_or_the_context(gen):
+    """-1 per call, as the option's default: until a stop id or a full context."""
+    res = gen.generate([1, 2], max_new_tokens=-1)
+    assert res.stop_reason in ("eos", "context_full")
+    assert res.stop_reason == "eos" or len(res.tokens) + 2 >= gen.manifest.limits.max_seq_len
 
 
 def test_closed(tiny_engine):
