@@ -61,7 +61,7 @@ class _Graph:
         self.names: dict[int, str] = {}  # id(module) -> checkpoint tensor name of its weight
         self._block_sums: dict[str, str] = {}  # activation -> its block sums (nbits_matmul with mins)
         self._shapes: dict[str, tuple[int, ...]] = {}  # initializer -> shape (the mins' [K/BLOCK, N])
-        self.invariant_rows = False  # float products through >= 2 rows (flavour ort: rows independent of q)
+        self.rows2d = False  # flavour ort: token rows [q, H], row-invariant products (Gemm)
 
     def _name(self, hint: str) -> str:
         self._n += 1
@@ -166,35 +166,26 @@ class _Graph:
                     accuracy_level=self.quant.accuracy_level)
         if w.mins is None:
             return y
-        return self.op("Add", y, self.block_sums_matmul(x, inits[3]))
+        return self.block_sums_matmul(x, inits[3], y)
 
     def rows_matmul(self, x: str, w: str) -> str:
-        """x [1, q, K] @ w [K, N]; with `invariant_rows`, through one appended zero row: ORT's one-row
-        product (a matrix-vector kernel) rounds apart from its many-row one, and a row must not depend
-        on q (memory-bound at small q on a CPU: the extra row costs little)."""
-        if not self.invariant_rows:
-            return self.op("MatMul", x, w)
-        y = self.op("MatMul", self.op("Concat", x, self.zero_row(x), axis=1), w)
-        return self.op("Slice", y, self.const([0]), self.const([-1]), self.const([1]))
+        """x @ w [K, N]. Flavour ort (`rows2d`: x [q, K]) uses Gemm: ORT's one-row MatMul (a
+        matrix-vector kernel) rounds apart from its many-row one, its Gemm rounds every row alike, and a
+        row must not depend on q."""
+        return self.op("Gemm", x, w) if self.rows2d else self.op("MatMul", x, w)
 
-    def zero_row(self, x: str) -> str:
-        """[1, 1, K] zeros shaped like one row of x [1, q, K]."""
-        return self.op("Slice", self.op("Mul", x, self.const(0.0, self.np_dtype)), self.const([0]), self.const([1]),
-                       self.const([1]))
-
-    def block_sums_matmul(self, x: str, mins_t: str) -> str:
-        """x [1, q, K] -> [1, q, N] = blocksum(x) @ mins_t, blocksum(x) [1, q, K/BLOCK] the sums of x over
-        each block (computed once per x). One zero row is appended so the product always has >= 2 rows:
-        ORT's one-row product rounds apart from its many-row one, and a row must not depend on q."""
+    def block_sums_matmul(self, x: str, mins_t: str, y: str) -> str:
+        """y + blocksum(x) @ mins_t: blocksum(x) [..., K/BLOCK] the sums of x over each block (computed
+        once per x). Flavour ort: one Gemm with y as its addend (row-invariant, see rows_matmul)."""
         sums = self._block_sums.get(x)
+        kb = self._shapes[mins_t][0]
         if sums is None:
-            kb = self._shapes[mins_t][0]
-            blocks = self.op("Reshape", x, self.const([0, 0, kb, BLOCK]))
-            sums = self.op("ReduceSum", blocks, self.const([3]), keepdims=0)                 # [1, q, K/BLOCK]
-            sums = self._block_sums[x] = self.op("Concat", sums, self.const(np.zeros((1, 1, kb)), np.float32),
-                                                 axis=1)                                     # [1, q+1, K/BLOCK]
-        y = self.op("MatMul", sums, mins_t)
-        return self.op("Slice", y, self.const([0]), self.const([-1]), self.const([1]))
+            shape = [0, kb, BLOCK] if self.rows2d else [0, 0, kb, BLOCK]
+            sums = self._block_sums[x] = self.op("ReduceSum", self.op("Reshape", x, self.const(shape)),
+                                                 self.const([len(shape) - 1]), keepdims=0)   # [..., K/BLOCK]
+        if self.rows2d:
+            return self.op("Gemm", sums, mins_t, y)
+        return self.op("Add", y, self.op("MatMul", sums, mins_t))
 
     def nbits_gather(self, w: BlockWeight, inits: list[str], ids: str) -> str:
         """Rows `ids` of dequantize(w) (com.microsoft.GatherBlockQuantized) from `nbits_init`'s
@@ -207,10 +198,9 @@ class _Graph:
         if w.mins is None:
             return rows
         # + each row's block minimums, repeated over its block: mins [N, K/BLOCK] from mins_t
-        mins = self.op("Gather", self.op("Transpose", inits[3], perm=[1, 0]), ids)          # [1, q, K/BLOCK]
-        mins = self.op("Reshape", self.op("Expand", self.op("Unsqueeze", mins, self.const([3])),
-                                          self.const([1, 1, k // BLOCK, BLOCK])), self.const([1, -1, k]))
-        return self.op("Add", rows, mins)
+        mins = self.op("Gather", self.op("Transpose", inits[3], perm=[1, 0]), ids)          # [..., K/BLOCK]
+        mins = self.op("Expand", self.op("Unsqueeze", mins, self.const([-1])), self.const([k // BLOCK, BLOCK]))
+        return self.op("Add", rows, self.op("Reshape", mins, self.op("Shape", rows)))
 
     def rmsnorm(self, x: str, norm, prefix: str) -> str:
         """RMSNorm over the last axis; statistics in fp32."""
@@ -401,20 +391,21 @@ class _Graph:
                             present: tuple[str, str]) -> str:
         """Attention whose every row is independent of the call's shape and of where its keys sit.
 
-        q [1, q, nh*hd], k, v [1, q, kvh*hd] before rotary; past buffers [1, kvh, S, hd] read at [0, P);
+        q [q, nh*hd], k, v [q, kvh*hd] before rotary; past buffers [1, kvh, S, hd] read at [0, P);
         the new K/V rows [1, kvh, q, hd] become the graph outputs `present`. Scores are one MatMul over
         cache order (each a hd-term dot product, the same whatever the column); softmax runs over each
         row's keys in logical order (`invariant_inputs`) with its denominator summed sequentially
         (CumSum); P@V is one MatMul per chunk of C keys (ORT's CPU GEMM rounds a row the same way for
         any M >= 2 and with trailing zeros), and the chunks are added in order (CumSum). Returns the
-        attention output [1, q, nh*hd].
+        attention output [q, nh*hd].
         """
         rep = nh // kvh
         zero, axis2, axis3 = self.const([0]), self.const([2]), self.const([3])
         end = self.const([np.iinfo(np.int64).max])
         last = (self.const([-1]), end)
-        rot = lambda x, n, c: self.op("RotaryEmbedding", x, position_ids, s[c + "cos"], s[c + "sin"],  # noqa: E731
-                                      domain="com.microsoft", interleaved=0, num_heads=n)
+        rot = lambda x, n, c: self.op("RotaryEmbedding", self.op("Reshape", x, self.const([1, -1, n * hd])),  # noqa: E731
+                                      position_ids, s[c + "cos"], s[c + "sin"], domain="com.microsoft",
+                                      interleaved=0, num_heads=n)
         k_new, v_new = present
         self.op("Transpose", self.op("Reshape", rot(k, kvh, ""), s["heads"]), perm=[0, 2, 1, 3], outputs=[k_new])
         self.op("Transpose", self.op("Reshape", v, s["heads"]), perm=[0, 2, 1, 3], outputs=[v_new])
@@ -445,7 +436,7 @@ class _Graph:
         v_tail = self.op("Reshape", self.op("Gather", v_win, s["win"], axis=2), s["tail_v"])   # [kvh,q,nw,C,hd]
         parts = self.op("Concat", pre, self.op("MatMul", e_tail, v_tail), axis=2)         # [kvh,q,n,rep,hd]
         out = self.op("Slice", self.op("CumSum", parts, self.const(2)), *last, axis2)     # [kvh,q,1,rep,hd]
-        return self.op("Reshape", self.op("Transpose", out, perm=[2, 1, 0, 3, 4]), self.const([1, -1, nh * hd]))
+        return self.op("Reshape", self.op("Transpose", out, perm=[2, 1, 0, 3, 4]), self.const([-1, nh * hd]))
 
     def mask_bias(self, tree_mask: str, past_len: str, q_len: str) -> str:
         """tree_mask [1, q, T] bool over the trailing T of P+q keys -> additive [1, 1, q, P+q] fp32."""
@@ -492,7 +483,7 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
     fused = flavour in ORT_FLAVOURS  # ORT only: rows stay [1, q, H], MatMul linears, one q|k|v projection
     in_place = flavour == "gqa"      # GroupQueryAttention, K/V written into the bound cache
     g.matmul = g.skip_norm = fused
-    g.invariant_rows = flavour == "ort"
+    g.rows2d = flavour == "ort"
     if in_place:
         shared = g.gqa_inputs(model.inv_freq, S, tree_mask, past_len, q_len)
     elif fused:
@@ -503,10 +494,10 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
     if quant is not None:
         embed_q = g.block_weight(model.model.embed_tokens)
         embed_inits = g.nbits_init(embed_q, "model.embed_tokens")
-        x = g.nbits_gather(embed_q, embed_inits, ids)                                # [1, q, H]
+        x = g.nbits_gather(embed_q, embed_inits, g.op("Reshape", ids, g.const([-1])) if g.rows2d else ids)
     else:
         embed = g.weight("model.embed_tokens.weight", model.model.embed_tokens.weight)
-        x = g.op("Gather", embed, ids if fused else g.op("Reshape", ids, g.const([-1])))  # [1, q, H] / [q, H]
+        x = g.op("Gather", embed, ids if in_place else g.op("Reshape", ids, g.const([-1])))  # [1, q, H] / [q, H]
     hidden_states = [x]   # the residual stream entering each layer, then the last layer's output
     delta = None          # the last sublayer's output, not yet added to x
     for i, layer in enumerate(model.model.layers):
@@ -520,7 +511,7 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
                 a = g.gqa(qkv, "", "", past[i][0], past[i][1], f"present_key_{i}", f"present_value_{i}", pos,
                            shared, nh, kvh, hd)
             else:
-                axis = g.const([2])
+                axis = g.const([-1])
                 cuts = [0, nh * hd, (nh + kvh) * hd, (nh + 2 * kvh) * hd]
                 qs, ks, vs = (g.op("Slice", qkv, g.const([a]), g.const([b]), axis) for a, b in zip(cuts, cuts[1:]))
         else:
