@@ -171,3 +171,12 @@ def test_thread_modes_agree(tiny_engine):
         assert r.returncode == 0, r.stderr
         outs[mode] = json.loads(r.stdout)["tokens"]
     assert outs["spin"] == outs["nospin"] == outs["shared"]
+
+
+@pytest.mark.parametrize("command", ["run", "chat", "inspect", "serve", "triton-repo", "bench"])
+def test_every_subcommand_takes_dash_e_for_the_engine(command):
+    """`-e DIR` is `--engine DIR` everywhere, as llama.cpp's `-m` is in each of its tools."""
+    from runtime.cli import build_parser
+    extra = {"triton-repo": ["--out", "x"], "run": ["-p", "x"]}.get(command, [])
+    args = build_parser().parse_args([command, "-e", "engines/some", *extra])
+    assert args.engine == "engines/some"

@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Serve /v1/chat/completions, /v1/completions, /v1/models, /health and "
                                    "/metrics. Options are the server's defaults; requests override the "
                                    "sampling ones and, in x_talon, the policy's.")
-    p.add_argument("--engine", required=True, metavar="DIR", help="engine directory")
+    p.add_argument("-e", "--engine", required=True, metavar="DIR", help="engine directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--instances", type=int, default=1, metavar="N",

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Write REPO/talon/ (config.pbtxt, 1/model.py, engine/): a python-backend, "
                                    "decoupled (streaming) model that a stock Triton server serves. The options "
                                    "given are the model's defaults.")
-    p.add_argument("--engine", required=True, metavar="DIR", help="engine directory")
+    p.add_argument("-e", "--engine", required=True, metavar="DIR", help="engine directory")
     p.add_argument("--out", required=True, metavar="REPO", help="model repository folder (created if needed)")
     p.add_argument("--instances", type=int, default=1, metavar="N",
                    help="instance_group count: engines (= concurrent streams) per Triton server")
