@@ -1,7 +1,14 @@
 """Shared fixtures: a tiny random target + EAGLE-3 pair in the real on-disk formats, and its engine dir."""
 from __future__ import annotations
 
+import signal
+
 import pytest
+
+# A shell's background job starts with SIGINT ignored, and Python then installs no KeyboardInterrupt
+# handler (children inherit the ignore): the tests that send Ctrl-C would see nothing. Restore it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
