@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import httpx
@@ -32,15 +33,19 @@ TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
 
 
+@dataclass
+class Served:
+    url: str                   # base URL, http://127.0.0.1:<port>
+    server: uvicorn.Server
+    thread: threading.Thread   # the one running the server
+
+
 @contextmanager
-def serving(generators: list, max_queue: int = 8, model: str = "tiny", **auth: Any) -> Iterator[str]:
-    """A server on 127.0.0.1 (a free port) over `generators`; yields its base URL. auth: create_app's
-    api_key and protect_all."""
-    pool = Pool(generators, max_queue)
-    app = create_app(pool, model, **auth)
+def served(app: Any, server_class: type = uvicorn.Server, **config: Any) -> Iterator[Served]:
+    """`app` on 127.0.0.1 (a free port) in a thread; config: more uvicorn.Config options."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = server_class(uvicorn.Config(app, log_level="warning", lifespan="off", **config))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -48,12 +53,23 @@ def serving(generators: list, max_queue: int = 8, model: str = "tiny", **auth: A
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield Served(f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread)
     finally:
         server.should_exit = True
         thread.join(30)
-        pool.close()
         sock.close()
+
+
+@contextmanager
+def serving(generators: list, max_queue: int = 8, model: str = "tiny", **app_options: Any) -> Iterator[str]:
+    """A server on 127.0.0.1 (a free port) over `generators`; yields its base URL. app_options:
+    create_app's keyword options (api_key, protect_all, max_body_bytes, body_timeout_s)."""
+    pool = Pool(generators, max_queue)
+    try:
+        with served(create_app(pool, model, **app_options)) as s:
+            yield s.url
+    finally:
+        pool.close()
 
 
 @pytest.fixture(scope="module")

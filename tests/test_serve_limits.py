@@ -14,9 +14,8 @@ import httpx
 import pytest
 
 pytest.importorskip("fastapi")
-import uvicorn  # noqa: E402
-from test_serve_api import (PROMPT, Wrapped, chat_engine, health, metric, post, reference, server,  # noqa: E402,F401
-                            serving, slowed, sse_events, wait_until)
+from test_serve_api import (PROMPT, Wrapped, chat_engine, health, metric, post, reference, served,  # noqa: E402,F401
+                            server, serving, slowed, sse_events, wait_until)
 
 from runtime.api import Generator  # noqa: E402
 from runtime.serve.app import create_app  # noqa: E402
@@ -44,17 +43,7 @@ def raw_request(url: str, head: bytes, body: bytes, wait_s: float = 0.0, close: 
 # -- request size ---------------------------------------------------------------------------------------
 
 def test_a_body_over_the_limit_is_a_413_before_it_is_read(chat_engine):
-    gen = Generator.open(chat_engine, threads=1)
-    pool = Pool([gen], 4)
-    app = create_app(pool, "tiny", max_body_bytes=2048)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_until(lambda: srv.started, "the server to start")
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
+    with serving([Generator.open(chat_engine, threads=1)], 4, max_body_bytes=2048) as url:
         r = post(url, "/v1/completions", {"model": "tiny", "prompt": "x" * 5000, "max_tokens": 2})
         assert r.status_code == 413 and r.json()["error"]["type"] == "RequestTooLarge"
         assert "limit of 2048" in r.json()["error"]["message"]
@@ -62,11 +51,6 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(chat_engine):
                              headers={"content-type": "application/json"}, timeout=30)
         assert chunked.status_code == 413                    # no content-length: counted while read
         assert post(url, "/v1/completions", {"model": "tiny", "prompt": PROMPT, "max_tokens": 2}).status_code == 200
-    finally:
-        srv.should_exit = True
-        thread.join(30)
-        pool.close()
-        sock.close()
 
 
 def test_an_over_long_text_prompt_is_refused_before_tokenizing(server, reference):
@@ -157,53 +141,30 @@ def test_a_client_that_drops_mid_upload_is_a_quiet_disconnect(server, caplog):
 
 
 def test_a_half_sent_body_times_out_with_a_408(chat_engine):
-    pool = Pool([Generator.open(chat_engine, threads=1)], 4)
-    app = create_app(pool, "tiny", body_timeout_s=0.5)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_until(lambda: srv.started, "the server to start")
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
+    with serving([Generator.open(chat_engine, threads=1)], 4, body_timeout_s=0.5) as url:
         head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 1000\r\n\r\n")
         answer = raw_request(url, head, b'{"model": "tiny"', wait_s=1.5)
         assert answer.startswith(b"HTTP/1.1 408") and b"RequestTimeout" in answer
-    finally:
-        srv.should_exit = True
-        thread.join(30)
-        pool.close()
-        sock.close()
 
 
 def test_half_sent_headers_are_closed_after_the_timeout(chat_engine):
     from runtime.serve.app import timed_h11
     pool = Pool([Generator.open(chat_engine, threads=1)], 4)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(create_app(pool, "tiny"), log_level="warning", lifespan="off",
-                                        http=timed_h11(0.5)))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_until(lambda: srv.started, "the server to start")
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
-        started = time.monotonic()
-        assert raw_request(url, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le", b"", wait_s=0.1) == b""
-        assert time.monotonic() - started < 5                 # closed by the server, not the socket's 10 s
-        assert health(url)["status"] == "ok"                  # whole requests are unaffected
-        with httpx.Client(timeout=10) as c:                   # a keep-alive connection serves several
-            for _ in range(2):
-                assert c.post(url + "/v1/completions",
-                              json={"model": "tiny", "prompt": PROMPT, "max_tokens": 2}).status_code == 200
-                time.sleep(0.3)
+        with served(create_app(pool, "tiny"), http=timed_h11(0.5)) as s:
+            url = s.url
+            started = time.monotonic()
+            assert raw_request(url, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le", b"", wait_s=0.1) == b""
+            assert time.monotonic() - started < 5                 # closed by the server, not the socket's 10 s
+            assert health(url)["status"] == "ok"                  # whole requests are unaffected
+            with httpx.Client(timeout=10) as c:                   # a keep-alive connection serves several
+                for _ in range(2):
+                    assert c.post(url + "/v1/completions",
+                                  json={"model": "tiny", "prompt": PROMPT, "max_tokens": 2}).status_code == 200
+                    time.sleep(0.3)
     finally:
-        srv.should_exit = True
-        thread.join(30)
         pool.close()
-        sock.close()
 
 
 def test_a_non_streaming_client_that_leaves_cancels_its_generation(chat_engine):
@@ -223,30 +184,20 @@ def test_sigterm_ends_open_streams_with_an_error_event_and_done(chat_engine):
     from runtime.serve.app import Server
     gen = Wrapped(Generator.open(chat_engine, threads=1), slowed(0.05))
     pool = Pool([gen], 4)
-    app = create_app(pool, "tiny")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_until(lambda: srv.started, "the server to start")
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
-        body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 240, "stream": True}
-        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as r:
-            lines = r.iter_lines()
-            first = [next(lines)]
-            srv.handle_exit(signal.SIGTERM, None)
-            events = sse_events([*first, *lines])
-        assert events[-1] == "[DONE]" and events[-2]["error"]["type"] == "ShuttingDown"
-        thread.join(10)
-        assert not thread.is_alive()
-        assert gen.results and gen.results[0].stop_reason == "cancelled"
+        with served(create_app(pool, "tiny"), Server, timeout_graceful_shutdown=5) as s:
+            body = {"model": "tiny", "prompt": PROMPT, "max_tokens": 240, "stream": True}
+            with httpx.stream("POST", s.url + "/v1/completions", json=body, timeout=30) as r:
+                lines = r.iter_lines()
+                first = [next(lines)]
+                s.server.handle_exit(signal.SIGTERM, None)
+                events = sse_events([*first, *lines])
+            assert events[-1] == "[DONE]" and events[-2]["error"]["type"] == "ShuttingDown"
+            s.thread.join(10)
+            assert not s.thread.is_alive()
+            assert gen.results and gen.results[0].stop_reason == "cancelled"
     finally:
-        srv.should_exit = True
-        thread.join(30)
         pool.close()
-        sock.close()
 
 
 # -- the server's settings ------------------------------------------------------------------------------
