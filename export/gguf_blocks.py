@@ -23,7 +23,7 @@ BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
 
 def from_ggml(ggml_type: str, rows: np.ndarray, shape: tuple[int, int], bits: int) -> BlockWeight | None:
     """rows [N, K/32 * block bytes] uint8 of a `ggml_type` weight of `shape` (N, K) -> the same values
-    as a `bits`-bit BlockWeight, or None when MatMulNBits cannot hold them exactly."""
+    as a BlockWeight (`bits` wide, 8 for Q8_0), or None for a type this module does not know."""
     if ggml_type not in BLOCK_BYTES:
         return None
     n, k = shape
@@ -32,43 +32,26 @@ def from_ggml(ggml_type: str, rows: np.ndarray, shape: tuple[int, int], bits: in
         raise ExportError(f"{ggml_type} blocks: expected uint8 rows [{n}, {k // BLOCK * size}] for a "
                           f"[{n}, {k}] weight, got {rows.dtype} {list(rows.shape)}")
     b = rows.reshape(n, k // BLOCK, size)
-    if ggml_type == "Q4_1":
-        return _with_mins(b, bits)
-    x, z, d = _decode(ggml_type, b)
-    return _fit(x, z, d, 8 if ggml_type == "Q8_0" else bits)
-
-
-def _with_mins(b: np.ndarray, bits: int) -> BlockWeight:
-    """Q4_1 blocks b [N, blocks, 20] -> q = x, zero point 0, scale d, mins m."""
-    d = np.ascontiguousarray(b[..., 0:2]).view(np.float16)[..., 0].astype(np.float32)
-    m = np.ascontiguousarray(b[..., 2:4]).view(np.float16)[..., 0].astype(np.float32)
-    qs = b[..., 4:]
-    x = np.concatenate([qs & 15, qs >> 4], -1)
-    n, blocks = d.shape
-    return BlockWeight(pack(x, bits), d, pack(np.zeros((n, blocks), np.uint8), bits), bits, m)
-
-
-def _decode(ggml_type: str, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_0 / Q8_0 blocks b [N, blocks, bytes] -> x [N, blocks, 32] int32, z [N, blocks], d [N, blocks] float32."""
-    d = np.ascontiguousarray(b[..., 0:2]).view(np.float16)[..., 0].astype(np.float32)
+    d = _half(b, 0)                                                     # [N, blocks] scales
     if ggml_type == "Q8_0":
-        x = np.ascontiguousarray(b[..., 2:]).view(np.int8).astype(np.int32)
-        return x, np.zeros(d.shape), d
-    qs = b[..., 2:]
-    return np.concatenate([qs & 15, qs >> 4], -1).astype(np.int32), np.full(d.shape, 8.0), d
+        return _symmetric(np.ascontiguousarray(b[..., 2:]).view(np.int8).astype(np.int32), 0, d, 8)
+    if ggml_type == "Q4_0":
+        return _symmetric(_nibbles(b[..., 2:]).astype(np.int32), 8, d, bits)
+    zero = pack(np.zeros(d.shape, np.uint8), bits)                      # Q4_1: q = x, zero point 0, + m
+    return BlockWeight(pack(_nibbles(b[..., 4:]), bits), d, zero, bits, _half(b, 2))
 
 
-def _fit(x: np.ndarray, z: np.ndarray, d: np.ndarray, bits: int) -> BlockWeight | None:
-    """w = d * (x - z), z an integer -> q = x + c, zero_point = z + c with one integer shift c per block."""
-    z = z.astype(np.int64)
-    top, half = (1 << bits) - 1, 1 << (bits - 1)
-    lo, hi = x.min(-1), x.max(-1)
-    c = half - z                                   # symmetric: every zero point at 2^(bits-1)
-    symmetric = bool(np.all((lo + c >= 0) & (hi + c <= top)))
-    if not symmetric:
-        c = -np.minimum(lo, z)                     # lowest of values and zero point at 0
-        if not np.all(np.maximum(hi, z) + c <= top):
-            return None
-    q = (x + c[..., None]).astype(np.uint8)
-    n, blocks = d.shape
-    return BlockWeight(pack(q, bits), d, None if symmetric else pack((z + c).astype(np.uint8), bits), bits)
+def _half(b: np.ndarray, at: int) -> np.ndarray:
+    """The fp16 field at byte `at` of every block b [N, blocks, bytes], as float32 [N, blocks]."""
+    return np.ascontiguousarray(b[..., at:at + 2]).view(np.float16)[..., 0].astype(np.float32)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """16 bytes a block -> its 32 4-bit values: x[j] = qs[j] & 15, x[j+16] = qs[j] >> 4."""
+    return np.concatenate([qs & 15, qs >> 4], -1)
+
+
+def _symmetric(x: np.ndarray, z: int, d: np.ndarray, bits: int) -> BlockWeight:
+    """w = d * (x - z) -> q = x - z + 2^(bits-1) at the kernels' default zero point 2^(bits-1): Q4_0's
+    x - 8 lies in [-8, 7] and Q8_0's x in [-128, 127], so q fits `bits` bits (4 or 8 for Q4_0, 8 for Q8_0)."""
+    return BlockWeight(pack((x - z + (1 << (bits - 1))).astype(np.uint8), bits), d, None, bits)
