@@ -43,6 +43,11 @@ MASK_NEG = -1e9  # additive bias for a hidden key: exp(-1e9) == 0 in fp32, finit
 DTYPES = {"float32": (np.float32, TensorProto.FLOAT), "float16": (np.float16, TensorProto.FLOAT16)}
 
 
+def rope_angles(inv_freq: torch.Tensor, max_seq_len: int) -> torch.Tensor:
+    """[S, hd/2] fp32 rotary angles: position x inverse frequency."""
+    return torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq.float()[None]
+
+
 class _Graph:
     """A tiny node/initializer accumulator with automatic names."""
 
@@ -60,7 +65,6 @@ class _Graph:
         self.quant: WeightQuantizer | None = None  # MatMul weights as MatMulNBits blocks (ORT flavour)
         self.names: dict[int, str] = {}  # id(module) -> checkpoint tensor name of its weight
         self._block_sums: dict[str, str] = {}  # activation -> its block sums (nbits_matmul with mins)
-        self._shapes: dict[str, tuple[int, ...]] = {}  # initializer -> shape (the mins' [K/BLOCK, N])
         self.rows2d = False  # flavour ort: token rows [q, H], row-invariant products (Gemm)
 
     def _name(self, hint: str) -> str:
@@ -155,7 +159,6 @@ class _Graph:
                  "" if w.zero_points is None else self.init(prefix + ".zero_points", w.zero_points)]
         if w.mins is not None:
             names.append(self.init(prefix + ".mins_t", np.ascontiguousarray(w.mins.T)))
-            self._shapes[names[-1]] = w.mins.T.shape
         return names
 
     def nbits_matmul(self, x: str, w: BlockWeight, inits: list[str]) -> str:
@@ -166,7 +169,7 @@ class _Graph:
                     accuracy_level=self.quant.accuracy_level)
         if w.mins is None:
             return y
-        return self.block_sums_matmul(x, inits[3], y)
+        return self.block_sums_matmul(x, inits[3], k // BLOCK, y)
 
     def rows_matmul(self, x: str, w: str) -> str:
         """x @ w [K, N]. Flavour ort (`rows2d`: x [q, K]) uses Gemm: ORT's one-row MatMul (a
@@ -174,11 +177,10 @@ class _Graph:
         row must not depend on q."""
         return self.op("Gemm", x, w) if self.rows2d else self.op("MatMul", x, w)
 
-    def block_sums_matmul(self, x: str, mins_t: str, y: str) -> str:
-        """y + blocksum(x) @ mins_t: blocksum(x) [..., K/BLOCK] the sums of x over each block (computed
-        once per x). Flavour ort: one Gemm with y as its addend (row-invariant, see rows_matmul)."""
+    def block_sums_matmul(self, x: str, mins_t: str, kb: int, y: str) -> str:
+        """y + blocksum(x) @ mins_t: blocksum(x) [..., kb = K/BLOCK] the sums of x over each block
+        (computed once per x). Flavour ort: one Gemm with y as its addend (row-invariant, see rows_matmul)."""
         sums = self._block_sums.get(x)
-        kb = self._shapes[mins_t][0]
         if sums is None:
             shape = [0, kb, BLOCK] if self.rows2d else [0, 0, kb, BLOCK]
             sums = self._block_sums[x] = self.op("ReduceSum", self.op("Reshape", x, self.const(shape)),
@@ -274,7 +276,7 @@ class _Graph:
 
     def rope_tables(self, inv_freq: torch.Tensor, max_seq_len: int, position_ids: str) -> tuple[str, str]:
         """cos, sin [1, 1, q, hd] gathered at position_ids from [S, hd] tables (angles in fp32)."""
-        pos = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq.float()[None]
+        pos = rope_angles(inv_freq, max_seq_len)
         emb = torch.cat([pos, pos], -1)
         cos_t = self.weight("rope.cos", emb.cos())
         sin_t = self.weight("rope.sin", emb.sin())
@@ -291,7 +293,7 @@ class _Graph:
         attention_bias [1, 1, q, P+q] in the graph dtype (the op is causal as well, which a tree mask
         already implies: ancestors come before their descendants).
         """
-        freqs = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq.float()[None]
+        freqs = rope_angles(inv_freq, max_seq_len)
         total = self.op("Add", past_len, q_len)                                       # [1] int64
         bias = self.mask_bias(tree_mask, past_len, q_len)
         if self.half:
@@ -355,23 +357,20 @@ class _Graph:
         prefix = self.op("Expand", self.op("Range", zero, self.op("Squeeze", B, self.const([0])), one),
                          self.op("Concat", q_len, B, axis=0))                                 # [q, B]
         cols = self.op("Concat", prefix, self.op("Add", win, B), axis=1)                     # [q, B+W]
-        rows4 = self.op("Concat", self.const([1, kvh]), self.op("Mul", q_len, self.const([rep])), self.const([1]),
-                        axis=0)
-        cols = self.op("Reshape", self.op("Expand", self.op("Unsqueeze", cols, self.const([1])),
-                                          self.op("Concat", q_len, self.const([rep]), self.const([1]), axis=0)),
-                       self.op("Concat", self.const([1, 1]), self.op("Mul", q_len, self.const([rep])),
-                               self.const([-1]), axis=0))
-        cols = self.op("Expand", cols, rows4)                                                # [1,kvh,q*rep,B+W]
-        vis = self.op("Concat", self.op("Expand", self.const(True, np.bool_), self.op("Concat", q_len, B, axis=0)),
-                      valid, axis=1)                                                         # [q, B+W]
-        vis = self.op("Reshape", self.op("Expand", self.op("Unsqueeze", vis, self.const([1])),
-                                         self.op("Concat", q_len, self.const([rep]), self.const([1]), axis=0)),
-                      self.op("Concat", self.const([1, 1]), self.op("Mul", q_len, self.const([rep])),
-                              self.const([-1]), axis=0))                                     # [1,1,q*rep,B+W]
-        freqs = torch.arange(max_seq_len, dtype=torch.float32)[:, None] * inv_freq.float()[None]
+        q_rep = self.op("Mul", q_len, self.const([rep]))
+        each_head = (self.op("Concat", q_len, self.const([rep, 1]), axis=0),
+                     self.op("Concat", self.const([1, 1]), q_rep, self.const([-1]), axis=0))
+        # [q, L] -> [1, 1, q*rep, L]: a row's values for each of its query heads, rows ordered (q, rep)
+        per_head = lambda x: self.op("Reshape", self.op("Expand", self.op("Unsqueeze", x, self.const([1])),  # noqa: E731
+                                                        each_head[0]), each_head[1])
+        cols = self.op("Expand", per_head(cols), self.op("Concat", self.const([1, kvh]), q_rep, self.const([1]),
+                                                         axis=0))                            # [1,kvh,q*rep,B+W]
+        vis = per_head(self.op("Concat", self.op("Expand", self.const(True, np.bool_),
+                                                 self.op("Concat", q_len, B, axis=0)), valid, axis=1))  # [1,1,q*rep,B+W]
+        freqs = rope_angles(inv_freq, max_seq_len)
         cat = lambda *xs: self.op("Concat", *xs, axis=0)   # noqa: E731
         return {
-            "B": B, "total": self.op("Add", past_len, q_len), "win": win, "cols": cols, "vis": vis,
+            "B": B, "win": win, "cols": cols, "vis": vis,
             "cos": self.weight("rope.cos_cache", freqs.cos()), "sin": self.weight("rope.sin_cache", freqs.sin()),
             # q's tables times 1/sqrt(hd): the scores' scale folded into q's rotation (exact for hd = 4^n)
             "q_cos": self.weight("rope.q_cos_cache", freqs.cos() / math.sqrt(hd)),
@@ -529,10 +528,7 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
                            shared, nh, kvh, hd)
             g.declare_output(f"present_key_{i}", g.onnx_dtype, [1, kvh, S, hd])
             g.declare_output(f"present_value_{i}", g.onnx_dtype, [1, kvh, S, hd])
-        elif fused:   # flavour ort
-            if c.qk_norm:
-                qs = g.op("Reshape", qs, g.const([1, -1, nh * hd]))
-                ks = g.op("Reshape", ks, g.const([1, -1, kvh * hd]))
+        elif fused:   # flavour ort (its rotary reshapes q and k itself, qk-normed heads included)
             present = (f"present_key_{i}", f"present_value_{i}")
             a = g.invariant_attention(qs, ks, vs, past[i][0], past[i][1], past_len, pos, shared, nh, kvh, hd, present)
             for name in present:
