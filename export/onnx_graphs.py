@@ -26,7 +26,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.quantize import BLOCK, BlockWeight, WeightQuantizer, concat
+from export.blocks import BLOCK, BlockWeight, concat
+from export.quantize import WeightQuantizer
 from export.reference import Eagle3Head, Target
 
 OPSET = 17

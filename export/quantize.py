@@ -30,76 +30,20 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from export.blocks import BLOCK, BlockWeight, dequantize
 from export.errors import ExportError
+from export.gguf_blocks import from_ggml
 
 if TYPE_CHECKING:
     import torch
 
 WEIGHTS = {"float": None, "int8": 8, "int4": 4}
-BLOCK = 32  # values per block along K: llama.cpp's Q4_0/Q4_1/Q8_0 block, ORT's default
 # --target-compute -> MatMulNBits accuracy_level: int8 activations with int32 accumulation (MLAS's
 # fast CompInt8 kernels), or float32 activations (CompFp32: one kernel's rounding, no int8 steps)
 COMPUTE = {"int8": 4, "float": 1}
 
 # (ggml type name, uint8 rows [N, bytes per row]) of a weight stored in llama.cpp blocks, or None
 RawBlocks = Callable[[str], "tuple[str, np.ndarray] | None"]
-
-
-@dataclass(frozen=True)
-class BlockWeight:
-    """A weight [N, K] in MatMulNBits layout, plus an optional per-block offset.
-
-    data [N, K/BLOCK, BLOCK*bits/8] uint8: values low nibble first (4-bit); scales [N, K/BLOCK]
-    float32; zero_points [N, ceil(K/BLOCK*bits/8)] uint8 packed the same way, or None for
-    2^(bits-1) everywhere (symmetric); mins [N, K/BLOCK] float32 or None: w = (q - z) * scale + min
-    (llama.cpp's Q4_1 `d*q + m`). A graph adds the mins as (block sums of x) @ mins^T, a product
-    1/BLOCK the size of the weight's."""
-    data: np.ndarray
-    scales: np.ndarray
-    zero_points: np.ndarray | None
-    bits: int
-    mins: np.ndarray | None = None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.data.shape[0], self.data.shape[1] * BLOCK
-
-    def full_zero_points(self) -> np.ndarray:
-        """zero_points with the symmetric default written out."""
-        if self.zero_points is not None:
-            return self.zero_points
-        n, blocks = self.scales.shape
-        z = 1 << (self.bits - 1)
-        return pack(np.full((n, blocks), z, np.uint8), self.bits)
-
-
-def pack(values: np.ndarray, bits: int) -> np.ndarray:
-    """[..., n] integers in [0, 2^bits) -> [..., ceil(n*bits/8)] uint8, first value in the low bits."""
-    values = values.astype(np.uint8)
-    if bits == 8:
-        return values
-    if values.shape[-1] % 2:
-        values = np.concatenate([values, np.zeros(values.shape[:-1] + (1,), np.uint8)], -1)
-    return values[..., 0::2] | (values[..., 1::2] << 4)
-
-
-def unpack(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
-    """Inverse of `pack`: [..., bytes] uint8 -> [..., n] uint8."""
-    if bits == 8:
-        return packed[..., :n]
-    return np.stack([packed & 15, packed >> 4], -1).reshape(packed.shape[:-1] + (-1,))[..., :n]
-
-
-def dequantize(w: BlockWeight) -> np.ndarray:
-    """[N, K] float32: (q - zero_point) * scale."""
-    n, k = w.shape
-    blocks = k // BLOCK
-    q = unpack(w.data, w.bits, BLOCK).astype(np.float32)                             # [N, blocks, BLOCK]
-    z = unpack(w.full_zero_points(), w.bits, blocks).astype(np.float32)              # [N, blocks]
-    out = (q - z[..., None]) * w.scales[..., None]
-    if w.mins is not None:
-        out = out + w.mins[..., None]
-    return out.reshape(n, k)
 
 
 def quantize_rtn(weight: np.ndarray, bits: int) -> BlockWeight:
@@ -113,21 +57,6 @@ def quantize_rtn(weight: np.ndarray, bits: int) -> BlockWeight:
     fn = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
     fn(data, np.ascontiguousarray(weight.T, dtype=np.float32), scales, zero_points, BLOCK, n, k, True)
     return BlockWeight(data, scales, None, bits)
-
-
-def concat(parts: list[BlockWeight]) -> BlockWeight:
-    """BlockWeights of one K and one bit width stacked along N (one fused q|k|v projection)."""
-    if len(parts) == 1:
-        return parts[0]
-    if len({p.bits for p in parts}) > 1:
-        raise ValueError(f"cannot stack blocks of {sorted({p.bits for p in parts})} bits into one weight")
-    zp = mins = None
-    if any(p.zero_points is not None for p in parts):
-        zp = np.concatenate([p.full_zero_points() for p in parts])
-    if any(p.mins is not None for p in parts):
-        mins = np.concatenate([p.mins if p.mins is not None else np.zeros_like(p.scales) for p in parts])
-    return BlockWeight(np.concatenate([p.data for p in parts]), np.concatenate([p.scales for p in parts]),
-                       zp, parts[0].bits, mins)
 
 
 @dataclass(frozen=True)
@@ -173,7 +102,6 @@ class WeightQuantizer:
 
     def block_weight(self, name: str | None, weight: np.ndarray) -> BlockWeight:
         """`weight` [N, K] float (the dequantised values); `name` its checkpoint tensor name."""
-        from export.gguf_blocks import from_ggml
         n, k = weight.shape
         if k % BLOCK:
             raise ExportError(f"{name or 'weight'}: {k} input features is not a multiple of the "

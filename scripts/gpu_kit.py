@@ -50,7 +50,7 @@ ORT_GPU = "onnxruntime-gpu==1.31.1"   # built for CUDA 13 (its [cuda] extra pins
 DEVICE_PYTHON = "3.12"       # the device image's python3 (3.12.3)
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 # Tracked paths a call does not read, moved out of the working tree (`aside`) so that they do not travel:
-# the check reads the stdlib pair in models/demo; a transfer call reads scripts/gpu_kit.py alone.
+# the check reads the stdlib pair in models/stdlib-pair; a transfer call reads scripts/gpu_kit.py alone.
 ASIDE = {"transfer": ("models", "bench/results"), "check": ("models/smollm2-eagle3", "bench/results")}
 CHUNK = 4 * MIB
 

@@ -3,7 +3,7 @@
 
 Steps, each recorded with its status (ok | failed, with the traceback | not run: why) and wall time:
 1. environment: Python, onnxruntime (which file, which providers), CUDA devices, the nvidia lib folders;
-2. export the stdlib pair (models/demo) fp16, flavour standard;
+2. export the stdlib pair (models/stdlib-pair) fp16, flavour standard;
 3. `pytest -m gpu` on the test files that hold gpu tests (junit XML and the log beside the results);
 4. tokens: ORT CUDA against ORT CPU for ar, chain, eagle3 and talon, greedy and sampled (seeded);
 5. the verify-cost curve: target calls at q = 1..64 over a cache of --past rows (runtime.profile);
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL, HEAD = ROOT / "models/demo/target", ROOT / "models/demo/eagle3"
+MODEL, HEAD = ROOT / "models/stdlib-pair/target", ROOT / "models/stdlib-pair/eagle3"
 POLICIES = ("ar", "chain", "eagle3", "talon")
 SAMPLING = {"temperature": 1.0, "seed": 7}
 NO_CUDA = "not run: no CUDA provider"

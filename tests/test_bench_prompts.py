@@ -2,8 +2,9 @@
 import json
 from pathlib import Path
 
-from export.demo import corpus, prompts
-from export.demo.recipe import PROMPTS, PromptSpec
+from train import corpus
+from train.recipes.stdlib_pair import prompts
+from train.recipes.stdlib_pair.recipe import PROMPTS, PromptSpec
 from runtime.bench.datasets import load_prompts
 
 COMMITTED = Path(__file__).resolve().parents[1] / "bench" / "prompts" / "stdlib_heldout.jsonl"
@@ -90,7 +91,7 @@ INPUT_REUSE = COMMITTED.parent / "input_reuse.jsonl"
 
 
 def test_input_reuse_prompts_load_and_are_disjoint_from_training_and_the_other_sets():
-    from export.train_head.prompts import heldout_prompts, training_prompts
+    from train.recipes.head.prompts import heldout_prompts, training_prompts
     rows = load_prompts(str(INPUT_REUSE))
     assert len(rows) >= 12 and len({r.id for r in rows}) == len(rows)
     texts = [r.text for r in rows]

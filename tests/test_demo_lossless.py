@@ -1,6 +1,6 @@
-"""Greedy losslessness on the committed demo pair: `talon`, `eagle3` and `talon-cost` emit exactly
-what `ar` emits, on 20 HumanEval prompts x 128 new tokens, for both graph flavours and for the
-int4-draft engine `make demo` builds.
+"""Greedy losslessness on the committed stdlib pair (models/stdlib-pair): `talon`, `eagle3` and
+`talon-cost` emit exactly what `ar` emits, on 20 HumanEval prompts x 128 new tokens, for both graph
+flavours and for the int4-draft engine.
 
 Unlike the tiny random pair, the demo head agrees with its target ~70 % of the time, so these runs
 accept long paths through real trees. A divergence is tolerated only at a float near-tie of the
@@ -16,7 +16,7 @@ from runtime.api import Generator
 from runtime.bench.datasets import load_prompts
 from test_runtime_lossless import check_equal
 
-DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
+DEMO = Path(__file__).resolve().parents[1] / "models" / "stdlib-pair"
 N_PROMPTS, NEW = 20, 128
 
 

@@ -17,7 +17,7 @@ from export.build import ExportOptions, export_engine
 from export.errors import ExportError
 from export.gguf import GGUFModel
 from export.gguf_blocks import from_ggml
-from export.quantize import BLOCK, BlockWeight, dequantize, pack
+from export.blocks import BLOCK, BlockWeight, dequantize, pack
 from export.tiny import make_tiny_pair, write_gguf
 from runtime.api import Generator
 

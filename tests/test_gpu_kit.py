@@ -169,7 +169,7 @@ def test_plan_keeps_every_call_under_the_limit_with_the_tree():
 
 def test_aside_moves_untravelling_paths_and_puts_them_back(tmp_path):
     repo = tmp_path / "repo"
-    for rel, n in (("models/demo/w.bin", 3000), ("models/big/w.bin", 5000), ("bench/results/r.json", 700),
+    for rel, n in (("models/stdlib-pair/w.bin", 3000), ("models/big/w.bin", 5000), ("bench/results/r.json", 700),
                    ("bench/prompts/p.txt", 10), ("scripts/gpu_kit.py", 100)):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo / rel).write_bytes(b"x" * n)
@@ -187,7 +187,7 @@ def test_aside_moves_untravelling_paths_and_puts_them_back(tmp_path):
         assert kit_mod.move_aside(repo, kit, "test") == ["models/big", "bench/results"]
     finally:
         del kit_mod.ASIDE["test"]
-    assert (repo / "models/demo/w.bin").is_file() and not (repo / "models/big").exists()
+    assert (repo / "models/stdlib-pair/w.bin").is_file() and not (repo / "models/big").exists()
     assert kit_mod.move_aside(repo, kit, None) == []
     assert kit_mod.tree_bytes(repo, kit_mod.tree_files(repo)) == 8821 and not (kit / "aside").exists()
 
@@ -258,7 +258,7 @@ def test_rehearse_runs_the_planned_calls_against_a_scratch_device(tmp_path):
     for rel in ("scripts/gpu_kit.py", "scripts/gpu_kit_check.py"):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ROOT / rel, repo / rel)
-    for rel in ("models/demo/w.bin", "models/smollm2-eagle3/w.bin", "bench/results/r.json"):
+    for rel in ("models/stdlib-pair/w.bin", "models/smollm2-eagle3/w.bin", "bench/results/r.json"):
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo / rel).write_bytes(b"w" * 1000)
     (repo / ".gitignore").write_text("/.gpu-kit/\n")
@@ -271,7 +271,7 @@ def test_rehearse_runs_the_planned_calls_against_a_scratch_device(tmp_path):
     assert kit_mod.rehearse(repo, kit, scratch, "--help") == 0
     assert (scratch / ".gpu-kit/site/fakeort/__init__.py").read_text() == "VALUE = 42\n"
     assert "usage: scripts/gpu_kit.py check" in (scratch / "out/check.log").read_text()
-    assert (scratch / "models/demo/w.bin").is_file() and not (scratch / "bench/results").exists()
+    assert (scratch / "models/stdlib-pair/w.bin").is_file() and not (scratch / "bench/results").exists()
     assert not (scratch / "models/smollm2-eagle3").exists()      # moved aside for both kinds of call
     assert (repo / "models/smollm2-eagle3/w.bin").is_file() and not (kit / "aside").exists()   # put back
 

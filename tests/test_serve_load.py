@@ -1,7 +1,8 @@
 """The loopback load test of `talon-rt serve` (runtime/serve/loadtest.py), a slow mark (`make test-slow`,
-~5-10 min on 2 shared cores): the demo pair exported as `make demo` exports it, --instances 2, 16
-concurrent streaming clients x 4 requests, every response equal token for token to `talon-rt run`'s
-greedy output, no errors, the server's RSS flat. Loopback only; bounded by the load test's --timeout."""
+~5-10 min on 2 shared cores): the stdlib pair (models/stdlib-pair) exported gqa with the int4 draft,
+--instances 2, 16 concurrent streaming clients x 4 requests, every response equal token for token to
+`talon-rt run`'s greedy output, no errors, the server's RSS flat. Loopback only; bounded by the load
+test's --timeout."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import pytest
 
 pytest.importorskip("openai")
 
-DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
+DEMO = Path(__file__).resolve().parents[1] / "models" / "stdlib-pair"
 
 
 @pytest.mark.slow

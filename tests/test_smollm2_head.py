@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_demo_recipe import PUBLISHED_KEYS  # noqa: E402
+from test_train_stdlib_pair import PUBLISHED_KEYS  # noqa: E402
 
 HEAD = Path(__file__).resolve().parents[1] / "models" / "smollm2-eagle3"
 H, V, VD, FFN = 576, 49152, 8192, 1536  # SmolLM2-135M: hidden, vocab, the head's draft vocab, SwiGLU width
@@ -36,7 +36,7 @@ def test_tensor_names_shapes_and_dtypes():
 def test_loads_in_the_exporter_with_the_targets_embedding():
     from export.checkpoints import load_head
     from export.config import TargetConfig
-    from export.train_head.target import TargetView
+    from train.recipes.head.target import TargetView
 
     cfg = json.loads((HEAD / "config.json").read_text())
     assert cfg["draft_vocab_size"] == VD and cfg["vocab_size"] == V and cfg["hidden_size"] == H
@@ -52,5 +52,5 @@ def test_loads_in_the_exporter_with_the_targets_embedding():
 
 def test_readme_names_the_data_and_the_reproduce_command():
     text = (HEAD / "README.md").read_text()
-    for needed in ("python -m export.train_head", "| stdlib |", "| word |", "| topic |", "Held-out agreement"):
+    for needed in ("python -m train.recipes.head", "| stdlib |", "| word |", "| topic |", "Held-out agreement"):
         assert needed in text

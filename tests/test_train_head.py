@@ -1,4 +1,4 @@
-"""Smoke test of the head recipe (`python -m export.train_head`) on a tiny chat target, in seconds."""
+"""Smoke test of the head recipe (`python -m train.recipes.head`) on a tiny chat target, in seconds."""
 from __future__ import annotations
 
 import json
@@ -9,12 +9,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from export.demo import corpus  # noqa: E402
-from export.demo.recipe import HeadSpec, TrainSpec  # noqa: E402
-from export.train_head import features, generate, pipeline, prompts  # noqa: E402
-from export.train_head.dataset import Split  # noqa: E402
-from export.train_head.recipe import DataSpec, HeadRecipe  # noqa: E402
-from test_demo_recipe import PUBLISHED_KEYS  # noqa: E402
+from test_train_stdlib_pair import PUBLISHED_KEYS  # noqa: E402
+from train import corpus  # noqa: E402
+from train.eagle3 import HeadSpec  # noqa: E402
+from train.loop import TrainSpec  # noqa: E402
+from train.recipes.head import features, generate, pipeline, prompts  # noqa: E402
+from train.recipes.head.dataset import Split  # noqa: E402
+from train.recipes.head.recipe import DataSpec, HeadRecipe  # noqa: E402
+from train.target_pass import taps  # noqa: E402
 
 CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
                  "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
@@ -57,7 +59,7 @@ def test_head_is_published_eagle3_layout_and_loads(run):
     from safetensors import safe_open
 
     from export.checkpoints import load_head
-    from export.train_head import target as target_mod
+    from train.recipes.head import target as target_mod
 
     target, out, work, _ = run
     with safe_open(str(out / "model.safetensors"), "pt") as f:
@@ -74,7 +76,7 @@ def test_head_is_published_eagle3_layout_and_loads(run):
 
 
 def test_data_is_the_targets_own_greedy_answers(run):
-    from export.train_head import target as target_mod
+    from train.recipes.head import target as target_mod
 
     target, _, work, _ = run
     lm, tok = target_mod.load(target)
@@ -87,7 +89,7 @@ def test_data_is_the_targets_own_greedy_answers(run):
                             eos_token_id=target_mod.stop_ids(lm, tok), pad_token_id=2)
     assert again[0].tolist() == conv.tolist()
     # the cache holds the teacher-forced pass of the whole conversation (batched there: bf16 rounding)
-    f, greedy = features.forward(lm, torch.from_numpy(conv)[None], target_mod.taps(lm))
+    f, greedy = features.forward(lm, torch.from_numpy(conv)[None], taps(lm))
     cached = features.from_bits(heldout.feats[c.shard][c.start:c.start + c.length])
     assert cached.shape == (c.length, 4 * lm.config.hidden_size)
     torch.testing.assert_close(cached.float(), f[0].float(), atol=0.05, rtol=0.05)
@@ -146,12 +148,12 @@ def test_readme_command_names_every_training_flag_off_the_default():
     from dataclasses import replace
     from pathlib import Path
 
-    from export.train_head import readme
-    from export.train_head.__main__ import main
-    from export.train_head.recipe import DEFAULT
+    from train.recipes.head import readme
+    from train.recipes.head.__main__ import main
+    from train.recipes.head.recipe import DEFAULT
 
     base = readme.command(DEFAULT, Path("m"), Path("o"), Path("w"))
-    assert base == ".venv/bin/python -m export.train_head --model m --out o --work w"
+    assert base == ".venv/bin/python -m train.recipes.head --model m --out o --work w"
     short = replace(DEFAULT, train=replace(DEFAULT.train, tokens=230000, lr=1e-3, batch=2, warmup_steps=10))
     assert readme.command(short, Path("m"), Path("o"), Path("w")) == \
         base + " --train-tokens 230000 --lr 0.001 --batch-tokens 1024 --warmup-steps 10"

@@ -1,4 +1,4 @@
-"""`python -m export.train_head` with wrong inputs: each is one line on stderr and a named exit status
+"""`python -m train.recipes.head` with wrong inputs: each is one line on stderr and a named exit status
 before any work is done (a missing, foreign, truncated or head-folder --model; an unwritable --out; bad
 numbers; SIGINT), and a work folder never mixes two models' data or resumes past its schedule."""
 from __future__ import annotations
@@ -9,13 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from export.demo import loop  # noqa: E402
-from export.demo.recipe import TrainSpec  # noqa: E402
 from export.errors import ExportError  # noqa: E402
 from export.tiny import make_tiny_pair, write_gguf  # noqa: E402
-from export.train_head import pipeline  # noqa: E402
-from export.train_head.__main__ import main  # noqa: E402
-from export.train_head.train import draft_ids  # noqa: E402
+from train import loop  # noqa: E402
+from train.loop import TrainSpec  # noqa: E402
+from train.recipes.head import pipeline  # noqa: E402
+from train.recipes.head.__main__ import main  # noqa: E402
+from train.recipes.head.train import draft_ids  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_bad_numbers_and_an_unwritable_out_stop_before_any_work(pair, tmp_path, 
 def test_sigint_is_one_line_and_status_130(pair, tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr("export.train_head.__main__.run", interrupted)
+    monkeypatch.setattr("train.recipes.head.__main__.run", interrupted)
     try:
         err = one_line_error(capsys, ["--model", str(pair[0]), "--out", str(tmp_path / "h")], 130)
     except KeyboardInterrupt:

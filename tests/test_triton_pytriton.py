@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv-pytriton"
-DEMO = ROOT / "models" / "demo"
+DEMO = ROOT / "models" / "stdlib-pair"
 PROMPT, NEW = "def fib(n):", 64
 
 
