@@ -77,7 +77,7 @@ def test_the_logits_are_not_modified():
 def rows(draw):
     """Logits [r, V] of several kinds (ties, quantised, peaked, flat, a few tokens far ahead) and the
     filter settings; top_p is sometimes exactly a cumulative sum of the sorted probabilities."""
-    v = draw(st.sampled_from([1, 2, 3, 7, 64, 65, 200, 511, 2000, 6000]))
+    v = draw(st.sampled_from([1, 2, 3, 7, 64, 65, 200, 1024, 1025, 2000, 6000, 12000]))
     r = draw(st.integers(1, 3))
     kind = draw(st.sampled_from(["ints", "quantised", "peaked", "flat", "spikes"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -126,13 +126,13 @@ def test_sample_token_draws_the_reference_token(case, seed):
 
 
 def test_candidates_grow_until_the_nucleus_fits():
-    """A row whose nucleus holds most tokens: the candidate set grows past the first 64 (to all V),
-    and ties at the cut keep the lowest ids."""
-    v = 4096
+    """A row whose nucleus holds many tokens: the candidate set grows past the first ones (by a
+    partition of the rest, or to all V), and ties at the cut keep the lowest ids."""
+    v = 20000
     p = np.full(v, 1.0 / v)
-    for top_p in (0.1, 0.5, 0.75, 1 - 1e-12):
+    for top_p in (0.1, 0.3, 0.5, 0.75, 1 - 1e-12):
         got = p.copy()
-        sampling._nucleus(got, top_p)
+        sampling._nucleus(got, top_p, np.empty((2, v)))
         kept = np.flatnonzero(got)
         assert kept.tolist() == list(range(kept.shape[0])) and kept.shape[0] > sampling.FIRST_CANDIDATES
         want = _full_sort_reference(np.zeros(v), 1.0, top_p)
