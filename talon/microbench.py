@@ -1,7 +1,9 @@
-"""Host-time micro-benchmark of the algorithm layer: `python -m talon.microbench [--rounds R]`.
+"""Host-time micro-benchmark of the algorithm layer: `python -m talon.microbench [--rounds R] [--filters]`.
 
 The draft is a `CannedExpand` (pre-generated arrays, ~zero cost), so the figures are the policy's own
 host time per tree layer and per round (build + mask + positions + greedy verify), medians over rounds.
+`--filters` times the sampling side per verified row instead: softmax, top-p, top-k + top-p + min-p, and
+one draw, on peaked and flat rows of a SmolLM2-sized vocabulary.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import numpy as np
 
 from talon.cost import CostModel
 from talon.policy import make_policy
+from talon.sampling import _nucleus, logits_to_probs, sample_token
 from talon.synthetic import CannedExpand
 from talon.tree import DraftTree
 from talon.verify import verify_greedy, verify_sample
 
 VOCAB = 32000  # a Llama-2-sized vocabulary for the token ids and the sampling rows
+FILTER_VOCAB = 49152  # SmolLM2's vocabulary for the filter rows
+FILTER_ROWS = {"peaked": 3.0, "flat": 0.05}  # logits = scale * N(0, 1): ~100 vs ~46k tokens in a 0.95 nucleus
 
 
 def _first_child_argmax(tree: DraftTree) -> np.ndarray:
@@ -86,6 +91,40 @@ def run_microbench(budgets: tuple[int, ...] = (16, 32, 60), policies: tuple[str,
     return out
 
 
+def _copied(dst: np.ndarray, src: np.ndarray) -> np.ndarray:
+    np.copyto(dst, src)
+    return dst
+
+
+def run_filter_bench(reps: int = 200, vocab: int = FILTER_VOCAB, seed: int = 0, temperature: float = 0.7,
+                     top_p: float = 0.95) -> dict:
+    """{row: {step: median us of this thread's CPU time for one row of logits [V]}} (CPU time: a shared
+    machine's preemption left out); steps: softmax (temperature alone), nucleus (the top-p filter alone,
+    on a copy of the softmax's output), top_p (softmax + nucleus), all (top-k 50 + top-p + min-p 0.05),
+    sample (one draw from the top-p row)."""
+    rng = np.random.default_rng(seed)
+    clock = time.thread_time_ns
+    out: dict = {}
+    for row, scale in FILTER_ROWS.items():
+        logits = scale * rng.standard_normal(vocab)
+        probs = logits_to_probs(logits, temperature)
+        kept = logits_to_probs(logits, temperature, top_p)
+        work, scratch = np.empty(vocab), np.empty((2, vocab))
+        steps = {"softmax": lambda: logits_to_probs(logits, temperature),
+                 "nucleus": lambda: _nucleus(_copied(work, probs), top_p, scratch),
+                 "top_p": lambda: logits_to_probs(logits, temperature, top_p),
+                 "all": lambda: logits_to_probs(logits, temperature, top_p, 50, 0.05),
+                 "sample": lambda: sample_token(kept, rng)}
+        times = np.empty((reps, len(steps)))
+        for r in range(reps):   # the steps interleaved, so a busy machine slows each alike
+            for j, step in enumerate(steps.values()):
+                t0 = clock()
+                step()
+                times[r, j] = clock() - t0
+        out[row] = dict(zip(steps, (np.median(times, axis=0) / 1e3).tolist()))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2000, help="rounds per (policy, budget)")
@@ -93,7 +132,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--policies", nargs="+", default=["talon", "eagle3"])
     ap.add_argument("--draft", choices=["mixed", "peaked", "flat"], default="mixed",
                     help="canned draft rows: peaked makes deep narrow talon trees, flat wide ones")
+    ap.add_argument("--filters", action="store_true",
+                    help="time the sampling filters per verified row (T=0.7, top-p 0.95) instead")
     args = ap.parse_args(argv)
+    if args.filters:
+        res = run_filter_bench(reps=args.rounds // 10)
+        print(f"{'row':8} " + " ".join(f"{step:>8}" for step in res["peaked"]) + "   (median CPU us per row)")
+        for row, s in res.items():
+            print(f"{row:8} " + " ".join(f"{t:>8.1f}" for t in s.values()))
+        return
     res = run_microbench(tuple(args.budgets), tuple(args.policies), rounds=args.rounds, draft=args.draft)
     print(f"{'policy':10} {'N':>4} {'layers':>6} {'us/layer':>9} {'build':>8} {'mask':>7} "
           f"{'verify':>7} {'round':>8} {'sample-verify':>14}   (median host us)")

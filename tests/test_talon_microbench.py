@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from talon.microbench import main, run_microbench
+from talon.microbench import main, run_filter_bench, run_microbench
 
 
 def test_run_microbench_reports_each_policy_and_budget():
@@ -34,3 +34,13 @@ def test_peaked_canned_draft_makes_deep_talon_trees():
     deep = run_microbench(budgets=(16,), policies=("talon",), rounds=3, sample_rounds=1, draft="peaked")
     wide = run_microbench(budgets=(16,), policies=("talon",), rounds=3, sample_rounds=1, draft="flat")
     assert deep["talon"][16]["layers"] == 6.0 and wide["talon"][16]["layers"] == 2.0
+
+
+def test_filter_bench_times_each_step_on_each_row(capsys):
+    res = run_filter_bench(reps=3, vocab=4096)
+    assert set(res) == {"peaked", "flat"}
+    assert set(res["flat"]) == {"softmax", "nucleus", "top_p", "all", "sample"}
+    assert all(t > 0 for s in res.values() for t in s.values())
+    main(["--filters", "--rounds", "30"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["row", "softmax", "nucleus"] and [ln.split()[0] for ln in lines[1:]] == ["peaked", "flat"]
