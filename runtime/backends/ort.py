@@ -42,9 +42,21 @@ import onnxruntime as ort
 from runtime.backends.base import Backend, check_call
 from runtime.backends.ort_io import DeviceIO, HostIO, KVLayout
 from runtime.errors import EngineError, OptionError
-from runtime.manifest import Manifest, check_graph_io, ort_io
+from runtime.manifest import Manifest, check_graph_io
 
 _GLOBAL_POOL: dict[str, int] = {}
+
+
+# ORT NodeArg.type strings -> dtype names
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+
+def session_io(session: Any) -> tuple[list[tuple[str, str, list[Any]]], list[tuple[str, str, list[Any]]]]:
+    """Declared (inputs, outputs) of an onnxruntime InferenceSession as check_graph_io wants them."""
+    def conv(args: Any) -> list[tuple[str, str, list[Any]]]:
+        return [(a.name, ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args]
+    return conv(session.get_inputs()), conv(session.get_outputs())
 
 
 def cuda_available() -> bool:
@@ -65,7 +77,7 @@ def check_graphs(m: Manifest) -> None:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
     for role in m.roles:
-        check_graph_io(m, role, *ort_io(_load(m.path(m.graphs[role].file), so, ["CPUExecutionProvider"])))
+        check_graph_io(m, role, *session_io(_load(m.path(m.graphs[role].file), so, ["CPUExecutionProvider"])))
 
 
 def _session_options(threads: int, thread_mode: str) -> ort.SessionOptions:
@@ -257,7 +269,7 @@ class OrtBackend(Backend):
             path = m.path(m.graphs[role].file)
             sess = _load(path, _session_options(threads, thread_mode), session_providers(device))
             check_providers(sess, path, device)
-            check_graph_io(m, role, *ort_io(sess))
+            check_graph_io(m, role, *session_io(sess))
             sessions[role] = sess
         qm, S, dev = d.q_max, d.S, io.device
         per_call = SMALL_INPUTS + ("hidden",) if io.rebind_inputs else ()
