@@ -310,11 +310,5 @@ def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list
     return peers
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m runtime.bench ARGS` == `talon-rt bench ARGS`."""
-    from runtime import cli
-    return cli.main(["bench", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
     sys.exit(main())
