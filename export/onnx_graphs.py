@@ -479,13 +479,15 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
 
 
 @dataclass
-class _TargetInputs:
+class _GraphInputs:
+    """A target's or a draft's graph inputs (names), and what its attention layers share of them."""
     ids: str
     pos: str
     tree_mask: str
     past_len: str
-    past: list[tuple[str, str]]   # (past_key_i, past_value_i) per layer
+    past: list[tuple[str, str]]   # (past_key, past_value) per layer
     S: int
+    hidden: str = ""              # draft: the hidden rows it continues from
     shared: Any = None            # gqa / ort: the attention inputs every layer shares
     cos: str = ""                 # standard: the rotary tables and the tree mask's additive bias
     sin: str = ""
@@ -509,7 +511,7 @@ def _target_graph(model: Target, dtype: str, flavour: str, quant: WeightQuantize
     return g
 
 
-def _target_inputs(g: _Graph, model: Target, S: int, flavour: str) -> _TargetInputs:
+def _target_inputs(g: _Graph, model: Target, S: int, flavour: str) -> _GraphInputs:
     """The graph inputs, then what every layer's attention reads of them (rotary, mask)."""
     c = model.config
     kvh, hd, nh = c.num_kv_heads, c.head_dim, c.num_heads
@@ -519,7 +521,7 @@ def _target_inputs(g: _Graph, model: Target, S: int, flavour: str) -> _TargetInp
     past_len = g.input("past_len", TensorProto.INT64, [1])
     past = [(g.input(f"past_key_{i}", g.onnx_dtype, [1, kvh, S, hd]),
              g.input(f"past_value_{i}", g.onnx_dtype, [1, kvh, S, hd])) for i in range(c.num_layers)]
-    t = _TargetInputs(ids, pos, tree_mask, past_len, past, S)
+    t = _GraphInputs(ids, pos, tree_mask, past_len, past, S)
     q_len = g.op("Slice", g.op("Shape", ids), g.const([1]), g.const([2]))
     if flavour == "gqa":       # GroupQueryAttention, K/V written into the bound cache
         t.shared = g.gqa_inputs(model.inv_freq, S, tree_mask, past_len, q_len)
@@ -542,7 +544,7 @@ def _embed(g: _Graph, model: Target, ids: str, flavour: str) -> _Embedding:
     return _Embedding(rows, weight=embed)
 
 
-def _decoder_layers(g: _Graph, model: Target, x: str, t: _TargetInputs, flavour: str) -> tuple[str, list[str]]:
+def _decoder_layers(g: _Graph, model: Target, x: str, t: _GraphInputs, flavour: str) -> tuple[str, list[str]]:
     """(the final norm's output, the residual stream entering each layer then the last layer's output)."""
     hidden_states = [x]
     delta = None          # the last sublayer's output, not yet added to x
@@ -560,7 +562,7 @@ def _decoder_layers(g: _Graph, model: Target, x: str, t: _TargetInputs, flavour:
     return h, hidden_states
 
 
-def _attention(g: _Graph, model: Target, i: int, h: str, t: _TargetInputs, flavour: str) -> str:
+def _attention(g: _Graph, model: Target, i: int, h: str, t: _GraphInputs, flavour: str) -> str:
     """Layer i's attention output for the normed rows `h`; declares (or outputs) its present K/V."""
     c, at = model.config, model.model.layers[i].self_attn
     S, kvh, hd, nh = t.S, c.num_kv_heads, c.head_dim, c.num_heads
@@ -664,43 +666,64 @@ def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int,
         raise ValueError(f"k_max {k_max} must be in [1, draft_vocab_size={c.draft_vocab_size}]")
     g = _Graph(dtype)
     g.quant = quant
-    S, kvh, hd, nh, H = max_seq_len, c.num_kv_heads, c.head_dim, c.num_heads, c.hidden_size
+    t = _draft_inputs(g, head, max_seq_len)
+    q_len = g.op("Slice", g.op("Shape", t.ids), g.const([1]), g.const([2]))
+    embed_w = head.embed_tokens.weight if head.embed_tokens is not None else head._target_embed
+    emb = g.op("Gather", g.weight("embed_tokens.weight", embed_w), g.op("Reshape", t.ids, g.const([-1])))
+    h_in = g.op("Reshape", t.hidden, g.const([-1, c.hidden_size]))
+    normed_h = g.rmsnorm(h_in, lay.hidden_norm, "midlayer.hidden_norm")
+    x = g.op("Concat", g.rmsnorm(emb, lay.input_layernorm, "midlayer.input_layernorm"), normed_h, axis=-1)
+    a, present = _draft_attention(g, head, x, t, q_len, flavour)
+    residual = normed_h if c.norm_before_residual else h_in
+    h = g.op("Add", residual, g.linear(a, lay.self_attn.o_proj, "midlayer.self_attn.o_proj"))
+    h = g.op("Add", h, g.mlp(g.rmsnorm(h, lay.post_attention_layernorm, "midlayer.post_attention_layernorm"),
+                             lay.mlp, "midlayer.mlp"))
+    _draft_outputs(g, head, h, k_max, t.S, present)
+    return g.model("draft")
+
+
+def _draft_inputs(g: _Graph, head: Eagle3Head, S: int) -> _GraphInputs:
+    c = head.config
+    kvh, hd = c.num_kv_heads, c.head_dim
     ids = g.input("input_ids", TensorProto.INT64, [1, "q"])
-    hidden = g.input("hidden", g.onnx_dtype, [1, "q", H])
+    hidden = g.input("hidden", g.onnx_dtype, [1, "q", c.hidden_size])
     pos = g.input("position_ids", TensorProto.INT64, [1, "q"])
     tree_mask = g.input("tree_mask", TensorProto.BOOL, [1, "q", "T"])
     past_len = g.input("past_len", TensorProto.INT64, [1])
     past_k = g.input("past_key", g.onnx_dtype, [1, kvh, S, hd])
     past_v = g.input("past_value", g.onnx_dtype, [1, kvh, S, hd])
+    return _GraphInputs(ids, pos, tree_mask, past_len, [(past_k, past_v)], S, hidden=hidden)
 
-    q_len = g.op("Slice", g.op("Shape", ids), g.const([1]), g.const([2]))
-    embed_w = head.embed_tokens.weight if head.embed_tokens is not None else head._target_embed
-    emb = g.op("Gather", g.weight("embed_tokens.weight", embed_w), g.op("Reshape", ids, g.const([-1])))
-    h_in = g.op("Reshape", hidden, g.const([-1, H]))
-    normed_h = g.rmsnorm(h_in, lay.hidden_norm, "midlayer.hidden_norm")
-    x = g.op("Concat", g.rmsnorm(emb, lay.input_layernorm, "midlayer.input_layernorm"), normed_h, axis=-1)
-    at = lay.self_attn
+
+def _draft_attention(g: _Graph, head: Eagle3Head, x: str, t: _GraphInputs, q_len: str,
+                     flavour: str) -> tuple[str, tuple[str, str] | None]:
+    """(the attention output [q, nh*hd], the q new K/V rows to output; None: gqa wrote them in place)."""
+    c, at = head.config, head.midlayer.self_attn
+    S, kvh, hd, nh = t.S, c.num_kv_heads, c.head_dim, c.num_heads
+    (past_k, past_v), = t.past
     g.matmul = flavour == "gqa"   # ORT only: MatMul linears, one q|k|v projection
     if flavour == "gqa":
-        shared = g.gqa_inputs(head.inv_freq, S, tree_mask, past_len, q_len)
+        shared = g.gqa_inputs(head.inv_freq, S, t.tree_mask, t.past_len, q_len)
         qkv = g.matmul_linear(x, [at.q_proj, at.k_proj, at.v_proj], "midlayer.self_attn.qkv_proj")
         a = g.gqa(g.op("Unsqueeze", qkv, g.const([0])), "", "", past_k, past_v, "present_key", "present_value",
-                   pos, shared, nh, kvh, hd)
-        a = g.op("Reshape", a, g.const([-1, nh * hd]))
-    else:
-        qs = g.linear(x, at.q_proj, "midlayer.self_attn.q_proj")   # [q, nh*hd]
-        ks = g.linear(x, at.k_proj, "midlayer.self_attn.k_proj")   # [q, kvh*hd]
-        vs = g.linear(x, at.v_proj, "midlayer.self_attn.v_proj")
-        cos, sin = g.rope_tables(head.inv_freq, S, pos)
-        bias = g.mask_bias(tree_mask, past_len, q_len)
-        qs = g.rope(g.op("Transpose", g.heads(qs, nh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
-        ks = g.rope(g.op("Transpose", g.heads(ks, kvh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
-        vs = g.op("Transpose", g.heads(vs, kvh, hd), perm=[0, 2, 1, 3])
-        a = g.attention(qs, ks, vs, past_k, past_v, past_len, bias, nh, kvh, hd)
-    residual = normed_h if c.norm_before_residual else h_in
-    h = g.op("Add", residual, g.linear(a, at.o_proj, "midlayer.self_attn.o_proj"))
-    h = g.op("Add", h, g.mlp(g.rmsnorm(h, lay.post_attention_layernorm, "midlayer.post_attention_layernorm"),
-                             lay.mlp, "midlayer.mlp"))
+                  t.pos, shared, nh, kvh, hd)
+        return g.op("Reshape", a, g.const([-1, nh * hd])), None
+    qs = g.linear(x, at.q_proj, "midlayer.self_attn.q_proj")   # [q, nh*hd]
+    ks = g.linear(x, at.k_proj, "midlayer.self_attn.k_proj")   # [q, kvh*hd]
+    vs = g.linear(x, at.v_proj, "midlayer.self_attn.v_proj")
+    cos, sin = g.rope_tables(head.inv_freq, S, t.pos)
+    bias = g.mask_bias(t.tree_mask, t.past_len, q_len)
+    qs = g.rope(g.op("Transpose", g.heads(qs, nh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
+    ks = g.rope(g.op("Transpose", g.heads(ks, kvh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
+    vs = g.op("Transpose", g.heads(vs, kvh, hd), perm=[0, 2, 1, 3])
+    return g.attention(qs, ks, vs, past_k, past_v, t.past_len, bias, nh, kvh, hd), (ks, vs)
+
+
+def _draft_outputs(g: _Graph, head: Eagle3Head, h: str, k_max: int, S: int,
+                   present: tuple[str, str] | None) -> None:
+    """topk_ids, topk_logp (the top k_max of the draft's log-softmax), hidden_out, then the K/V."""
+    c = head.config
+    kvh, hd, H = c.num_kv_heads, c.head_dim, c.hidden_size
     logits = g.linear(g.rmsnorm(h, head.norm, "norm"), head.lm_head, "lm_head")  # [q, Vd]
     if g.half:
         logits = g.op("Cast", logits, to=TensorProto.FLOAT)
@@ -712,13 +735,12 @@ def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int,
     g.output(g.op("Reshape", top_ids, g.const([1, -1, k_max])), "topk_ids", TensorProto.INT64, [1, "q", k_max])
     g.output(g.op("Reshape", top_logp, g.const([1, -1, k_max])), "topk_logp", TensorProto.FLOAT, [1, "q", k_max])
     g.output(g.op("Reshape", h, g.const([1, -1, H])), "hidden_out", g.onnx_dtype, [1, "q", H])
-    if flavour == "gqa":
+    if present is None:
         g.declare_output("present_key", g.onnx_dtype, [1, kvh, S, hd])
         g.declare_output("present_value", g.onnx_dtype, [1, kvh, S, hd])
     else:
-        g.output(ks, "present_key", g.onnx_dtype, [1, kvh, "q", hd])
-        g.output(vs, "present_value", g.onnx_dtype, [1, kvh, "q", hd])
-    return g.model("draft")
+        g.output(present[0], "present_key", g.onnx_dtype, [1, kvh, "q", hd])
+        g.output(present[1], "present_value", g.onnx_dtype, [1, kvh, "q", hd])
 
 
 def save(model: onnx.ModelProto, path: Path) -> list[Path]:
