@@ -25,6 +25,7 @@ from export import checkpoints, onnx_graphs, quantize
 from export.config import HeadConfig
 from export.engine_dir import FORMAT_VERSION, file_record, verify_engine_dir
 from export.errors import CheckpointError, ExportError
+from export.reference import Eagle3Head, Target
 from runtime.errors import EngineError
 from runtime.manifest import MANIFEST, ROLES, cache_bytes, check_fits_memory
 
@@ -164,99 +165,22 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path | None, out_dir: 
         raise CheckpointError(f"--draft {draft_dir}: not a directory")
     out_dir = _safe_out_dir(Path(out_dir), (model_dir, draft_dir), force)
     _remove_stale_temps(out_dir)
-    source = checkpoints.open_source(model_dir)
-    if isinstance(source, checkpoints.HFFolder) and not (model_dir / "tokenizer.json").is_file():
-        raise CheckpointError(f"{model_dir / 'tokenizer.json'}: not found (the engine needs a tokenizers-format "
-                              f"tokenizer.json)")
-
-    def stage(msg: str, t0: float) -> None:
-        log(f"{msg} ({time.perf_counter() - t0:.1f} s)")
-
+    source = _open_source(model_dir)
+    stage = _stage_log(log)
     with torch.no_grad():
-        t0 = time.perf_counter()
-        head_cfg = (None if draft_dir is None else
-                    HeadConfig.from_hf(checkpoints.read_config(draft_dir), str(draft_dir / "config.json")))
-        # fp16 engines: load in fp16 (half the memory of a large model; the graph weights are the same)
-        target = checkpoints.load_target(source, feature_layers=head_cfg.feature_layers if head_cfg else None,
-                                         dtype=torch.float16 if opts.dtype == "float16" else torch.float32)
-        tc = target.config
-        stage(f"loaded target {tc.architecture} from {_describe(source.description())}: {tc.num_layers} layers, hidden {tc.hidden_size}, "
-              f"vocab {tc.vocab_size}, taps {list(tc.feature_layers)}", t0)
-        if opts.max_seq_len is None:
-            S, why = auto_max_seq_len(tc, torch.finfo(getattr(torch, opts.dtype)).bits // 8,
-                                      max(opts.max_tree_tokens, opts.max_prefill_chunk))
-            opts = replace(opts, max_seq_len=S)
-            log(why)
-        t0 = time.perf_counter()
-        head = None if draft_dir is None else checkpoints.load_head(draft_dir, target)
-        if head is None:
-            log("no --draft: a target-only engine (policy ar)")
-        else:
-            stage(f"loaded EAGLE-3 head: draft vocab {head.config.draft_vocab_size}, "
-                  f"{'own' if head.embed_tokens is not None else 'target'} embedding", t0)
-        if head is not None and opts.k_max > head.config.draft_vocab_size:
-            raise ExportError(f"--k-max {opts.k_max} exceeds the head's draft_vocab_size {head.config.draft_vocab_size}")
-
-        try:
-            check_fits_memory(cache_bytes(tc.num_layers, tc.num_kv_heads, opts.max_seq_len, tc.head_dim,
-                                          torch.finfo(getattr(torch, opts.dtype)).bits // 8),
-                              f"--max-seq-len {opts.max_seq_len}")
-        except EngineError as e:
-            raise ExportError(str(e)) from None
+        target, opts = _load_target(source, draft_dir, opts, stage, log)
+        head = _load_head(draft_dir, target, opts, stage, log)
+        _check_kv_fits(target.config, opts)
         tmp = None
         try:
             with _signals_held():    # a signal lands after the temp dir has a name the cleanup below sees
-                try:
-                    out_dir.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
-                    tmp.chmod(0o755)
-                except OSError as e:
-                    raise ExportError(f"--out {out_dir}: cannot create a directory beside it ({e.strerror})") from None
-            files: list[Path] = []
-            # a GGUF source offers its own blocks (export/gguf_blocks.py keeps those that are exact)
-            target_quant = (None if opts.target_weights == "float" else
-                            quantize.WeightQuantizer(opts.target_weights, getattr(source, "raw_blocks", None),
-                                                     opts.target_compute))
-            draft_quant = None if opts.draft_weights == "float" else quantize.WeightQuantizer(opts.draft_weights)
-            graphs = [("target.onnx", lambda: onnx_graphs.build_target(target, opts.dtype, opts.max_seq_len,
-                                                                       opts.flavour, target_quant), target_quant)]
-            if head is not None:
-                graphs += [
-                    ("draft_fc.onnx", lambda: onnx_graphs.build_draft_fc(head, opts.dtype), None),
-                    ("draft.onnx", lambda: onnx_graphs.build_draft(head, opts.dtype, opts.max_seq_len, opts.k_max,
-                                                                   draft_flavour(opts.flavour), draft_quant),
-                     draft_quant)]
-            for fname, build, quant in graphs:
-                t0 = time.perf_counter()
-                written = onnx_graphs.save(build(), tmp / fname)
-                files += written
-                stage(f"wrote {', '.join(p.name for p in written)} "
-                      f"({sum(p.stat().st_size for p in written) / 1e6:.1f} MB, "
-                      f"{opts.dtype if quant is None else quant.summary()})", t0)
-                for line in quant.storage_lines() if quant is not None else ():
-                    log(f"  {line}")
-            t0 = time.perf_counter()
-            source.write_tokenizer(tmp / "tokenizer.json")
-            files.append(tmp / "tokenizer.json")
-            tokenizer = tokenizer_record(source, tmp / "tokenizer.json", tc.vocab_size)
-            manifest = _manifest(name or out_dir.name, target, head, opts, tokenizer, files,
-                                 generation_defaults(source))
-            manifest["source"] = source.description()
-            if target_quant is not None:   # which target weights kept a checkpoint's blocks, which were quantised
-                manifest["model"]["quantization"] = target_quant.record()
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            verify_engine_dir(tmp)
-            chat = "chat template, stop ids " + str(tokenizer["stop_ids"]) if tokenizer["chat_template"] else "no chat template"
-            stage(f"wrote tokenizer.json ({chat}), manifest.json (sha256 of every file)", t0)
+                tmp = _temp_dir_beside(out_dir)
+            target_quant, draft_quant = _quantizers(opts, source)
+            files = _write_graphs(tmp, target, head, opts, target_quant, draft_quant, stage, log)
+            _write_tokenizer_and_manifest(tmp, source, target, head, opts, files, target_quant,
+                                          name or out_dir.name, stage)
             if check:
-                from export.check import check_engine
-                t0 = time.perf_counter()
-                # a quantised target is checked against the float model of its own blocks
-                r = check_engine(tmp, target if target_quant is None else target_quant.dequantized(target), head)
-                stage(f"checked against the reference: target max |diff| {r['target_max_abs_diff']:.1e} "
-                      f"(top-1 {r['target_top1']:.0%})" + (
-                          f", draft max |diff| {r['draft_max_abs_diff']:.1e} (top-1 {r['draft_top1']:.0%})"
-                          if head is not None else ""), t0)
+                _check_against_reference(tmp, target, head, target_quant, stage)
             _replace_dir(tmp, out_dir)
         except BaseException:
             with _signals_held():    # a second signal must not cut the removal short
@@ -265,6 +189,142 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path | None, out_dir: 
             raise
     log(f"engine directory ready: {out_dir}")
     return out_dir
+
+
+Stage = Callable[[str, float], None]
+
+
+def _stage_log(log: Callable[[str], None]) -> Stage:
+    """stage(msg, t0): one log line with the seconds since t0."""
+    def stage(msg: str, t0: float) -> None:
+        log(f"{msg} ({time.perf_counter() - t0:.1f} s)")
+    return stage
+
+
+def _open_source(model_dir: Path):
+    source = checkpoints.open_source(model_dir)
+    if isinstance(source, checkpoints.HFFolder) and not (model_dir / "tokenizer.json").is_file():
+        raise CheckpointError(f"{model_dir / 'tokenizer.json'}: not found (the engine needs a tokenizers-format "
+                              f"tokenizer.json)")
+    return source
+
+
+def _load_target(source, draft_dir: Path | None, opts: ExportOptions, stage: Stage,
+                 log: Callable[[str], None]) -> tuple[Target, ExportOptions]:
+    """The target model (with the feature taps the draft head reads) and `opts` with its max_seq_len."""
+    t0 = time.perf_counter()
+    head_cfg = (None if draft_dir is None else
+                HeadConfig.from_hf(checkpoints.read_config(draft_dir), str(draft_dir / "config.json")))
+    # fp16 engines: load in fp16 (half the memory of a large model; the graph weights are the same)
+    target = checkpoints.load_target(source, feature_layers=head_cfg.feature_layers if head_cfg else None,
+                                     dtype=torch.float16 if opts.dtype == "float16" else torch.float32)
+    tc = target.config
+    stage(f"loaded target {tc.architecture} from {_describe(source.description())}: {tc.num_layers} layers, hidden {tc.hidden_size}, "
+          f"vocab {tc.vocab_size}, taps {list(tc.feature_layers)}", t0)
+    if opts.max_seq_len is None:
+        S, why = auto_max_seq_len(tc, torch.finfo(getattr(torch, opts.dtype)).bits // 8,
+                                  max(opts.max_tree_tokens, opts.max_prefill_chunk))
+        opts = replace(opts, max_seq_len=S)
+        log(why)
+    return target, opts
+
+
+def _load_head(draft_dir: Path | None, target: Target, opts: ExportOptions, stage: Stage,
+               log: Callable[[str], None]) -> Eagle3Head | None:
+    t0 = time.perf_counter()
+    head = None if draft_dir is None else checkpoints.load_head(draft_dir, target)
+    if head is None:
+        log("no --draft: a target-only engine (policy ar)")
+    else:
+        stage(f"loaded EAGLE-3 head: draft vocab {head.config.draft_vocab_size}, "
+              f"{'own' if head.embed_tokens is not None else 'target'} embedding", t0)
+    if head is not None and opts.k_max > head.config.draft_vocab_size:
+        raise ExportError(f"--k-max {opts.k_max} exceeds the head's draft_vocab_size {head.config.draft_vocab_size}")
+    return head
+
+
+def _check_kv_fits(tc, opts: ExportOptions) -> None:
+    try:
+        check_fits_memory(cache_bytes(tc.num_layers, tc.num_kv_heads, opts.max_seq_len, tc.head_dim,
+                                      torch.finfo(getattr(torch, opts.dtype)).bits // 8),
+                          f"--max-seq-len {opts.max_seq_len}")
+    except EngineError as e:
+        raise ExportError(str(e)) from None
+
+
+def _temp_dir_beside(out_dir: Path) -> Path:
+    """A new directory beside `out_dir` that `_remove_stale_temps` recognises."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_temp_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
+        tmp.chmod(0o755)
+    except OSError as e:
+        raise ExportError(f"--out {out_dir}: cannot create a directory beside it ({e.strerror})") from None
+    return tmp
+
+
+def _quantizers(opts: ExportOptions, source) -> tuple[quantize.WeightQuantizer | None, quantize.WeightQuantizer | None]:
+    """(target, draft) weight quantizers; None where the weights stay float."""
+    # a GGUF source offers its own blocks (export/gguf_blocks.py keeps those that are exact)
+    target_quant = (None if opts.target_weights == "float" else
+                    quantize.WeightQuantizer(opts.target_weights, getattr(source, "raw_blocks", None),
+                                             opts.target_compute))
+    draft_quant = None if opts.draft_weights == "float" else quantize.WeightQuantizer(opts.draft_weights)
+    return target_quant, draft_quant
+
+
+def _write_graphs(tmp: Path, target: Target, head: Eagle3Head | None, opts: ExportOptions,
+                  target_quant: quantize.WeightQuantizer | None, draft_quant: quantize.WeightQuantizer | None,
+                  stage: Stage, log: Callable[[str], None]) -> list[Path]:
+    """Build and save every graph into `tmp`; returns the files written (graphs and external data)."""
+    files: list[Path] = []
+    graphs = [("target.onnx", lambda: onnx_graphs.build_target(target, opts.dtype, opts.max_seq_len,
+                                                               opts.flavour, target_quant), target_quant)]
+    if head is not None:
+        graphs += [
+            ("draft_fc.onnx", lambda: onnx_graphs.build_draft_fc(head, opts.dtype), None),
+            ("draft.onnx", lambda: onnx_graphs.build_draft(head, opts.dtype, opts.max_seq_len, opts.k_max,
+                                                           draft_flavour(opts.flavour), draft_quant),
+             draft_quant)]
+    for fname, build, quant in graphs:
+        t0 = time.perf_counter()
+        written = onnx_graphs.save(build(), tmp / fname)
+        files += written
+        stage(f"wrote {', '.join(p.name for p in written)} "
+              f"({sum(p.stat().st_size for p in written) / 1e6:.1f} MB, "
+              f"{opts.dtype if quant is None else quant.summary()})", t0)
+        for line in quant.storage_lines() if quant is not None else ():
+            log(f"  {line}")
+    return files
+
+
+def _write_tokenizer_and_manifest(tmp: Path, source, target: Target, head: Eagle3Head | None,
+                                  opts: ExportOptions, files: list[Path],
+                                  target_quant: quantize.WeightQuantizer | None, name: str, stage: Stage) -> None:
+    t0 = time.perf_counter()
+    source.write_tokenizer(tmp / "tokenizer.json")
+    files.append(tmp / "tokenizer.json")
+    tokenizer = tokenizer_record(source, tmp / "tokenizer.json", target.config.vocab_size)
+    manifest = _manifest(name, target, head, opts, tokenizer, files, generation_defaults(source))
+    manifest["source"] = source.description()
+    if target_quant is not None:   # which target weights kept a checkpoint's blocks, which were quantised
+        manifest["model"]["quantization"] = target_quant.record()
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    verify_engine_dir(tmp)
+    chat = "chat template, stop ids " + str(tokenizer["stop_ids"]) if tokenizer["chat_template"] else "no chat template"
+    stage(f"wrote tokenizer.json ({chat}), manifest.json (sha256 of every file)", t0)
+
+
+def _check_against_reference(tmp: Path, target: Target, head: Eagle3Head | None,
+                             target_quant: quantize.WeightQuantizer | None, stage: Stage) -> None:
+    from export.check import check_engine
+    t0 = time.perf_counter()
+    # a quantised target is checked against the float model of its own blocks
+    r = check_engine(tmp, target if target_quant is None else target_quant.dequantized(target), head)
+    stage(f"checked against the reference: target max |diff| {r['target_max_abs_diff']:.1e} "
+          f"(top-1 {r['target_top1']:.0%})" + (
+              f", draft max |diff| {r['draft_max_abs_diff']:.1e} (top-1 {r['draft_top1']:.0%})"
+              if head is not None else ""), t0)
 
 
 def generation_defaults(source) -> dict:

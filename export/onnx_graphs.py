@@ -19,7 +19,9 @@ so `logits` / `topk_logp` are float32.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -467,102 +469,169 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
     blocks (flavour gqa only); a tied embedding and LM head share one set of blocks."""
     _check_flavour(flavour)
     _check_quant(quant, flavour)
-    c = model.config
+    g = _target_graph(model, dtype, flavour, quant)
+    t = _target_inputs(g, model, max_seq_len, flavour)
+    embedding = _embed(g, model, t.ids, flavour)
+    h, hidden_states = _decoder_layers(g, model, embedding.rows, t, flavour)
+    logits = _lm_head(g, model, h, embedding, flavour)
+    _target_outputs(g, model.config, logits, hidden_states)
+    return g.model("target")
+
+
+@dataclass
+class _GraphInputs:
+    """A target's or a draft's graph inputs (names), and what its attention layers share of them."""
+    ids: str
+    pos: str
+    tree_mask: str
+    past_len: str
+    past: list[tuple[str, str]]   # (past_key, past_value) per layer
+    S: int
+    hidden: str = ""              # draft: the hidden rows it continues from
+    shared: Any = None            # gqa / ort: the attention inputs every layer shares
+    cos: str = ""                 # standard: the rotary tables and the tree mask's additive bias
+    sin: str = ""
+    bias: str = ""
+
+
+@dataclass
+class _Embedding:
+    rows: str                     # the embedded tokens: [1, q, H] / [q, H]
+    weight: str = ""              # float: the embedding initializer (a tied lm_head reads it)
+    blocks: BlockWeight | None = None   # quantised: its blocks and their initializers
+    inits: list[str] | None = None
+
+
+def _target_graph(model: Target, dtype: str, flavour: str, quant: WeightQuantizer | None) -> _Graph:
     g = _Graph(dtype)
     g.quant = quant
     g.names = {id(m): f"{name}.weight" for name, m in model.named_modules()}
-    S, kvh, hd, nh = max_seq_len, c.num_kv_heads, c.head_dim, c.num_heads
+    g.matmul = g.skip_norm = flavour in ORT_FLAVOURS  # ORT only: rows stay [1, q, H], MatMul linears, one q|k|v projection
+    g.rows2d = flavour == "ort"
+    return g
+
+
+def _target_inputs(g: _Graph, model: Target, S: int, flavour: str) -> _GraphInputs:
+    """The graph inputs, then what every layer's attention reads of them (rotary, mask)."""
+    c = model.config
+    kvh, hd, nh = c.num_kv_heads, c.head_dim, c.num_heads
     ids = g.input("input_ids", TensorProto.INT64, [1, "q"])
     pos = g.input("position_ids", TensorProto.INT64, [1, "q"])
     tree_mask = g.input("tree_mask", TensorProto.BOOL, [1, "q", "q"])
     past_len = g.input("past_len", TensorProto.INT64, [1])
     past = [(g.input(f"past_key_{i}", g.onnx_dtype, [1, kvh, S, hd]),
              g.input(f"past_value_{i}", g.onnx_dtype, [1, kvh, S, hd])) for i in range(c.num_layers)]
-
+    t = _GraphInputs(ids, pos, tree_mask, past_len, past, S)
     q_len = g.op("Slice", g.op("Shape", ids), g.const([1]), g.const([2]))
-    fused = flavour in ORT_FLAVOURS  # ORT only: rows stay [1, q, H], MatMul linears, one q|k|v projection
-    in_place = flavour == "gqa"      # GroupQueryAttention, K/V written into the bound cache
-    g.matmul = g.skip_norm = fused
-    g.rows2d = flavour == "ort"
-    if in_place:
-        shared = g.gqa_inputs(model.inv_freq, S, tree_mask, past_len, q_len)
-    elif fused:
-        shared = g.invariant_inputs(model.inv_freq, S, tree_mask, past_len, q_len, kvh, nh // kvh, hd)
+    if flavour == "gqa":       # GroupQueryAttention, K/V written into the bound cache
+        t.shared = g.gqa_inputs(model.inv_freq, S, tree_mask, past_len, q_len)
+    elif flavour in ORT_FLAVOURS:
+        t.shared = g.invariant_inputs(model.inv_freq, S, tree_mask, past_len, q_len, kvh, nh // kvh, hd)
     else:
-        cos, sin = g.rope_tables(model.inv_freq, S, pos)
-        bias = g.mask_bias(tree_mask, past_len, q_len)
-    if quant is not None:
-        embed_q = g.block_weight(model.model.embed_tokens)
-        embed_inits = g.nbits_init(embed_q, "model.embed_tokens")
-        x = g.nbits_gather(embed_q, embed_inits, g.op("Reshape", ids, g.const([-1])) if g.rows2d else ids)
-    else:
-        embed = g.weight("model.embed_tokens.weight", model.model.embed_tokens.weight)
-        x = g.op("Gather", embed, ids if in_place else g.op("Reshape", ids, g.const([-1])))  # [1, q, H] / [q, H]
-    hidden_states = [x]   # the residual stream entering each layer, then the last layer's output
+        t.cos, t.sin = g.rope_tables(model.inv_freq, S, pos)
+        t.bias = g.mask_bias(tree_mask, past_len, q_len)
+    return t
+
+
+def _embed(g: _Graph, model: Target, ids: str, flavour: str) -> _Embedding:
+    if g.quant is not None:
+        blocks = g.block_weight(model.model.embed_tokens)
+        inits = g.nbits_init(blocks, "model.embed_tokens")
+        rows = g.nbits_gather(blocks, inits, g.op("Reshape", ids, g.const([-1])) if g.rows2d else ids)
+        return _Embedding(rows, blocks=blocks, inits=inits)
+    embed = g.weight("model.embed_tokens.weight", model.model.embed_tokens.weight)
+    rows = g.op("Gather", embed, ids if flavour == "gqa" else g.op("Reshape", ids, g.const([-1])))  # [1, q, H] / [q, H]
+    return _Embedding(rows, weight=embed)
+
+
+def _decoder_layers(g: _Graph, model: Target, x: str, t: _GraphInputs, flavour: str) -> tuple[str, list[str]]:
+    """(the final norm's output, the residual stream entering each layer then the last layer's output)."""
+    hidden_states = [x]
     delta = None          # the last sublayer's output, not yet added to x
     for i, layer in enumerate(model.model.layers):
-        p, at = f"model.layers.{i}", layer.self_attn
+        p = f"model.layers.{i}"
         h, x = g.add_norm(x, delta, layer.input_layernorm, p + ".input_layernorm")
         if i:
             hidden_states.append(x)
-        if fused and not c.qk_norm:
-            qkv = g.matmul_linear(h, [at.q_proj, at.k_proj, at.v_proj], p + ".self_attn.qkv_proj")
-            if in_place:
-                a = g.gqa(qkv, "", "", past[i][0], past[i][1], f"present_key_{i}", f"present_value_{i}", pos,
-                           shared, nh, kvh, hd)
-            else:
-                axis = g.const([-1])
-                cuts = [0, nh * hd, (nh + kvh) * hd, (nh + 2 * kvh) * hd]
-                qs, ks, vs = (g.op("Slice", qkv, g.const([a]), g.const([b]), axis) for a, b in zip(cuts, cuts[1:]))
-        else:
-            qs = g.linear(h, at.q_proj, p + ".self_attn.q_proj")   # [q, nh*hd]
-            ks = g.linear(h, at.k_proj, p + ".self_attn.k_proj")   # [q, kvh*hd]
-            vs = g.linear(h, at.v_proj, p + ".self_attn.v_proj")
-        if c.qk_norm:   # per head, before rotary
-            qs = g.rmsnorm(g.heads(qs, nh, hd), at.q_norm, p + ".self_attn.q_norm")
-            ks = g.rmsnorm(g.heads(ks, kvh, hd), at.k_norm, p + ".self_attn.k_norm")
-        if in_place:
-            if c.qk_norm:
-                qs = g.op("Reshape", qs, g.const([1, -1, nh * hd]))
-                ks = g.op("Reshape", ks, g.const([1, -1, kvh * hd]))
-                a = g.gqa(qs, ks, vs, past[i][0], past[i][1], f"present_key_{i}", f"present_value_{i}", pos,
-                           shared, nh, kvh, hd)
-            g.declare_output(f"present_key_{i}", g.onnx_dtype, [1, kvh, S, hd])
-            g.declare_output(f"present_value_{i}", g.onnx_dtype, [1, kvh, S, hd])
-        elif fused:   # flavour ort (its rotary reshapes q and k itself, qk-normed heads included)
-            present = (f"present_key_{i}", f"present_value_{i}")
-            a = g.invariant_attention(qs, ks, vs, past[i][0], past[i][1], past_len, pos, shared, nh, kvh, hd, present)
-            for name in present:
-                g.declare_output(name, g.onnx_dtype, [1, kvh, "q", hd])
-        else:
-            qs = g.rope(g.op("Transpose", g.heads(qs, nh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
-            ks = g.rope(g.op("Transpose", g.heads(ks, kvh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
-            vs = g.op("Transpose", g.heads(vs, kvh, hd), perm=[0, 2, 1, 3])
-            a = g.attention(qs, ks, vs, past[i][0], past[i][1], past_len, bias, nh, kvh, hd)
-            g.output(ks, f"present_key_{i}", g.onnx_dtype, [1, kvh, "q", hd])
-            g.output(vs, f"present_value_{i}", g.onnx_dtype, [1, kvh, "q", hd])
-        h, x = g.add_norm(x, g.linear(a, at.o_proj, p + ".self_attn.o_proj"), layer.post_attention_layernorm,
-                          p + ".post_attention_layernorm")
+        a = _attention(g, model, i, h, t, flavour)
+        h, x = g.add_norm(x, g.linear(a, layer.self_attn.o_proj, p + ".self_attn.o_proj"),
+                          layer.post_attention_layernorm, p + ".post_attention_layernorm")
         delta = g.mlp(h, layer.mlp, p + ".mlp")
     h, x = g.add_norm(x, delta, model.model.norm, "model.norm")
     hidden_states.append(x)
-    if quant is not None:   # [1, q, V]
+    return h, hidden_states
+
+
+def _attention(g: _Graph, model: Target, i: int, h: str, t: _GraphInputs, flavour: str) -> str:
+    """Layer i's attention output for the normed rows `h`; declares (or outputs) its present K/V."""
+    c, at = model.config, model.model.layers[i].self_attn
+    S, kvh, hd, nh = t.S, c.num_kv_heads, c.head_dim, c.num_heads
+    fused, in_place = flavour in ORT_FLAVOURS, flavour == "gqa"
+    p = f"model.layers.{i}"
+    past_k, past_v = t.past[i]
+    if fused and not c.qk_norm:
+        qkv = g.matmul_linear(h, [at.q_proj, at.k_proj, at.v_proj], p + ".self_attn.qkv_proj")
+        if in_place:
+            a = g.gqa(qkv, "", "", past_k, past_v, f"present_key_{i}", f"present_value_{i}", t.pos,
+                      t.shared, nh, kvh, hd)
+        else:
+            axis = g.const([-1])
+            cuts = [0, nh * hd, (nh + kvh) * hd, (nh + 2 * kvh) * hd]
+            qs, ks, vs = (g.op("Slice", qkv, g.const([a]), g.const([b]), axis) for a, b in zip(cuts, cuts[1:]))
+    else:
+        qs = g.linear(h, at.q_proj, p + ".self_attn.q_proj")   # [q, nh*hd]
+        ks = g.linear(h, at.k_proj, p + ".self_attn.k_proj")   # [q, kvh*hd]
+        vs = g.linear(h, at.v_proj, p + ".self_attn.v_proj")
+    if c.qk_norm:   # per head, before rotary
+        qs = g.rmsnorm(g.heads(qs, nh, hd), at.q_norm, p + ".self_attn.q_norm")
+        ks = g.rmsnorm(g.heads(ks, kvh, hd), at.k_norm, p + ".self_attn.k_norm")
+    if in_place:
+        if c.qk_norm:
+            qs = g.op("Reshape", qs, g.const([1, -1, nh * hd]))
+            ks = g.op("Reshape", ks, g.const([1, -1, kvh * hd]))
+            a = g.gqa(qs, ks, vs, past_k, past_v, f"present_key_{i}", f"present_value_{i}", t.pos,
+                      t.shared, nh, kvh, hd)
+        g.declare_output(f"present_key_{i}", g.onnx_dtype, [1, kvh, S, hd])
+        g.declare_output(f"present_value_{i}", g.onnx_dtype, [1, kvh, S, hd])
+    elif fused:   # flavour ort (its rotary reshapes q and k itself, qk-normed heads included)
+        present = (f"present_key_{i}", f"present_value_{i}")
+        a = g.invariant_attention(qs, ks, vs, past_k, past_v, t.past_len, t.pos, t.shared, nh, kvh, hd, present)
+        for name in present:
+            g.declare_output(name, g.onnx_dtype, [1, kvh, "q", hd])
+    else:
+        qs = g.rope(g.op("Transpose", g.heads(qs, nh, hd), perm=[0, 2, 1, 3]), t.cos, t.sin, hd)
+        ks = g.rope(g.op("Transpose", g.heads(ks, kvh, hd), perm=[0, 2, 1, 3]), t.cos, t.sin, hd)
+        vs = g.op("Transpose", g.heads(vs, kvh, hd), perm=[0, 2, 1, 3])
+        a = g.attention(qs, ks, vs, past_k, past_v, t.past_len, t.bias, nh, kvh, hd)
+        g.output(ks, f"present_key_{i}", g.onnx_dtype, [1, kvh, "q", hd])
+        g.output(vs, f"present_value_{i}", g.onnx_dtype, [1, kvh, "q", hd])
+    return a
+
+
+def _lm_head(g: _Graph, model: Target, h: str, embedding: _Embedding, flavour: str) -> str:
+    """logits [1, q, V] / [q, V] of the final rows `h`, in float32."""
+    c = model.config
+    if g.quant is not None:   # [1, q, V]
         if c.tie_word_embeddings:
-            logits = g.nbits_matmul(h, embed_q, embed_inits)
+            logits = g.nbits_matmul(h, embedding.blocks, embedding.inits)
         else:
             lm_q = g.block_weight(model.lm_head)
             logits = g.nbits_matmul(h, lm_q, g.nbits_init(lm_q, "lm_head"))
-    elif fused:   # [1, q, V]; a tied lm_head reads the embedding through a Transpose ORT folds at load
-        lm_w = (g.op("Transpose", embed, perm=[1, 0]) if c.tie_word_embeddings else
+    elif flavour in ORT_FLAVOURS:   # [1, q, V]; a tied lm_head reads the embedding through a Transpose ORT folds at load
+        lm_w = (g.op("Transpose", embedding.weight, perm=[1, 0]) if c.tie_word_embeddings else
                 g.init("lm_head.weight_t", model.lm_head.weight.detach().float().t().numpy().astype(g.np_dtype)))
         logits = g.rows_matmul(h, lm_w)
     else:
-        lm_w = embed if c.tie_word_embeddings else g.weight("lm_head.weight", model.lm_head.weight)
+        lm_w = embedding.weight if c.tie_word_embeddings else g.weight("lm_head.weight", model.lm_head.weight)
         logits = g.op("Gemm", h, lm_w, transB=1)
     if g.half:
         logits = g.op("Cast", logits, to=TensorProto.FLOAT)
+    return logits
+
+
+def _target_outputs(g: _Graph, c, logits: str, hidden_states: list[str]) -> None:
+    """logits, argmax and features ahead of the K/V pairs already declared: the documented order."""
     feats = g.op("Concat", *[hidden_states[i] for i in c.feature_layers], axis=-1)
-    # outputs in the documented order: logits, argmax, features, then the K/V pairs
     kv_outputs = g.outputs
     g.outputs = []
     g.output(g.op("Reshape", logits, g.const([1, -1, c.vocab_size])), "logits", TensorProto.FLOAT,
@@ -573,7 +642,6 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
     g.output(g.op("Reshape", feats, g.const([1, -1, 3 * c.hidden_size])), "features", g.onnx_dtype,
              [1, "q", 3 * c.hidden_size])
     g.outputs += kv_outputs
-    return g.model("target")
 
 
 def build_draft_fc(head: Eagle3Head, dtype: str) -> onnx.ModelProto:
@@ -598,43 +666,64 @@ def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int,
         raise ValueError(f"k_max {k_max} must be in [1, draft_vocab_size={c.draft_vocab_size}]")
     g = _Graph(dtype)
     g.quant = quant
-    S, kvh, hd, nh, H = max_seq_len, c.num_kv_heads, c.head_dim, c.num_heads, c.hidden_size
+    t = _draft_inputs(g, head, max_seq_len)
+    q_len = g.op("Slice", g.op("Shape", t.ids), g.const([1]), g.const([2]))
+    embed_w = head.embed_tokens.weight if head.embed_tokens is not None else head._target_embed
+    emb = g.op("Gather", g.weight("embed_tokens.weight", embed_w), g.op("Reshape", t.ids, g.const([-1])))
+    h_in = g.op("Reshape", t.hidden, g.const([-1, c.hidden_size]))
+    normed_h = g.rmsnorm(h_in, lay.hidden_norm, "midlayer.hidden_norm")
+    x = g.op("Concat", g.rmsnorm(emb, lay.input_layernorm, "midlayer.input_layernorm"), normed_h, axis=-1)
+    a, present = _draft_attention(g, head, x, t, q_len, flavour)
+    residual = normed_h if c.norm_before_residual else h_in
+    h = g.op("Add", residual, g.linear(a, lay.self_attn.o_proj, "midlayer.self_attn.o_proj"))
+    h = g.op("Add", h, g.mlp(g.rmsnorm(h, lay.post_attention_layernorm, "midlayer.post_attention_layernorm"),
+                             lay.mlp, "midlayer.mlp"))
+    _draft_outputs(g, head, h, k_max, t.S, present)
+    return g.model("draft")
+
+
+def _draft_inputs(g: _Graph, head: Eagle3Head, S: int) -> _GraphInputs:
+    c = head.config
+    kvh, hd = c.num_kv_heads, c.head_dim
     ids = g.input("input_ids", TensorProto.INT64, [1, "q"])
-    hidden = g.input("hidden", g.onnx_dtype, [1, "q", H])
+    hidden = g.input("hidden", g.onnx_dtype, [1, "q", c.hidden_size])
     pos = g.input("position_ids", TensorProto.INT64, [1, "q"])
     tree_mask = g.input("tree_mask", TensorProto.BOOL, [1, "q", "T"])
     past_len = g.input("past_len", TensorProto.INT64, [1])
     past_k = g.input("past_key", g.onnx_dtype, [1, kvh, S, hd])
     past_v = g.input("past_value", g.onnx_dtype, [1, kvh, S, hd])
+    return _GraphInputs(ids, pos, tree_mask, past_len, [(past_k, past_v)], S, hidden=hidden)
 
-    q_len = g.op("Slice", g.op("Shape", ids), g.const([1]), g.const([2]))
-    embed_w = head.embed_tokens.weight if head.embed_tokens is not None else head._target_embed
-    emb = g.op("Gather", g.weight("embed_tokens.weight", embed_w), g.op("Reshape", ids, g.const([-1])))
-    h_in = g.op("Reshape", hidden, g.const([-1, H]))
-    normed_h = g.rmsnorm(h_in, lay.hidden_norm, "midlayer.hidden_norm")
-    x = g.op("Concat", g.rmsnorm(emb, lay.input_layernorm, "midlayer.input_layernorm"), normed_h, axis=-1)
-    at = lay.self_attn
+
+def _draft_attention(g: _Graph, head: Eagle3Head, x: str, t: _GraphInputs, q_len: str,
+                     flavour: str) -> tuple[str, tuple[str, str] | None]:
+    """(the attention output [q, nh*hd], the q new K/V rows to output; None: gqa wrote them in place)."""
+    c, at = head.config, head.midlayer.self_attn
+    S, kvh, hd, nh = t.S, c.num_kv_heads, c.head_dim, c.num_heads
+    (past_k, past_v), = t.past
     g.matmul = flavour == "gqa"   # ORT only: MatMul linears, one q|k|v projection
     if flavour == "gqa":
-        shared = g.gqa_inputs(head.inv_freq, S, tree_mask, past_len, q_len)
+        shared = g.gqa_inputs(head.inv_freq, S, t.tree_mask, t.past_len, q_len)
         qkv = g.matmul_linear(x, [at.q_proj, at.k_proj, at.v_proj], "midlayer.self_attn.qkv_proj")
         a = g.gqa(g.op("Unsqueeze", qkv, g.const([0])), "", "", past_k, past_v, "present_key", "present_value",
-                   pos, shared, nh, kvh, hd)
-        a = g.op("Reshape", a, g.const([-1, nh * hd]))
-    else:
-        qs = g.linear(x, at.q_proj, "midlayer.self_attn.q_proj")   # [q, nh*hd]
-        ks = g.linear(x, at.k_proj, "midlayer.self_attn.k_proj")   # [q, kvh*hd]
-        vs = g.linear(x, at.v_proj, "midlayer.self_attn.v_proj")
-        cos, sin = g.rope_tables(head.inv_freq, S, pos)
-        bias = g.mask_bias(tree_mask, past_len, q_len)
-        qs = g.rope(g.op("Transpose", g.heads(qs, nh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
-        ks = g.rope(g.op("Transpose", g.heads(ks, kvh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
-        vs = g.op("Transpose", g.heads(vs, kvh, hd), perm=[0, 2, 1, 3])
-        a = g.attention(qs, ks, vs, past_k, past_v, past_len, bias, nh, kvh, hd)
-    residual = normed_h if c.norm_before_residual else h_in
-    h = g.op("Add", residual, g.linear(a, at.o_proj, "midlayer.self_attn.o_proj"))
-    h = g.op("Add", h, g.mlp(g.rmsnorm(h, lay.post_attention_layernorm, "midlayer.post_attention_layernorm"),
-                             lay.mlp, "midlayer.mlp"))
+                  t.pos, shared, nh, kvh, hd)
+        return g.op("Reshape", a, g.const([-1, nh * hd])), None
+    qs = g.linear(x, at.q_proj, "midlayer.self_attn.q_proj")   # [q, nh*hd]
+    ks = g.linear(x, at.k_proj, "midlayer.self_attn.k_proj")   # [q, kvh*hd]
+    vs = g.linear(x, at.v_proj, "midlayer.self_attn.v_proj")
+    cos, sin = g.rope_tables(head.inv_freq, S, t.pos)
+    bias = g.mask_bias(t.tree_mask, t.past_len, q_len)
+    qs = g.rope(g.op("Transpose", g.heads(qs, nh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
+    ks = g.rope(g.op("Transpose", g.heads(ks, kvh, hd), perm=[0, 2, 1, 3]), cos, sin, hd)
+    vs = g.op("Transpose", g.heads(vs, kvh, hd), perm=[0, 2, 1, 3])
+    return g.attention(qs, ks, vs, past_k, past_v, t.past_len, bias, nh, kvh, hd), (ks, vs)
+
+
+def _draft_outputs(g: _Graph, head: Eagle3Head, h: str, k_max: int, S: int,
+                   present: tuple[str, str] | None) -> None:
+    """topk_ids, topk_logp (the top k_max of the draft's log-softmax), hidden_out, then the K/V."""
+    c = head.config
+    kvh, hd, H = c.num_kv_heads, c.head_dim, c.hidden_size
     logits = g.linear(g.rmsnorm(h, head.norm, "norm"), head.lm_head, "lm_head")  # [q, Vd]
     if g.half:
         logits = g.op("Cast", logits, to=TensorProto.FLOAT)
@@ -646,13 +735,12 @@ def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int,
     g.output(g.op("Reshape", top_ids, g.const([1, -1, k_max])), "topk_ids", TensorProto.INT64, [1, "q", k_max])
     g.output(g.op("Reshape", top_logp, g.const([1, -1, k_max])), "topk_logp", TensorProto.FLOAT, [1, "q", k_max])
     g.output(g.op("Reshape", h, g.const([1, -1, H])), "hidden_out", g.onnx_dtype, [1, "q", H])
-    if flavour == "gqa":
+    if present is None:
         g.declare_output("present_key", g.onnx_dtype, [1, kvh, S, hd])
         g.declare_output("present_value", g.onnx_dtype, [1, kvh, S, hd])
     else:
-        g.output(ks, "present_key", g.onnx_dtype, [1, kvh, "q", hd])
-        g.output(vs, "present_value", g.onnx_dtype, [1, kvh, "q", hd])
-    return g.model("draft")
+        g.output(present[0], "present_key", g.onnx_dtype, [1, kvh, "q", hd])
+        g.output(present[1], "present_value", g.onnx_dtype, [1, kvh, "q", hd])
 
 
 def save(model: onnx.ModelProto, path: Path) -> list[Path]:

@@ -187,7 +187,6 @@ def write_gguf(model_dir: str | Path, path: str | Path, qtype: str = "Q8_0", met
     folder's chat template if it has one. `meta` replaces metadata values (None removes the key):
     hostile files for the tests."""
     import gguf
-    import numpy as np
     from safetensors.torch import load_file
 
     model_dir, path = Path(model_dir), Path(path)
@@ -195,31 +194,51 @@ def write_gguf(model_dir: str | Path, path: str | Path, qtype: str = "Q8_0", met
     if cfg["model_type"] != "llama":
         raise ValueError(f"write_gguf: model_type {cfg['model_type']!r}, expected 'llama'")
     state = {k: v.float().numpy() for k, v in load_file(str(model_dir / "model.safetensors")).items()}
-    tok = json.loads((model_dir / "tokenizer.json").read_text())
-    tokens = [t for t, _ in sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])]
-    specials = {a["content"] for a in tok.get("added_tokens", []) if a.get("special")}
-    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
-    chat_template = json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
-    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-
-    def permute(w: np.ndarray, n: int) -> np.ndarray:  # llama.cpp's LlamaModel.permute
-        return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name(model_dir.name)
+    tokens = _gguf_vocabulary(model_dir)
+    _gguf_model_metadata(w, model_dir.name, cfg, len(tokens), qtype)
+    _gguf_tokenizer(w, model_dir, cfg, tokens)
+    _gguf_tensors(w, state, cfg, qtype)
+    _gguf_replace_metadata(w, meta or {})
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _gguf_vocabulary(model_dir: Path) -> list[str]:
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    return [t for t, _ in sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])]
+
+
+def _gguf_model_metadata(w, name: str, cfg: dict, vocab: int, qtype: str) -> None:
+    import gguf
+
+    w.add_name(name)
     w.add_block_count(cfg["num_hidden_layers"])
     w.add_context_length(cfg.get("max_position_embeddings", 4096))
     w.add_embedding_length(cfg["hidden_size"])
     w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
+    w.add_head_count(cfg["num_attention_heads"])
+    w.add_head_count_kv(cfg["num_key_value_heads"])
     w.add_key_length(cfg["head_dim"])
     w.add_value_length(cfg["head_dim"])
     w.add_rope_dimension_count(cfg["head_dim"])
     w.add_rope_freq_base(float((cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))))
     w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    w.add_vocab_size(len(tokens))
+    w.add_vocab_size(vocab)
     w.add_file_type(getattr(gguf.LlamaFileType, "ALL_F32" if qtype == "F32" else f"MOSTLY_{qtype}"))
+
+
+def _gguf_tokenizer(w, model_dir: Path, cfg: dict, tokens: list[str]) -> None:
+    """The BPE tokenizer as llama.cpp's `gpt2` model: vocabulary, token types, merges, special ids, template."""
+    import gguf
+
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    specials = {a["content"] for a in tok.get("added_tokens", []) if a.get("special")}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]]
+    chat_template = json.loads((model_dir / "tokenizer_config.json").read_text()).get("chat_template")
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
@@ -231,37 +250,53 @@ def write_gguf(model_dir: str | Path, path: str | Path, qtype: str = "Q8_0", met
     w.add_add_bos_token(False)
     if chat_template is not None:
         w.add_chat_template(chat_template)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    layer = {"input_layernorm.weight": "attn_norm.weight", "self_attn.q_proj.weight": "attn_q.weight",
-             "self_attn.k_proj.weight": "attn_k.weight", "self_attn.v_proj.weight": "attn_v.weight",
-             "self_attn.o_proj.weight": "attn_output.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
-             "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
-             "mlp.down_proj.weight": "ffn_down.weight"}
+
+
+GGUF_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+              "lm_head.weight": "output.weight"}
+GGUF_LAYER_NAMES = {
+    "input_layernorm.weight": "attn_norm.weight", "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.k_proj.weight": "attn_k.weight", "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.o_proj.weight": "attn_output.weight", "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight"}
+
+
+def _gguf_tensors(w, state: dict, cfg: dict, qtype: str) -> None:
+    """Every weight under its llama.cpp name; matrices in `qtype`, q/k rows permuted per head."""
+    import gguf
+    import numpy as np
+
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+
+    def permute(w: np.ndarray, n: int) -> np.ndarray:  # llama.cpp's LlamaModel.permute
+        return w.reshape(n, 2, w.shape[0] // n // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
     kind = gguf.GGMLQuantizationType[qtype]
     for key, value in state.items():
         if key.startswith("model.layers."):
             i, rest = key[len("model.layers."):].split(".", 1)
-            name = f"blk.{i}.{layer[rest]}"
+            name = f"blk.{i}.{GGUF_LAYER_NAMES[rest]}"
             if rest == "self_attn.q_proj.weight":
                 value = permute(value, heads)
             elif rest == "self_attn.k_proj.weight":
                 value = permute(value, kv_heads)
         else:
-            name = names[key]
+            name = GGUF_NAMES[key]
         if value.ndim == 2 and kind != gguf.GGMLQuantizationType.F32:
             w.add_tensor(name, gguf.quants.quantize(value, kind), raw_dtype=kind)
         else:
             w.add_tensor(name, value.astype(np.float32))
-    for key, value in (meta or {}).items():
+
+
+def _gguf_replace_metadata(w, meta: dict) -> None:
+    """Each `meta` key's value replaces the written one (None: the key is removed)."""
+    import gguf
+
+    for key, value in meta.items():
         w.kv_data[0].pop(key, None)
         if value is not None:
             vtype = (gguf.GGUFValueType.BOOL if isinstance(value, bool) else gguf.GGUFValueType.INT64
                      if isinstance(value, int) else gguf.GGUFValueType.FLOAT32 if isinstance(value, float)
                      else gguf.GGUFValueType.STRING)
             w.add_key_value(key, value, vtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path

@@ -7,23 +7,15 @@ exit with code 2, without a traceback.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
-from typing import NoReturn, Sequence
+from typing import Sequence
 
+from runtime.arguments import EXIT_USAGE, ArgumentParser
 from runtime.errors import TalonError
 
 SUBCOMMANDS = ("runtime.commands.run", "runtime.commands.chat", "runtime.commands.inspect", "runtime.bench.cli", "runtime.commands.serve",
                "runtime.commands.triton_repo")
-EXIT_USAGE = 2
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and the same exit code as runtime errors."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def version() -> str:

@@ -1,7 +1,7 @@
 """The one engine validator: every check `Generator.open`, `talon-rt inspect` and the exporter run
 before an engine directory is used or shipped.
 
-`validate_engine(dir)` = the manifest and its files (runtime/manifest.py: schema, names, external
+`validate_engine(dir)` = the manifest and its files (runtime/manifest/: schema, names, external
 data, sizes, sha256, memory), the manifest's defaults as options for this engine (runtime/options.py),
 and the tokenizer (a Hugging Face tokenizers file no larger than the model's vocabulary). The graphs'
 I/O is checked against the manifest when a backend loads them (`check_graph_io`), and by `inspect`.

@@ -142,10 +142,6 @@ class AcceptanceModel:
             self.best[d] = best
         self._reach = {}   # rebuilt on demand
 
-    def best_child(self, depth: int | np.ndarray) -> np.ndarray:
-        """P(accepted | parent accepted) of a best child at `depth`, over all draft probabilities."""
-        return self.best[self._depth_edges.searchsorted(depth, side="right")]
-
     def log_accept(self, cond_logp: np.ndarray, rank: np.ndarray, depth: int | np.ndarray) -> np.ndarray:
         """log P(accepted | parent accepted) of nodes at `depth` with conditional draft log-probs
         `cond_logp` and sibling ranks `rank` (0 = the draft's best child)."""

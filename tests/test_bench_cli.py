@@ -117,7 +117,7 @@ def test_bench_errors(tiny_engine, tmp_path, args, message):
 
 
 def test_synthetic_prints_microbench(capsys):
-    from runtime.bench.cli import main
+    from runtime.bench.__main__ import main
     assert main(["--synthetic", "--budgets", "8", "--policies", "talon"]) == 0
     assert "talon" in capsys.readouterr().out
 

@@ -62,11 +62,12 @@ def test_graphs_are_standard_and_match_the_contract(tiny_engine, role):
     import onnx
 
     from export.parity import ort_session
-    from runtime.manifest import check_graph_io, open_manifest, ort_io
+    from runtime.backends.ort import session_io
+    from runtime.manifest import check_graph_io, open_manifest
     m = open_manifest(tiny_engine)
     path = tiny_engine / m.graphs[role].file
     model = onnx.load(str(path))
     assert {op.domain for op in model.opset_import} == {""} and model.opset_import[0].version == 17
     assert {n.domain for n in model.graph.node} <= {""}  # "standard": no com.microsoft ops
     onnx.checker.check_model(model, full_check=True)  # includes strict shape inference
-    check_graph_io(m, role, *ort_io(ort_session(path)))
+    check_graph_io(m, role, *session_io(ort_session(path)))

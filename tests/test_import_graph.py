@@ -1,93 +1,70 @@
-"""The build and training packages import one way (docs/design.md §1): train/ may import export/, export/
-never imports train/, and neither has a cycle among its modules (imports inside functions counted)."""
+"""scripts/import_graph.py: the layers hold (no back-arrow; docs/design.md §1: train/ may import export/,
+export/ never imports train/) and no modules import each other in a cycle (imports inside functions
+counted)."""
 from __future__ import annotations
 
-import ast
+import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("export", "train")
+SCRIPT = ROOT / "scripts" / "import_graph.py"
 
 
-def modules() -> dict[str, Path]:
-    """Dotted module name -> file, for every module of PACKAGES (a package is its __init__.py)."""
-    found = {}
-    for pkg in PACKAGES:
-        for path in sorted((ROOT / pkg).rglob("*.py")):
-            parts = list(path.relative_to(ROOT).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts.pop()
-            found[".".join(parts)] = path
-    return found
+def _load():
+    spec = importlib.util.spec_from_file_location("import_graph", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["import_graph"] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
-    """module -> the modules of `mods` it imports anywhere in its file."""
-
-    def known(name: str) -> str | None:
-        parts = name.split(".")
-        while parts and ".".join(parts) not in mods:
-            parts.pop()
-        return ".".join(parts) or None
-
-    graph: dict[str, set[str]] = {m: set() for m in mods}
-    for mod, path in mods.items():
-        package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]).strip(".") \
-                    if node.level else node.module
-                names = [base] + [f"{base}.{a.name}" for a in node.names]
-            else:
-                continue
-            graph[mod] |= {t for t in map(known, names) if t is not None and t != mod}
-    return graph
+graph = _load()
 
 
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    found = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        for w in sorted(graph[v]):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while not comp or comp[-1] != v:
-                comp.append(stack.pop())
-            if len(comp) > 1:
-                found.append(sorted(comp))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return found
+@pytest.fixture(scope="module")
+def report():
+    return graph.analyse(ROOT)
 
 
-def test_export_never_imports_train():
-    graph = import_graph(modules())
-    bad = sorted(f"{m} -> {t}" for m, ts in graph.items() if m.split(".")[0] == "export"
-                 for t in ts if t.split(".")[0] == "train")
+def test_no_lower_layer_imports_a_higher_one(report):
+    assert report.back_arrows == (), "\n".join(f"{e.src} -> {e.dst} ({e.file}:{e.line})"
+                                               for e in report.back_arrows)
+
+
+def test_export_never_imports_train(report):
+    bad = sorted(f"{e.src} -> {e.dst}" for e in report.edges
+                 if e.src.split(".")[0] == "export" and e.dst.split(".")[0] == "train")
     assert bad == [], bad
 
 
-def test_no_import_cycles_in_export_or_train():
-    assert cycles(import_graph(modules())) == []
+def test_no_cycles(report):
+    assert report.cycles == ()
 
 
-def test_the_graph_sees_relative_and_in_function_imports():
-    graph = import_graph(modules())
-    assert "train.recipes.head.dataset" in graph["train.recipes.head.train"]      # from .dataset import ...
-    assert "train.recipes.head.train" in graph["train.recipes.head.pipeline"]     # inside run_train
-    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+def test_the_script_prints_its_counts():
+    r = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "cycles: 0" in r.stdout and "back-arrows: 0" in r.stdout, r.stdout + r.stderr
+
+
+def test_the_graph_sees_relative_and_in_function_imports(report):
+    edges = {(e.src, e.dst) for e in report.edges}
+    assert ("train.recipes.head.train", "train.recipes.head.dataset") in edges      # from .dataset import ...
+    assert ("train.recipes.head.pipeline", "train.recipes.head.train") in edges     # inside run_train
+    toy = [graph.Edge(a, b, "", 0) for a, b in (("a", "b"), ("b", "c"), ("c", "a"), ("d", "a"))]
+    assert graph.cycles_of(["a", "b", "c", "d"], toy) == [("a", "b", "c")]
+
+
+def test_layers_and_cycles_are_found(tmp_path):
+    for pkg, body in {"talon": "from runtime import a\n", "runtime": "", "export": ""}.items():
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "__init__.py").write_text(body)
+    (tmp_path / "runtime" / "a.py").write_text("def f():\n    import export.b\n")
+    (tmp_path / "export" / "b.py").write_text("from . import c\n")
+    (tmp_path / "export" / "c.py").write_text("from export.b import x\n")
+    r = graph.analyse(tmp_path)
+    assert {(e.src, e.dst) for e in r.back_arrows} == {("talon", "runtime.a"), ("runtime.a", "export.b")}
+    assert r.cycles == (("export.b", "export.c"),)

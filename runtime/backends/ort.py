@@ -42,9 +42,21 @@ import onnxruntime as ort
 from runtime.backends.base import Backend, check_call
 from runtime.backends.ort_io import DeviceIO, HostIO, KVLayout
 from runtime.errors import EngineError, OptionError
-from runtime.manifest import Manifest, check_graph_io, ort_io
+from runtime.manifest import Manifest, check_graph_io
 
 _GLOBAL_POOL: dict[str, int] = {}
+
+
+# ORT NodeArg.type strings -> dtype names
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+             "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
+
+
+def session_io(session: Any) -> tuple[list[tuple[str, str, list[Any]]], list[tuple[str, str, list[Any]]]]:
+    """Declared (inputs, outputs) of an onnxruntime InferenceSession as check_graph_io wants them."""
+    def conv(args: Any) -> list[tuple[str, str, list[Any]]]:
+        return [(a.name, ORT_TYPES.get(a.type, a.type), list(a.shape)) for a in args]
+    return conv(session.get_inputs()), conv(session.get_outputs())
 
 
 def cuda_available() -> bool:
@@ -65,7 +77,7 @@ def check_graphs(m: Manifest) -> None:
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
     for role in m.roles:
-        check_graph_io(m, role, *ort_io(_load(m.path(m.graphs[role].file), so, ["CPUExecutionProvider"])))
+        check_graph_io(m, role, *session_io(_load(m.path(m.graphs[role].file), so, ["CPUExecutionProvider"])))
 
 
 def _session_options(threads: int, thread_mode: str) -> ort.SessionOptions:
@@ -233,6 +245,26 @@ def ort_gpu_conflict() -> str:
             f"see docs/gpu.md)")
 
 
+def _default_io(device: str, dt: type) -> HostIO:
+    """Device buffers through libcudart on CUDA; host buffers bound in place on the CPU."""
+    if device == "cuda":
+        from runtime.backends import cuda_rt
+        return DeviceIO(cuda_rt.load(), dt)
+    return HostIO()
+
+
+def _open_sessions(m: Manifest, device: str, threads: int, thread_mode: str) -> dict[str, ort.InferenceSession]:
+    """One session per graph of the engine, its providers and declared I/O checked."""
+    sessions = {}
+    for role in m.roles:
+        path = m.path(m.graphs[role].file)
+        sess = _load(path, _session_options(threads, thread_mode), session_providers(device))
+        check_providers(sess, path, device)
+        check_graph_io(m, role, *session_io(sess))
+        sessions[role] = sess
+    return sessions
+
+
 class OrtBackend(Backend):
     """Target, draft_fc and draft graphs on one ORT execution provider (the target alone for a
     target-only engine: its draft calls are never made)."""
@@ -244,32 +276,37 @@ class OrtBackend(Backend):
         self.device = device
         self.dims = d = OrtDims.of(m)
         self.S, self.q_max = d.S, d.q_max
-        dt = m.kv_dtype
-        if io is None:
-            if device == "cuda":
-                from runtime.backends import cuda_rt
-                io = DeviceIO(cuda_rt.load(), dt)
-            else:
-                io = HostIO()
-        self.io = io
-        sessions = {}
-        for role in m.roles:
-            path = m.path(m.graphs[role].file)
-            sess = _load(path, _session_options(threads, thread_mode), session_providers(device))
-            check_providers(sess, path, device)
-            check_graph_io(m, role, *ort_io(sess))
-            sessions[role] = sess
-        qm, S, dev = d.q_max, d.S, io.device
-        per_call = SMALL_INPUTS + ("hidden",) if io.rebind_inputs else ()
+        self.io = io if io is not None else _default_io(device, m.kv_dtype)
+        sessions = _open_sessions(m, device, threads, thread_mode)
+        self._alloc_small_inputs()
+        self.in_place = {r: r in m.graphs and m.graphs[r].flavour == "gqa" for r in ("target", "draft")}
+        self._bind_target(sessions["target"], m.kv_dtype)
+        self._q_t = 0
+        self._closed = False
+        if m.draft is None:
+            self.kv_d = self.new_d = self.fc_in = self.fc_out = self.hidden = None
+            self.topk_ids = self.topk_logp = self.hidden_out = None
+            self._fc = self._draft = None
+            return
+        self._bind_draft_fc(sessions["draft_fc"], m.kv_dtype)
+        self._bind_draft(sessions["draft"], m.kv_dtype)
 
-        # small host inputs, shared by the target and the draft (they never run at once)
+    @property
+    def _per_call(self) -> tuple[str, ...]:
+        """The inputs bound again before every run (host inputs of a device session)."""
+        return SMALL_INPUTS + ("hidden",) if self.io.rebind_inputs else ()
+
+    def _alloc_small_inputs(self) -> None:
+        """Small host inputs, shared by the target and the draft (they never run at once)."""
+        qm, S = self.q_max, self.S
         self.ids = np.zeros(qm, np.int64)
         self.pos = np.zeros(qm, np.int64)
         self.mask = np.zeros(qm * S, np.bool_)     # [q, T] with T <= S (draft scratch + new rows)
         self.past = np.zeros(1, np.int64)
-        self.in_place = {r: r in m.graphs and m.graphs[r].flavour == "gqa" for r in ("target", "draft")}
 
-        # target: cache [2L, kvh, S, hd]; present [2L, kvh*qm*hd] (standard); features stay with the cache
+    def _bind_target(self, session: ort.InferenceSession, dt: type) -> None:
+        """target: cache [2L, kvh, S, hd]; present [2L, kvh*qm*hd] (standard); features stay with the cache."""
+        d, io, qm, S, dev = self.dims, self.io, self.q_max, self.S, self.io.device
         tk = d.target_kv
         self.kv_t = io.alloc(tk.slabs * tk.heads * S * tk.head_dim, dt)
         self.new_t = io.alloc(1 if self.in_place["target"] else tk.slabs * tk.heads * qm * tk.head_dim, dt)
@@ -281,30 +318,28 @@ class OrtBackend(Backend):
                                          self.in_place["target"], dt, dev)
         rest = [_Tensor("argmax", self.argmax, np.int64, lambda q, t: [1, q]),
                 _Tensor("features", self.features, dt, lambda q, t: [1, q, d.features], dev)] + kv_out
-        self._target = _Graph(sessions["target"], small + kv_in,
+        self._target = _Graph(session, small + kv_in,
                               [_Tensor("logits", self.logits, np.float32, lambda q, t: [1, q, d.vocab])] + rest,
-                              per_call)
+                              self._per_call)
         self._target_greedy = self._target
         if io.resident:   # greedy: logits stay in a device buffer, only the argmax ids cross
             self.logits_dev = io.alloc(qm * d.vocab, np.float32)
-            self._target_greedy = _Graph(sessions["target"], small + kv_in, [
-                _Tensor("logits", self.logits_dev, np.float32, lambda q, t: [1, q, d.vocab], dev)] + rest, per_call)
-        self._q_t = 0
-        self._closed = False
-        if m.draft is None:
-            self.kv_d = self.new_d = self.fc_in = self.fc_out = self.hidden = None
-            self.topk_ids = self.topk_logp = self.hidden_out = None
-            self._fc = self._draft = None
-            return
+            self._target_greedy = _Graph(session, small + kv_in, [
+                _Tensor("logits", self.logits_dev, np.float32, lambda q, t: [1, q, d.vocab], dev)] + rest,
+                self._per_call)
 
-        # draft_fc: feature rows (gathered next to the features) -> hidden
-        self.fc_in = io.alloc(qm * d.features, dt)
+    def _bind_draft_fc(self, session: ort.InferenceSession, dt: type) -> None:
+        """draft_fc: feature rows (gathered next to the features) -> hidden."""
+        d, qm = self.dims, self.q_max
+        self.fc_in = self.io.alloc(qm * d.features, dt)
         self.fc_out = np.zeros(qm * d.hidden, dt)
-        self._fc = _Graph(sessions["draft_fc"], [_Tensor("features", self.fc_in, dt, lambda q, t: [1, q, d.features],
-                                                         dev)],
+        self._fc = _Graph(session, [_Tensor("features", self.fc_in, dt, lambda q, t: [1, q, d.features],
+                                            self.io.device)],
                           [_Tensor("hidden", self.fc_out, dt, lambda q, t: [1, q, d.hidden])])
 
-        # draft: its own one-layer cache [2, kvd, S, hdd]
+    def _bind_draft(self, session: ort.InferenceSession, dt: type) -> None:
+        """draft: its own one-layer cache [2, kvd, S, hdd]."""
+        d, io, qm, S, dev = self.dims, self.io, self.q_max, self.S, self.io.device
         dk = d.draft_kv
         self.kv_d = io.alloc(2 * dk.heads * S * dk.head_dim, dt)
         self.new_d = io.alloc(1 if self.in_place["draft"] else 2 * dk.heads * qm * dk.head_dim, dt)
@@ -320,7 +355,7 @@ class OrtBackend(Backend):
             _Tensor("topk_ids", self.topk_ids, np.int64, lambda q, t: [1, q, d.k_max]),
             _Tensor("topk_logp", self.topk_logp, np.float32, lambda q, t: [1, q, d.k_max]),
             _Tensor("hidden_out", self.hidden_out, dt, lambda q, t: [1, q, d.hidden])] + d_present
-        self._draft = _Graph(sessions["draft"], d_in, d_out, per_call)
+        self._draft = _Graph(session, d_in, d_out, self._per_call)
 
     def _small_inputs(self, with_t: bool) -> list[_Tensor]:
         return [

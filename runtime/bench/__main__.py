@@ -1,5 +1,16 @@
+"""`python -m runtime.bench ARGS` == `talon-rt bench ARGS`."""
+
+from __future__ import annotations
+
 import sys
+from typing import Sequence
 
-from runtime.bench.cli import main
+from runtime import cli
 
-sys.exit(main())
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.main(["bench", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from runtime.errors import OptionError
 
@@ -195,7 +195,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from runtime.api import Generator
     from runtime.bench import metrics, plots, report, sweep
     from runtime.bench.datasets import load_prompts
     from runtime.bench.runner import RunPlan, make_configs, run_plan
@@ -225,6 +224,38 @@ def _run(args: argparse.Namespace) -> int:
     plan = RunPlan(prompts, configs, args.max_new_tokens, max_prompt, warmup=min(args.warmup, len(prompts)),
                    chat=manifest.tokenizer.chat_template is not None and not args.raw)
 
+    warnings = few_prompts_warnings(prompts, args.dataset)
+    for w in warnings:   # before the run: the user may rather stop it
+        print(f"talon-rt bench: warning: {w}", file=sys.stderr)
+    runs = run_plan(plan, _generator_opener(args), progress=not args.no_progress)
+    rows = metrics.build_rows(runs)
+    best = metrics.best_budget(rows) if "talon" in policies else None
+    extra: dict[str, Any] = {"truncated_prompts": plan.truncated_prompts, "budgets_dropped": dropped,
+                             "warnings": warnings}
+    if args.sweep and args.write_defaults and best is not None:
+        extra["defaults_written"] = str(sweep.write_defaults(args.engine, best))
+    peers_rows: list[dict] = []
+    if args.peers:
+        peers_rows = _run_peers(args, plan, rows, runs, manifest, others)
+    settings = _settings(args, plan, manifest, policies=policies, budgets=budgets, mus=mus,
+                         chain_depth=chain_depth, max_prompt=max_prompt)
+    if others:
+        extra["compare_engines"] = [_engine_info(m) for m in others]
+    results = report.build_results(rows=rows, runs=runs, settings=settings, engine=_engine_info(manifest),
+                                   peers=peers_rows, best=best, extra=extra, command=sys.argv)
+    out = Path(args.out) if args.out is not None else default_out()
+    out.mkdir(parents=True, exist_ok=True)
+    written = plots.write_plots(metrics.engine_rows(rows), out, peers_rows)
+    js, md = report.write_results(out, results, written)
+    _print_tables(rows, others, peers_rows, best, extra)
+    print(f"wrote {js}, {md}" + "".join(f", {p}" for p in written))
+    return 0
+
+
+def _generator_opener(args: argparse.Namespace) -> Callable[[Any], Any]:
+    """open_generator(config): a Generator on the config's engine with its policy settings."""
+    from runtime.api import Generator
+
     def open_generator(c):
         opts: dict[str, Any] = {"policy": c.policy, "budget": c.budget, "temperature": c.temperature,
                                 "seed": args.seed, "threads": args.threads, "max_new_tokens": args.max_new_tokens}
@@ -237,35 +268,26 @@ def _run(args: argparse.Namespace) -> int:
         if args.top_p is not None and c.temperature > 0:
             opts["top_p"] = args.top_p
         return Generator.open(c.engine or args.engine, **opts)
+    return open_generator
 
-    warnings = few_prompts_warnings(prompts, args.dataset)
-    for w in warnings:   # before the run: the user may rather stop it
-        print(f"talon-rt bench: warning: {w}", file=sys.stderr)
-    runs = run_plan(plan, open_generator, progress=not args.no_progress)
-    rows = metrics.build_rows(runs)
-    best = metrics.best_budget(rows) if "talon" in policies else None
-    extra: dict[str, Any] = {"truncated_prompts": plan.truncated_prompts, "budgets_dropped": dropped,
-                             "warnings": warnings}
-    if args.sweep and args.write_defaults and best is not None:
-        extra["defaults_written"] = str(sweep.write_defaults(args.engine, best))
-    peers_rows: list[dict] = []
-    if args.peers:
-        peers_rows = _run_peers(args, plan, rows, runs, manifest, others)
-    settings = {"datasets": args.dataset, "prompts_per_dataset": args.limit or "all", "offset": args.offset,
-                "warmup": plan.warmup,
-                "max_new_tokens": args.max_new_tokens, "threads": args.threads, "policies": policies,
-                "budgets": budgets, "mus": mus, "temperatures": args.temperature, "seed": args.seed,
-                "top_p": args.top_p if args.top_p is not None else float(manifest.defaults.get("top_p", 1.0)),
-                "chain_depth": chain_depth, "max_prompt_tokens": max_prompt, "sweep": args.sweep,
-                "chat_template": plan.chat}
-    if others:
-        extra["compare_engines"] = [_engine_info(m) for m in others]
-    results = report.build_results(rows=rows, runs=runs, settings=settings, engine=_engine_info(manifest),
-                                   peers=peers_rows, best=best, extra=extra, command=sys.argv)
-    out = Path(args.out) if args.out is not None else default_out()
-    out.mkdir(parents=True, exist_ok=True)
-    written = plots.write_plots(metrics.engine_rows(rows), out, peers_rows)
-    js, md = report.write_results(out, results, written)
+
+def _settings(args: argparse.Namespace, plan: Any, manifest: Any, *, policies: list[str], budgets: list[int],
+              mus: list[float], chain_depth: int, max_prompt: int) -> dict[str, Any]:
+    """The run's settings as results.json records them."""
+    return {"datasets": args.dataset, "prompts_per_dataset": args.limit or "all", "offset": args.offset,
+            "warmup": plan.warmup,
+            "max_new_tokens": args.max_new_tokens, "threads": args.threads, "policies": policies,
+            "budgets": budgets, "mus": mus, "temperatures": args.temperature, "seed": args.seed,
+            "top_p": args.top_p if args.top_p is not None else float(manifest.defaults.get("top_p", 1.0)),
+            "chain_depth": chain_depth, "max_prompt_tokens": max_prompt, "sweep": args.sweep,
+            "chat_template": plan.chat}
+
+
+def _print_tables(rows: list[dict], others: Sequence[Any], peers_rows: list[dict], best: dict | None,
+                  extra: dict[str, Any]) -> None:
+    """Table 1 of each engine, the peers' table and the best talon budget, on stdout."""
+    from runtime.bench import metrics, report
+
     print("\n".join(report.table1(metrics.engine_rows(rows))))
     for m in others:
         print(f"## {m.name} ({m.dir})\n" + "\n".join(report.table1(metrics.engine_rows(rows, str(m.dir)))))
@@ -275,8 +297,6 @@ def _run(args: argparse.Namespace) -> int:
         extra_k = "".join(f", {n}={best[k]:g}" for k, n in (("mu", "mu"), ("root_k", "K")) if best.get(k) is not None)
         print(f"best talon budget here: N={best['budget']}{extra_k} ({best['tokens_per_s_geomean']:.1f} tok/s)"
               + (f"; written into {extra['defaults_written']}" if "defaults_written" in extra else ""))
-    print(f"wrote {js}, {md}" + "".join(f", {p}" for p in written))
-    return 0
 
 
 def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list[Any], manifest: Any,
@@ -308,12 +328,6 @@ def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list
         for r in p.get("runs", ()):
             r["output_digest"] = output_digest(r.pop("tokens"))
     return peers
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m runtime.bench ARGS` == `talon-rt bench ARGS`."""
-    from runtime import cli
-    return cli.main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -47,10 +47,6 @@ PACKAGED = {
 }
 
 
-def dataset_names() -> tuple[str, ...]:
-    return tuple(PACKAGED)
-
-
 def _package_file(name: str) -> Path:
     spec = PACKAGED[name]
     found = importlib.util.find_spec(spec.module)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from runtime.api import Generator
-from runtime.cli import EXIT_USAGE, ArgumentParser
+from runtime.arguments import EXIT_USAGE, ArgumentParser
 from runtime.errors import TalonError
 from runtime.manifest import Manifest, kv_buffers
 

@@ -57,7 +57,6 @@ def summarize(runs: Sequence[PromptRun]) -> dict[str, Any]:
         "tau": _ratio(sum(r.tau * r.rounds for r in runs), rounds),
         "delta": _ratio(sum(r.delta * r.rounds for r in runs), rounds),
         "tokens_per_s": statistics.median(tps),
-        "tokens_per_s_mean": statistics.fmean(tps),
         "tokens_per_s_p10": spread(tps)[0],
         "tokens_per_s_p90": spread(tps)[1],
         "ttft_s": statistics.median(ttft),

@@ -9,11 +9,11 @@ import sys
 
 from runtime.commands.run import OPTION_ARGS, add_options
 from runtime.errors import OptionError
+from runtime.serve import API_KEY_ENV
 
 DEFAULT_MAX_QUEUE = 64     # waiting requests beyond the busy instances; more get 429 + Retry-After
 DEFAULT_MAX_BODY_BYTES = 4 << 20   # runtime.serve.app.MAX_BODY_BYTES (not imported: it pulls in fastapi)
 DEFAULT_BODY_TIMEOUT_S = 30.0      # runtime.serve.app.BODY_TIMEOUT_S
-API_KEY_ENV = "TALON_RT_API_KEY"   # the API key when --api-key is not given (keeps it out of `ps`)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -95,13 +95,9 @@ def startup_line(name: str, args: argparse.Namespace, pool, api_key: str | None)
             f"on http://{args.host}:{args.port}/v1 ({auth})")
 
 
-def threads_per_instance(instances: int) -> int:
-    return max(1, (os.cpu_count() or 1) // instances)
-
-
 def open_pool(args: argparse.Namespace):
     from runtime.api import Generator
-    from runtime.serve.pool import Pool
+    from runtime.serve.pool import Pool, threads_per_instance
 
     check_settings(args)
     options = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None}

@@ -9,3 +9,5 @@
 
 Needs the `serve` extra (fastapi, uvicorn, prometheus-client); the rest of the runtime does not.
 """
+
+API_KEY_ENV = "TALON_RT_API_KEY"   # the API key when --api-key is not given (keeps it out of `ps`)

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.commands.serve import API_KEY_ENV, threads_per_instance
+from runtime.serve import API_KEY_ENV
+from runtime.serve.pool import threads_per_instance
 
 HOST = "127.0.0.1"                 # loopback only
 RSS_GROWTH_LIMIT = 0.10            # "flat": the RSS after the run within 10 % of the RSS after the warm-up

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -33,6 +34,11 @@ log = logging.getLogger("talon_rt.serve")
 Work = Callable[[Generator, "int | None", Callable[[list[int]], bool]], GenerationResult]
 _STOP = None                       # queue sentinel: the instance thread exits
 SERVICE_EWMA = 0.2                 # weight of the newest job in the mean service time (Retry-After)
+
+
+def threads_per_instance(instances: int) -> int:
+    """Threads per engine instance when `instances` share this machine's cores."""
+    return max(1, (os.cpu_count() or 1) // instances)
 
 
 class QueueFull(Exception):

@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-
-class PeerUnavailable(Exception):
-    """A peer configuration cannot run here; the message is the reason shown in the table."""
+from runtime.bench.peers.unavailable import PeerUnavailable
 
 
 @dataclass(frozen=True)
