@@ -229,8 +229,9 @@ def main(argv=None) -> int:
     result: dict[str, Any] = {"engine": str(m.dir), "flavour": m.graphs["target"].flavour, "rounds": {}}
     print(f"engine {m.dir} (flavour {result['flavour']}, {m.model.num_layers}x{m.model.hidden_size}, "
           f"vocab {V}); round medians in us")
-    configs = [(BASELINE, {"policy": BASELINE})] + [(f"{TALON} N={n}", {"policy": TALON, "budget": int(n)})
-                                                    for n in args.budgets.split(",") if int(n) <= m.limits.max_tree_tokens]
+    configs = [(BASELINE, {"policy": BASELINE})]
+    configs += [(f"{TALON} N={n}", {"policy": TALON, "budget": int(n)})
+                for n in args.budgets.split(",") if int(n) <= m.limits.max_tree_tokens]
     configs += [(f"{TALON_COST} N={n}", {"policy": TALON_COST, "budget": int(n)})
                 for n in filter(None, args.cost_budgets.split(",")) if int(n) <= m.limits.max_tree_tokens]
     for label, opts in configs:

@@ -39,3 +39,9 @@ def test_lookup_by_name_lists_the_known_names():
                                          "talon-lookup, got 'beam'"):
         policy_spec("beam")
     assert make_policy("chain", depth=2).footprint() == (3, 1)
+
+
+def test_every_knob_is_a_session_option_with_its_default():
+    from runtime.options import Options
+    assert all(getattr(Options(), k.option) == k.default for k in KNOBS)
+    assert Options().policy == DEFAULT

@@ -73,7 +73,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
 
 
 OPTION_ARGS = ("policy", *KNOB_NAMES, "max_new_tokens", "temperature", "top_p", "top_k", "min_p",
-               "repetition_penalty", "frequency_penalty", "presence_penalty", "seed", "backend", "threads", "thread_mode")
+               "repetition_penalty", "frequency_penalty", "presence_penalty", "seed", "backend", "threads",
+               "thread_mode")
 
 
 def parse_ids(text: str) -> list[int]:
