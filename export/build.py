@@ -28,6 +28,7 @@ from export.errors import CheckpointError, ExportError
 from export.reference import Eagle3Head, Target
 from runtime.errors import EngineError
 from runtime.manifest import MANIFEST, ROLES, cache_bytes, check_fits_memory
+from talon.policies import BASELINE, BUDGET, DEFAULT, KNOBS
 
 CREATED_BY = "talon-rt 0.1.0"
 
@@ -135,13 +136,9 @@ def default_run_settings(opts: ExportOptions) -> dict:
 
 def _builtin_settings(opts: ExportOptions) -> dict:
     return {
-        "policy": "talon",
-        "budget": min(16, opts.max_tree_tokens),  # CPUs want a small tree (docs/design.md §7); the bench sweeps it
-        "mu": 0.03,  # the paper's confidence ratio
-        "root_k": 10,  # the paper's K for layer 0
-        "eagle3_top_k": 10,  # EAGLE-3's top_k
-        "eagle3_depth": 7,  # EAGLE-3's depth
-        "chain_depth": 4,
+        "policy": DEFAULT,
+        **{k.option: k.default for k in KNOBS},   # talon/policies.py: each default's reason
+        BUDGET.option: min(BUDGET.default, opts.max_tree_tokens),
         "max_new_tokens": -1,  # until the end of the turn or a full context (runtime.options.UNTIL_STOP)
         "temperature": 0.0,
         "top_p": 1.0,
@@ -366,7 +363,7 @@ def _manifest(name: str, target, head, opts: ExportOptions, tokenizer: dict, fil
     hc = head.config if head is not None else None
     defaults = {**default_run_settings(opts), **(sampling or {}), **dict(opts.defaults)}
     if head is None:
-        defaults["policy"] = "ar"
+        defaults["policy"] = BASELINE
     roles = ROLES if head is not None else ("target",)
     return {
         "format_version": FORMAT_VERSION,

@@ -25,9 +25,8 @@ import numpy as np
 
 from export.engine_dir import file_record, verify_engine_dir
 from export.errors import ExportError
-from runtime.decode import policy_from_options
 from runtime.manifest import ROLES
-from runtime.options import OPTION_NAMES, Options
+from talon.policies import BUDGET, KNOBS, SPECS
 
 EXIT_UNAVAILABLE = 2
 
@@ -58,9 +57,10 @@ def draft_mask_width(manifest: dict) -> int:
     drafting policy under the engine's defaults at the largest budget, at most max_seq_len."""
     lim = manifest["limits"]
     q_max = max(lim["max_tree_tokens"], lim["max_prefill_chunk"])
-    base = {k: v for k, v in manifest["defaults"].items() if k in OPTION_NAMES and v is not None}
-    scratch = [policy_from_options(Options(**{**base, "policy": p, "budget": lim["max_tree_tokens"]})).footprint()[1]
-               for p in ("chain", "eagle3", "talon")]   # talon-cost and talon-lookup: talon's; ar and lookup never draft
+    defaults = manifest["defaults"]
+    knobs = {k.option: defaults[k.option] if defaults.get(k.option) is not None else k.default for k in KNOBS}
+    knobs[BUDGET.option] = lim["max_tree_tokens"]
+    scratch = [s.footprint(knobs)[1] for s in SPECS.values() if s.needs_head]   # headless ones never draft
     return min(max(q_max, *scratch), lim["max_seq_len"])
 
 
@@ -68,7 +68,7 @@ def profile_shapes(manifest: dict, role: str) -> tuple[dict, dict]:
     """({input: (min, opt, max) shapes}, {shape input: (min, opt, max) values}) for one graph."""
     lim, m, d = manifest["limits"], manifest["model"], manifest["draft"]
     q_max = max(lim["max_tree_tokens"], lim["max_prefill_chunk"])
-    q_opt = min(manifest["defaults"].get("budget", 16), q_max)
+    q_opt = min(manifest["defaults"].get(BUDGET.option, BUDGET.default), q_max)
     S = lim["max_seq_len"]
     H = m["hidden_size"]
 

@@ -7,6 +7,7 @@ is committed to [P, P+a+1) and the last emitted token becomes the next root.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -19,9 +20,9 @@ from runtime.draft import Drafter
 from runtime.errors import EngineError, InputError
 from runtime.logprobs import TokenLogprob, token_logprobs
 from runtime.manifest import Manifest
-from runtime.options import HEADLESS, Options
+from runtime.options import Options
 from runtime.stats import RoundStats, RunStats
-from talon import (Acceptance, CostModel, DraftTree, PenaltyContext, Penalties, Policy, logits_to_probs, make_policy,
+from talon import (Acceptance, CostModel, DraftTree, PenaltyContext, Penalties, Policy, logits_to_probs, policies,
                    root_tree, verify_greedy, verify_sample)
 
 # called with each round's new tokens; returning False cancels the generation (stop_reason "cancelled")
@@ -47,16 +48,8 @@ class Tracer:
 
 
 def policy_from_options(o: Options, cost: CostModel | None = None) -> Policy:
-    if o.policy in ("talon", "talon-cost", "talon-lookup"):
-        extra = {"cost": cost} if o.policy == "talon-cost" else {}
-        return make_policy(o.policy, budget=o.budget, root_k=o.root_k, mu=o.mu, **extra)
-    if o.policy == "lookup":
-        return make_policy("lookup", budget=o.budget)
-    if o.policy == "eagle3":
-        return make_policy("eagle3", budget=o.budget, top_k=o.eagle3_top_k, depth=o.eagle3_depth)
-    if o.policy == "chain":
-        return make_policy("chain", depth=o.chain_depth)
-    return make_policy("ar")
+    """The session's policy from its options (talon/policies.py); `cost` for a policy that needs one."""
+    return policies.policy_from_options(o.policy, dataclasses.asdict(o), cost)
 
 
 class Sampler:
@@ -123,8 +116,9 @@ class Decoder:
         self.vocab = m.model.vocab_size
         self.eos = frozenset(m.tokenizer.stop_ids)   # eos ids + the chat template's end-of-turn
         # the cost-aware extension times this machine's engine calls once, before any prompt
+        spec = policies.policy_spec(o.policy)
         self.cost = (measure_cost_model(backend, m, o.budget, o.root_k, o.temperature == 0.0)
-                     if o.policy == "talon-cost" else None)
+                     if spec.needs_cost else None)
         self.policy = policy_from_options(o, self.cost)
         self.learner = self.policy.learner     # None unless the policy learns from its rounds
         self.history = self.policy.history     # None unless the policy drafts from the text so far
@@ -133,7 +127,7 @@ class Decoder:
         backend.check_footprint(rows, scratch)
         self._capped: dict[int, Policy] = {}
         self.drafter = (Drafter(backend, m.draft.hidden_size, m.kv_dtype, max(scratch, 1), self.chunk)
-                        if o.policy not in HEADLESS else None)
+                        if spec.needs_head else None)
         self.default_sampler = Sampler(o, self.vocab)
         self.sampler = self.default_sampler             # this generation's (Generator.generate may pass one)
         self.top_logprobs: int | None = None            # this generation's logprobs request (None = off)

@@ -14,12 +14,11 @@ from typing import Any, Mapping
 
 from runtime.errors import OptionError
 from runtime.manifest import MANIFEST, Manifest
+from talon.policies import (BASELINE, BUDGET, CHAIN_DEPTH, DEFAULT, EAGLE3_DEPTH, EAGLE3_TOP_K, HEADLESS, KNOBS, MU,
+                            NAMES, ROOT_K, policy_spec)
 
-# talon-cost: TALON with the cost-aware stop and size extension (talon/cost.py); budget = its cap.
-# lookup: context lookup alone (talon/lookup.py); talon-lookup: TALON with lookup candidates in its pool.
-POLICIES = ("ar", "chain", "eagle3", "talon", "talon-cost", "lookup", "talon-lookup")
-# the policies that never call the draft head (no draft buffers, no draft feed)
-HEADLESS = ("ar", "lookup")
+# the policies by name (talon/policies.py is the registry: knobs, footprints, constructors)
+POLICIES = NAMES
 BACKENDS = ("auto", "ort-cpu", "ort-cuda", "tensorrt")
 # How the target and draft sessions share the CPU (docs/design.md §7: two spinning pools fight on 2 cores).
 THREAD_MODES = ("runspin", "nospin", "shared", "spin")
@@ -29,13 +28,14 @@ UNTIL_STOP = -1
 
 @dataclass(frozen=True)
 class Options:
-    policy: str = "talon"          # the paper's policy; the manifest usually names one
-    budget: int = 16               # tree nodes incl. root; N=60 is the paper's H200 value, CPUs want less
-    mu: float = 0.03               # TALON's relative score threshold (paper default)
-    root_k: int = 10               # TALON's robust first layer: top-K children of the root (paper K=10)
-    eagle3_top_k: int = 10         # EAGLE-2/3 topK_genrate default
-    eagle3_depth: int = 7          # EAGLE-3 default depth (8 draft calls incl. the root's)
-    chain_depth: int = 4           # classic chain speculation depth
+    # the policy and its knobs: defaults and their reasons in talon/policies.py
+    policy: str = DEFAULT
+    budget: int = BUDGET.default
+    mu: float = MU.default
+    root_k: int = ROOT_K.default
+    eagle3_top_k: int = EAGLE3_TOP_K.default
+    eagle3_depth: int = EAGLE3_DEPTH.default
+    chain_depth: int = CHAIN_DEPTH.default
     max_new_tokens: int = UNTIL_STOP  # until a stop id or a full context, as llama.cpp's `-n -1`
     temperature: float = 0.0       # 0 = greedy
     top_p: float = 1.0             # 1 = off
@@ -57,7 +57,10 @@ SESSION_OPTIONS = ("backend", "threads", "thread_mode")
 # generate call may set these for itself (Generator.generate)
 SAMPLING_OPTIONS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty",
                     "presence_penalty", "seed")
-PENALTY_RANGE = 2.0                # frequency and presence penalties lie in [-2, 2], as OpenAI's
+PENALTY_RANGE = 2.0
+# the policies' knobs by kind, budget first (it alone is bounded by the engine's limits.max_tree_tokens)
+KNOB_INTS = tuple(k.option for k in KNOBS if k.kind is int)
+KNOB_FLOATS = tuple(k.option for k in KNOBS if k.kind is float)                # frequency and presence penalties lie in [-2, 2], as OpenAI's
 
 
 def _number(name: str, value: Any, kind: type) -> Any:
@@ -100,7 +103,7 @@ def resolve_options(manifest: Manifest, overrides: Mapping[str, Any]) -> Options
         elif name in manifest.defaults and manifest.defaults[name] is not None:
             values[name] = manifest.defaults[name]
     if manifest.draft is None:
-        values.setdefault("policy", "ar")   # a target-only engine has nothing to draft with
+        values.setdefault("policy", BASELINE)   # a target-only engine has nothing to draft with
     return validate(manifest, Options(**values))
 
 
@@ -111,17 +114,17 @@ def validate(manifest: Manifest, o: Options) -> Options:
     if manifest.draft is None and o.policy not in HEADLESS:
         raise OptionError(f"option policy: {o.policy!r} drafts with an EAGLE-3 head, and engine {manifest.name!r} "
                           f"({manifest.dir}) has none (target-only: draft is null in its {MANIFEST}); use policy "
-                          f"ar or lookup, or export the model with --draft")
+                          f"{' or '.join(HEADLESS)}, or export the model with --draft")
     if o.backend not in BACKENDS:
         raise OptionError(f"option backend: unknown backend {o.backend!r} (expected one of {', '.join(BACKENDS)})")
     if o.thread_mode not in THREAD_MODES:
         raise OptionError(f"option thread_mode: unknown mode {o.thread_mode!r} "
                           f"(expected one of {', '.join(THREAD_MODES)})")
     ints = {k: _number(k, getattr(o, k), int) for k in
-            ("budget", "root_k", "eagle3_top_k", "eagle3_depth", "chain_depth", "max_new_tokens", "top_k",
-             "threads")}
+            (*KNOB_INTS, "max_new_tokens", "top_k", "threads")}
     floats = {k: _number(k, getattr(o, k), float) for k in
-              ("mu", "temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty")}
+              (*KNOB_FLOATS, "temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty",
+               "presence_penalty")}
     seed = None if o.seed is None else _number("seed", o.seed, int)
     limit = manifest.limits.max_tree_tokens
     if not 1 <= ints["budget"] <= limit:
@@ -147,7 +150,7 @@ def validate(manifest: Manifest, o: Options) -> Options:
         if not -PENALTY_RANGE <= floats[key] <= PENALTY_RANGE:
             raise OptionError(f"option {key}: {floats[key]} outside [-{PENALTY_RANGE:g}, {PENALTY_RANGE:g}] (0 = off)")
     # root_k and eagle3_top_k above draft.k_max act as k_max (the draft returns k_max children)
-    for key in ("root_k", "eagle3_top_k", "eagle3_depth", "chain_depth"):
+    for key in KNOB_INTS[1:]:
         if ints[key] < 1:
             raise OptionError(f"option {key}: {ints[key]} must be >= 1")
     for key in ("top_k", "threads"):
@@ -165,24 +168,6 @@ def validate(manifest: Manifest, o: Options) -> Options:
 def _check_footprint(m: Manifest, policy: str, ints: Mapping[str, int]) -> None:
     """The options of the policy in effect must fit the engine: its verify and draft calls and the
     draft's scratch rows are bounded by the limits (budget is checked for every policy)."""
-    lim, where = m.limits, f"of {m.dir / MANIFEST}"
-    if policy == "chain" and ints["chain_depth"] > lim.max_tree_tokens - 1:
-        # a chain round verifies depth + 1 tokens in one call
-        raise OptionError(f"option chain_depth: {ints['chain_depth']} above limits.max_tree_tokens - 1 = "
-                          f"{lim.max_tree_tokens - 1} {where}")
-    if policy != "eagle3":
-        return
-    q_max = max(lim.max_tree_tokens, lim.max_prefill_chunk)
-    if ints["eagle3_top_k"] > q_max:
-        # one draft call expands top_k rows
-        raise OptionError(f"option eagle3_top_k: {ints['eagle3_top_k']} above the largest call of this engine, "
-                          f"max(limits.max_tree_tokens, limits.max_prefill_chunk) = {q_max} {where}")
-    if ints["eagle3_depth"] > lim.max_tree_tokens - 1:
-        # no node deeper than budget - 1 can be kept
-        raise OptionError(f"option eagle3_depth: {ints['eagle3_depth']} above limits.max_tree_tokens - 1 = "
-                          f"{lim.max_tree_tokens - 1} {where}")
-    scratch = ints["eagle3_top_k"] * ints["eagle3_depth"]
-    if scratch > lim.max_seq_len - 1:
-        # the draft writes top_k scratch rows per layer after the committed ones
-        raise OptionError(f"options eagle3_top_k x eagle3_depth: {scratch} draft scratch rows above "
-                          f"limits.max_seq_len - 1 = {lim.max_seq_len - 1} {where}")
+    problem = policy_spec(policy).fits(ints, m.limits)
+    if problem is not None:
+        raise OptionError(f"{problem} of {m.dir / MANIFEST}")

@@ -33,6 +33,7 @@ from runtime.costs import medians_us
 from runtime.decode import Decoder, Tracer
 from runtime.manifest import Manifest, open_manifest
 from runtime.options import resolve_options
+from talon.policies import BASELINE, TALON, TALON_COST
 
 PROMPTS = (
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
@@ -170,7 +171,7 @@ def _median_us(fn, reps: int, warmup: int = 5) -> float:
 
 def call_costs(m: Manifest, past: int, reps: int, qs: list[int], **options) -> dict[str, Any]:
     """Median us of single engine calls at past_len `past` (random ids; a chain-shaped tree mask)."""
-    o = resolve_options(m, {**options, "policy": "ar"})
+    o = resolve_options(m, {**options, "policy": BASELINE})
     b = open_backend(m, o.backend, o.threads, o.thread_mode)
     rng = np.random.default_rng(0)
     V, H = m.model.vocab_size, m.draft.hidden_size
@@ -228,9 +229,10 @@ def main(argv=None) -> int:
     result: dict[str, Any] = {"engine": str(m.dir), "flavour": m.graphs["target"].flavour, "rounds": {}}
     print(f"engine {m.dir} (flavour {result['flavour']}, {m.model.num_layers}x{m.model.hidden_size}, "
           f"vocab {V}); round medians in us")
-    configs = [("ar", {"policy": "ar"})] + [(f"talon N={n}", {"policy": "talon", "budget": int(n)})
-                                            for n in args.budgets.split(",") if int(n) <= m.limits.max_tree_tokens]
-    configs += [(f"talon-cost N={n}", {"policy": "talon-cost", "budget": int(n)})
+    configs = [(BASELINE, {"policy": BASELINE})]
+    configs += [(f"{TALON} N={n}", {"policy": TALON, "budget": int(n)})
+                for n in args.budgets.split(",") if int(n) <= m.limits.max_tree_tokens]
+    configs += [(f"{TALON_COST} N={n}", {"policy": TALON_COST, "budget": int(n)})
                 for n in filter(None, args.cost_budgets.split(",")) if int(n) <= m.limits.max_tree_tokens]
     for label, opts in configs:
         r = profile_rounds(m, prompts, args.new_tokens, temperature=0.0, **opts, **common)

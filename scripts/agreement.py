@@ -51,7 +51,8 @@ def _score(pred: list[np.ndarray], ref: list[np.ndarray], starts: list[int]) -> 
 
 def ours(a: argparse.Namespace) -> dict:
     from runtime.api import Generator
-    ref = Generator.open(a.reference, policy="ar", threads=a.threads)
+    from talon.policies import BASELINE
+    ref = Generator.open(a.reference, policy=BASELINE, threads=a.threads)
     seqs, starts = [], []
     for prompt in _prompts(a.prompts, a.count, a.every):
         ids = ref.encode_prompt(ref.render_chat([{"role": "user", "content": prompt}]))

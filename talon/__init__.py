@@ -3,8 +3,9 @@
 from talon.cost import AcceptanceModel, CostModel
 from talon.lookup import Lookup, LookupConfig
 from talon.nodes import Expand
-from talon.policy import (POLICIES, ArPolicy, ChainPolicy, Eagle3Policy, History, Learner, LookupPolicy, Policy,
-                          TalonCostPolicy, TalonLookupPolicy, TalonPolicy, make_policy)
+from talon.policies import POLICIES, Knob, PolicySpec, make_policy, policy_spec
+from talon.policy import (ArPolicy, ChainPolicy, Eagle3Policy, History, Learner, LookupPolicy, Policy, TalonCostPolicy,
+                          TalonLookupPolicy, TalonPolicy)
 from talon.penalties import PenaltyContext, Penalties
 from talon.sampling import logits_to_probs, sample_token
 from talon.tree import BuildInfo, DraftTree, root_tree
@@ -12,7 +13,7 @@ from talon.verify import Acceptance, verify_greedy, verify_sample
 
 __all__ = [
     "Acceptance", "AcceptanceModel", "ArPolicy", "BuildInfo", "ChainPolicy", "CostModel", "DraftTree", "Eagle3Policy", "Expand",
-    "History", "Learner", "Lookup", "LookupConfig", "LookupPolicy", "POLICIES", "PenaltyContext", "Penalties", "Policy", "TalonCostPolicy",
-    "TalonLookupPolicy", "TalonPolicy", "logits_to_probs", "make_policy", "root_tree",
+    "History", "Knob", "Learner", "Lookup", "LookupConfig", "LookupPolicy", "POLICIES", "PenaltyContext", "Penalties", "Policy",
+    "PolicySpec", "TalonCostPolicy", "TalonLookupPolicy", "TalonPolicy", "logits_to_probs", "make_policy", "policy_spec", "root_tree",
     "sample_token", "verify_greedy", "verify_sample",
 ]

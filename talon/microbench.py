@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from talon.cost import CostModel
-from talon.policy import make_policy
+from talon.policies import BUDGET, CHAIN_DEPTH, EAGLE3, TALON, make_policy, policy_spec
 from talon.sampling import _nucleus, logits_to_probs, sample_token
 from talon.synthetic import CannedExpand
 from talon.tree import DraftTree
@@ -36,15 +36,18 @@ def _first_child_argmax(tree: DraftTree) -> np.ndarray:
 def _policy(name: str, budget: int):
     """The policy with a tree of at most `budget` nodes (chain: budget-1 drafts; ar: the root;
     talon-cost: the extension with the demo engine's CPU costs in us and a fresh calibration)."""
-    if name == "chain":
-        return make_policy(name, depth=budget - 1)
-    if name == "talon-cost":
+    spec = policy_spec(name)
+    if CHAIN_DEPTH in spec.knobs:
+        return make_policy(name, **{CHAIN_DEPTH.keyword: budget - 1})
+    if BUDGET not in spec.knobs:
+        return make_policy(name)
+    if spec.needs_cost:
         cost = CostModel(tuple(700.0 + 75.0 * np.arange(budget)), draft_base=150.0, draft_row=5.0)
-        return make_policy("talon-cost", budget=budget, cost=cost)
-    return make_policy(name) if name == "ar" else make_policy(name, budget=budget)
+        return make_policy(name, budget=budget, cost=cost)
+    return make_policy(name, budget=budget)
 
 
-def run_microbench(budgets: tuple[int, ...] = (16, 32, 60), policies: tuple[str, ...] = ("talon", "eagle3"),
+def run_microbench(budgets: tuple[int, ...] = (16, 32, 60), policies: tuple[str, ...] = (TALON, EAGLE3),
                    rounds: int = 2000, sample_rounds: int = 200, seed: int = 0,
                    draft: str = "mixed") -> dict:
     """{policy: {budget: {layer_us, build_us, mask_us, verify_us, round_us, sample_verify_us, layers}}}.
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2000, help="rounds per (policy, budget)")
     ap.add_argument("--budgets", type=int, nargs="+", default=[16, 32, 60])
-    ap.add_argument("--policies", nargs="+", default=["talon", "eagle3"])
+    ap.add_argument("--policies", nargs="+", default=[TALON, EAGLE3])
     ap.add_argument("--draft", choices=["mixed", "peaked", "flat"], default="mixed",
                     help="canned draft rows: peaked makes deep narrow talon trees, flat wide ones")
     ap.add_argument("--filters", action="store_true",

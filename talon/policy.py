@@ -13,19 +13,20 @@ Every policy answers the decoder through one interface (`Policy`):
 - `history`: None, or the `History` (the text so far) the decoder feeds the prompt and every round.
 ar, chain, eagle3 and talon are frozen config dataclasses; talon-cost composes talon's config, the
 engine's cost model and the state it learns; lookup and talon-lookup own a `Lookup` index.
+talon/policies.py registers each by name (`make_policy`, `policy_spec`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol
 
 import numpy as np
 
 from talon.cost import AcceptanceModel, CostModel
-from talon.lookup import Lookup, LookupConfig, Proposal
+from talon.lookup import Lookup, Proposal
 from talon.nodes import ROOT, Expand, Nodes, check_int, layer_counts
 from talon.sizer import Sizer
 from talon.tree import BuildInfo, DraftTree, root_tree
@@ -442,39 +443,3 @@ class TalonLookupPolicy:
 
     def capped(self, room: int) -> TalonLookupPolicy:
         return TalonLookupPolicy(self.talon.capped(room), self.history, self.skip)
-
-
-POLICIES: dict[str, type] = {"ar": ArPolicy, "chain": ChainPolicy, "eagle3": Eagle3Policy,
-                             "talon": TalonPolicy, "talon-cost": TalonCostPolicy, "lookup": LookupPolicy,
-                             "talon-lookup": TalonLookupPolicy}
-LOOKUP_OPTIONS = {f.name for f in fields(LookupConfig)}
-
-
-def make_policy(name: str, **options) -> Policy:
-    """A policy by name with its config fields as keyword options. talon-cost takes talon's and
-    `cost` (the engine's CostModel), and learns from a fresh AcceptanceModel; lookup takes `budget`
-    and the LookupConfig fields, talon-lookup talon's, the LookupConfig fields and `skip`; both start
-    a fresh Lookup index."""
-    if name not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {name!r}")
-    talon_fields = {f.name for f in fields(TalonPolicy)}
-    allowed = {"talon-cost": talon_fields | {"cost"}, "lookup": {"budget"} | LOOKUP_OPTIONS,
-               "talon-lookup": talon_fields | LOOKUP_OPTIONS | {"skip"}}.get(name)
-    if allowed is None:
-        allowed = {f.name for f in fields(POLICIES[name])}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ValueError(f"policy {name!r} has no option {unknown[0]!r} "
-                         f"(options: {', '.join(sorted(allowed)) or 'none'})")
-    if name in ("lookup", "talon-lookup"):
-        index = Lookup(LookupConfig(**{k: options.pop(k) for k in LOOKUP_OPTIONS & set(options)}))
-        if name == "lookup":
-            return LookupPolicy(lookup=index, **options)
-        skip = {"skip": options.pop("skip")} if "skip" in options else {}
-        return TalonLookupPolicy(TalonPolicy(**options), index, **skip)
-    if name != "talon-cost":
-        return POLICIES[name](**options)
-    cost = options.pop("cost", None)
-    if cost is None:
-        raise ValueError("policy 'talon-cost' needs option 'cost' (the engine's measured CostModel)")
-    return TalonCostPolicy(TalonPolicy(**options), cost, AcceptanceModel())

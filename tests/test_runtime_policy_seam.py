@@ -42,3 +42,40 @@ def test_the_scan_sees_a_mention(tmp_path):
     (pkg / "decode.py").write_text("from talon import TalonPolicy\nok = isinstance(p, talon.Eagle3Policy)\n")
     assert policy_class_mentions(pkg, {"TalonPolicy", "Eagle3Policy"}) == [
         "runtime/decode.py:1 TalonPolicy", "runtime/decode.py:2 Eagle3Policy"]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+REGISTRY = "talon/policies.py"
+# string constants equal to a policy's name that are not one: (file, literal) -> why
+NOT_A_POLICY = {("runtime/triton/spec.py", "talon"): "the Triton model's name, the project's"}
+
+
+def policy_name_literals(root: Path, tops: tuple[str, ...], names: set[str]) -> list[str]:
+    """`file:line 'name'` for every string constant under root/tops that is exactly a policy name."""
+    found = []
+    for top in tops:
+        for path in sorted((root / top).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+                    found.append(f"{rel}:{node.lineno} {node.value!r}")
+    return found
+
+
+def test_policy_names_are_spelled_only_in_the_registry():
+    """talon/, runtime/ and export/ take policy names from talon/policies.py (its constants, specs and
+    knobs), so adding or renaming a policy touches its own file and the registry alone."""
+    names = set(POLICIES)
+    assert names == {"ar", "chain", "eagle3", "talon", "talon-cost", "lookup", "talon-lookup"}
+    found = policy_name_literals(ROOT, ("talon", "runtime", "export"), names)
+    outside = [f for f in found if not f.startswith(REGISTRY + ":")
+               and (f.split(":")[0], f.rsplit(" ", 1)[1].strip("'")) not in NOT_A_POLICY]
+    assert outside == []
+
+
+def test_the_literal_scan_sees_a_name(tmp_path):
+    pkg = tmp_path / "runtime"
+    pkg.mkdir()
+    (pkg / "bench.py").write_text("POLICIES = ('ar', 'talon')\nlabel = 'talon N=16'\nok = p == \"talon-cost\"\n")
+    assert policy_name_literals(tmp_path, ("runtime",), {"ar", "talon", "talon-cost"}) == [
+        "runtime/bench.py:1 'ar'", "runtime/bench.py:1 'talon'", "runtime/bench.py:3 'talon-cost'"]

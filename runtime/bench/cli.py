@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from runtime.errors import OptionError
+from talon.policies import BASELINE, CHAIN_DEPTH, DEFAULT, MU, NAMES, ROOT_K, SPECS, policy_spec
 
 DEFAULT_BUDGETS = (8, 16, 32, 60)
 SWEEP_BUDGETS = (4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 60)
@@ -21,7 +22,9 @@ SWEEP_BUDGETS = (4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 60)
 RUNS_DIR = "runs"
 # fewer prompts per dataset than this: the medians and spreads rest on too few samples to compare
 MIN_PROMPTS = 5
-POLICIES = ("ar", "chain", "eagle3", "talon", "talon-cost", "lookup", "talon-lookup")
+POLICIES = NAMES
+# the policies talon.microbench times: the head's tree shapes alone (no cost model, no lookup index)
+SYNTHETIC = tuple(s.name for s in SPECS.values() if s.needs_head and not s.needs_cost and not s.reads_text)
 
 
 def _csv(kind: type):
@@ -95,7 +98,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _synthetic(args: argparse.Namespace) -> int:
     from talon import microbench
     argv = ["--budgets", *map(str, args.budgets or DEFAULT_BUDGETS),
-            "--policies", *[p for p in args.policies if p in ("chain", "eagle3", "talon")]]
+            "--policies", *[p for p in args.policies if p in SYNTHETIC]]
     microbench.main(argv)
     return 0
 
@@ -205,11 +208,11 @@ def _run(args: argparse.Namespace) -> int:
     check_gguf(args.gguf, manifest)
     others = compare_manifests(args.compare_engine, manifest)
     every = [manifest, *others]
-    policies = ["ar", "talon"] if args.sweep and args.policies == list(POLICIES) else args.policies
+    policies = [BASELINE, DEFAULT] if args.sweep and args.policies == list(POLICIES) else args.policies
     budgets, dropped = _budgets(args, min(m.limits.max_tree_tokens for m in every))
-    mus = args.mu or [float(manifest.defaults.get("mu", 0.03))]
-    chain_depth = int(manifest.defaults.get("chain_depth", 4))
-    root_ks = args.root_k or [int(manifest.defaults.get("root_k", 10))]
+    mus = args.mu or [float(manifest.defaults.get(MU.option, MU.default))]
+    chain_depth = int(manifest.defaults.get(CHAIN_DEPTH.option, CHAIN_DEPTH.default))
+    root_ks = args.root_k or [int(manifest.defaults.get(ROOT_K.option, ROOT_K.default))]
     configs = make_configs(policies, budgets, args.temperature, mus, chain_depth, root_ks)
     if not configs:
         raise OptionError("nothing to run: no policy/budget left (check --policies and --budgets)")
@@ -229,7 +232,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"talon-rt bench: warning: {w}", file=sys.stderr)
     runs = run_plan(plan, _generator_opener(args), progress=not args.no_progress)
     rows = metrics.build_rows(runs)
-    best = metrics.best_budget(rows) if "talon" in policies else None
+    best = metrics.best_budget(rows) if DEFAULT in policies else None
     extra: dict[str, Any] = {"truncated_prompts": plan.truncated_prompts, "budgets_dropped": dropped,
                              "warnings": warnings}
     if args.sweep and args.write_defaults and best is not None:
@@ -259,8 +262,8 @@ def _generator_opener(args: argparse.Namespace) -> Callable[[Any], Any]:
     def open_generator(c):
         opts: dict[str, Any] = {"policy": c.policy, "budget": c.budget, "temperature": c.temperature,
                                 "seed": args.seed, "threads": args.threads, "max_new_tokens": args.max_new_tokens}
-        if c.policy == "chain":
-            opts["chain_depth"] = c.budget - 1
+        if CHAIN_DEPTH in policy_spec(c.policy).knobs:   # a chain's budget is its depth + 1
+            opts[CHAIN_DEPTH.option] = c.budget - 1
         if c.mu is not None:
             opts["mu"] = c.mu
         if c.root_k is not None:
@@ -312,12 +315,12 @@ def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list
                       threads=args.threads, warmup=plan.warmup, cache_dir=cache, own_envs=not args.peers_here,
                       progress=say)
     ar = {r["dataset"]: r["tokens_per_s"] for r in rows
-          if r["policy"] == "ar" and r["temperature"] == 0 and not r.get("engine")}
+          if r["policy"] == BASELINE and r["temperature"] == 0 and not r.get("engine")}
     # same-weights peers must emit a float engine's ar tokens: --engine's, else a float --compare-engine's
     floats = [str(m.dir) if i else "" for i, m in enumerate([manifest, *others]) if m.model.weights == "float"]
     ref = floats[0] if floats else ""
     ar_out = {(r.dataset, r.prompt_id): r.tokens for r in runs
-              if r.config.policy == "ar" and r.config.temperature == 0 and r.config.engine == ref}
+              if r.config.policy == BASELINE and r.config.temperature == 0 and r.config.engine == ref}
     fp32_engine = bool(floats)
     for p in peers:
         base = ar.get(p["dataset"])

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from runtime.bench.runner import POLICY_ORDER, BenchConfig, PromptRun
+from talon.policies import BASELINE, DEFAULT
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -94,7 +95,7 @@ def build_rows(runs: Sequence[PromptRun]) -> list[dict[str, Any]]:
         groups[(r.dataset, r.config)].append(r)
     datasets = list(dict.fromkeys(r.dataset for r in runs))  # in the order given
     rows = sorted((summarize(g) for g in groups.values()), key=lambda row: _order(row, datasets))
-    ar = {(r["engine"], r["dataset"], r["temperature"]): r["tokens_per_s"] for r in rows if r["policy"] == "ar"}
+    ar = {(r["engine"], r["dataset"], r["temperature"]): r["tokens_per_s"] for r in rows if r["policy"] == BASELINE}
     for r in rows:
         base = ar.get((r["engine"], r["dataset"], r["temperature"]))
         r["speedup_vs_ar"] = _ratio(r["tokens_per_s"], base) if base is not None else None
@@ -106,7 +107,7 @@ def engine_rows(rows: Sequence[dict[str, Any]], engine: str = "") -> list[dict[s
     return [r for r in rows if r.get("engine", "") == engine]
 
 
-def best_budget(rows: Sequence[dict[str, Any]], policy: str = "talon") -> dict[str, Any] | None:
+def best_budget(rows: Sequence[dict[str, Any]], policy: str = DEFAULT) -> dict[str, Any] | None:
     """The (budget, mu, root_k) with the highest geometric-mean tokens/s over the datasets and
     temperatures run (each dataset weighs the same) on the --engine; ties go to the smaller budget."""
     by_config: dict[tuple[int, float | None, int | None], list[float]] = defaultdict(list)

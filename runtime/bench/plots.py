@@ -7,9 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-COLORS = {"ar": "0.4", "chain": "tab:green", "eagle3": "tab:blue", "talon": "tab:red", "talon-cost": "tab:purple",
-          "lookup": "tab:olive", "talon-lookup": "tab:orange"}
-BUDGETED = ("eagle3", "talon", "talon-cost", "lookup", "talon-lookup")   # one point per budget
+from talon.policies import BUDGET, CHAIN_DEPTH, EAGLE3, MU, NAMES, TALON, policy_spec
+
+# one colour per policy, in registry order
+PALETTE = ("0.4", "tab:green", "tab:blue", "tab:red", "tab:purple", "tab:olive", "tab:orange", "tab:brown",
+           "tab:pink", "tab:cyan")
+COLORS = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(NAMES)}
+BUDGETED = tuple(n for n in NAMES if BUDGET in policy_spec(n).knobs)   # one point per budget
+FIXED = tuple(n for n in NAMES if n not in BUDGETED)   # one horizontal line each
 
 
 def _pyplot():
@@ -35,13 +40,12 @@ def speedup_vs_budget(rows: Sequence[dict], path: Path) -> Path:
                 pts = sorted((r["budget"], r["speedup_vs_ar"]) for r in sub
                              if r["policy"] == policy and (r["mu"], r.get("root_k")) == (mu, k))
                 if pts:
-                    label = policy + (f" mu={mu:g}" if mu is not None and policy != "eagle3" else "") + \
+                    label = policy + (f" mu={mu:g}" if mu is not None and MU in policy_spec(policy).knobs else "") + \
                         (f" K={k}" if k is not None else "")
                     ax.plot(*zip(*pts), marker="o", color=COLORS[policy], label=label)
-        for policy in ("ar", "chain"):
+        for policy in FIXED:
             for r in (r for r in sub if r["policy"] == policy):
-                ax.axhline(r["speedup_vs_ar"], color=COLORS[policy], ls="--", lw=1,
-                           label=f"{policy}" + (f" (depth {r['budget'] - 1})" if policy == "chain" else ""))
+                ax.axhline(r["speedup_vs_ar"], color=COLORS[policy], ls="--", lw=1, label=_bar_label(r))
         ax.set_xscale("log", base=2)
         ticks = sorted({r["budget"] for r in sub if r["policy"] in BUDGETED})
         if ticks:
@@ -71,11 +75,11 @@ def _best_per_policy(rows: Sequence[dict]) -> list[dict]:
 
 
 def _bar_label(r: dict) -> str:
-    if r["policy"] == "ar":
-        return "ar"
-    if r["policy"] == "chain":
-        return f"chain (depth {r['budget'] - 1})"
-    return f"{r['policy']} (N={r['budget']})"
+    """A policy without a budget by name (a chain with its depth), the others with their budget."""
+    knobs = policy_spec(r["policy"]).knobs
+    if CHAIN_DEPTH in knobs:
+        return f"{r['policy']} (depth {r['budget'] - 1})"
+    return r["policy"] if BUDGET not in knobs else f"{r['policy']} (N={r['budget']})"
 
 
 def tokens_per_s_bars(rows: Sequence[dict], peers: Sequence[dict], path: Path) -> Path | None:
@@ -115,8 +119,8 @@ def tokens_per_s_bars(rows: Sequence[dict], peers: Sequence[dict], path: Path) -
 
 def _shape_budget(rows: Sequence[dict]) -> int | None:
     """The largest budget that both talon and eagle3 ran with tree shapes recorded."""
-    have = {p: {r["budget"] for r in rows if r["policy"] == p and r["depth_width"]} for p in ("talon", "eagle3")}
-    common = have["talon"] & have["eagle3"] or have["talon"] | have["eagle3"]
+    have = {p: {r["budget"] for r in rows if r["policy"] == p and r["depth_width"]} for p in (TALON, EAGLE3)}
+    common = have[TALON] & have[EAGLE3] or have[TALON] | have[EAGLE3]
     return max(common) if common else None
 
 
@@ -127,7 +131,7 @@ def depth_vs_width(rows: Sequence[dict], path: Path) -> Path | None:
     plt = _pyplot()
     fig, (ax, axh) = plt.subplots(1, 2, figsize=(9, 3.8))
     max_depth = max_width = 1
-    for policy, dx in (("eagle3", -0.12), ("talon", 0.12)):
+    for policy, dx in ((EAGLE3, -0.12), (TALON, 0.12)):
         counts: dict[tuple[int, int], int] = {}
         for r in rows:
             if r["policy"] == policy and r["budget"] == budget:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from runtime.bench.metrics import engine_rows
 from runtime.bench.runner import PromptRun
+from talon.policies import BASELINE, BUDGET, CHAIN_DEPTH, SPECS, policy_spec
 
 SCHEMA = 1
 VERSIONED = ("talon-rt", "numpy", "onnxruntime", "onnxruntime-genai", "tokenizers", "torch",
@@ -107,15 +108,17 @@ def build_results(*, rows: Sequence[dict], runs: Sequence[PromptRun], settings: 
     })
 
 
-PEER_COLUMNS = ("talon", "talon-cost", "lookup", "talon-lookup")   # our policies the peers table sets beside each peer
+# our policies (not a published baseline) the peers table sets beside each peer
+PEER_COLUMNS = tuple(s.name for s in SPECS.values() if not s.baseline)
 
 def _f(x: Any, fmt: str = "{:.2f}", none: str = "–") -> str:
     return none if x is None else fmt.format(x)
 
 
 def _policy_label(row: dict) -> str:
-    if row["policy"] in ("ar", "chain"):
-        return row["policy"] if row["policy"] == "ar" else f"chain (depth {row['budget'] - 1})"
+    knobs = policy_spec(row["policy"]).knobs
+    if BUDGET not in knobs:
+        return f"{row['policy']} (depth {row['budget'] - 1})" if CHAIN_DEPTH in knobs else row["policy"]
     mu = f", mu={row['mu']:g}" if row.get("mu") is not None else ""
     k = f", K={row['root_k']}" if row.get("root_k") is not None else ""
     return f"{row['policy']} (N={row['budget']}{mu}{k})"
@@ -179,7 +182,7 @@ def peers_table(peers: Sequence[dict], rows: Sequence[dict]) -> list[str]:
     for r in engine_rows(rows):
         if r["temperature"] != 0:
             continue
-        if r["policy"] == "ar":
+        if r["policy"] == BASELINE:
             ar[r["dataset"]] = r
         elif r["policy"] in best and r["tokens_per_s"] > best[r["policy"]].get(r["dataset"], {}).get("tokens_per_s", 0):
             best[r["policy"]][r["dataset"]] = r

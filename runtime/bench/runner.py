@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from runtime.bench.datasets import Prompt
+from talon.policies import CHAIN_DEPTH, MU, NAMES, policy_spec
 
-POLICY_ORDER = ("ar", "chain", "eagle3", "talon", "talon-cost", "lookup", "talon-lookup")
+POLICY_ORDER = NAMES
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,18 @@ class BenchConfig:
 def make_configs(policies: Sequence[str], budgets: Sequence[int], temperatures: Sequence[float],
                  mus: Sequence[float], chain_depth: int,
                  root_ks: Sequence[int | None] = (None,)) -> list[BenchConfig]:
-    """ar and chain once per temperature (their tree does not depend on the budget); eagle3, lookup,
-    talon, talon-cost and talon-lookup once per budget (the talon ones once per mu and root_k too)."""
+    """A policy without knobs (ar) or with a chain's depth once per temperature (its tree does not
+    depend on the budget; a chain's budget is its depth + 1); the others once per budget, and those
+    that read mu (the talon ones) once per mu and root_k too."""
     configs = []
     for t in temperatures:
         for p in sorted(set(policies), key=POLICY_ORDER.index):
-            if p == "ar":
-                configs.append(BenchConfig("ar", 1, t))
-            elif p == "chain":
-                configs.append(BenchConfig("chain", chain_depth + 1, t))
-            elif p in ("eagle3", "lookup"):
+            knobs = policy_spec(p).knobs
+            if not knobs:
+                configs.append(BenchConfig(p, 1, t))
+            elif CHAIN_DEPTH in knobs:
+                configs.append(BenchConfig(p, chain_depth + 1, t))
+            elif MU not in knobs:
                 configs.extend(BenchConfig(p, n, t) for n in budgets)
             else:
                 configs.extend(BenchConfig(p, n, t, mu, k) for n in budgets for mu in mus for k in root_ks)

@@ -22,8 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from talon.policies import BASELINE
+
 HERE = Path(__file__).resolve().parent
-OPTIONS = {"policy": "ar", "threads": 1}
+OPTIONS = {"policy": BASELINE, "threads": 1}
 PROMPT_IDS = [1, 5, 9, 42, 17, 33, 8, 100]
 TEXT = "def fib(n):"
 WARMUP = 3

@@ -17,6 +17,7 @@ from runtime.chat import check_text
 from runtime.errors import InputError
 from runtime.options import BACKENDS, POLICIES, THREAD_MODES
 from runtime.text import IncrementalText
+from talon.policies import KNOB_NAMES, KNOBS, SPECS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,13 +47,11 @@ STATS_HELP = ("print run statistics on stderr (in the JSON with --json): tokens,
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """The generation and session options (runtime.options.Options) as flags."""
-    p.add_argument("--policy", choices=POLICIES, help="draft-tree policy")
-    p.add_argument("--budget", type=int, help="tree nodes incl. the root (<= limits.max_tree_tokens)")
-    p.add_argument("--mu", type=float, help="talon: relative score threshold in (0, 1]")
-    p.add_argument("--root-k", type=int, help="talon: children of the root")
-    p.add_argument("--eagle3-top-k", type=int, help="eagle3: beam width")
-    p.add_argument("--eagle3-depth", type=int, help="eagle3: expansions after the root's call")
-    p.add_argument("--chain-depth", type=int, help="chain: draft tokens per round")
+    p.add_argument("--policy", choices=POLICIES, help="draft-tree policy: " + "; ".join(
+        f"{s.name} ({s.label})" for s in SPECS.values()))
+    for knob in KNOBS:
+        users = ", ".join(s.name for s in SPECS.values() if knob in s.knobs)
+        p.add_argument(f"--{knob.option.replace('_', '-')}", type=knob.kind, help=f"{users}: {knob.help}")
     p.add_argument("-n", "--max-new-tokens", type=int, metavar="N",
                    help="stop after N generated tokens; -1 = until the end of the turn (a stop id) or a full "
                         "context (the default of engines exported since -1 exists)")
@@ -73,9 +72,9 @@ def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thread-mode", choices=THREAD_MODES, help="how target and draft share the CPU")
 
 
-OPTION_ARGS = ("policy", "budget", "mu", "root_k", "eagle3_top_k", "eagle3_depth", "chain_depth",
-               "max_new_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-               "frequency_penalty", "presence_penalty", "seed", "backend", "threads", "thread_mode")
+OPTION_ARGS = ("policy", *KNOB_NAMES, "max_new_tokens", "temperature", "top_p", "top_k", "min_p",
+               "repetition_penalty", "frequency_penalty", "presence_penalty", "seed", "backend", "threads",
+               "thread_mode")
 
 
 def parse_ids(text: str) -> list[int]:

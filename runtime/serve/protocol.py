@@ -13,14 +13,15 @@ import time
 import uuid
 from typing import Any, Callable, Literal, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, create_model
 
 from runtime.errors import InputError
 from runtime.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
 from runtime.serve.pool import Done
+from talon.policies import KNOB_NAMES, KNOBS
 
 # generation options a request may set in x_talon (runtime.options.Options)
-TALON_OPTIONS = ("policy", "budget", "mu", "root_k", "eagle3_top_k", "eagle3_depth", "chain_depth", "top_k")
+TALON_OPTIONS = ("policy", *KNOB_NAMES, "top_k")
 MAX_STOPS, MAX_STOP_CHARS = 4, 1000   # OpenAI's 4 stop strings; a length far above any real one
 MAX_JSON_DEPTH = 64                  # nesting of a request body: OpenAI's requests need 5
 Number = StrictFloat | StrictInt     # a JSON number, never a bool (pydantic's lax mode reads true as 1)
@@ -47,17 +48,11 @@ def _asks_nothing(name: str, value: Any) -> bool:
     return value is None or value == [] or value == {} or any(value == v for v in NO_OP.get(name, ()))
 
 
-class XTalon(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    policy: str | None = None
-    budget: StrictInt | None = None
-    mu: Number | None = None
-    root_k: StrictInt | None = None
-    eagle3_top_k: StrictInt | None = None
-    eagle3_depth: StrictInt | None = None
-    chain_depth: StrictInt | None = None
-    top_k: StrictInt | None = None
-    return_tokens: bool = False        # the generated ids in the response's x_talon.tokens
+# the policy, its knobs (talon/policies.py) and top_k; None = the server's; return_tokens: the generated
+# ids in the response's x_talon.tokens
+XTalon = create_model("XTalon", __config__=ConfigDict(extra="forbid"), policy=(str | None, None),
+                      **{k.option: ((StrictInt if k.kind is int else Number) | None, None) for k in KNOBS},
+                      top_k=(StrictInt | None, None), return_tokens=(bool, False))
 
 
 class StreamOptions(BaseModel):
