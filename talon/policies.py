@@ -13,12 +13,14 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Protocol
 
 from talon.cost import AcceptanceModel
+from talon.gate import GatedPolicy
 from talon.lookup import Lookup, LookupConfig
 from talon.policy import (ArPolicy, ChainPolicy, Eagle3Policy, LookupPolicy, Policy, TalonCostPolicy,
                           TalonLookupPolicy, TalonPolicy)
 
 AR, CHAIN, EAGLE3, TALON = "ar", "chain", "eagle3", "talon"
 TALON_COST, LOOKUP, TALON_LOOKUP = "talon-cost", "lookup", "talon-lookup"
+TALON_GATED = "talon-gated"
 DEFAULT = TALON    # the session's policy when neither the caller nor the manifest names one: the paper's
 BASELINE = AR      # target-only engines' policy and the reference every speed-up is measured against
 
@@ -127,6 +129,10 @@ def _talon_cost(cost, **talon) -> TalonCostPolicy:
     return TalonCostPolicy(TalonPolicy(**talon), cost, AcceptanceModel())
 
 
+def _talon_gated(**talon) -> GatedPolicy:
+    return GatedPolicy(TalonPolicy(**talon))
+
+
 def _index(options: dict[str, Any]) -> Lookup:
     """A fresh Lookup index from (and without) the LookupConfig fields among `options`."""
     return Lookup(LookupConfig(**{k: options.pop(k) for k in LOOKUP_OPTIONS if k in options}))
@@ -162,6 +168,9 @@ SPECS: dict[str, PolicySpec] = {s.name: s for s in (
     PolicySpec(TALON_LOOKUP, "TALON with the context lookup's continuations in its candidate pool",
                TalonLookupPolicy, _talon_lookup, _TALON_KNOBS, (*LOOKUP_OPTIONS, "skip"),
                footprint=_talon_footprint, reads_text=True),
+    PolicySpec(TALON_GATED, "TALON behind a measured gate (talon/gate.py): a round drafts only while drafted "
+               "rounds emit more tokens per second than plain ones", GatedPolicy, _talon_gated, _TALON_KNOBS,
+               footprint=_talon_footprint),
 )}
 NAMES = tuple(SPECS)
 POLICIES: dict[str, type] = {name: s.cls for name, s in SPECS.items()}

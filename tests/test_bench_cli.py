@@ -31,7 +31,7 @@ def test_bench_writes_three_outputs(tiny_engine, tmp_path):
     policies = {(r["policy"], r["budget"]) for r in data["rows"]}
     assert policies == {("ar", 1), ("chain", 5), ("eagle3", 8), ("eagle3", 16), ("talon", 8), ("talon", 16),
                         ("talon-cost", 8), ("talon-cost", 16), ("lookup", 8), ("lookup", 16),
-                        ("talon-lookup", 8), ("talon-lookup", 16)}
+                        ("talon-lookup", 8), ("talon-lookup", 16), ("talon-gated", 8), ("talon-gated", 16)}
     for r in data["rows"]:
         assert r["dataset"] == "humaneval" and r["temperature"] == 0 and r["prompts"] == 2
         assert r["tokens_per_s"] > 0 and r["tau"] >= 1 and r["speedup_vs_ar"] > 0
@@ -42,7 +42,7 @@ def test_bench_writes_three_outputs(tiny_engine, tmp_path):
     talon = next(r for r in data["rows"] if r["policy"] == "talon" and r["budget"] == 16)
     assert talon["delta"] > 0 and talon["rounds"] > 0 and talon["depth_hist"]
     assert data["engine"]["name"] == "tiny" and data["git"]["commit"]
-    assert len(data["prompt_runs"]) == 2 * 12
+    assert len(data["prompt_runs"]) == 2 * 14
     assert "## MAT (τ) and speed-up over ar" in (out / "results.md").read_text()
     assert (out / "speedup_vs_budget.png").stat().st_size > 0
     assert (out / "tree_depth_width.png").stat().st_size > 0

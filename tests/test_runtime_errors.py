@@ -209,7 +209,7 @@ def test_open_manifest_reads_the_contract(tiny_engine):
     ({"mu": 1.5}, OptionError, r"option mu: 1\.5 outside \(0, 1\]"),
     ({"temperature": -0.1}, OptionError, r"option temperature: -0\.1 < 0"),
     ({"policy": "medusa"}, OptionError, r"option policy: unknown policy 'medusa' \(expected one of ar, chain, "
-                                        r"eagle3, talon, talon-cost, lookup, talon-lookup\)"),
+                                        r"eagle3, talon, talon-cost, lookup, talon-lookup, talon-gated\)"),
     ({"top_p": 0.0}, OptionError, r"option top_p: 0\.0 outside \(0, 1\]"),
     ({"budget": "16"}, OptionError, r"option budget: expected an integer, got '16'"),
     ({"backend": "cuda"}, OptionError, r"option backend: unknown backend 'cuda'"),

@@ -17,7 +17,7 @@ import pytest
 from runtime.api import Generator
 from runtime.backends.base import Backend
 
-POLICIES = ("chain", "eagle3", "talon", "talon-cost", "talon-lookup")
+POLICIES = ("chain", "eagle3", "talon", "talon-cost", "talon-lookup", "talon-gated")
 N_PROMPTS, NEW = 20, 64
 NEAR_TIE = 1e-4
 
@@ -114,7 +114,7 @@ def test_greedy_random_draft_equals_ar(flavour_engine, reference, policy):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_greedy_oracle_draft_equals_ar(flavour_engine, reference, policy):
     gen_ar, ps, outs = reference
-    notes, accepted, rounds, nonprefix = [], 0, 0, 0
+    notes, accepted, rounds, nonprefix, kinds = [], 0, 0, 0, set()
     with Generator.open(flavour_engine, policy=policy) as gen:
         inner = gen._decoder.backend
         for i, (p, want) in enumerate(zip(ps, outs)):
@@ -128,6 +128,12 @@ def test_greedy_oracle_draft_equals_ar(flavour_engine, reference, policy):
             accepted += sum(r.accepted for r in res.stats.per_round)
             rounds += res.stats.rounds
             nonprefix += oracle.nonprefix_commits
+            kinds |= {r.draft_calls > 0 for r in res.stats.per_round}
+    if policy == "talon-gated":
+        # the gate drafts or not by the time rounds take (on a tiny engine a draft call costs as much as a
+        # verify call, so it may close): equality over a mix of drafted and plain rounds is what it owes
+        assert kinds == {True, False}, f"{policy}: rounds drafted {kinds}"
+        return
     # the oracle must make rounds accept several tokens, and trees accept paths off the first children
     assert accepted > 3 * N_PROMPTS, f"{policy}: only {accepted} draft tokens accepted"
     if policy != "chain":

@@ -66,7 +66,7 @@ def test_policy_names_are_spelled_only_in_the_registry():
     """talon/, runtime/ and export/ take policy names from talon/policies.py (its constants, specs and
     knobs), so adding or renaming a policy touches its own file and the registry alone."""
     names = set(POLICIES)
-    assert names == {"ar", "chain", "eagle3", "talon", "talon-cost", "lookup", "talon-lookup"}
+    assert names == {"ar", "chain", "eagle3", "talon", "talon-cost", "lookup", "talon-lookup", "talon-gated"}
     found = policy_name_literals(ROOT, ("talon", "runtime", "export"), names)
     outside = [f for f in found if not f.startswith(REGISTRY + ":")
                and (f.split(":")[0], f.rsplit(" ", 1)[1].strip("'")) not in NOT_A_POLICY]

@@ -4,6 +4,8 @@ target's exact processed distribution (goodness of fit), for each graph flavour.
 outcome is deterministic."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ P_MIN = 1e-3
 CONFIGS = {"t1": dict(temperature=1.0), "t08_p09_k12": dict(temperature=0.8, top_p=0.9, top_k=12)}
 POLICIES = {"chain": dict(chain_depth=3), "eagle3": dict(eagle3_top_k=4, eagle3_depth=2, budget=8),
             "talon": dict(budget=8, root_k=4, mu=0.1), "talon-cost": dict(budget=8, root_k=4, mu=0.1),
-            "talon-lookup": dict(budget=8, root_k=4, mu=0.1)}
+            "talon-lookup": dict(budget=8, root_k=4, mu=0.1), "talon-gated": dict(budget=8, root_k=4, mu=0.1)}
 
 
 @pytest.fixture(scope="module", params=["standard", "gqa"])
@@ -39,6 +41,9 @@ def sample(engine, policy: str, seed: int, **opts) -> tuple[np.ndarray, int, int
     out = np.zeros((N, 2), np.int64)
     hit = miss = 0
     with Generator.open(engine, policy=policy, seed=seed, **opts) as gen:
+        if policy == "talon-gated":   # its gate decides by time; here every other round drafts, deterministically
+            flips = itertools.cycle((True, False))
+            gen._decoder.policy.gate.drafts = lambda: next(flips)
         for i in range(N):
             res = gen.generate(PROMPT, max_new_tokens=2)
             out[i] = res.tokens

@@ -36,7 +36,7 @@ def test_specs_agree_with_the_policies():
 
 def test_lookup_by_name_lists_the_known_names():
     with pytest.raises(ValueError, match="policy must be one of ar, chain, eagle3, talon, talon-cost, lookup, "
-                                         "talon-lookup, got 'beam'"):
+                                         "talon-lookup, talon-gated, got 'beam'"):
         policy_spec("beam")
     assert make_policy("chain", depth=2).footprint() == (3, 1)
 
