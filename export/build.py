@@ -28,7 +28,7 @@ from export.errors import CheckpointError, ExportError
 from export.reference import Eagle3Head, Target
 from runtime.errors import EngineError
 from runtime.manifest import MANIFEST, ROLES, cache_bytes, check_fits_memory
-from talon.policies import BASELINE, BUDGET, DEFAULT, KNOBS
+from talon.policies import BASELINE, BUDGET, ENGINE_DEFAULT, KNOBS
 
 CREATED_BY = "talon-rt 0.1.0"
 
@@ -136,7 +136,7 @@ def default_run_settings(opts: ExportOptions) -> dict:
 
 def _builtin_settings(opts: ExportOptions) -> dict:
     return {
-        "policy": DEFAULT,
+        "policy": ENGINE_DEFAULT,
         **{k.option: k.default for k in KNOBS},   # talon/policies.py: each default's reason
         BUDGET.option: min(BUDGET.default, opts.max_tree_tokens),
         "max_new_tokens": -1,  # until the end of the turn or a full context (runtime.options.UNTIL_STOP)

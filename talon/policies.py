@@ -23,6 +23,7 @@ TALON_COST, LOOKUP, TALON_LOOKUP = "talon-cost", "lookup", "talon-lookup"
 TALON_GATED = "talon-gated"
 DEFAULT = TALON    # the session's policy when neither the caller nor the manifest names one: the paper's
 BASELINE = AR      # target-only engines' policy and the reference every speed-up is measured against
+ENGINE_DEFAULT = TALON_GATED   # what an exported engine's manifest names: drafts only while drafting pays
 
 
 class Limits(Protocol):
