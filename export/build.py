@@ -224,7 +224,8 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path | None, out_dir: 
                 graphs += [
                     ("draft_fc.onnx", lambda: onnx_graphs.build_draft_fc(head, opts.dtype), None),
                     ("draft.onnx", lambda: onnx_graphs.build_draft(head, opts.dtype, opts.max_seq_len, opts.k_max,
-                                                                   draft_flavour(opts.flavour), draft_quant),
+                                                                   draft_flavour(opts.flavour), draft_quant,
+                                                                   _target_embedding(head, tmp)),
                      draft_quant)]
             for fname, build, quant in graphs:
                 t0 = time.perf_counter()
@@ -252,7 +253,8 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path | None, out_dir: 
                 from export.check import check_engine
                 t0 = time.perf_counter()
                 # a quantised target is checked against the float model of its own blocks
-                r = check_engine(tmp, target if target_quant is None else target_quant.dequantized(target), head)
+                reference = target if target_quant is None else target_quant.dequantized(target)
+                r = check_engine(tmp, reference, _reading_target_embedding(head, reference))
                 stage(f"checked against the reference: target max |diff| {r['target_max_abs_diff']:.1e} "
                       f"(top-1 {r['target_top1']:.0%})" + (
                           f", draft max |diff| {r['draft_max_abs_diff']:.1e} (top-1 {r['draft_top1']:.0%})"
@@ -265,6 +267,19 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path | None, out_dir: 
             raise
     log(f"engine directory ready: {out_dir}")
     return out_dir
+
+
+def _target_embedding(head, engine_dir: Path) -> onnx_graphs.TargetEmbedding | None:
+    """What the draft reads for its embedding: the written target's own initializers (no copy), unless
+    the head has an embedding of its own."""
+    return None if head.embed_tokens is not None else onnx_graphs.target_embedding(engine_dir / "target.onnx")
+
+
+def _reading_target_embedding(head, target):
+    """`head` reading `target`'s embedding (a quantised target's dequantised blocks), as draft.onnx does."""
+    if head is not None and head.embed_tokens is None:
+        head.set_embedding(target.model.embed_tokens.weight.detach())
+    return head
 
 
 def generation_defaults(source) -> dict:
