@@ -640,11 +640,17 @@ def build_target(model: Target, dtype: str, max_seq_len: int, flavour: str = "st
     return g.model("target")
 
 
-def build_draft_fc(head: Eagle3Head, dtype: str) -> onnx.ModelProto:
-    """draft_fc.onnx: features [1, q, 3H] -> hidden [1, q, H]."""
+def build_draft_fc(head: Eagle3Head, dtype: str, quant: WeightQuantizer | None = None) -> onnx.ModelProto:
+    """draft_fc.onnx: features [1, q, 3H] -> hidden [1, q, H].
+
+    quant: the fc as one MatMulNBits on the [1, q, 3H] rows (ONNX Runtime only, as the draft's)."""
     H = head.config.hidden_size
     g = _Graph(dtype)
     f = g.input("features", g.onnx_dtype, [1, "q", 3 * H])
+    if quant is not None:
+        g.quant, g.matmul = quant, True
+        g.output(g.linear(f, head.fc, "fc"), "hidden", g.onnx_dtype, [1, "q", H])
+        return g.model("draft_fc")
     h = g.linear(g.op("Reshape", f, g.const([-1, 3 * H])), head.fc, "fc")
     g.output(g.op("Reshape", h, g.const([1, -1, H])), "hidden", g.onnx_dtype, [1, "q", H])
     return g.model("draft_fc")

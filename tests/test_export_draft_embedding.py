@@ -145,3 +145,20 @@ def test_target_embedding_names_a_graph_without_one(tmp_path):
     with pytest.raises(ValueError, match=r"other\.onnx: no model\.embed_tokens\.weight or "
                                          r"model\.embed_tokens\.qweight initializer"):
         onnx_graphs.target_embedding(tmp_path / "other.onnx")
+
+
+@pytest.mark.parametrize("options, weights", [({}, "int8"), ({"flavour": "gqa"}, "int8"),
+                                              ({"flavour": "standard"}, "float"), ({"dtype": "float16"}, "float"),
+                                              ({"draft_weights": "float"}, "float"),
+                                              ({"draft_weights": "int4"}, "int4")])
+def test_draft_weights_default_to_int8_where_they_apply(options, weights):
+    from export.build import default_draft_weights
+    assert default_draft_weights(ExportOptions(**options)) == weights
+
+
+def test_default_export_quantises_both_draft_graphs(tiny_engine_ort, tiny_engine):
+    for graph in ("draft.onnx", "draft_fc.onnx"):
+        ops = [n.op_type for n in onnx.load(str(tiny_engine_ort / graph)).graph.node]
+        assert "MatMulNBits" in ops and "MatMul" not in ops and "Gemm" not in ops, graph
+    assert json.loads((tiny_engine_ort / "manifest.json").read_text())["draft"]["weights"] == "int8"
+    assert json.loads((tiny_engine / "manifest.json").read_text())["draft"]["weights"] == "float"   # TensorRT's
