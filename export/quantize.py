@@ -13,7 +13,7 @@ its MatMulNBitsQuantizer). Weights that arrive as llama.cpp blocks keep the file
 from their dequantised values, and `WeightQuantizer.storage_lines` names each with its error.
 
 The draft only proposes tokens; the target verifies every one of them, so quantised draft weights
-change which tokens are proposed, never what is emitted. Quantised target weights make a different
+(draft.onnx's and draft_fc.onnx's) change which tokens are proposed, never what is emitted. Quantised target weights make a different
 model from a float engine (unless they are the GGUF's own), which speculative decoding follows token
 for token. `--target-compute` picks the activations MatMulNBits computes with:
 - int8 (default, accuracy_level 4): the fast kernels; each row's activations are rounded to int8 per

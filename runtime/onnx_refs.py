@@ -1,4 +1,5 @@
-"""The external-data files an ONNX model references, read from its protobuf without onnx installed.
+"""The external-data files an ONNX model references, and where its initializers' bytes sit, read from
+its protobuf without onnx installed.
 
 A tensor stored outside the .onnx file names its file in `TensorProto.external_data` (key
 "location"). Such tensors can sit in graph initializers, sparse initializers, node attributes
@@ -130,3 +131,34 @@ def external_files(path: str | Path) -> list[str]:
                 return _scan(view)
             finally:
                 view.release()
+
+
+def initializer_spans(path: str | Path) -> dict[str, tuple[int, int]]:
+    """{name: (offset, length)} of the `raw_data` bytes of each top-level graph initializer stored in
+    the file itself (tensors in external data or in typed fields are left out).
+
+    Raises MalformedModel when the file is not a well-formed protobuf message."""
+    spans: dict[str, tuple[int, int]] = {}
+    with open(path, "rb") as f:
+        if f.seek(0, 2) == 0:
+            raise MalformedModel("empty file")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                for number, wire, s, e in _fields(view, 0, len(view)):
+                    if number != 7 or wire != _LEN:          # ModelProto.graph
+                        continue
+                    for gn, gw, gs, ge in _fields(view, s, e):
+                        if gn != 5 or gw != _LEN:            # GraphProto.initializer
+                            continue
+                        name, raw = None, None
+                        for tn, tw, ts, te in _fields(view, gs, ge):
+                            if tn == 8 and tw == _LEN:       # TensorProto.name
+                                name = bytes(view[ts:te]).decode("utf-8", "replace")
+                            elif tn == 9 and tw == _LEN:     # TensorProto.raw_data
+                                raw = (ts, te - ts)
+                        if name is not None and raw is not None:
+                            spans[name] = raw
+            finally:
+                view.release()
+    return spans

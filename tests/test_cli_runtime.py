@@ -39,7 +39,7 @@ def test_run_json_is_one_object(tiny_engine):
     assert len(obj["tokens"]) == 12 and obj["stop_reason"] == "max_new_tokens"
     for key in ("tau", "delta", "tokens_per_s", "rounds", "host_share"):
         assert key in obj["stats"]
-    assert obj["stats"]["policy"] == "talon"  # the manifest's default
+    assert obj["stats"]["policy"] == "talon-gated"  # the manifest's default
 
 
 def test_run_json_matches_api_and_policies_agree(tiny_engine):

@@ -73,7 +73,7 @@ def test_export_defaults_override_the_builtin_ones(tiny_pair, tmp_path_factory):
                           defaults=(("budget", 8), ("mu", 0.3), ("root_k", 1)))
     with Generator.open(engine) as gen:
         o = gen.options
-        assert (o.policy, o.budget, o.mu, o.root_k) == ("talon", 8, 0.3, 1)
+        assert (o.policy, o.budget, o.mu, o.root_k) == ("talon-gated", 8, 0.3, 1)
 
 
 @pytest.mark.parametrize("defaults, message", [

@@ -27,7 +27,7 @@ NEW = 48
 @pytest.fixture(scope="module", params=["int8", "int4"])
 def quantized_target(request, tiny_pair, tmp_path_factory):
     return _export_tiny(tiny_pair, tmp_path_factory, "ort", f"tiny-target-{request.param}", check=True,
-                        target_weights=request.param), request.param
+                        target_weights=request.param, draft_weights="float"), request.param
 
 
 def _graph(engine, role="target"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -55,7 +56,7 @@ def test_fp16_agrees_with_fp32(fp16_engine, tiny_engine):
 
 def test_external_data(tiny_pair, tmp_path, monkeypatch):
     """A graph above the size threshold keeps its weights in `<file>.data`, listed with a checksum."""
-    monkeypatch.setattr(onnx_graphs, "EXTERNAL_DATA_BYTES", 100_000)
+    monkeypatch.setattr(onnx_graphs, "EXTERNAL_DATA_BYTES", 50_000)   # the int8 draft's 75 kB, not draft_fc's 14 kB
     out = export_engine(*tiny_pair, tmp_path / "ext", ExportOptions(max_seq_len=64, max_tree_tokens=16, max_prefill_chunk=32, k_max=8))
     m = verify_engine_dir(out)
     assert {"target.onnx.data", "draft.onnx.data"} <= set(m["files"]) and "draft_fc.onnx.data" not in m["files"]
@@ -64,3 +65,11 @@ def test_external_data(tiny_pair, tmp_path, monkeypatch):
     ids = np.arange(3, 11)[None]
     got = ref.run({"input_ids": ids}, np.arange(8), causal(8))["logits"]
     assert np.isfinite(got).all() and got.shape == (1, 8, 320)
+    # the draft reads the target's embedding inside target.onnx.data
+    refs = {e.key: e.value for t in onnx.load(str(out / "draft.onnx"), load_external_data=False).graph.initializer
+            if t.name == onnx_graphs.EMBED + ".weight" for e in t.external_data}
+    assert refs["location"] == "target.onnx.data"
+    hidden = np.zeros((1, 8, 64), np.float32)
+    first = GraphRunner.draft(ort_session(out / "draft.onnx")).run({"input_ids": ids, "hidden": hidden},
+                                                                    np.arange(8), causal(8))
+    assert np.isfinite(first["topk_logp"]).all() and first["topk_ids"].shape == (1, 8, 8)

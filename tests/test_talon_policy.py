@@ -196,7 +196,7 @@ def test_make_policy_and_errors():
     assert make_policy("chain", depth=3) == ChainPolicy(depth=3)
     assert make_policy("ar") == ArPolicy()
     with pytest.raises(ValueError, match="policy must be one of ar, chain, eagle3, talon, talon-cost, lookup, "
-                                         "talon-lookup, got 'beam'"):
+                                         "talon-lookup, talon-gated, got 'beam'"):
         make_policy("beam")
     with pytest.raises(ValueError, match="no option 'budget'"):
         make_policy("chain", budget=4)
