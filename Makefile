@@ -94,14 +94,14 @@ DEMO_TARGET_COMPUTE ?= int8
 
 # Re-exported only when the head, the GGUF wheel or the exporter is newer than the engine.
 $(DEMO_ENGINE)/manifest.json: $(wildcard $(DEMO_HEAD)/* export/*.py) $(SMOLLM2_STAMP) Makefile | $(VENV)/.installed
-	$(PYTHON) -m export --model "$(SMOLLM2_GGUF)" --draft $(DEMO_HEAD) --out $(DEMO_ENGINE) --name demo \
+	$(PYTHON) -m talon_rt.export --model "$(SMOLLM2_GGUF)" --draft $(DEMO_HEAD) --out $(DEMO_ENGINE) --name demo \
 		--target-weights $(DEMO_TARGET_WEIGHTS) --target-compute $(DEMO_TARGET_COMPUTE) \
 		--draft-weights $(DEMO_DRAFT_WEIGHTS) $(foreach d,$(DEMO_DEFAULTS),--default $(d)) --force
 
 # The same GGUF and head with float32 target weights: the demo's float twin, for `make bench-peers`
 DEMO_FP32_ENGINE := $(ENGINES)/demo-fp32
 $(DEMO_FP32_ENGINE)/manifest.json: $(wildcard $(DEMO_HEAD)/* export/*.py) $(SMOLLM2_STAMP) Makefile | $(VENV)/.installed
-	$(PYTHON) -m export --model "$(SMOLLM2_GGUF)" --draft $(DEMO_HEAD) --out $(DEMO_FP32_ENGINE) --name demo-fp32 \
+	$(PYTHON) -m talon_rt.export --model "$(SMOLLM2_GGUF)" --draft $(DEMO_HEAD) --out $(DEMO_FP32_ENGINE) --name demo-fp32 \
 		--draft-weights $(DEMO_DRAFT_WEIGHTS) $(foreach d,$(DEMO_DEFAULTS),--default $(d)) --force
 
 demo: install $(DEMO_ENGINE)/manifest.json  ## export SmolLM2 (GGUF) + its EAGLE-3 head to engines/demo and chat with talon
@@ -109,11 +109,11 @@ demo: install $(DEMO_ENGINE)/manifest.json  ## export SmolLM2 (GGUF) + its EAGLE
 
 export: install  ## MODEL=<hf dir or .gguf> [DRAFT=<eagle3 dir>] [NAME=<name>]: build engines/<name>/ (no DRAFT: target-only, policy ar)
 	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder or GGUF file>" >&2; exit 2; }
-	$(PYTHON) -m export --model "$(MODEL)" $(if $(DRAFT),--draft "$(DRAFT)") --out "$(ENGINES)/$(NAME)" --flavour $(FLAVOUR) \
+	$(PYTHON) -m talon_rt.export --model "$(MODEL)" $(if $(DRAFT),--draft "$(DRAFT)") --out "$(ENGINES)/$(NAME)" --flavour $(FLAVOUR) \
 		$(if $(DRAFT_WEIGHTS),--draft-weights $(DRAFT_WEIGHTS)) --target-weights $(TARGET_WEIGHTS) --target-compute $(TARGET_COMPUTE)
 
 engines: install  ## NAME=<name>: build TensorRT plans for engines/<name> (needs a GPU, tensorrt, and `make export FLAVOUR=standard`)
-	$(PYTHON) -m export.trt "$(ENGINES)/$(NAME)"
+	$(PYTHON) -m talon_rt.export.trt "$(ENGINES)/$(NAME)"
 
 BENCH_OUT ?= bench/results
 # chat_heldout: chat prompts on topics the head never trained on; input_reuse: answers that reuse their
@@ -142,7 +142,7 @@ PEERS_COMPARE ?= $(if $(filter demo,$(NAME)),$(DEMO_FP32_ENGINE))
 
 bench-peers: smollm2 $(BENCH_ENGINE) $(if $(filter $(DEMO_FP32_ENGINE),$(PEERS_COMPARE)),$(DEMO_FP32_ENGINE)/manifest.json)  ## llama.cpp, onnxruntime-genai and transformers beside talon-rt on the same GGUF and prompts
 	@test -f "$(PEERS_GGUF)" || { echo "make bench-peers: no GGUF at '$(PEERS_GGUF)' (set PEERS_GGUF)" >&2; exit 2; }
-	@test -f "$(PEERS_HF)/config.json" || $(PYTHON) -m export.hf_folder "$(PEERS_GGUF)" "$(PEERS_HF)"
+	@test -f "$(PEERS_HF)/config.json" || $(PYTHON) -m talon_rt.export.hf_folder "$(PEERS_GGUF)" "$(PEERS_HF)"
 	$(BIN)/talon-rt bench --engine $(ENGINES)/$(NAME) $(PEERS_ARGS) --peers --gguf "$(PEERS_GGUF)" \
 		$(foreach e,$(PEERS_COMPARE),--compare-engine $(e)) \
 		--hf-model "$(PEERS_HF)" $(if $(DRAFT_LM),--draft-lm "$(DRAFT_LM)") --peers-cache "$(PEERS_CACHE)" \

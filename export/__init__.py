@@ -6,11 +6,11 @@
     onnx_graphs.py  target.onnx, draft_fc.onnx, draft.onnx built node by node (standard ops)
     blocks.py       the MatMulNBits block layout (`BlockWeight`) every quantised weight is stored in
     quantize.py     int8 / int4 weights: round-to-nearest, or a GGUF's own blocks (gguf_blocks.py)
-    build.py        the export pipeline and manifest; `python -m export` (__main__.py)
+    build.py        the export pipeline and manifest; `python -m talon_rt.export` (__main__.py)
     engine_dir.py   `file_record` and `verify_engine_dir` (the runtime's validator)
     check.py        post-export parity check of the graphs against the reference (--check)
     parity.py       drive the graphs through ORT with numpy (tests, checks)
-    trt.py          `python -m export.trt`: TensorRT plans
+    trt.py          `python -m talon_rt.export.trt`: TensorRT plans
     tiny.py         tiny random pairs in the real on-disk formats, for tests and CI
 
 The recipes that train models live in train/, which imports export; export never imports train.

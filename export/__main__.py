@@ -1,4 +1,4 @@
-"""`python -m export --model DIR [--draft DIR] --out DIR`: build an engine directory (docs/engine-format.md);
+"""`python -m talon_rt.export --model DIR [--draft DIR] --out DIR`: build an engine directory (docs/engine-format.md);
 without --draft, a target-only engine (policy ar).
 
 SIGINT and SIGTERM, at any point (imports included), remove the export's temp dir and end with one
@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from export.errors import ExportError
+from talon_rt.export.errors import ExportError
 
-PROG = "python -m export"
+PROG = "python -m talon_rt.export"
 
 
 class Terminated(KeyboardInterrupt):
@@ -38,7 +38,7 @@ def _default(text: str) -> tuple[str, object]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from export.build import DRAFT_WEIGHTS, ExportOptions
+    from talon_rt.export.build import DRAFT_WEIGHTS, ExportOptions
     _D = ExportOptions()
     p = argparse.ArgumentParser(prog=PROG, description="Build an engine directory "
                                 "(docs/engine-format.md) from a local HF target or GGUF file and, optionally, an EAGLE-3 head.")
@@ -101,7 +101,7 @@ def _export(argv=None) -> int:
     from rich.markup import escape
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, even in a pipe
     t0 = time.perf_counter()
-    from export.build import ExportOptions, export_engine
+    from talon_rt.export.build import ExportOptions, export_engine
     try:
         opts = ExportOptions(dtype=args.dtype, max_seq_len=args.max_seq_len, max_tree_tokens=args.max_tree_tokens,
                              max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max,

@@ -21,14 +21,14 @@ from typing import Callable, Iterator
 
 import torch
 
-from export import checkpoints, onnx_graphs, quantize
-from export.config import HeadConfig
-from export.engine_dir import FORMAT_VERSION, file_record, verify_engine_dir
-from export.errors import CheckpointError, ExportError
-from export.reference import Eagle3Head, Target
-from runtime.errors import EngineError
-from runtime.manifest import MANIFEST, ROLES, cache_bytes, check_fits_memory
-from talon.policies import BASELINE, BUDGET, ENGINE_DEFAULT, KNOBS
+from talon_rt.export import checkpoints, onnx_graphs, quantize
+from talon_rt.export.config import HeadConfig
+from talon_rt.export.engine_dir import FORMAT_VERSION, file_record, verify_engine_dir
+from talon_rt.export.errors import CheckpointError, ExportError
+from talon_rt.export.reference import Eagle3Head, Target
+from talon_rt.runtime.errors import EngineError
+from talon_rt.runtime.manifest import MANIFEST, ROLES, cache_bytes, check_fits_memory
+from talon_rt.talon.policies import BASELINE, BUDGET, ENGINE_DEFAULT, KNOBS
 
 CREATED_BY = "talon-rt 0.1.0"
 
@@ -152,7 +152,7 @@ def _builtin_settings(opts: ExportOptions) -> dict:
         "policy": ENGINE_DEFAULT,
         **{k.option: k.default for k in KNOBS},   # talon/policies.py: each default's reason
         BUDGET.option: min(BUDGET.default, opts.max_tree_tokens),
-        "max_new_tokens": -1,  # until the end of the turn or a full context (runtime.options.UNTIL_STOP)
+        "max_new_tokens": -1,  # until the end of the turn or a full context (talon_rt.runtime.options.UNTIL_STOP)
         "temperature": 0.0,
         "top_p": 1.0,
         "top_k": 0,
@@ -165,7 +165,7 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path | None, out_dir: 
     """Build the engine directory `out_dir`; returns its path. `log` receives one line per stage.
 
     draft_dir None: a target-only engine (no draft graphs, `draft: null`, default policy ar).
-    check: run the graphs once through ORT against the reference modules (export.check) before the
+    check: run the graphs once through ORT against the reference modules (talon_rt.export.check) before the
     directory is moved into place; a failure leaves nothing behind.
     """
     opts.check()
@@ -330,7 +330,7 @@ def _write_tokenizer_and_manifest(tmp: Path, source, target: Target, head: Eagle
 
 def _check_against_reference(tmp: Path, target: Target, head: Eagle3Head | None,
                              target_quant: quantize.WeightQuantizer | None, stage: Stage) -> None:
-    from export.check import check_engine
+    from talon_rt.export.check import check_engine
     t0 = time.perf_counter()
     # a quantised target is checked against the float model of its own blocks
     reference = target if target_quant is None else target_quant.dequantized(target)
@@ -363,7 +363,7 @@ def tokenizer_record(source, tokenizer_file: Path, vocab_size: int) -> dict:
     """The manifest's `tokenizer` object: file, special ids, the chat template and the ids generation
     stops at (eos + the template's end-of-turn token)."""
     from tokenizers import Tokenizer
-    from runtime.chat import end_of_turn, render_chat
+    from talon_rt.runtime.chat import end_of_turn, render_chat
     special = source.special_tokens(vocab_size)
     template = source.chat_template
     stop = list(special["eos_ids"])

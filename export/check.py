@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.errors import ExportError
-from export.parity import GraphRunner, ancestors_mask, causal, ort_session
-from export.reference import Eagle3Head, Target
+from talon_rt.export.errors import ExportError
+from talon_rt.export.parity import GraphRunner, ancestors_mask, causal, ort_session
+from talon_rt.export.reference import Eagle3Head, Target
 
 PROMPT = 12
 TREE = [-1, 0, 0, 1, 1, 2]

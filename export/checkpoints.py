@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from export.config import HeadConfig, TargetConfig
-from export.errors import CheckpointError
-from export.reference import Eagle3Head, Target
+from talon_rt.export.config import HeadConfig, TargetConfig
+from talon_rt.export.errors import CheckpointError
+from talon_rt.export.reference import Eagle3Head, Target
 
 # checkpoint keys that carry no weights of ours (older HF checkpoints store rotary tables)
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -227,12 +227,12 @@ class HFFolder:
 
 
 def open_source(path: str | Path, label: str = "--model"):
-    """A target source: an HF folder (`HFFolder`) or a GGUF file (`export.gguf.GGUFModel`)."""
+    """A target source: an HF folder (`HFFolder`) or a GGUF file (`talon_rt.export.gguf.GGUFModel`)."""
     path = Path(path)
     if path.is_dir():
         return HFFolder(path)
     if path.is_file():
-        from export.gguf import GGUFModel
+        from talon_rt.export.gguf import GGUFModel
         return GGUFModel.open(path)
     raise CheckpointError(f"{label} {path}: not found (not a directory or a GGUF file)")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from export.errors import CheckpointError
+from talon_rt.export.errors import CheckpointError
 
 # model_type -> (qkv bias by default, q/k norm). Llama covers Llama 2/3/3.1 and Vicuna.
 ARCHITECTURES = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.errors import EngineDirError
-from runtime.digest import file_record
-from runtime.errors import EngineError
-from runtime.manifest import FORMAT_VERSION
-from runtime.validate import validate_engine
+from talon_rt.export.errors import EngineDirError
+from talon_rt.runtime.digest import file_record
+from talon_rt.runtime.errors import EngineError
+from talon_rt.runtime.manifest import FORMAT_VERSION
+from talon_rt.runtime.validate import validate_engine
 
 __all__ = ["FORMAT_VERSION", "file_record", "verify_engine_dir"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.errors import CheckpointError
+from talon_rt.export.errors import CheckpointError
 
 # general.architecture -> HF model_type; the keys of a GGUF's metadata are prefixed with the former
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
@@ -174,7 +174,7 @@ class GGUFModel:
     def _check_tensors(self, cfg: dict) -> None:
         """Every tensor's shape is the one the metadata implies, every block has its tensors, and the
         float32 weights fit in memory."""
-        from runtime.manifest import physical_memory
+        from talon_rt.runtime.manifest import physical_memory
         V, H, I = cfg["vocab_size"], cfg["hidden_size"], cfg["intermediate_size"]
         q, kv, hd = cfg["num_attention_heads"] * cfg["head_dim"], cfg["num_key_value_heads"] * cfg["head_dim"], cfg["head_dim"]
         shapes = {"token_embd.weight": (V, H), "output_norm.weight": (H,), "output.weight": (V, H),

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from export.errors import ExportError
-from export.blocks import BLOCK, BlockWeight, pack
+from talon_rt.export.errors import ExportError
+from talon_rt.export.blocks import BLOCK, BlockWeight, pack
 
 BLOCK_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
 

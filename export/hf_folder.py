@@ -2,7 +2,7 @@
 for the tools that only read HF folders: onnxruntime-genai's builder and transformers, the peers of
 `talon-rt bench --peers`.
 
-    python -m export.hf_folder FILE.gguf OUT_DIR
+    python -m talon_rt.export.hf_folder FILE.gguf OUT_DIR
 
 transformers dequantizes the GGUF itself (its own reader, not export/gguf.py), so a peer that emits
 talon-rt's fp32 `ar` tokens from this folder checks the weights independently. A GGUF-loaded model
@@ -15,8 +15,8 @@ import copy
 import sys
 from pathlib import Path
 
-from export.errors import CheckpointError
-from export.gguf import is_gguf
+from talon_rt.export.errors import CheckpointError
+from talon_rt.export.gguf import is_gguf
 
 
 def write_hf_folder(gguf: str | Path, out: str | Path) -> Path:
@@ -49,14 +49,14 @@ def write_hf_folder(gguf: str | Path, out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.hf_folder", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m talon_rt.export.hf_folder", description=__doc__.split("\n\n")[0])
     p.add_argument("gguf", help="a GGUF file (llama.cpp's format)")
     p.add_argument("out", help="output folder")
     args = p.parse_args(argv)
     try:
         print(write_hf_folder(args.gguf, args.out))
     except CheckpointError as e:
-        print(f"export.hf_folder: {e}", file=sys.stderr)
+        print(f"talon_rt.export.hf_folder: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -28,10 +28,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.blocks import BLOCK, BlockWeight, concat
-from export.quantize import WeightQuantizer
-from export.reference import Eagle3Head, Target
-from runtime.onnx_refs import initializer_spans
+from talon_rt.export.blocks import BLOCK, BlockWeight, concat
+from talon_rt.export.quantize import WeightQuantizer
+from talon_rt.export.reference import Eagle3Head, Target
+from talon_rt.runtime.onnx_refs import initializer_spans
 
 OPSET = 17
 # standard: standard ops (TensorRT); gqa: GroupQueryAttention writes K/V in place (ORT); ort: ORT's fused

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from export.blocks import BLOCK, BlockWeight, dequantize
-from export.errors import ExportError
-from export.gguf_blocks import from_ggml
+from talon_rt.export.blocks import BLOCK, BlockWeight, dequantize
+from talon_rt.export.errors import ExportError
+from talon_rt.export.gguf_blocks import from_ggml
 
 if TYPE_CHECKING:
     import torch
@@ -141,7 +141,7 @@ class WeightQuantizer:
 
     def dequantized(self, model: torch.nn.Module) -> torch.nn.Module:
         """A copy of `model` whose quantised weights hold their dequantised blocks: the model the
-        quantised graph computes, up to its int8 activations (the reference export.check uses)."""
+        quantised graph computes, up to its int8 activations (the reference talon_rt.export.check uses)."""
         import copy
 
         import torch

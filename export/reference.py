@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.config import HeadConfig, Rope, TargetConfig
+from talon_rt.export.config import HeadConfig, Rope, TargetConfig
 
 KV = tuple[Tensor, Tensor]
 

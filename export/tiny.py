@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from export.config import HeadConfig, Rope
-from export.reference import Eagle3Head
+from talon_rt.export.config import HeadConfig, Rope
+from talon_rt.export.reference import Eagle3Head
 
 ARCHS = ("llama", "llama3.1", "qwen2", "qwen3")
 SPECIALS = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2
@@ -125,7 +125,7 @@ def save_head(head: Eagle3Head, out_dir: str | Path, rope_theta: float | None = 
 
 
 def write_random_head(target, out_dir: str | Path, draft_vocab: int, seed: int = 0, init_std: float = 0.02) -> Path:
-    """A random EAGLE-3 head shaped for the reference `target` (export.reference.Target), saved with
+    """A random EAGLE-3 head shaped for the reference `target` (talon_rt.export.reference.Target), saved with
     `save_head`: lossless decoding needs no trained head, so tests of a real model use one."""
     c = target.config
     head = make_head({"model.embed_tokens.weight": target.model.embed_tokens.weight.detach().float()}, c.vocab_size,

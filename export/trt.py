@@ -1,4 +1,4 @@
-"""`python -m export.trt ENGINE_DIR`: build TensorRT plans for an engine directory's graphs.
+"""`python -m talon_rt.export.trt ENGINE_DIR`: build TensorRT plans for an engine directory's graphs.
 
 One optimization profile per graph: q (tokens per call) in [1, max(max_tree_tokens, max_prefill_chunk)],
 optimised for the default budget; the draft's T (trailing keys under tree_mask) up to the widest mask
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.engine_dir import file_record, verify_engine_dir
-from export.errors import ExportError
-from runtime.manifest import ROLES
-from talon.policies import BUDGET, KNOBS, SPECS
+from talon_rt.export.engine_dir import file_record, verify_engine_dir
+from talon_rt.export.errors import ExportError
+from talon_rt.runtime.manifest import ROLES
+from talon_rt.talon.policies import BUDGET, KNOBS, SPECS
 
 EXIT_UNAVAILABLE = 2
 
@@ -148,7 +148,7 @@ def check_plan(plan: bytes, onnx_path: Path, manifest: dict, role: str) -> PlanC
     """Run the plan and ORT CPU on one random call (P=5 cached rows, q=4) and compare the outputs."""
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
-    from export.parity import ancestors_mask, ort_session
+    from talon_rt.export.parity import ancestors_mask, ort_session
     sess = ort_session(onnx_path)
     rng = np.random.default_rng(0)
     feed = {}
@@ -229,20 +229,20 @@ def build_engine_plans(engine_dir: Path, workspace_gb: float = 4.0, check: bool 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.trt",
+    p = argparse.ArgumentParser(prog="python -m talon_rt.export.trt",
                                 description="Build TensorRT plans (<role>.plan) for an engine directory.")
-    p.add_argument("engine_dir", type=Path, help="an engine directory written by `python -m export`")
+    p.add_argument("engine_dir", type=Path, help="an engine directory written by `python -m talon_rt.export`")
     p.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace (default %(default)s)")
     p.add_argument("--check", action="store_true", help="run each plan once against ORT CPU and report the diff")
     args = p.parse_args(argv)
     try:
         build_engine_plans(args.engine_dir, args.workspace_gb, args.check,
-                           log=lambda msg: print(f"export.trt: {msg}", file=sys.stderr))
+                           log=lambda msg: print(f"talon_rt.export.trt: {msg}", file=sys.stderr))
     except TrtUnavailable as e:
-        print(f"export.trt: {e}", file=sys.stderr)
+        print(f"talon_rt.export.trt: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except ExportError as e:
-        print(f"export.trt: {e}", file=sys.stderr)
+        print(f"talon_rt.export.trt: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -16,7 +16,7 @@ logprobs.py   the target's log-probabilities of emitted tokens (OpenAI logprobs)
 chat.py       an engine's Jinja2 chat template, rendered as transformers renders it
 text.py       decoded text of a growing token list, piece by piece (streaming)
 costs.py      the measured cost model of `policy="talon-cost"`
-profile.py    `python -m runtime.profile`: one round's time by step, and the verify-cost curve
+profile.py    `python -m talon_rt.runtime.profile`: one round's time by step, and the verify-cost curve
 arguments.py  ArgumentParser with one-line errors, EXIT_USAGE
 errors.py     TalonError and its subclasses
 

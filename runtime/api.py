@@ -10,16 +10,16 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from runtime.backends import open_backend
-from runtime.chat import check_text, encode_chat, render_chat
-from runtime.decode import Decoder, OnTokens, Sampler
-from runtime.errors import BusyError, ClosedError, InputError, OptionError
-from runtime.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
-from runtime.manifest import Manifest
-from runtime.options import SAMPLING_OPTIONS, SESSION_OPTIONS, UNTIL_STOP, Options, resolve_options, validate
-from runtime.stats import RunStats
-from runtime.text import IncrementalText
-from runtime.validate import validate_engine
+from talon_rt.runtime.backends import open_backend
+from talon_rt.runtime.chat import check_text, encode_chat, render_chat
+from talon_rt.runtime.decode import Decoder, OnTokens, Sampler
+from talon_rt.runtime.errors import BusyError, ClosedError, InputError, OptionError
+from talon_rt.runtime.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
+from talon_rt.runtime.manifest import Manifest
+from talon_rt.runtime.options import SAMPLING_OPTIONS, SESSION_OPTIONS, UNTIL_STOP, Options, resolve_options, validate
+from talon_rt.runtime.stats import RunStats
+from talon_rt.runtime.text import IncrementalText
+from talon_rt.runtime.validate import validate_engine
 
 OnText = Callable[[str], "bool | None"]           # each new piece of text; False stops the generation
 

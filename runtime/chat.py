@@ -17,7 +17,7 @@ import time
 from functools import lru_cache, wraps
 from typing import Any, Mapping, Sequence
 
-from runtime.errors import EngineError, InputError
+from talon_rt.runtime.errors import EngineError, InputError
 
 ROLES = ("system", "user", "assistant")
 

@@ -1,7 +1,7 @@
 """`talon-rt`: the command line. Each subcommand is a module with `add_parser(subparsers)`, which
 registers its parser and sets `func(args) -> exit code`; adding one is a line in SUBCOMMANDS.
 
-Errors the user can fix (runtime.errors.TalonError, bad arguments) print one line on stderr and
+Errors the user can fix (talon_rt.runtime.errors.TalonError, bad arguments) print one line on stderr and
 exit with code 2, without a traceback.
 """
 
@@ -11,11 +11,11 @@ import importlib
 import sys
 from typing import Sequence
 
-from runtime.arguments import EXIT_USAGE, ArgumentParser
-from runtime.errors import TalonError
+from talon_rt.runtime.arguments import EXIT_USAGE, ArgumentParser
+from talon_rt.runtime.errors import TalonError
 
-SUBCOMMANDS = ("runtime.commands.run", "runtime.commands.chat", "runtime.commands.inspect", "runtime.bench.cli", "runtime.commands.serve",
-               "runtime.commands.triton_repo")
+SUBCOMMANDS = ("talon_rt.runtime.commands.run", "talon_rt.runtime.commands.chat", "talon_rt.runtime.commands.inspect", "talon_rt.runtime.bench.cli", "talon_rt.runtime.commands.serve",
+               "talon_rt.runtime.commands.triton_repo")
 
 
 def version() -> str:

@@ -12,12 +12,12 @@ import time
 
 import numpy as np
 
-from runtime.backends.base import Backend
-from runtime.manifest import Manifest
-from talon import CostModel
+from talon_rt.runtime.backends.base import Backend
+from talon_rt.runtime.manifest import Manifest
+from talon_rt.talon import CostModel
 
 # Host work per drawn layer besides the draft call itself (policy step, scratch bookkeeping,
-# mask): `python -m runtime.profile` on the demo engine shows build_host ~40 us for a one-call
+# mask): `python -m talon_rt.runtime.profile` on the demo engine shows build_host ~40 us for a one-call
 # tree and ~100 us with one deeper layer.
 HOST_PER_LAYER_US = 50.0
 GRID = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)

@@ -14,15 +14,15 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.backends.base import Backend
-from runtime.costs import measure_cost_model
-from runtime.draft import Drafter
-from runtime.errors import EngineError, InputError
-from runtime.logprobs import TokenLogprob, token_logprobs
-from runtime.manifest import Manifest
-from runtime.options import Options
-from runtime.stats import RoundStats, RunStats
-from talon import (Acceptance, CostModel, DraftTree, PenaltyContext, Penalties, Policy, logits_to_probs, policies,
+from talon_rt.runtime.backends.base import Backend
+from talon_rt.runtime.costs import measure_cost_model
+from talon_rt.runtime.draft import Drafter
+from talon_rt.runtime.errors import EngineError, InputError
+from talon_rt.runtime.logprobs import TokenLogprob, token_logprobs
+from talon_rt.runtime.manifest import Manifest
+from talon_rt.runtime.options import Options
+from talon_rt.runtime.stats import RoundStats, RunStats
+from talon_rt.talon import (Acceptance, CostModel, DraftTree, PenaltyContext, Penalties, Policy, logits_to_probs, policies,
                    root_tree, verify_greedy, verify_sample)
 
 # called with each round's new tokens; returning False cancels the generation (stop_reason "cancelled")

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from runtime.backends.base import Backend
+from talon_rt.runtime.backends.base import Backend
 
 
 class Drafter:

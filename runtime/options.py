@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from runtime.errors import OptionError
-from runtime.manifest import MANIFEST, Manifest
-from talon.policies import (BASELINE, BUDGET, CHAIN_DEPTH, DEFAULT, EAGLE3_DEPTH, EAGLE3_TOP_K, HEADLESS, KNOBS, MU,
+from talon_rt.runtime.errors import OptionError
+from talon_rt.runtime.manifest import MANIFEST, Manifest
+from talon_rt.talon.policies import (BASELINE, BUDGET, CHAIN_DEPTH, DEFAULT, EAGLE3_DEPTH, EAGLE3_TOP_K, HEADLESS, KNOBS, MU,
                             NAMES, ROOT_K, policy_spec)
 
 # the policies by name (talon/policies.py is the registry: knobs, footprints, constructors)

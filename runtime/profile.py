@@ -1,4 +1,4 @@
-"""`python -m runtime.profile --engine DIR`: where one round's time goes, and what an engine call costs.
+"""`python -m talon_rt.runtime.profile --engine DIR`: where one round's time goes, and what an engine call costs.
 
 Round profile, per configuration (ar, and talon at a few budgets), medians over all rounds of a few
 code prompts, in microseconds per round:
@@ -27,13 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends import open_backend
-from runtime.backends.base import Backend
-from runtime.costs import medians_us
-from runtime.decode import Decoder, Tracer
-from runtime.manifest import Manifest, open_manifest
-from runtime.options import resolve_options
-from talon.policies import BASELINE, TALON, TALON_COST
+from talon_rt.runtime.backends import open_backend
+from talon_rt.runtime.backends.base import Backend
+from talon_rt.runtime.costs import medians_us
+from talon_rt.runtime.decode import Decoder, Tracer
+from talon_rt.runtime.manifest import Manifest, open_manifest
+from talon_rt.runtime.options import resolve_options
+from talon_rt.talon.policies import BASELINE, TALON, TALON_COST
 
 PROMPTS = (
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
@@ -203,7 +203,7 @@ def _print_rounds(label: str, r: dict[str, Any]) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m runtime.profile", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m talon_rt.runtime.profile", description=__doc__.splitlines()[0])
     p.add_argument("--engine", required=True, help="engine directory")
     p.add_argument("--budgets", default="4,8,16,32", help="talon budgets to profile (default %(default)s)")
     p.add_argument("--cost-budgets", default="32",

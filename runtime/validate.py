@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from runtime.errors import EngineError
-from runtime.manifest import Manifest, open_manifest
-from runtime.options import check_defaults
+from talon_rt.runtime.errors import EngineError
+from talon_rt.runtime.manifest import Manifest, open_manifest
+from talon_rt.runtime.options import check_defaults
 
 
 def load_tokenizer(m: Manifest) -> Any:

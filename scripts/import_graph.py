@@ -11,9 +11,9 @@ Layers, lowest first; an import goes down or sideways, never up:
 
     talon                                                  numpy only: imports nothing of the project
     runtime (core)                                         every runtime module not named below
-    runtime.serve, runtime.triton, runtime.bench, runtime.capi
-    runtime.commands                                       the CLI's subcommands
-    runtime.cli                                            `talon-rt`
+    talon_rt.runtime.serve, talon_rt.runtime.triton, talon_rt.runtime.bench, talon_rt.runtime.capi
+    talon_rt.runtime.commands                                       the CLI's subcommands
+    talon_rt.runtime.cli                                            `talon-rt`
 
 export/ sits beside the runtime's upper layers: it may import talon, the runtime core and itself.
 train/ may import talon, the runtime core, export and itself. runtime/ never imports export/ or
@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGES = ("talon", "runtime", "export", "train")
+NAMESPACE = "talon_rt"   # pyproject maps talon_rt.<package> to each folder
 RUNTIME_LAYERS = {    # runtime subpackage -> layer (core runtime modules: 1; talon: 0)
-    "runtime.serve": 2, "runtime.triton": 2, "runtime.bench": 2, "runtime.capi": 2,
-    "runtime.commands": 3, "runtime.cli": 4,
+    "talon_rt.runtime.serve": 2, "talon_rt.runtime.triton": 2, "talon_rt.runtime.bench": 2, "talon_rt.runtime.capi": 2,
+    "talon_rt.runtime.commands": 3, "talon_rt.runtime.cli": 4,
 }
 SIDE_ALLOWED = {      # a package beside the runtime's upper layers -> the groups it may import
     "export": {"talon", "runtime", "export"},
@@ -72,8 +73,11 @@ def module_files(root: Path) -> dict[str, Path]:
 
 
 def _resolve(name: str, modules: dict[str, Path]) -> str | None:
-    """The longest prefix of `name` that is a project module (None: not the project's)."""
+    """The longest prefix of `name` that is a project module (None: not the project's); the installed
+    names `talon_rt.<package>...` are the folders' own."""
     parts = name.split(".")
+    if parts[0] == NAMESPACE:
+        parts = parts[1:]
     for n in range(len(parts), 0, -1):
         prefix = ".".join(parts[:n])
         if prefix in modules:

@@ -1,5 +1,6 @@
 """Greedy and sampled tokens of every policy on a set of engines, as JSON: a refactor that must not change
 behaviour is checked by running this before and after and comparing the files (`--compare A B`).
+talon-cost and talon-gated decide by measured time, so their sampled (T > 0) runs differ from run to run.
 
     python scripts/policy_tokens.py --engine engines/demo --tiny --out before.json
     python scripts/policy_tokens.py --compare before.json after.json
@@ -16,25 +17,25 @@ try:
     from talon_rt.runtime.api import Generator
     from talon_rt.runtime.options import POLICIES
 except ImportError:   # the layout before the talon_rt namespace
-    from runtime.api import Generator
-    from runtime.options import POLICIES
+    from talon_rt.runtime.api import Generator
+    from talon_rt.runtime.options import POLICIES
 
 PROMPTS = ([1, 5, 9, 14, 2, 7], [3, 3, 8, 1, 40, 41, 42, 5, 9])
 TEXT_PROMPTS = ("Write a short poem about the sea.", "List three uses of a paperclip.")
 
 
-def tiny_engines(work: Path) -> list[Path]:
+def tiny_engines(work: Path, draft_weights: str | None) -> list[Path]:
     try:
         from talon_rt.export.build import ExportOptions, export_engine
         from talon_rt.export.tiny import make_tiny_pair
     except ImportError:
-        from export.build import ExportOptions, export_engine
-        from export.tiny import make_tiny_pair
+        from talon_rt.export.build import ExportOptions, export_engine
+        from talon_rt.export.tiny import make_tiny_pair
     model_dir, draft_dir = make_tiny_pair(work / "pair", arch="llama", seed=0)
     out = []
     for flavour in ("standard", "gqa", "ort"):
         opts = ExportOptions(dtype="float32", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128,
-                             k_max=32, flavour=flavour)
+                             k_max=32, flavour=flavour, draft_weights=draft_weights)
         out.append(Path(export_engine(model_dir, draft_dir, work / f"tiny-{flavour}", opts, name=f"tiny-{flavour}")))
     return out
 
@@ -61,6 +62,8 @@ def main() -> int:
     ap.add_argument("--engine", action="append", default=[], help="an engine directory (repeatable)")
     ap.add_argument("--tiny", action="store_true", help="also the tiny random pair in all three flavours")
     ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--draft-weights", default=None,
+                    help="the tiny engines' draft weights (default: the exporter's for their flavour)")
     ap.add_argument("--out", help="JSON file to write")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two files written by --out")
     a = ap.parse_args()
@@ -73,7 +76,7 @@ def main() -> int:
             print("  differs:", k)
         return 1 if differ else 0
     with tempfile.TemporaryDirectory() as tmp:
-        engines = [Path(e) for e in a.engine] + (tiny_engines(Path(tmp)) if a.tiny else [])
+        engines = [Path(e) for e in a.engine] + (tiny_engines(Path(tmp), a.draft_weights) if a.tiny else [])
         result = run(engines, a.new_tokens)
     Path(a.out).write_text(json.dumps(result, indent=0))
     print(f"{len(result)} runs -> {a.out}")

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from talon.tree import DraftTree
-from talon.verify import Acceptance
+from talon_rt.talon.tree import DraftTree
+from talon_rt.talon.verify import Acceptance
 
 
 @dataclass(frozen=True)

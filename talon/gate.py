@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from talon.nodes import Expand
-from talon.tree import BuildInfo, DraftTree, root_tree
-from talon.verify import Acceptance
+from talon_rt.talon.nodes import Expand
+from talon_rt.talon.tree import BuildInfo, DraftTree, root_tree
+from talon_rt.talon.verify import Acceptance
 
 
 @dataclass(frozen=True)

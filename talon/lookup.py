@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from talon.nodes import check_int
+from talon_rt.talon.nodes import check_int
 
 
 @dataclass(frozen=True)

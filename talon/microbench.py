@@ -1,4 +1,4 @@
-"""Host-time micro-benchmark of the algorithm layer: `python -m talon.microbench [--rounds R] [--filters]`.
+"""Host-time micro-benchmark of the algorithm layer: `python -m talon_rt.talon.microbench [--rounds R] [--filters]`.
 
 The draft is a `CannedExpand` (pre-generated arrays, ~zero cost), so the figures are the policy's own
 host time per tree layer and per round (build + mask + positions + greedy verify), medians over rounds.
@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 
-from talon.cost import CostModel
-from talon.policies import BUDGET, CHAIN_DEPTH, EAGLE3, TALON, make_policy, policy_spec
-from talon.sampling import _nucleus, logits_to_probs, sample_token
-from talon.synthetic import CannedExpand
-from talon.tree import DraftTree
-from talon.verify import verify_greedy, verify_sample
+from talon_rt.talon.cost import CostModel
+from talon_rt.talon.policies import BUDGET, CHAIN_DEPTH, EAGLE3, TALON, make_policy, policy_spec
+from talon_rt.talon.sampling import _nucleus, logits_to_probs, sample_token
+from talon_rt.talon.synthetic import CannedExpand
+from talon_rt.talon.tree import DraftTree
+from talon_rt.talon.verify import verify_greedy, verify_sample
 
 VOCAB = 32000  # a Llama-2-sized vocabulary for the token ids and the sampling rows
 FILTER_VOCAB = 49152  # SmolLM2's vocabulary for the filter rows

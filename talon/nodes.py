@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from talon.tree import BuildInfo, DraftTree
+from talon_rt.talon.tree import BuildInfo, DraftTree
 
 Expand = Callable[[DraftTree, np.ndarray], tuple[np.ndarray, np.ndarray]]
 ROOT = np.zeros(1, dtype=np.int64)   # the rows of the root's draft call

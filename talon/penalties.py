@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from talon.tree import DraftTree
+from talon_rt.talon.tree import DraftTree
 
 
 @dataclass(frozen=True)

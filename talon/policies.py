@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Protocol
 
-from talon.cost import AcceptanceModel
-from talon.gate import GatedPolicy
-from talon.lookup import Lookup, LookupConfig
-from talon.policy import (ArPolicy, ChainPolicy, Eagle3Policy, LookupPolicy, Policy, TalonCostPolicy,
+from talon_rt.talon.cost import AcceptanceModel
+from talon_rt.talon.gate import GatedPolicy
+from talon_rt.talon.lookup import Lookup, LookupConfig
+from talon_rt.talon.policy import (ArPolicy, ChainPolicy, Eagle3Policy, LookupPolicy, Policy, TalonCostPolicy,
                           TalonLookupPolicy, TalonPolicy)
 
 AR, CHAIN, EAGLE3, TALON = "ar", "chain", "eagle3", "talon"
@@ -27,7 +27,7 @@ ENGINE_DEFAULT = TALON_GATED   # what an exported engine's manifest names: draft
 
 
 class Limits(Protocol):
-    """The engine limits a policy's round must fit (runtime.manifest.Limits)."""
+    """The engine limits a policy's round must fit (talon_rt.runtime.manifest.Limits)."""
 
     max_tree_tokens: int
     max_prefill_chunk: int
@@ -36,7 +36,7 @@ class Limits(Protocol):
 
 @dataclass(frozen=True)
 class Knob:
-    """A policy option of a session: a runtime.options.Options field, a CLI flag, an x_talon field and
+    """A policy option of a session: a talon_rt.runtime.options.Options field, a CLI flag, an x_talon field and
     a manifest default, passed to the policy's constructor as `keyword`."""
 
     option: str
@@ -203,7 +203,7 @@ def make_policy(name: str, **options) -> Policy:
 
 
 def policy_from_options(name: str, values: Mapping[str, Any], cost: Any = None) -> Policy:
-    """Policy `name` from session option values (by option name, e.g. runtime.options.Options);
+    """Policy `name` from session option values (by option name, e.g. talon_rt.runtime.options.Options);
     `cost`: the engine's CostModel, for a policy that needs one."""
     spec = policy_spec(name)
     return make_policy(name, **spec.keywords(values), **({"cost": cost} if spec.needs_cost else {}))

@@ -25,12 +25,12 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-from talon.cost import AcceptanceModel, CostModel
-from talon.lookup import Lookup, Proposal
-from talon.nodes import ROOT, Expand, Nodes, check_int, layer_counts
-from talon.sizer import Sizer
-from talon.tree import BuildInfo, DraftTree, root_tree
-from talon.verify import Acceptance
+from talon_rt.talon.cost import AcceptanceModel, CostModel
+from talon_rt.talon.lookup import Lookup, Proposal
+from talon_rt.talon.nodes import ROOT, Expand, Nodes, check_int, layer_counts
+from talon_rt.talon.sizer import Sizer
+from talon_rt.talon.tree import BuildInfo, DraftTree, root_tree
+from talon_rt.talon.verify import Acceptance
 
 
 class Learner(Protocol):

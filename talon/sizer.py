@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-from talon.cost import AcceptanceModel, CostModel
-from talon.nodes import Nodes
-from talon.tree import DraftTree
+from talon_rt.talon.cost import AcceptanceModel, CostModel
+from talon_rt.talon.nodes import Nodes
+from talon_rt.talon.tree import DraftTree
 
 
 class Sizer:

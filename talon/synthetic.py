@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from talon.tree import DraftTree
+from talon_rt.talon.tree import DraftTree
 
 _MIX = np.array([7919, 104729, 31], dtype=np.int64)  # hash multipliers for (token, parent token, depth)
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from talon.sampling import sample_token
-from talon.tree import DraftTree
+from talon_rt.talon.sampling import sample_token
+from talon_rt.talon.tree import DraftTree
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ import signal
 
 import pytest
 
+from tests.helpers import export_tiny
+
 # A shell's background job starts with SIGINT ignored, and Python then installs no KeyboardInterrupt
 # handler (children inherit the ignore): the tests that send Ctrl-C would see nothing. Restore it.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
@@ -14,44 +16,33 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory):
     """(model_dir, draft_dir): 8-layer d=64 Llama (vocab 320, GQA 4/2), EAGLE-3 head (draft vocab 160)."""
-    from export.tiny import make_tiny_pair
+    from talon_rt.export.tiny import make_tiny_pair
     return make_tiny_pair(tmp_path_factory.mktemp("tiny_pair"), arch="llama", seed=0)
-
-
-def _export_tiny(tiny_pair, tmp_path_factory, flavour: str, name: str, check: bool = False, **options):
-    """`tiny_pair` exported fp32 with max_seq_len 256, max_tree_tokens 64, max_prefill_chunk 128, k_max 32
-    (and any other ExportOptions field in `options`)."""
-    from export.build import ExportOptions, export_engine
-    model_dir, draft_dir = tiny_pair
-    out = tmp_path_factory.mktemp(name) / name
-    opts = ExportOptions(dtype="float32", max_seq_len=256, max_tree_tokens=64, max_prefill_chunk=128, k_max=32,
-                         flavour=flavour, **options)
-    return export_engine(model_dir, draft_dir, out, opts, name=name, check=check)
 
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_pair, tmp_path_factory):
     """Engine directory of `tiny_pair`, flavour standard."""
-    return _export_tiny(tiny_pair, tmp_path_factory, "standard", "tiny")
+    return export_tiny(tiny_pair, tmp_path_factory, "standard", "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_engine_gqa(tiny_pair, tmp_path_factory):
     """`tiny_engine` with flavour "gqa": GroupQueryAttention writing the KV caches in place."""
-    return _export_tiny(tiny_pair, tmp_path_factory, "gqa", "tiny-gqa", check=True)   # export.check on gqa too
+    return export_tiny(tiny_pair, tmp_path_factory, "gqa", "tiny-gqa", check=True)   # talon_rt.export.check on gqa too
 
 
 @pytest.fixture(scope="session")
 def tiny_engine_ort(tiny_pair, tmp_path_factory):
     """`tiny_engine` with flavour "ort": ORT's fused ops, row-invariant attention (the export default)."""
-    return _export_tiny(tiny_pair, tmp_path_factory, "ort", "tiny-ort", check=True)
+    return export_tiny(tiny_pair, tmp_path_factory, "ort", "tiny-ort", check=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_target_engine(tiny_pair, tmp_path_factory):
     """`tiny_pair`'s target alone (no --draft): a target-only engine, flavour standard, with the context
     chosen by the exporter (max_seq_len left out)."""
-    from export.build import ExportOptions, export_engine
+    from talon_rt.export.build import ExportOptions, export_engine
     out = tmp_path_factory.mktemp("tiny-target") / "tiny-target"
     opts = ExportOptions(dtype="float32", max_tree_tokens=64, max_prefill_chunk=128, flavour="standard")
     return export_engine(tiny_pair[0], None, out, opts, name="tiny-target", check=True)
@@ -64,7 +55,6 @@ def flavour_engine(request):
                                     "ort": "tiny_engine_ort"}[request.param])
 
 
-
 class GpuNeeds:
     """Called first in a gpu-marked test (those run only when selected with `pytest -m gpu`): a missing
     GPU, provider or package FAILS the test with the reason, never skips it."""
@@ -73,8 +63,8 @@ class GpuNeeds:
         """onnxruntime's CUDA execution provider and a CUDA device."""
         import onnxruntime as ort
 
-        from runtime.backends import cuda_rt
-        from runtime.backends.ort import ort_gpu_conflict
+        from talon_rt.runtime.backends import cuda_rt
+        from talon_rt.runtime.backends.ort import ort_gpu_conflict
         missing = []
         if cuda_rt.device_count() == 0:
             missing.append("a CUDA device (libcudart " + ("sees none" if cuda_rt._lib() else "not found") + ")")
@@ -86,7 +76,7 @@ class GpuNeeds:
 
     def tensorrt(self) -> None:
         """The tensorrt package with a usable CUDA device."""
-        from export.trt import TrtUnavailable, load_tensorrt
+        from talon_rt.export.trt import TrtUnavailable, load_tensorrt
         try:
             load_tensorrt()
             reason = None
@@ -99,14 +89,3 @@ class GpuNeeds:
 @pytest.fixture
 def need() -> GpuNeeds:
     return GpuNeeds()
-
-
-def edited_engine(engine, out, edit):
-    """A copy of the engine directory `engine` at `out` whose manifest.json went through `edit(dict)`."""
-    import json
-    import shutil
-    shutil.copytree(engine, out)
-    manifest = json.loads((out / "manifest.json").read_text())
-    edit(manifest)
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out

@@ -10,5 +10,5 @@ extra); export/ never imports it, and the runtime never imports either.
     readme.py       pieces of the model READMEs the recipes write from their recorded results
     prompts.py      benchmark prompt files: one {"id", "prompt"} JSON object per line
     recipes/        stdlib_pair: the stdlib pair (models/stdlib-pair); head: an EAGLE-3 head for a
-                    real target (models/smollm2-eagle3). `python -m train.recipes.<name> --help`
+                    real target (models/smollm2-eagle3). `python -m talon_rt.train.recipes.<name> --help`
 """

@@ -23,9 +23,9 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformers import LlamaForCausalLM
 
-from export.config import HeadConfig, TargetConfig
-from export.reference import Eagle3Head
-from train.target_pass import AUTOCAST, TargetPass
+from talon_rt.export.config import HeadConfig, TargetConfig
+from talon_rt.export.reference import Eagle3Head
+from talon_rt.train.target_pass import AUTOCAST, TargetPass
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from typing import Callable
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from export.errors import ExportError
-from train.console import console
-from train.threads import ThreadGovernor
+from talon_rt.export.errors import ExportError
+from talon_rt.train.console import console
+from talon_rt.train.threads import ThreadGovernor
 
 CKPT = "ckpt.pt"
 LOG_SECONDS = 60  # log files: a line at least this often, whatever the step count

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from export.config import TargetConfig
+from talon_rt.export.config import TargetConfig
 
 AUTOCAST = dict(device_type="cpu", dtype=torch.bfloat16)
 

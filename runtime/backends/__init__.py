@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from runtime.backends.base import Backend
-from runtime.errors import OptionError
-from runtime.manifest import Manifest
+from talon_rt.runtime.backends.base import Backend
+from talon_rt.runtime.errors import OptionError
+from talon_rt.runtime.manifest import Manifest
 
 __all__ = ["Backend", "open_backend", "resolve_backend"]
 
 
 def _gpu_present() -> bool:
-    from runtime.backends import cuda_rt
+    from talon_rt.runtime.backends import cuda_rt
     return cuda_rt.device_count() > 0
 
 
@@ -19,9 +19,9 @@ def resolve_backend(m: Manifest, backend: str) -> str:
     when onnxruntime-gpu sees a device and the graphs are flavour standard, else ORT CPU."""
     if backend != "auto":
         return backend
-    from runtime.backends.ort import cuda_available
+    from talon_rt.runtime.backends.ort import cuda_available
     if all(m.plan(r) is not None for r in m.roles) and _gpu_present():
-        from runtime.backends.trt import trt_available
+        from talon_rt.runtime.backends.trt import trt_available
         if trt_available():
             return "tensorrt"
     standard = all(m.graphs[r].flavour == "standard" for r in m.roles)
@@ -33,9 +33,9 @@ def resolve_backend(m: Manifest, backend: str) -> str:
 def open_backend(m: Manifest, backend: str, threads: int, thread_mode: str) -> Backend:
     name = resolve_backend(m, backend)
     if name == "tensorrt":
-        from runtime.backends.trt import TrtBackend
+        from talon_rt.runtime.backends.trt import TrtBackend
         return TrtBackend(m)
-    from runtime.backends.ort import OrtBackend
+    from talon_rt.runtime.backends.ort import OrtBackend
     if name == "ort-cuda":
         return OrtBackend(m, device="cuda", threads=threads, thread_mode=thread_mode)
     if name == "ort-cpu":

@@ -39,10 +39,10 @@ from typing import Any, Callable
 import numpy as np
 import onnxruntime as ort
 
-from runtime.backends.base import Backend, check_call
-from runtime.backends.ort_io import DeviceIO, HostIO, KVLayout
-from runtime.errors import EngineError, OptionError
-from runtime.manifest import Manifest, check_graph_io
+from talon_rt.runtime.backends.base import Backend, check_call
+from talon_rt.runtime.backends.ort_io import DeviceIO, HostIO, KVLayout
+from talon_rt.runtime.errors import EngineError, OptionError
+from talon_rt.runtime.manifest import Manifest, check_graph_io
 
 _GLOBAL_POOL: dict[str, int] = {}
 
@@ -210,7 +210,7 @@ def _check_device(m: Manifest, device: str) -> None:
     if not cuda_available():
         raise OptionError("option backend: 'ort-cuda' needs onnxruntime-gpu with a CUDA device"
                           + ort_gpu_conflict())
-    from runtime.backends import cuda_rt
+    from talon_rt.runtime.backends import cuda_rt
     cuda_rt.preload_pip_cuda()
 
 
@@ -248,7 +248,7 @@ def ort_gpu_conflict() -> str:
 def _default_io(device: str, dt: type) -> HostIO:
     """Device buffers through libcudart on CUDA; host buffers bound in place on the CPU."""
     if device == "cuda":
-        from runtime.backends import cuda_rt
+        from talon_rt.runtime.backends import cuda_rt
         return DeviceIO(cuda_rt.load(), dt)
     return HostIO()
 

@@ -11,7 +11,7 @@ consumes it when it is bound (IOBinding::BindInput -> CopyOneInputAcrossDevices)
 runs, so a binding cached across calls would feed every later call the first call's values.
 Outputs read on the host stay bound to host arrays: ORT copies those after each run.
 
-Device copies go through `runtime.backends.cuda_rt` (or anything with its memcpy / memcpy2d / sync
+Device copies go through `talon_rt.runtime.backends.cuda_rt` (or anything with its memcpy / memcpy2d / sync
 interface: the tests pass a recorder over host memory). The copies run on the legacy default stream
 after `run_with_iobinding` has synchronised ORT's stream and are synchronised before returning.
 """
@@ -88,7 +88,7 @@ class DeviceIO(HostIO):
         return buf.data_ptr()
 
     def gather_rows(self, dst: Any, src: Any, rows: np.ndarray, width: int, q: int) -> None:
-        from runtime.backends.cuda_rt import D2D
+        from talon_rt.runtime.backends.cuda_rt import D2D
         n, row = rows.shape[0], width * self.itemsize
         d, s = self.ptr(dst), self.ptr(src)
         if rows[-1] == n - 1:   # rows 0..n-1: one copy
@@ -100,7 +100,7 @@ class DeviceIO(HostIO):
 
     def store_rows(self, kv: KVLayout, cache: Any, new: Any, past_len: int, q: int,
                    rows: np.ndarray | None) -> None:
-        from runtime.backends.cuda_rt import copy_rows
+        from talon_rt.runtime.backends.cuda_rt import copy_rows
         row = kv.head_dim * self.itemsize
         rows = np.arange(q) if rows is None else rows
         c, n = self.ptr(cache), self.ptr(new)
@@ -110,7 +110,7 @@ class DeviceIO(HostIO):
         self.cuda.sync(0)
 
     def compact_rows(self, kv: KVLayout, cache: Any, past_len: int, rows: np.ndarray) -> None:
-        from runtime.backends.cuda_rt import compact_rows
+        from talon_rt.runtime.backends.cuda_rt import compact_rows
         row = kv.head_dim * self.itemsize
         c = self.ptr(cache)
         for s in range(kv.slabs):

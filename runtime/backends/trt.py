@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends import cuda_rt
-from runtime.backends.base import Backend, check_call
-from runtime.errors import EngineError, OptionError
-from runtime.manifest import Manifest, check_graph_io, expected_io
+from talon_rt.runtime.backends import cuda_rt
+from talon_rt.runtime.backends.base import Backend, check_call
+from talon_rt.runtime.errors import EngineError, OptionError
+from talon_rt.runtime.manifest import Manifest, check_graph_io, expected_io
 
 
 def trt_available() -> bool:

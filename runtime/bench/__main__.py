@@ -1,11 +1,11 @@
-"""`python -m runtime.bench ARGS` == `talon-rt bench ARGS`."""
+"""`python -m talon_rt.runtime.bench ARGS` == `talon-rt bench ARGS`."""
 
 from __future__ import annotations
 
 import sys
 from typing import Sequence
 
-from runtime import cli
+from talon_rt.runtime import cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:

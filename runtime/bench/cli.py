@@ -1,6 +1,6 @@
 """`talon-rt bench`: the comparison table, the budget sweep, the peers and the synthetic microbench.
 
-Registered by runtime/cli.py through `add_parser(subparsers)`; `python -m runtime.bench ...` is the
+Registered by runtime/cli.py through `add_parser(subparsers)`; `python -m talon_rt.runtime.bench ...` is the
 same command.
 """
 
@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from runtime.errors import OptionError
-from talon.policies import BASELINE, CHAIN_DEPTH, DEFAULT, MU, NAMES, ROOT_K, SPECS, policy_spec
+from talon_rt.runtime.errors import OptionError
+from talon_rt.talon.policies import BASELINE, CHAIN_DEPTH, DEFAULT, MU, NAMES, ROOT_K, SPECS, policy_spec
 
 DEFAULT_BUDGETS = (8, 16, 32, 60)
 SWEEP_BUDGETS = (4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 60)
@@ -23,7 +23,7 @@ RUNS_DIR = "runs"
 # fewer prompts per dataset than this: the medians and spreads rest on too few samples to compare
 MIN_PROMPTS = 5
 POLICIES = NAMES
-# the policies talon.microbench times: the head's tree shapes alone (no cost model, no lookup index)
+# the policies talon_rt.talon.microbench times: the head's tree shapes alone (no cost model, no lookup index)
 SYNTHETIC = tuple(s.name for s in SPECS.values() if s.needs_head and not s.needs_cost and not s.reads_text)
 
 
@@ -80,7 +80,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="also run llama.cpp, onnxruntime-genai and transformers on the same model and prompts")
     p.add_argument("--gguf", help="the GGUF the engine was exported from (for --peers: llama.cpp)")
     p.add_argument("--hf-model", help="the target in Hugging Face format (for --peers: onnxruntime-genai, "
-                                      "transformers; `python -m export.hf_folder` makes one from a GGUF)")
+                                      "transformers; `python -m talon_rt.export.hf_folder` makes one from a GGUF)")
     p.add_argument("--draft-lm", help="a standalone draft LM in Hugging Face format (for the peers' draft modes)")
     p.add_argument("--peers-cache", default=None,
                    help="where the peers' virtualenvs, builds and exported models are cached "
@@ -89,14 +89,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="run the peers with this Python (which then needs their libraries) instead of each "
                         "family's own virtualenv")
     p.add_argument("--synthetic", action="store_true",
-                   help="run the algorithm-only host-time microbench (talon.microbench) instead")
+                   help="run the algorithm-only host-time microbench (talon_rt.talon.microbench) instead")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
 
 
 def _synthetic(args: argparse.Namespace) -> int:
-    from talon import microbench
+    from talon_rt.talon import microbench
     argv = ["--budgets", *map(str, args.budgets or DEFAULT_BUDGETS),
             "--policies", *[p for p in args.policies if p in SYNTHETIC]]
     microbench.main(argv)
@@ -175,7 +175,7 @@ def check_gguf(gguf: str | None, manifest: Any) -> None:
 def compare_manifests(dirs: Sequence[str], manifest: Any) -> list[Any]:
     """The --compare-engine manifests: each must tokenize as --engine does (the prompt ids are
     encoded once) and be a different directory."""
-    from runtime.manifest import open_manifest
+    from talon_rt.runtime.manifest import open_manifest
     out = []
     for d in dirs:
         m = open_manifest(d, verify_checksums=False)
@@ -191,17 +191,17 @@ def compare_manifests(dirs: Sequence[str], manifest: Any) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The subcommand; a TalonError propagates to runtime.cli, which prints it in one line."""
+    """The subcommand; a TalonError propagates to talon_rt.runtime.cli, which prints it in one line."""
     if args.synthetic:
         return _synthetic(args)
     return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from runtime.bench import metrics, plots, report, sweep
-    from runtime.bench.datasets import load_prompts
-    from runtime.bench.runner import RunPlan, make_configs, run_plan
-    from runtime.manifest import open_manifest
+    from talon_rt.runtime.bench import metrics, plots, report, sweep
+    from talon_rt.runtime.bench.datasets import load_prompts
+    from talon_rt.runtime.bench.runner import RunPlan, make_configs, run_plan
+    from talon_rt.runtime.manifest import open_manifest
 
     _check_args(args)
     manifest = open_manifest(args.engine, verify_checksums=False)  # Generator.open verifies them
@@ -257,7 +257,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _generator_opener(args: argparse.Namespace) -> Callable[[Any], Any]:
     """open_generator(config): a Generator on the config's engine with its policy settings."""
-    from runtime.api import Generator
+    from talon_rt.runtime.api import Generator
 
     def open_generator(c):
         opts: dict[str, Any] = {"policy": c.policy, "budget": c.budget, "temperature": c.temperature,
@@ -289,7 +289,7 @@ def _settings(args: argparse.Namespace, plan: Any, manifest: Any, *, policies: l
 def _print_tables(rows: list[dict], others: Sequence[Any], peers_rows: list[dict], best: dict | None,
                   extra: dict[str, Any]) -> None:
     """Table 1 of each engine, the peers' table and the best talon budget, on stdout."""
-    from runtime.bench import metrics, report
+    from talon_rt.runtime.bench import metrics, report
 
     print("\n".join(report.table1(metrics.engine_rows(rows))))
     for m in others:
@@ -304,9 +304,9 @@ def _print_tables(rows: list[dict], others: Sequence[Any], peers_rows: list[dict
 
 def _run_peers(args: argparse.Namespace, plan: Any, rows: list[dict], runs: list[Any], manifest: Any,
                others: Sequence[Any] = ()) -> list[dict]:
-    from runtime.bench.peers import PeerPrompt, default_cache_dir, run_peers
-    from runtime.bench.peers.agreement import agreement, label
-    from runtime.bench.report import output_digest
+    from talon_rt.runtime.bench.peers import PeerPrompt, default_cache_dir, run_peers
+    from talon_rt.runtime.bench.peers.agreement import agreement, label
+    from talon_rt.runtime.bench.report import output_digest
     prompts = [PeerPrompt(p.dataset, p.id, ids) for p, ids in zip(plan.prompts, plan.prompt_ids)]
     cache = Path(args.peers_cache) if args.peers_cache else default_cache_dir()
     say = None if args.no_progress else (lambda name: print(f"peer: {name}", file=sys.stderr, flush=True))

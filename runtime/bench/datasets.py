@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.errors import TalonError
+from talon_rt.runtime.errors import TalonError
 
 
 class DatasetError(TalonError):

@@ -1,4 +1,4 @@
-"""`python -m runtime.bench.memory --engine DIR`: does the process's memory stay flat over a long run?
+"""`python -m talon_rt.runtime.bench.memory --engine DIR`: does the process's memory stay flat over a long run?
 
 One Generator generates from a fixed code prompt again and again, each call a new context of at most
 --per-call tokens, until --tokens tokens are out (10k tokens cross many context refills). After each
@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from runtime.api import Generator
-from runtime.arguments import EXIT_USAGE, ArgumentParser
-from runtime.errors import TalonError
-from runtime.manifest import Manifest, kv_buffers
+from talon_rt.runtime.api import Generator
+from talon_rt.runtime.arguments import EXIT_USAGE, ArgumentParser
+from talon_rt.runtime.errors import TalonError
+from talon_rt.runtime.manifest import Manifest, kv_buffers
 
-PROG = "python -m runtime.bench.memory"
+PROG = "python -m talon_rt.runtime.bench.memory"
 PROMPT = "def fibonacci(n):\n"
 STATUS = Path("/proc/self/status")
 MB = 1e6

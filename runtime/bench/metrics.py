@@ -17,8 +17,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from runtime.bench.runner import POLICY_ORDER, BenchConfig, PromptRun
-from talon.policies import BASELINE, DEFAULT
+from talon_rt.runtime.bench.runner import POLICY_ORDER, BenchConfig, PromptRun
+from talon_rt.talon.policies import BASELINE, DEFAULT
 
 
 def _ratio(num: float, den: float) -> float | None:

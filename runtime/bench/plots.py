@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from talon.policies import BUDGET, CHAIN_DEPTH, EAGLE3, MU, NAMES, TALON, policy_spec
+from talon_rt.talon.policies import BUDGET, CHAIN_DEPTH, EAGLE3, MU, NAMES, TALON, policy_spec
 
 # one colour per policy, in registry order
 PALETTE = ("0.4", "tab:green", "tab:blue", "tab:red", "tab:purple", "tab:olive", "tab:orange", "tab:brown",

@@ -13,9 +13,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
-from runtime.bench.metrics import engine_rows
-from runtime.bench.runner import PromptRun
-from talon.policies import BASELINE, BUDGET, CHAIN_DEPTH, SPECS, policy_spec
+from talon_rt.runtime.bench.metrics import engine_rows
+from talon_rt.runtime.bench.runner import PromptRun
+from talon_rt.talon.policies import BASELINE, BUDGET, CHAIN_DEPTH, SPECS, policy_spec
 
 SCHEMA = 1
 VERSIONED = ("talon-rt", "numpy", "onnxruntime", "onnxruntime-genai", "tokenizers", "torch",

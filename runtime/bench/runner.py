@@ -2,7 +2,7 @@
 warm-up, so slow drift of the machine (thermal, other load) hits every policy alike.
 
 The runner drives anything Generator-like (`encode`, `generate`, `close`): the real
-`runtime.api.Generator` or a test double. Timing is the wall clock around `generate`, prefill
+`talon_rt.runtime.api.Generator` or a test double. Timing is the wall clock around `generate`, prefill
 included, the same measure the peers get.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from runtime.bench.datasets import Prompt
-from talon.policies import CHAIN_DEPTH, MU, NAMES, policy_spec
+from talon_rt.runtime.bench.datasets import Prompt
+from talon_rt.talon.policies import CHAIN_DEPTH, MU, NAMES, policy_spec
 
 POLICY_ORDER = NAMES
 
@@ -111,7 +111,7 @@ OpenGenerator = Callable[[BenchConfig], GeneratorLike]
 
 def record_run(prompt: Prompt, config: BenchConfig, prompt_ids: Sequence[int], result: Any,
                wall_s: float) -> PromptRun:
-    """Summarise one `generate` result (GenerationResult with runtime.stats.RunStats)."""
+    """Summarise one `generate` result (GenerationResult with talon_rt.runtime.stats.RunStats)."""
     stats = result.stats
     shapes = tuple(RoundShape(depth=len(r.nodes_per_layer), width=max(r.nodes_per_layer, default=0),
                               size=int(r.tree_size)) for r in stats.per_round)

@@ -10,9 +10,9 @@ import json
 import os
 from pathlib import Path
 
-from runtime.errors import EngineError
-from runtime.manifest import MANIFEST, open_manifest
-from runtime.options import resolve_options
+from talon_rt.runtime.errors import EngineError
+from talon_rt.runtime.manifest import MANIFEST, open_manifest
+from talon_rt.runtime.options import resolve_options
 
 
 def write_defaults(engine_dir: str | os.PathLike[str], best: dict) -> Path:

@@ -3,8 +3,8 @@ status 0 carries the result, any other status a message. The status values mirro
 import json
 import traceback
 
-from runtime import errors
-from runtime.api import Generator
+from talon_rt.runtime import errors
+from talon_rt.runtime.api import Generator
 
 OK, E_ENGINE, E_OPTION, E_INPUT, E_BUFFER, E_HANDLE, E_ARG, E_BUSY, E_CANCELLED, E_INIT, E_PYTHON, E_NOMEM = range(12)
 

@@ -1,11 +1,11 @@
 """Per-call overhead of the C API against calling the Python runtime directly.
 
-    make capi && .venv/bin/python -m runtime.capi.overhead --engine engines/demo --calls 300
+    make capi && .venv/bin/python -m talon_rt.runtime.capi.overhead --engine engines/demo --calls 300
 
 Times the same calls both ways: a one-token generation (`policy=ar`, one intra-op thread, so the call
 is one prefill and the crossing cost is visible) and a tokenizer call (`encode`, almost nothing but the
 crossing). The C side is examples/overhead.c linked against libtalon_rt.so; the Python side is
-runtime.api.Generator in this process. The two sides alternate in blocks so that a busy machine
+talon_rt.runtime.api.Generator in this process. The two sides alternate in blocks so that a busy machine
 slows both alike; reported: the median of the block medians of each side, and the median over
 blocks of the paired difference (the overhead).
 """
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from talon.policies import BASELINE
+from talon_rt.talon.policies import BASELINE
 
 HERE = Path(__file__).resolve().parent
 OPTIONS = {"policy": BASELINE, "threads": 1}
@@ -62,7 +62,7 @@ def _median_s(fn, calls: int) -> float:
 
 def measure(engine: str, calls: int, blocks: int, lib_dir: Path, cc: str) -> dict[str, dict[str, float]]:
     """{name: {"c_us", "python_us", "overhead_us"}}: medians over `blocks` alternating blocks."""
-    from runtime.api import Generator
+    from talon_rt.runtime.api import Generator
     if not (lib_dir / "libtalon_rt.so").is_file():
         raise SystemExit(f"{lib_dir / 'libtalon_rt.so'}: not found (run `make capi` first)")
     per_block = max(1, calls // blocks)
@@ -82,7 +82,7 @@ def measure(engine: str, calls: int, blocks: int, lib_dir: Path, cc: str) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runtime.capi.overhead", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m talon_rt.runtime.capi.overhead", description=__doc__.splitlines()[0])
     ap.add_argument("--engine", required=True, help="engine directory")
     ap.add_argument("--calls", type=int, default=300, help="timed calls per side and measurement (default 300)")
     ap.add_argument("--blocks", type=int, default=5, help="alternating C / Python blocks (default 5)")

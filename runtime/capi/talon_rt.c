@@ -31,7 +31,7 @@
 struct talon_rt {
     uint32_t magic;
     int busy;              /* guarded by g_lock */
-    PyObject *gen;         /* runtime.api.Generator; NULL once closed */
+    PyObject *gen;         /* talon_rt.runtime.api.Generator; NULL once closed */
     char *error;           /* last failure on this handle (malloc), NULL if none */
     int32_t *tokens;       /* last generation's tokens */
     size_t n_tokens, cap_tokens;
@@ -240,7 +240,7 @@ static int import_bridge(char **msg, int started_here)
         if (present < 0)
             goto fail;
     }
-    bridge = PyImport_ImportModule("runtime.capi.bridge");
+    bridge = PyImport_ImportModule("talon_rt.runtime.capi.bridge");
     if (!bridge)
         goto fail;
     static const char *const names[7] = {"open_generator", "generate", "encode", "decode",
@@ -271,7 +271,7 @@ static int import_bridge(char **msg, int started_here)
     return TALON_RT_OK;
 fail:;
     char *why = take_exception(NULL);
-    *msg = format("talon_rt: cannot import the runtime (runtime.capi.bridge; root '%s', set "
+    *msg = format("talon_rt: cannot import the runtime (talon_rt.runtime.capi.bridge; root '%s', set "
                   "TALON_RT_ROOT): %s", root, why ? why : "");
     free(why);
     return TALON_RT_E_INIT;

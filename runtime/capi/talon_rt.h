@@ -1,7 +1,7 @@
 /*
  * talon_rt.h — C API of talon-rt: speculative decoding with adaptive draft trees (TALON).
  *
- * The library embeds the Python runtime (runtime.api.Generator, docs/python-api.md) in a C host.
+ * The library embeds the Python runtime (talon_rt.runtime.api.Generator, docs/python-api.md) in a C host.
  * Build it with `make capi` (-> runtime/capi/libtalon_rt.so) and link with
  * `-Iruntime/capi -Lruntime/capi -ltalon_rt -Wl,-rpath,$PWD/runtime/capi`.
  *
@@ -77,19 +77,19 @@ extern "C" {
 typedef enum talon_rt_status {
     TALON_RT_OK = 0,
     TALON_RT_E_ENGINE = 1,    /* engine directory, manifest, checksum or graph I/O is wrong
-                                 (runtime.errors.EngineError), e.g. the directory does not exist */
+                                 (talon_rt.runtime.errors.EngineError), e.g. the directory does not exist */
     TALON_RT_E_OPTION = 2,    /* options_json is not a JSON object, or an option is unknown, not
                                  finite or out of range, here or in the manifest's defaults
-                                 (runtime.errors.OptionError) */
+                                 (talon_rt.runtime.errors.OptionError) */
     TALON_RT_E_INPUT = 3,     /* bad prompt: empty, too long for the context, token id out of range,
-                                 text that is not UTF-8 (runtime.errors.InputError) */
+                                 text that is not UTF-8 (talon_rt.runtime.errors.InputError) */
     TALON_RT_E_BUFFER = 4,    /* the caller's buffer is too small; *n_out holds the size needed and
                                  the buffer holds as much as fits; the result is kept (see
                                  talon_rt_last_tokens) */
-    TALON_RT_E_HANDLE = 5,    /* NULL, unknown or closed handle (runtime.errors.ClosedError too) */
+    TALON_RT_E_HANDLE = 5,    /* NULL, unknown or closed handle (talon_rt.runtime.errors.ClosedError too) */
     TALON_RT_E_ARG = 6,       /* a required pointer argument is NULL */
     TALON_RT_E_BUSY = 7,      /* the handle is serving another call (another thread, or a re-entrant
-                                 call from its own stream callback; runtime.errors.BusyError) */
+                                 call from its own stream callback; talon_rt.runtime.errors.BusyError) */
     TALON_RT_E_CANCELLED = 8, /* the stream callback returned non-zero; generation stopped */
     TALON_RT_E_INIT = 9,      /* the Python interpreter could not start or the runtime could not be
                                  imported (message says which and why) */
@@ -132,7 +132,7 @@ typedef int (*talon_rt_token_fn)(const int32_t *tokens, size_t n_tokens, void *u
 typedef struct talon_rt talon_rt;
 
 /* Open the engine directory `engine_dir` with options: a JSON object whose keys are the options of
- * runtime.api.Generator.open (policy, budget, mu, root_k, eagle3_top_k, eagle3_depth, chain_depth,
+ * talon_rt.runtime.api.Generator.open (policy, budget, mu, root_k, eagle3_top_k, eagle3_depth, chain_depth,
  * max_new_tokens, temperature, top_p, top_k, min_p, repetition_penalty, frequency_penalty,
  * presence_penalty, seed, backend, threads, thread_mode), e.g.
  * {"policy": "talon", "budget": 16, "temperature": 0}. NULL or "" = the manifest's defaults.

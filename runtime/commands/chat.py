@@ -13,8 +13,8 @@ import signal
 import sys
 from typing import Any, Callable, TextIO
 
-from runtime.commands.run import OPTION_ARGS, TextStream, add_options, format_stats
-from runtime.errors import InputError, TalonError
+from talon_rt.runtime.commands.run import OPTION_ARGS, TextStream, add_options, format_stats
+from talon_rt.runtime.errors import InputError, TalonError
 
 PROMPT = "> "
 COMMANDS = {
@@ -152,7 +152,7 @@ def loop(session: ChatSession, read: Callable[[str], str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.api import Generator
+    from talon_rt.runtime.api import Generator
 
     options = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None}
     with Generator.open(args.engine, **options) as gen:

@@ -1,14 +1,14 @@
 """`talon-rt inspect --engine DIR` (or `inspect DIR`): the manifest summary and the validation result (exit 0 valid, 2 invalid).
 
-Valid means what `Generator.open` checks: runtime.validate.validate_engine, then every graph's I/O."""
+Valid means what `Generator.open` checks: talon_rt.runtime.validate.validate_engine, then every graph's I/O."""
 
 from __future__ import annotations
 
 import argparse
 
-from runtime.errors import InputError, TalonError
-from runtime.manifest import Manifest, open_manifest
-from runtime.validate import validate_engine
+from talon_rt.runtime.errors import InputError, TalonError
+from talon_rt.runtime.manifest import Manifest, open_manifest
+from talon_rt.runtime.validate import validate_engine
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     m = open_manifest(engine, verify_checksums=False)
     for line in summary(m):
         print(line)
-    from runtime.backends.ort import check_graphs
+    from talon_rt.runtime.backends.ort import check_graphs
     try:
         check_graphs(validate_engine(engine)[0])
     except TalonError as e:   # the manifest defaults raise OptionError

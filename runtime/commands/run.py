@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.chat import check_text
-from runtime.errors import InputError
-from runtime.options import BACKENDS, POLICIES, THREAD_MODES
-from runtime.text import IncrementalText
-from talon.policies import KNOB_NAMES, KNOBS, SPECS
+from talon_rt.runtime.chat import check_text
+from talon_rt.runtime.errors import InputError
+from talon_rt.runtime.options import BACKENDS, POLICIES, THREAD_MODES
+from talon_rt.runtime.text import IncrementalText
+from talon_rt.talon.policies import KNOB_NAMES, KNOBS, SPECS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,7 +46,7 @@ STATS_HELP = ("print run statistics on stderr (in the JSON with --json): tokens,
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
-    """The generation and session options (runtime.options.Options) as flags."""
+    """The generation and session options (talon_rt.runtime.options.Options) as flags."""
     p.add_argument("--policy", choices=POLICIES, help="draft-tree policy: " + "; ".join(
         f"{s.name} ({s.label})" for s in SPECS.values()))
     for knob in KNOBS:
@@ -103,7 +103,7 @@ class TextStream:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.api import Generator
+    from talon_rt.runtime.api import Generator
 
     if args.system is not None and args.chat is None:
         raise InputError("--system needs --chat (a raw --prompt is not templated)")

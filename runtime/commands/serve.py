@@ -7,13 +7,13 @@ import math
 import os
 import sys
 
-from runtime.commands.run import OPTION_ARGS, add_options
-from runtime.errors import OptionError
-from runtime.serve import API_KEY_ENV
+from talon_rt.runtime.commands.run import OPTION_ARGS, add_options
+from talon_rt.runtime.errors import OptionError
+from talon_rt.runtime.serve import API_KEY_ENV
 
 DEFAULT_MAX_QUEUE = 64     # waiting requests beyond the busy instances; more get 429 + Retry-After
-DEFAULT_MAX_BODY_BYTES = 4 << 20   # runtime.serve.app.MAX_BODY_BYTES (not imported: it pulls in fastapi)
-DEFAULT_BODY_TIMEOUT_S = 30.0      # runtime.serve.app.BODY_TIMEOUT_S
+DEFAULT_MAX_BODY_BYTES = 4 << 20   # talon_rt.runtime.serve.app.MAX_BODY_BYTES (not imported: it pulls in fastapi)
+DEFAULT_BODY_TIMEOUT_S = 30.0      # talon_rt.runtime.serve.app.BODY_TIMEOUT_S
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from runtime.serve.app import Server, create_app, timed_h11
+    from talon_rt.runtime.serve.app import Server, create_app, timed_h11
 
     api_key = api_key_of(args)
     pool = open_pool(args)
@@ -96,8 +96,8 @@ def startup_line(name: str, args: argparse.Namespace, pool, api_key: str | None)
 
 
 def open_pool(args: argparse.Namespace):
-    from runtime.api import Generator
-    from runtime.serve.pool import Pool, threads_per_instance
+    from talon_rt.runtime.api import Generator
+    from talon_rt.runtime.serve.pool import Pool, threads_per_instance
 
     check_settings(args)
     options = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from runtime.commands.run import OPTION_ARGS, add_options
-from runtime.triton.repo import KINDS
+from talon_rt.runtime.commands.run import OPTION_ARGS, add_options
+from talon_rt.runtime.triton.repo import KINDS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def triton_repo(args: argparse.Namespace) -> int:
-    from runtime.manifest import open_manifest
-    from runtime.options import resolve_options
-    from runtime.triton.repo import write_repository
+    from talon_rt.runtime.manifest import open_manifest
+    from talon_rt.runtime.options import resolve_options
+    from talon_rt.runtime.triton.repo import write_repository
 
     options = {k: getattr(args, k) for k in OPTION_ARGS if getattr(args, k) is not None}
     resolve_options(open_manifest(args.engine), options)      # bad options fail here, not inside Triton

@@ -20,11 +20,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import EngineError
-from runtime.manifest.files import check_external_data, check_files, check_references, referenced_files
-from runtime.manifest.graph_io import TensorSpec, check_graph_io, expected_io
-from runtime.manifest.memory import cache_bytes, check_fits_memory, kv_buffers, physical_memory
-from runtime.manifest.schema import (
+from talon_rt.runtime.errors import EngineError
+from talon_rt.runtime.manifest.files import check_external_data, check_files, check_references, referenced_files
+from talon_rt.runtime.manifest.graph_io import TensorSpec, check_graph_io, expected_io
+from talon_rt.runtime.manifest.memory import cache_bytes, check_fits_memory, kv_buffers, physical_memory
+from talon_rt.runtime.manifest.schema import (
     DRAFT_ROLES, DRAFT_WEIGHTS, FLAVOURS, FORMAT_VERSION, KV_DTYPES, MANIFEST, ROLES, TARGET_COMPUTE,
     DraftDims, FileEntry, GraphEntry, Limits, Manifest, ModelDims, TokenizerInfo, parse_manifest,
 )

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from runtime.digest import memoized, sha256_file
-from runtime.errors import EngineError
-from runtime.manifest.schema import MANIFEST, FileEntry, GraphEntry, Manifest, field_error
-from runtime.onnx_refs import MalformedModel, external_files
+from talon_rt.runtime.digest import memoized, sha256_file
+from talon_rt.runtime.errors import EngineError
+from talon_rt.runtime.manifest.schema import MANIFEST, FileEntry, GraphEntry, Manifest, field_error
+from talon_rt.runtime.onnx_refs import MalformedModel, external_files
 
 
 def _check_name(root: Path, name: str, field: str) -> Path:

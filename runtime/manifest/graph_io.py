@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from runtime.errors import EngineError
-from runtime.manifest.schema import FORMAT_VERSION, Manifest
+from talon_rt.runtime.errors import EngineError
+from talon_rt.runtime.manifest.schema import FORMAT_VERSION, Manifest
 
 
 @dataclass(frozen=True)

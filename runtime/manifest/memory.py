@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from runtime.errors import EngineError
-from runtime.manifest.schema import Manifest
+from talon_rt.runtime.errors import EngineError
+from talon_rt.runtime.manifest.schema import Manifest
 
 
 def cache_bytes(layers: int, kv_heads: int, rows: int, head_dim: int, itemsize: int) -> int:

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from runtime.errors import EngineError
+from talon_rt.runtime.errors import EngineError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -98,7 +98,7 @@ class Manifest:
     defaults: Mapping[str, Any]
     graphs: Mapping[str, GraphEntry]
     files: Mapping[str, FileEntry]
-    raw: Mapping[str, Any]          # manifest.json as read (export.trt rewrites it)
+    raw: Mapping[str, Any]          # manifest.json as read (talon_rt.export.trt rewrites it)
     # where the target came from: {"format": "gguf" | "hf", "name": ..., "quantization": ...}
     source: Mapping[str, Any] | None = None
 

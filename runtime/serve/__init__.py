@@ -5,7 +5,7 @@
     pool.py      engine instances behind one bounded first-come-first-served queue; cancellation
     metrics.py   the Prometheus metrics at /metrics
     app.py       the FastAPI application
-    loadtest.py  the loopback load test (`python -m runtime.serve.loadtest`)
+    loadtest.py  the loopback load test (`python -m talon_rt.runtime.serve.loadtest`)
 
 Needs the `serve` extra (fastapi, uvicorn, prometheus-client); the rest of the runtime does not.
 """

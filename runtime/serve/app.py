@@ -19,12 +19,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from runtime.api import Generator
-from runtime.errors import ClosedError, TalonError
-from runtime.options import Options
-from runtime.serve.metrics import Metrics
-from runtime.serve.pool import CancelledBeforeStart, Delta, Done, Failed, Job, Pool, QueueFull, Work
-from runtime.serve.protocol import ChatRequest, CompletionRequest, Reply, Request as ApiRequest, error_body, parse, sse
+from talon_rt.runtime.api import Generator
+from talon_rt.runtime.errors import ClosedError, TalonError
+from talon_rt.runtime.options import Options
+from talon_rt.runtime.serve.metrics import Metrics
+from talon_rt.runtime.serve.pool import CancelledBeforeStart, Delta, Done, Failed, Job, Pool, QueueFull, Work
+from talon_rt.runtime.serve.protocol import ChatRequest, CompletionRequest, Reply, Request as ApiRequest, error_body, parse, sse
 
 log = logging.getLogger("talon_rt.serve")
 DISCONNECT_POLL_S = 0.25           # how often a waiting handler checks that its client is still there

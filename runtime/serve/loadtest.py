@@ -1,6 +1,6 @@
 """The loopback load test of `talon-rt serve` (docs/serving.md):
 
-    python -m runtime.serve.loadtest --engine engines/demo --instances 2 --clients 16 --requests 4
+    python -m talon_rt.runtime.serve.loadtest --engine engines/demo --instances 2 --clients 16 --requests 4
 
 Starts `talon-rt serve` on 127.0.0.1 (a free port), computes each prompt's reference with `talon-rt run
 --json` (greedy, same settings), then runs `clients` threads of the official openai client, each streaming
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.serve import API_KEY_ENV
-from runtime.serve.pool import threads_per_instance
+from talon_rt.runtime.serve import API_KEY_ENV
+from talon_rt.runtime.serve.pool import threads_per_instance
 
 HOST = "127.0.0.1"                 # loopback only
 RSS_GROWTH_LIMIT = 0.10            # "flat": the RSS after the run within 10 % of the RSS after the warm-up
@@ -60,7 +60,7 @@ def rss_bytes(pid: int) -> int:
 
 def reference(engine: str, prompt: str, max_tokens: int, threads: int) -> dict[str, Any]:
     """`talon-rt run` on the same prompt, greedy: {"tokens", "text", ...}."""
-    out = subprocess.run([sys.executable, "-m", "runtime.cli", "run", "--engine", engine, "--prompt", prompt,
+    out = subprocess.run([sys.executable, "-m", "talon_rt.runtime.cli", "run", "--engine", engine, "--prompt", prompt,
                           "--max-new-tokens", str(max_tokens), "--temperature", "0", "--threads", str(threads),
                           "--json"],
                          capture_output=True, text=True, timeout=300, check=True)
@@ -92,7 +92,7 @@ def stream_one(client: Any, model: str, prompt: str, max_tokens: int, who: int, 
 
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "runtime.cli", "serve", "--engine", args.engine, "--host", HOST,
+    cmd = [sys.executable, "-m", "talon_rt.runtime.cli", "serve", "--engine", args.engine, "--host", HOST,
            "--port", str(port), "--instances", str(args.instances), "--max-queue", str(args.clients),
            "--threads", str(threads_per_instance(args.instances))]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -119,7 +119,7 @@ def percentiles(xs: list[float]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from openai import OpenAI
 
-    from runtime.bench.datasets import load_prompts
+    from talon_rt.runtime.bench.datasets import load_prompts
 
     deadline = time.monotonic() + args.timeout
     prompts = [p.text for p in load_prompts(args.dataset, limit=args.prompts)]
@@ -195,13 +195,13 @@ def report(args: argparse.Namespace, refs: list[dict[str, Any]], samples: list[S
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m runtime.serve.loadtest", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m talon_rt.runtime.serve.loadtest", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True)
     p.add_argument("--instances", type=int, default=2)
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--requests", type=int, default=4, help="streaming requests per client, one after the other")
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--dataset", default="humaneval", help="prompt source (runtime.bench.datasets)")
+    p.add_argument("--dataset", default="humaneval", help="prompt source (talon_rt.runtime.bench.datasets)")
     p.add_argument("--prompts", type=int, default=8, help="distinct prompts, spread over the requests")
     p.add_argument("--model", default=None, help="the served model id (default: the engine's name)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds for the whole run, then it stops")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from runtime.serve.pool import Done, Pool
+from talon_rt.runtime.serve.pool import Done, Pool
 
 # seconds; from a q=1 call (~1 ms on the tiny engines) to a long wait in a full queue
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

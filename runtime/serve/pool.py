@@ -6,7 +6,7 @@ most `max_queue` waiting jobs; `submit` refuses more (QueueFull, with a Retry-Af
 events (text deltas, then done, for each of its n choices in turn; or an error) reach the event loop
 through an asyncio.Queue. Cancelling a
 job (its client went away) stops it before it starts, or at the next round boundary: the instance's
-on_tokens callback returns False (runtime.decode.OnTokens). Any exception stays inside its job.
+on_tokens callback returns False (talon_rt.runtime.decode.OnTokens). Any exception stays inside its job.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-from runtime.api import GenerationResult, Generator
-from runtime.errors import TalonError
-from runtime.logprobs import TokenLogprob
-from runtime.options import Options, resolve_options
-from runtime.serve.stops import StopText
-from runtime.text import IncrementalText
+from talon_rt.runtime.api import GenerationResult, Generator
+from talon_rt.runtime.errors import TalonError
+from talon_rt.runtime.logprobs import TokenLogprob
+from talon_rt.runtime.options import Options, resolve_options
+from talon_rt.runtime.serve.stops import StopText
+from talon_rt.runtime.text import IncrementalText
 
 log = logging.getLogger("talon_rt.serve")
 

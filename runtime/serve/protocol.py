@@ -15,17 +15,17 @@ from typing import Any, Callable, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError, create_model
 
-from runtime.errors import InputError
-from runtime.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
-from runtime.serve.pool import Done
-from talon.policies import KNOB_NAMES, KNOBS
+from talon_rt.runtime.errors import InputError
+from talon_rt.runtime.logprobs import MAX_TOP_LOGPROBS, TokenLogprob
+from talon_rt.runtime.serve.pool import Done
+from talon_rt.talon.policies import KNOB_NAMES, KNOBS
 
-# generation options a request may set in x_talon (runtime.options.Options)
+# generation options a request may set in x_talon (talon_rt.runtime.options.Options)
 TALON_OPTIONS = ("policy", *KNOB_NAMES, "top_k")
 MAX_STOPS, MAX_STOP_CHARS = 4, 1000   # OpenAI's 4 stop strings; a length far above any real one
 MAX_JSON_DEPTH = 64                  # nesting of a request body: OpenAI's requests need 5
 Number = StrictFloat | StrictInt     # a JSON number, never a bool (pydantic's lax mode reads true as 1)
-# top-level sampling fields, as vLLM names them (runtime.options.Options)
+# top-level sampling fields, as vLLM names them (talon_rt.runtime.options.Options)
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "frequency_penalty",
                    "presence_penalty", "seed")
 FINISH = {"eos": "stop", "max_new_tokens": "length", "context_full": "length", "cancelled": "stop"}

@@ -1,7 +1,7 @@
 """A streaming client of the talon Triton model (gRPC, PyTriton's DecoupledModelClient): prints one JSON
 line per response as it arrives, {"t": seconds since the request, "text": ..., "tokens": [...]}.
 
-    python -m runtime.triton.client --url grpc://127.0.0.1:8001 --prompt "def fib(n):" --max-tokens 64
+    python -m talon_rt.runtime.triton.client --url grpc://127.0.0.1:8001 --prompt "def fib(n):" --max-tokens 64
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ import time
 
 import numpy as np
 
-from runtime.triton.spec import MODEL_NAME
+from talon_rt.runtime.triton.spec import MODEL_NAME
 
 
 def main(argv: list[str] | None = None) -> int:
     from pytriton.client import DecoupledModelClient
 
-    p = argparse.ArgumentParser(prog="python -m runtime.triton.client", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m talon_rt.runtime.triton.client", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default="grpc://127.0.0.1:8001")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-tokens", type=int)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils  # provided by Triton's python backend
 
-from runtime.api import Generator
-from runtime.errors import TalonError
-from runtime.triton.stream import generate_stream, piece_arrays, read_request
+from talon_rt.runtime.api import Generator
+from talon_rt.runtime.errors import TalonError
+from talon_rt.runtime.triton.stream import generate_stream, piece_arrays, read_request
 
 
 class TritonPythonModel:

@@ -1,7 +1,7 @@
 """The talon Triton model served locally through PyTriton (Triton Inference Server bundled in the
 `nvidia-pytriton` wheel), CPU-only and on loopback by default:
 
-    python -m runtime.triton.pytriton_serve --engine engines/demo --instances 2
+    python -m talon_rt.runtime.triton.pytriton_serve --engine engines/demo --instances 2
 
 Same tensors (spec.py) and the same streamed pieces (stream.py) as the python-backend model that
 `talon-rt triton-repo` writes, with one Generator per instance. PyTriton needs numpy < 2 and the
@@ -16,10 +16,10 @@ import os
 import sys
 from typing import Any, Callable, Iterator
 
-from runtime.api import Generator
-from runtime.errors import TalonError
-from runtime.triton.spec import INPUTS, MODEL_NAME, OUTPUTS
-from runtime.triton.stream import generate_stream, piece_arrays, read_request
+from talon_rt.runtime.api import Generator
+from talon_rt.runtime.errors import TalonError
+from talon_rt.runtime.triton.spec import INPUTS, MODEL_NAME, OUTPUTS
+from talon_rt.runtime.triton.stream import generate_stream, piece_arrays, read_request
 
 
 def infer_function(gen: Generator) -> Callable[[list], Iterator[list[dict[str, Any]]]]:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     from pytriton.model_config import ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    p = argparse.ArgumentParser(prog="python -m runtime.triton.pytriton_serve", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m talon_rt.runtime.triton.pytriton_serve", description=__doc__.split("\n\n")[0])
     p.add_argument("--engine", required=True)
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--host", default="127.0.0.1")

@@ -11,9 +11,9 @@ import json
 import shutil
 from pathlib import Path
 
-from runtime.errors import InputError
-from runtime.manifest import open_manifest
-from runtime.triton.spec import INPUTS, MODEL_NAME, OUTPUTS, TensorSpec
+from talon_rt.runtime.errors import InputError
+from talon_rt.runtime.manifest import open_manifest
+from talon_rt.runtime.triton.spec import INPUTS, MODEL_NAME, OUTPUTS, TensorSpec
 
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 

@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from runtime.api import Generator
-from runtime.errors import InputError
-from runtime.text import IncrementalText
-from runtime.triton.spec import INPUTS
+from talon_rt.runtime.api import Generator
+from talon_rt.runtime.errors import InputError
+from talon_rt.runtime.text import IncrementalText
+from talon_rt.runtime.triton.spec import INPUTS
 
 @dataclass(frozen=True)
 class StreamRequest:

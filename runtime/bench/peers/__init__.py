@@ -3,7 +3,7 @@ greedy, prompt lookup), onnxruntime-genai (its builder's fp32 and int4 exports o
 weights: greedy, n-gram lookup, draft-model speculation with a standalone draft LM) and transformers
 on CPU (greedy `generate`, assisted generation with the draft LM, prompt lookup).
 
-Each peer configuration runs in its own process (`python -m runtime.bench.peers.worker`) with its
+Each peer configuration runs in its own process (`python -m talon_rt.runtime.bench.peers.worker`) with its
 family's own virtualenv (envs.py, built once under the cache), so its libraries (torch,
 transformers, onnxruntime_genai, llama_cpp) never load into the runtime nor meet each other, and its
 threads never share a process with ours. A configuration that cannot run is a row with its reason.
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from runtime.bench.peers.unavailable import PeerUnavailable
+from talon_rt.runtime.bench.peers.unavailable import PeerUnavailable
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ PEERS = (
     PeerSpec("hf", "prompt_lookup", "transformers prompt lookup (10 tokens)"),
 )
 # why a configuration's input is missing, by job key
-MISSING = {"hf_model": "no --hf-model given (the target in HF format; python -m export.hf_folder makes one from a GGUF)",
+MISSING = {"hf_model": "no --hf-model given (the target in HF format; python -m talon_rt.export.hf_folder makes one from a GGUF)",
            "draft_lm": "no --draft-lm given (a standalone draft LM)",
            "gguf": "no --gguf given (the GGUF the engine was exported from)"}
 
@@ -102,7 +102,7 @@ def run_worker(spec: PeerSpec, job: dict[str, Any], timeout_s: float, python: st
         job_path.write_text(json.dumps({**job, "family": spec.family, "mode": spec.mode, "precision": spec.precision}))
         env = worker_env(spec.family, job["threads"])
         try:
-            proc = subprocess.run([python or sys.executable, "-m", "runtime.bench.peers.worker",
+            proc = subprocess.run([python or sys.executable, "-m", "talon_rt.runtime.bench.peers.worker",
                                    str(job_path), str(out_path)], capture_output=True, text=True,
                                   timeout=timeout_s, env=env, cwd=Path(__file__).resolve().parents[3])
         except subprocess.TimeoutExpired:
@@ -114,7 +114,7 @@ def run_worker(spec: PeerSpec, job: dict[str, Any], timeout_s: float, python: st
 
 
 def peer_rows(spec: PeerSpec, answer: dict[str, Any], datasets: Sequence[str]) -> list[dict[str, Any]]:
-    from runtime.bench.metrics import spread   # here: the workers import this package, not the metrics
+    from talon_rt.runtime.bench.metrics import spread   # here: the workers import this package, not the metrics
     if answer.get("status") != "ok":
         return _unavailable(spec, datasets, answer.get("status", "failed: no status"))
     rows = []
@@ -138,7 +138,7 @@ def run_peers(prompts: Sequence[PeerPrompt], *, hf_model: str | None, draft_lm: 
     """Every peer configuration over the same prompt ids; one row per (dataset, configuration).
     With `own_envs`, each family runs in its own virtualenv under the cache (built on first use);
     without, in this Python (which then needs every family's libraries)."""
-    from runtime.bench.peers.envs import ensure_env
+    from talon_rt.runtime.bench.peers.envs import ensure_env
     datasets = list(dict.fromkeys(p.dataset for p in prompts))
     cache = Path(cache_dir or default_cache_dir())
     inputs = {k: str(Path(v).resolve()) if v else None

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from runtime.bench.peers.unavailable import PeerUnavailable
+from talon_rt.runtime.bench.peers.unavailable import PeerUnavailable
 
 TORCH = "torch==2.13.0"  # as pyproject's export extra: the CPU wheel this machine carries
 TRANSFORMERS = "transformers==5.24.0"  # what the export extra resolves to here; onnxruntime-genai's builder runs on it

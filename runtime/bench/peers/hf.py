@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from runtime.bench.peers import PeerUnavailable
+from talon_rt.runtime.bench.peers import PeerUnavailable
 
 PROMPT_LOOKUP_TOKENS = 10  # transformers' documented example value
 

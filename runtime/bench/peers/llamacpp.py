@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from runtime.bench.peers import PeerUnavailable
-from runtime.bench.peers.envs import LLAMA_CPP_BUILD_JOBS, LLAMA_CPP_CMAKE_ARGS
+from talon_rt.runtime.bench.peers import PeerUnavailable
+from talon_rt.runtime.bench.peers.envs import LLAMA_CPP_BUILD_JOBS, LLAMA_CPP_CMAKE_ARGS
 
 PROMPT_LOOKUP = {"max_ngram_size": 2, "num_pred_tokens": 10}  # LlamaPromptLookupDecoding's defaults
 CTX_MARGIN = 64  # KV rows beyond the longest prompt + max new tokens: a draft may run past the end

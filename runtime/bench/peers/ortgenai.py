@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from runtime.bench.peers import PeerUnavailable
+from talon_rt.runtime.bench.peers import PeerUnavailable
 
 DRAFT_K = 4  # onnxruntime-genai's default max_draft_tokens
 NGRAM = {"ngram_size": 3, "max_draft_tokens": 8, "ngram_chained_lookup": True}  # its tuning guide's start

@@ -1,6 +1,6 @@
 """Run one peer configuration over a job's prompts and write the timings as JSON.
 
-    python -m runtime.bench.peers.worker JOB.json OUT.json
+    python -m talon_rt.runtime.bench.peers.worker JOB.json OUT.json
 
 A family module (`ortgenai`, `hf`) exposes `open_peer(job) -> generate(ids, max_new_tokens)`,
 which returns (generated ids, target calls or None). Timing is the wall clock of one generate call,
@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from runtime.bench.peers import PeerUnavailable
+from talon_rt.runtime.bench.peers import PeerUnavailable
 
 
 def run_job(job: dict) -> dict:
     try:
-        family = importlib.import_module(f"runtime.bench.peers.{job['family']}")
+        family = importlib.import_module(f"talon_rt.runtime.bench.peers.{job['family']}")
         generate, detail = family.open_peer(job)
     except PeerUnavailable as e:
         return {"status": f"unavailable: {e}"}

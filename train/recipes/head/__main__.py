@@ -1,5 +1,5 @@
-"""python -m train.recipes.head --model M --out DIR [--work DIR] [STEP ...]
-python -m train.recipes.head prompts --out bench/prompts/chat_heldout.jsonl
+"""python -m talon_rt.train.recipes.head --model M --out DIR [--work DIR] [STEP ...]
+python -m talon_rt.train.recipes.head prompts --out bench/prompts/chat_heldout.jsonl
 
 Trains an EAGLE-3 head for a Llama/Qwen-family target (Hugging Face folder or .gguf file) on the
 target's own answers to prompts that share nothing with the benchmarks (train/recipes/head/prompts.py).
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from export.errors import ExportError
-from runtime.cli import ArgumentParser
-from train.prompts import write_jsonl
+from talon_rt.export.errors import ExportError
+from talon_rt.runtime.cli import ArgumentParser
+from talon_rt.train.prompts import write_jsonl
 
 from . import prompts
 from .pipeline import STEPS, run
@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _main(argv)
     except ExportError as e:
-        print(f"python -m train.recipes.head: error: {e}", file=sys.stderr)
+        print(f"python -m talon_rt.train.recipes.head: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("python -m train.recipes.head: interrupted (the work folder keeps what is done; run again to "
+        print("python -m talon_rt.train.recipes.head: interrupted (the work folder keeps what is done; run again to "
               "resume)", file=sys.stderr)
         return 130
     return 0
@@ -75,7 +75,7 @@ def check_out(out: Path) -> None:
 
 
 def _main(argv: list[str] | None) -> None:
-    ap = ArgumentParser(prog="python -m train.recipes.head", description=__doc__,
+    ap = ArgumentParser(prog="python -m talon_rt.train.recipes.head", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("steps", nargs="*", metavar="STEP",
                     help=f"steps to run, in order: {', '.join(STEPS)} (default: all), or 'prompts'")

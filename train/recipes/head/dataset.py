@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from train.target_pass import TargetPass
+from talon_rt.train.target_pass import TargetPass
 
 from . import features, generate
 

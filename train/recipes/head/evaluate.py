@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from train.eagle3 import Agreement
-from train.target_pass import TargetPass, taps
+from talon_rt.train.eagle3 import Agreement
+from talon_rt.train.target_pass import TargetPass, taps
 
 from . import features
 from .dataset import Split, data_folder
@@ -46,7 +46,7 @@ def evaluate_fp32(head, lm, split: Split, taps, pad: int, steps: int, limit: int
 def run(head_folder: Path, model: Path, work: Path, steps: int, limit: int | None = None,
         out_json: Path | None = None) -> dict:
     """Load `head_folder` the way the exporter does and score it on `<work>/data/heldout` in float32."""
-    from export.checkpoints import load_head
+    from talon_rt.export.checkpoints import load_head
 
     from . import target as target_mod
 

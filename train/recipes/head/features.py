@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.target_pass import AUTOCAST
+from talon_rt.train.target_pass import AUTOCAST
 
 from .generate import load_shard
 

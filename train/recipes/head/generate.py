@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.console import console
-from train.target_pass import AUTOCAST
-from train.threads import ThreadGovernor
+from talon_rt.train.console import console
+from talon_rt.train.target_pass import AUTOCAST
+from talon_rt.train.threads import ThreadGovernor
 
 from . import target as target_mod
 from .prompts import Prompt

@@ -8,9 +8,9 @@ import json
 import time
 from pathlib import Path
 
-from export.errors import ExportError
-from train.console import console
-from train.target_pass import taps as target_taps
+from talon_rt.export.errors import ExportError
+from talon_rt.train.console import console
+from talon_rt.train.target_pass import taps as target_taps
 
 from . import features, generate, prompts
 from .dataset import data_folder

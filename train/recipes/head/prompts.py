@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from train import corpus
+from talon_rt.train import corpus
 
 HELDOUT_TOPIC_MOD = 8   # 1 topic in 8 is held out: ~12 topics x 8 templates = ~100 held-out chat prompts
 VALID_MOD = 50          # 2 % of the training prompts tune the learning rate

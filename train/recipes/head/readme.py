@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from train.readme import agreement_lines, folder_mb, load_json, notes_lines
+from talon_rt.train.readme import agreement_lines, folder_mb, load_json, notes_lines
 
 from . import prompts
 from .dataset import Split, data_folder
@@ -32,7 +32,7 @@ def command(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> str:
              (f"--batch-tokens {t.batch * t.seq_len}", t.batch * t.seq_len != d.batch * d.seq_len),
              (f"--warmup-steps {t.warmup_steps}", t.warmup_steps != d.warmup_steps)]
     extra = "".join(" " + f for f, off in flags if off)
-    return (f".venv/bin/python -m train.recipes.head --model {_shown(model)} --out {_shown(out)} "
+    return (f".venv/bin/python -m talon_rt.train.recipes.head --model {_shown(model)} --out {_shown(out)} "
             f"--work {_shown(work)}{extra}")
 
 
@@ -78,7 +78,7 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
     lines = [
         f"# EAGLE-3 head for `{model.name}`",
         "",
-        "Trained on this machine (2 CPU cores) by `python -m train.recipes.head`; this file is written by the",
+        "Trained on this machine (2 CPU cores) by `python -m talon_rt.train.recipes.head`; this file is written by the",
         "recipe from its recorded results.",
         "",
         "    " + command(recipe, model, out, work),
@@ -137,7 +137,7 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
             "## Held-out agreement",
             "",
             f"Top-1 agreement with the target's greedy token on {ev['positions']:,} response positions of "
-            f"{ev.get('conversations', len(heldout.convs))} held-out conversations, target in float32, the head loaded by `export.checkpoints.load_head` and",
+            f"{ev.get('conversations', len(heldout.convs))} held-out conversations, target in float32, the head loaded by `talon_rt.export.checkpoints.load_head` and",
             "feeding back its own hidden states (step k drafts the k-th token after the last target feature):",
             "",
             *agreement_lines(ev),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from export.config import TargetConfig
-from export.errors import CheckpointError
+from talon_rt.export.config import TargetConfig
+from talon_rt.export.errors import CheckpointError
 
 
 def load(model: Path, dtype: torch.dtype = torch.float32):
@@ -57,7 +57,7 @@ def render(tok, user: str) -> list[int]:
 
 @dataclass(frozen=True)
 class TargetView:
-    """What `export.checkpoints.load_head` reads of a target (typed config, embedding, lm_head dtype),
+    """What `talon_rt.export.checkpoints.load_head` reads of a target (typed config, embedding, lm_head dtype),
     over a transformers model."""
     config: TargetConfig
     model: torch.nn.Module

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.errors import ExportError
-from train import eagle3, loop
-from train.console import console
-from train.target_pass import taps
+from talon_rt.export.errors import ExportError
+from talon_rt.train import eagle3, loop
+from talon_rt.train.console import console
+from talon_rt.train.target_pass import taps
 
 from . import target as target_mod
 from .dataset import Split, data_folder

@@ -1,5 +1,5 @@
-"""python -m train.recipes.stdlib_pair {tokenizer,corpus,target,head,draftlm,readme,all} [--out DIR] [--work DIR]
-python -m train.recipes.stdlib_pair prompts [--out FILE]
+"""python -m talon_rt.train.recipes.stdlib_pair {tokenizer,corpus,target,head,draftlm,readme,all} [--out DIR] [--work DIR]
+python -m talon_rt.train.recipes.stdlib_pair prompts [--out FILE]
 
 Trains the stdlib pair (a small Llama target, its EAGLE-3 head and a 2-layer draft LM) on the CPython
 standard library; models/stdlib-pair/README.md records what was trained. Each step resumes from the
@@ -18,7 +18,7 @@ from .recipe import DEFAULT
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m train.recipes.stdlib_pair", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m talon_rt.train.recipes.stdlib_pair", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=(*STEPS, "all", *SIDE_STEPS),
                     help="recipe step; 'all' runs every model step in order; 'prompts' writes the held-out "

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from train.corpus import CorpusFile
+from talon_rt.train.corpus import CorpusFile
 
 from .tokenizer import EOS_ID
 

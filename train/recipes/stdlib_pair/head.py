@@ -10,12 +10,12 @@ import torch
 from torch import Tensor
 from transformers import LlamaForCausalLM
 
-from export.reference import Eagle3Head
-from train import loop
-from train.console import console
-from train.eagle3 import Agreement, HeadSpec, build, draft_vocab, rollout_loss, save
-from train.target_pass import target_pass
-from train.target_pass import taps as target_taps
+from talon_rt.export.reference import Eagle3Head
+from talon_rt.train import loop
+from talon_rt.train.console import console
+from talon_rt.train.eagle3 import Agreement, HeadSpec, build, draft_vocab, rollout_loss, save
+from talon_rt.train.target_pass import target_pass
+from talon_rt.train.target_pass import taps as target_taps
 
 from . import data, lm
 from .recipe import Recipe

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from train import loop
-from train.loop import TrainSpec
-from train.target_pass import AUTOCAST
+from talon_rt.train import loop
+from talon_rt.train.loop import TrainSpec
+from talon_rt.train.target_pass import AUTOCAST
 
 from . import data
 from .recipe import LMSpec

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from train import corpus
-from train.console import console
+from talon_rt.train import corpus
+from talon_rt.train.console import console
 
 from . import data, lm, tokenizer
 from .recipe import Recipe

@@ -12,8 +12,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from train import corpus
-from train.prompts import write_jsonl
+from talon_rt.train import corpus
+from talon_rt.train.prompts import write_jsonl
 
 from .recipe import PROMPTS, PromptSpec
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 import transformers
 
-from train.corpus import HELDOUT_MOD, SKIP_DIRS
-from train.readme import agreement_lines, folder_mb, load_json, notes_lines
+from talon_rt.train.corpus import HELDOUT_MOD, SKIP_DIRS
+from talon_rt.train.readme import agreement_lines, folder_mb, load_json, notes_lines
 
 from .recipe import Recipe
 
-COMMAND = ".venv/bin/python -m train.recipes.stdlib_pair all --out models/stdlib-pair --work runs/stdlib-pair"
+COMMAND = ".venv/bin/python -m talon_rt.train.recipes.stdlib_pair all --out models/stdlib-pair --work runs/stdlib-pair"
 
 
 def _lm_rows(name: str, r: dict | None, spec, tspec) -> list[str]:
@@ -32,7 +32,7 @@ def write(recipe: Recipe, out: Path, work: Path) -> None:
         "# The stdlib pair",
         "",
         "A small Llama-architecture target, its EAGLE-3 draft head and a 2-layer draft LM, trained on this",
-        "machine (2 CPU cores) by the recipe in `train/recipes/stdlib_pair/`; `python -m export --model",
+        "machine (2 CPU cores) by the recipe in `train/recipes/stdlib_pair/`; `python -m talon_rt.export --model",
         "models/stdlib-pair/target --draft models/stdlib-pair/eagle3 --out DIR` exports them.",
         "This file is written by the recipe from its recorded results.",
         "",
@@ -106,7 +106,7 @@ def write(recipe: Recipe, out: Path, work: Path) -> None:
         f"- `eagle3/` ({folder_mb(out / 'eagle3'):.1f} MB): EAGLE-3 head (config.json with `draft_vocab_size`, "
         "model.safetensors).",
         "- `draft-lm/`: not committed (the repository's weight budget goes to the real model's head); "
-        "`python -m train.recipes.stdlib_pair draftlm` rebuilds it for the peers' `--draft-lm` mode.",
+        "`python -m talon_rt.train.recipes.stdlib_pair draftlm` rebuilds it for the peers' `--draft-lm` mode.",
         "- `tokenizer.json`, `heldout_files.txt`.",
         "",
     ]

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from train.eagle3 import HeadSpec
-from train.loop import TrainSpec
+from talon_rt.train.eagle3 import HeadSpec
+from talon_rt.train.loop import TrainSpec
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,161 @@
+"""Smoke test of the head recipe (`python -m talon_rt.train.recipes.head`) on a tiny chat target, in seconds."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from tests.train.test_stdlib_pair import PUBLISHED_KEYS  # noqa: E402
+from talon_rt.train import corpus  # noqa: E402
+from talon_rt.train.eagle3 import HeadSpec  # noqa: E402
+from talon_rt.train.loop import TrainSpec  # noqa: E402
+from talon_rt.train.recipes.head import features, generate, pipeline, prompts  # noqa: E402
+from talon_rt.train.recipes.head.dataset import Split  # noqa: E402
+from talon_rt.train.recipes.head.recipe import DataSpec, HeadRecipe  # noqa: E402
+from talon_rt.train.target_pass import taps  # noqa: E402
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+TINY = HeadRecipe(
+    data=DataSpec(generate=generate.GenerateSpec(batch=4, max_new_tokens=12, sample_every=2),
+                  train_prompts=8, valid_prompts=2, heldout_prompts=4),
+    head=HeadSpec(draft_vocab=64, ttt_steps=3, intermediate=0),
+    train=TrainSpec(tokens=6 * 256, batch=2, seq_len=128, lr=3e-3, warmup_steps=2, ckpt_minutes=0.0),
+    eval_steps=3,
+)
+STDLIB = {  # a stand-in standard library: documented public functions, one in a held-out file
+    "alpha.py": '"""Module."""\n\ndef add(a, b):\n    """Return the sum of two numbers, converting both to int first."""\n'
+                '    return int(a) + int(b)\n\n\ndef scale(xs, k):\n    """Multiply every element of the '
+                'list by the factor k and return a new list."""\n    return [x * k for x in xs]\n',
+    "pkg/beta.py": 'def join_words(words):\n    """Join the given words with single spaces between them, '
+                   'skipping empty ones."""\n    return " ".join(w for w in words if w)\n',
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from talon_rt.export.tiny import make_tiny_pair
+
+    root = tmp_path_factory.mktemp("train_head")
+    target, _ = make_tiny_pair(root / "pair", vocab=320, hidden=64, layers=6, heads=4, kv_heads=2, head_dim=16,
+                               intermediate=128, tie_embeddings=True)
+    cfg = json.loads((target / "tokenizer_config.json").read_text())
+    (target / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": CHAT_TEMPLATE}))
+    stdlib = root / "stdlib"
+    for rel, text in STDLIB.items():
+        (stdlib / rel).parent.mkdir(parents=True, exist_ok=True)
+        (stdlib / rel).write_text(text)
+    out, work = root / "head", root / "work"
+    torch.set_num_threads(1)
+    pipeline.run(list(pipeline.STEPS), TINY, target, out, work, stdlib_root=stdlib)
+    return target, out, work, stdlib
+
+
+def test_head_is_published_eagle3_layout_and_loads(run):
+    from safetensors import safe_open
+
+    from talon_rt.export.checkpoints import load_head
+    from talon_rt.train.recipes.head import target as target_mod
+
+    target, out, work, _ = run
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == PUBLISHED_KEYS
+        assert f.get_tensor("fc.weight").dtype == torch.float16
+    lm, _ = target_mod.load(target)
+    h = load_head(out, target_mod.view(lm))
+    ids = torch.arange(len(h.d2t)) + h.d2t
+    train = Split(pipeline.data_folder(work, "train"))
+    counts = np.bincount(train.target_tokens(), minlength=320)
+    assert len(ids) == TINY.head.draft_vocab and int(h.t2d.sum()) == len(ids)
+    assert counts[ids.numpy()].min() >= np.delete(counts, ids.numpy()).max(), "draft vocab = most frequent tokens"
+    assert (work / "latest" / "model.safetensors").is_file(), "every checkpoint exports the current head"
+
+
+def test_data_is_the_targets_own_greedy_answers(run):
+    from talon_rt.train.recipes.head import target as target_mod
+
+    target, _, work, _ = run
+    lm, tok = target_mod.load(target)
+    heldout = Split(pipeline.data_folder(work, "heldout"))
+    c = heldout.convs[0]
+    conv = heldout.tokens[c.shard][c.start:c.start + c.length]
+    prompt = torch.from_numpy(conv[:c.prompt_length])[None]
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        again = lm.generate(input_ids=prompt, max_new_tokens=c.length - c.prompt_length, do_sample=False,
+                            eos_token_id=target_mod.stop_ids(lm, tok), pad_token_id=2)
+    assert again[0].tolist() == conv.tolist()
+    # the cache holds the teacher-forced pass of the whole conversation (batched there: bf16 rounding)
+    f, greedy = features.forward(lm, torch.from_numpy(conv)[None], taps(lm))
+    cached = features.from_bits(heldout.feats[c.shard][c.start:c.start + c.length])
+    assert cached.shape == (c.length, 4 * lm.config.hidden_size)
+    torch.testing.assert_close(cached.float(), f[0].float(), atol=0.05, rtol=0.05)
+    same = heldout.greedy[c.shard][c.start:c.start + c.length] == greedy[0].numpy()
+    assert same.mean() > 0.95
+
+
+def test_label_mask_covers_exactly_the_response(run):
+    _, _, work, _ = run
+    train = Split(pipeline.data_folder(work, "train"))
+    rows = [0, 1]
+    ids, tp, mask = train.batch(rows, torch.randn(TINY.head.draft_vocab, train.hidden), pad=2)
+    for r, i in enumerate(rows):
+        c = train.convs[i]
+        want = torch.zeros(ids.shape[1], dtype=torch.bool)
+        want[c.prompt_length - 1:c.length - 1] = True  # label p predicts token p+1: a response token
+        assert torch.equal(mask[r], want)
+    assert torch.allclose(tp.soft.sum(-1), torch.ones(ids.shape))
+
+
+def test_results_readme_and_resume(run):
+    target, out, work, _ = run
+    result = json.loads((work / "head" / "result.json").read_text())
+    assert result["step"] == TINY.train.steps
+    ev = json.loads((work / "head" / "eval.json").read_text())
+    assert len(ev["per_step"]) == TINY.eval_steps and ev["positions"] > 0
+    curve = [json.loads(x) for x in (work / "head" / "curve.jsonl").read_text().splitlines()]
+    assert curve[-1]["step"] == TINY.train.steps
+    text = (out / "README.md").read_text()
+    assert f"--model {target}" in text and "| stdlib |" in text and "Held-out agreement" in text
+    pipeline.run(["train"], TINY, target, out, work)  # resumes at the last step: nothing to do
+    assert json.loads((work / "head" / "result.json").read_text())["step"] == result["step"]
+
+
+def test_prompt_sources_are_disjoint_from_the_heldout_set(run):
+    *_, stdlib = run
+    train, valid = prompts.training_prompts(stdlib)
+    held = prompts.heldout_prompts()
+    held_topics = {p.id.split(":")[1] for p in held}
+    assert held_topics and all(prompts.topic_is_heldout(t) for t in held_topics)
+    assert not {p.text for p in held} & {p.text for p in train + valid}
+    assert not any(t in p.text for p in train + valid if p.source == "topic" for t in held_topics)
+    assert {p.source for p in train} == {"stdlib", "word", "topic"}
+
+
+def test_stdlib_prompts_skip_heldout_files(tmp_path, monkeypatch):
+    for rel, text in STDLIB.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    monkeypatch.setattr(corpus, "is_heldout", lambda rel: rel == "pkg/beta.py")
+    rows = prompts.stdlib_prompts(tmp_path)
+    assert sorted(p.id.split(":")[2] for p in rows) == ["add", "scale"]
+
+
+def test_readme_command_names_every_training_flag_off_the_default():
+    from dataclasses import replace
+    from pathlib import Path
+
+    from talon_rt.train.recipes.head import readme
+    from talon_rt.train.recipes.head.__main__ import main
+    from talon_rt.train.recipes.head.recipe import DEFAULT
+
+    base = readme.command(DEFAULT, Path("m"), Path("o"), Path("w"))
+    assert base == ".venv/bin/python -m talon_rt.train.recipes.head --model m --out o --work w"
+    short = replace(DEFAULT, train=replace(DEFAULT.train, tokens=230000, lr=1e-3, batch=2, warmup_steps=10))
+    assert readme.command(short, Path("m"), Path("o"), Path("w")) == \
+        base + " --train-tokens 230000 --lr 0.001 --batch-tokens 1024 --warmup-steps 10"
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "m", "--out", "o", "--batch-tokens", "100"])
