@@ -104,8 +104,8 @@ $(DEMO_FP32_ENGINE)/manifest.json: $(wildcard $(DEMO_HEAD)/* export/*.py) $(SMOL
 	$(PYTHON) -m talon_rt.export --model "$(SMOLLM2_GGUF)" --draft $(DEMO_HEAD) --out $(DEMO_FP32_ENGINE) --name demo-fp32 \
 		--draft-weights $(DEMO_DRAFT_WEIGHTS) $(foreach d,$(DEMO_DEFAULTS),--default $(d)) --force
 
-demo: install $(DEMO_ENGINE)/manifest.json  ## export SmolLM2 (GGUF) + its EAGLE-3 head to engines/demo and chat with talon
-	$(BIN)/talon-rt run --engine $(DEMO_ENGINE) --chat "$(DEMO_CHAT)" --policy talon --max-new-tokens 128 --stats
+demo: install $(DEMO_ENGINE)/manifest.json  ## export SmolLM2 (GGUF) + its EAGLE-3 head to engines/demo and chat with its default policy (talon-gated)
+	$(BIN)/talon-rt run --engine $(DEMO_ENGINE) --chat "$(DEMO_CHAT)" --max-new-tokens 128 --stats
 
 export: install  ## MODEL=<hf dir or .gguf> [DRAFT=<eagle3 dir>] [NAME=<name>]: build engines/<name>/ (no DRAFT: target-only, policy ar)
 	@test -n "$(MODEL)" || { echo "make export: set MODEL=<local HF model folder or GGUF file>" >&2; exit 2; }

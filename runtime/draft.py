@@ -41,8 +41,7 @@ class Drafter:
         self.feed_rows = np.zeros(0, np.int64)      # rows of the last target call's features
         self.feed_tokens = np.zeros(0, np.int64)    # token paired with each feature row
         self.deferred = 0                           # feed rows deferred by rounds without a draft call
-        self.deferred_hidden = np.zeros((chunk, hidden_size), dtype)   # their draft_fc output
-        self.deferred_tokens = np.zeros(chunk, np.int64)
+        self.deferred_tokens = np.zeros(chunk, np.int64)   # their tokens (their features: the backend keeps them)
         self.calls = 0
         self.engine_ns = 0
 
@@ -62,9 +61,7 @@ class Drafter:
         if self.deferred:
             d, start = self.deferred, min(n, self.chunk - self.deferred)
             t0 = time.perf_counter_ns()
-            hidden = self.deferred_hidden[:d + start]
-            if start:
-                hidden[d:] = self.backend.draft_fc(self.feed_rows[:start])
+            hidden = self.backend.draft_fc(self.feed_rows[:start], kept=d)   # the kept rows' fc, then these
             self.engine_ns += time.perf_counter_ns() - t0
             self.deferred_tokens[d:d + start] = self.feed_tokens[:start]
             out = self._append(self.deferred_tokens[:d + start], hidden)
@@ -80,14 +77,15 @@ class Drafter:
         return out
 
     def defer_feed(self) -> None:
-        """Keep the pending feed's draft_fc rows for the next feed's call (a round without a draft
-        call); run it now instead when the rows would overflow one call."""
+        """Keep the pending feed's feature rows for the next feed's call (a round without a draft call:
+        no fc now, one fc over all of them then); run it now instead when the rows would overflow one
+        call."""
         n, d = len(self.feed_rows), self.deferred
         if d + n > self.chunk:
             self.run_feed()
             return
         t0 = time.perf_counter_ns()
-        self.deferred_hidden[d:d + n] = self.backend.draft_fc(self.feed_rows)
+        self.backend.keep_features(self.feed_rows, d)
         self.engine_ns += time.perf_counter_ns() - t0
         self.deferred_tokens[d:d + n] = self.feed_tokens
         self.deferred = d + n

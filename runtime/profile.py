@@ -77,9 +77,12 @@ class TimedBackend(Backend):
     def commit_target(self, past_len, rows):
         return self._time("commit", self.inner.commit_target, past_len, rows)
 
-    def draft_fc(self, rows):
+    def draft_fc(self, rows, kept=0):
         self._after_fc = True
-        return self._time("draft_fc", self.inner.draft_fc, rows)
+        return self._time("draft_fc", self.inner.draft_fc, rows, kept)
+
+    def keep_features(self, rows, at):
+        return self._time("draft_fc", self.inner.keep_features, rows, at)
 
     def draft(self, ids, hidden, positions, mask, past_len):
         key = "draft_first" if self._after_fc else "draft_deeper"

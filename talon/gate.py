@@ -6,7 +6,8 @@ depends on the text, the costs on the machine and the engine), so the gate measu
 
     draft this round  iff  tokens(drafted) / time(drafted)  >=  1 / time(plain)
 
-with exponential moving averages over the rounds of each kind. While drafting loses, the rounds are
+with exponential moving averages over the rounds of each kind (a closed gate reopens only when the
+left side wins by a 5 % margin, so one lucky probe does not). While drafting loses, the rounds are
 plain (no draft call, no tree) and one round in `probe` drafts anyway to see whether the text has
 turned predictable; each probe that still loses doubles the interval up to `max_probe`, so a head
 that never pays costs at most ~1/max_probe of the draft's overhead. While drafting wins, one round
@@ -29,7 +30,8 @@ class GateConfig:
     probe: int = 8         # plain rounds between probes once drafting lost (doubles per lost probe)
     max_probe: int = 64    # the probe interval's cap: a head that never pays costs <= 1/64 of its overhead
     refresh: int = 32      # drafted rounds between plain ones that re-time the other side
-    decay: float = 0.8     # weight of the past in the moving averages (a probe moves them by 1/5)
+    decay: float = 0.9     # weight of the past in the moving averages (a probe moves them by 1/10)
+    margin: float = 0.05   # a closed gate reopens only when drafting beats plain rounds by this much
 
     def __post_init__(self) -> None:
         for name in ("warmup", "probe", "max_probe", "refresh"):
@@ -40,6 +42,8 @@ class GateConfig:
             raise ValueError(f"gate: max_probe ({self.max_probe}) < probe ({self.probe})")
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"gate: decay must lie in [0, 1), got {self.decay!r}")
+        if not 0.0 <= self.margin < 1.0:
+            raise ValueError(f"gate: margin must lie in [0, 1), got {self.margin!r}")
 
 
 class Average:
@@ -66,9 +70,9 @@ class DraftGate:
         self.since = 0                # rounds of the other kind since the last switch point
         self.open = True
 
-    def pays(self) -> bool:
-        """Drafted rounds' tokens per time >= a plain round's (1 token per its time)."""
-        return self.drafted_tokens.value * self.plain_time.value >= self.drafted_time.value
+    def pays(self, margin: float = 0.0) -> bool:
+        """Drafted rounds' tokens per time >= (1 + margin) x a plain round's (1 token per its time)."""
+        return self.drafted_tokens.value * self.plain_time.value >= (1 + margin) * self.drafted_time.value
 
     def drafts(self) -> bool:
         """Whether the next round drafts."""
@@ -91,7 +95,8 @@ class DraftGate:
             self.plain_time.add(elapsed)
         if self.drafted_time.n < c.warmup or self.plain_time.n == 0:
             return
-        was_open, self.open = self.open, self.pays()
+        # hysteresis: an open gate stays open while drafting pays at all, a closed one needs the margin
+        was_open, self.open = self.open, self.pays(0.0 if self.open else c.margin)
         if self.open:
             self.interval = c.probe
             self.since = self.since + 1 if drafted and was_open else 0

@@ -43,8 +43,14 @@ class Backend(ABC):
         """Write the last target call's K/V rows `rows` ([a] int) to cache rows [past_len, past_len+a)."""
 
     @abstractmethod
-    def draft_fc(self, rows: np.ndarray) -> np.ndarray:
-        """fc of the last target call's feature rows `rows` ([n] int). Returns hidden [n, H]."""
+    def draft_fc(self, rows: np.ndarray, kept: int = 0) -> np.ndarray:
+        """fc of `kept` feature rows kept by `keep_features` (at [0, kept)) followed by the last target
+        call's feature rows `rows` ([n] int). Returns hidden [kept + n, H]."""
+
+    @abstractmethod
+    def keep_features(self, rows: np.ndarray, at: int) -> None:
+        """Keep the last target call's feature rows `rows` as draft_fc input rows [at, at + n) for a later
+        `draft_fc(..., kept)` (a round without a draft call defers its fc to the next one that drafts)."""
 
     @abstractmethod
     def draft(self, ids: np.ndarray, hidden: np.ndarray, positions: np.ndarray, mask: np.ndarray,

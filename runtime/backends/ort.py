@@ -415,9 +415,13 @@ class OrtBackend(Backend):
 
     # -- draft --------------------------------------------------------------------------------------
 
-    def draft_fc(self, rows: np.ndarray) -> np.ndarray:
-        n, H = len(rows), self.dims.hidden
-        self.io.gather_rows(self.fc_in, self.features, rows, self.dims.features, self._q_t)
+    def keep_features(self, rows: np.ndarray, at: int) -> None:
+        self.io.gather_rows(self.fc_in, self.features, rows, self.dims.features, self._q_t, at)
+
+    def draft_fc(self, rows: np.ndarray, kept: int = 0) -> np.ndarray:
+        n, H = kept + len(rows), self.dims.hidden
+        if len(rows):
+            self.io.gather_rows(self.fc_in, self.features, rows, self.dims.features, self._q_t, kept)
         self._fc.run(n, n)
         return self.fc_out[:n * H].reshape(n, H)
 

@@ -47,10 +47,11 @@ class HostIO:
     def ptr(self, buf: Any) -> int:
         return buf.ctypes.data
 
-    def gather_rows(self, dst: Any, src: Any, rows: np.ndarray, width: int, q: int) -> None:
-        """dst rows [0, n) = src rows `rows` of a [q, width] array (n = len(rows))."""
+    def gather_rows(self, dst: Any, src: Any, rows: np.ndarray, width: int, q: int, at: int = 0) -> None:
+        """dst rows [at, at+n) = src rows `rows` of a [q, width] array (n = len(rows))."""
         n = rows.shape[0]
-        np.take(src[:q * width].reshape(q, width), rows, axis=0, out=dst[:n * width].reshape(n, width))
+        np.take(src[:q * width].reshape(q, width), rows, axis=0,
+                out=dst[at * width:(at + n) * width].reshape(n, width))
 
     def store_rows(self, kv: KVLayout, cache: Any, new: Any, past_len: int, q: int,
                    rows: np.ndarray | None) -> None:
@@ -87,10 +88,10 @@ class DeviceIO(HostIO):
     def ptr(self, buf: Any) -> int:
         return buf.data_ptr()
 
-    def gather_rows(self, dst: Any, src: Any, rows: np.ndarray, width: int, q: int) -> None:
+    def gather_rows(self, dst: Any, src: Any, rows: np.ndarray, width: int, q: int, at: int = 0) -> None:
         from talon_rt.runtime.backends.cuda_rt import D2D
         n, row = rows.shape[0], width * self.itemsize
-        d, s = self.ptr(dst), self.ptr(src)
+        d, s = self.ptr(dst) + at * row, self.ptr(src)
         if rows[-1] == n - 1:   # rows 0..n-1: one copy
             self.cuda.memcpy(d, s, n * row, D2D)
         else:

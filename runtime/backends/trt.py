@@ -200,17 +200,23 @@ class TrtBackend(Backend):
                                 past_len, self._q_t, rows)
         self.cuda.sync(self.stream)
 
-    def draft_fc(self, rows: np.ndarray) -> np.ndarray:
-        check_call(rows.shape[0], 0, min(self.q_max, self.fc_q), self.S)
-        t, fc, H = self.plans["target"], self.plans["draft_fc"], self.m.draft.hidden_size
-        F = self.m.feature_size
-        n, row = rows.shape[0], F * self.es
-        if rows[-1] == n - 1:
-            self.cuda.memcpy(fc.dev["features"], t.dev["features"], n * row, cuda_rt.D2D, self.stream)
+    def keep_features(self, rows: np.ndarray, at: int) -> None:
+        check_call(at + rows.shape[0], 0, min(self.q_max, self.fc_q), self.S)
+        t, fc = self.plans["target"], self.plans["draft_fc"]
+        row = self.m.feature_size * self.es
+        base = fc.dev["features"] + at * row
+        if rows[-1] == rows.shape[0] - 1:
+            self.cuda.memcpy(base, t.dev["features"], rows.shape[0] * row, cuda_rt.D2D, self.stream)
         else:
             for j, r in enumerate(rows):
-                self.cuda.memcpy(fc.dev["features"] + j * row, t.dev["features"] + int(r) * row, row, cuda_rt.D2D,
-                                 self.stream)
+                self.cuda.memcpy(base + j * row, t.dev["features"] + int(r) * row, row, cuda_rt.D2D, self.stream)
+
+    def draft_fc(self, rows: np.ndarray, kept: int = 0) -> np.ndarray:
+        n = kept + rows.shape[0]
+        check_call(n, 0, min(self.q_max, self.fc_q), self.S)
+        fc, H, F = self.plans["draft_fc"], self.m.draft.hidden_size, self.m.feature_size
+        if rows.shape[0]:
+            self.keep_features(rows, kept)
         fc.run({"features": (1, n, F)}, self.stream)
         out = self.fc_out[:n * H]
         fc.get("hidden", out, self.stream)

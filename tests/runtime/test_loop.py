@@ -37,8 +37,11 @@ class TableModel(Backend):
     def commit_target(self, past_len, rows):
         self.writes.append((past_len, len(rows)))
 
-    def draft_fc(self, rows):
-        return self.hidden[:len(rows)]
+    def draft_fc(self, rows, kept=0):
+        return self.hidden[:kept + len(rows)]
+
+    def keep_features(self, rows, at):
+        pass
 
     def draft(self, ids, hidden, positions, mask, past_len):
         q = len(ids)

@@ -44,8 +44,11 @@ class OracleDraft(Backend):
         self.nonprefix_commits += int(rows[-1] != len(rows) - 1)
         self.inner.commit_target(past_len, rows)
 
-    def draft_fc(self, rows):
-        return self.inner.draft_fc(rows)
+    def draft_fc(self, rows, kept=0):
+        return self.inner.draft_fc(rows, kept)
+
+    def keep_features(self, rows, at):
+        self.inner.keep_features(rows, at)
 
     def close(self):
         self.inner.close()
