@@ -1,18 +1,20 @@
-"""A measured gate in front of a drafting policy: draft only while drafting pays (docs/design.md §4).
+"""A measured gate over ways of building a round: use the one that emits the most tokens per second
+(docs/design.md §4.8).
 
-A drafted round costs its draft calls and a wider verify call; it pays when the tokens it emits per
-unit of time beat a plain one-token round's. Neither side is known in advance (the head's agreement
-depends on the text, the costs on the machine and the engine), so the gate measures both as it goes:
+A round can be built several ways (arms), dearest last: the root alone (`ar`'s round), the context
+lookup's candidates (no draft call), or a tree from the draft head (draft calls and a wider verify
+call). Which pays depends on the text (the head's agreement, repeated spans), the machine and the
+engine, so the gate measures every arm as it goes, with exponential moving averages of each arm's
+round time and tokens per round, and builds the next round with
 
-    draft this round  iff  tokens(drafted) / time(drafted)  >=  1 / time(plain)
+    the arm of highest  tokens(arm) / time(arm)
 
-with exponential moving averages over the rounds of each kind (a closed gate reopens only when the
-left side wins by a 5 % margin, so one lucky probe does not). While drafting loses, the rounds are
-plain (no draft call, no tree) and one round in `probe` drafts anyway to see whether the text has
-turned predictable; each probe that still loses doubles the interval up to `max_probe`, so a head
-that never pays costs at most ~1/max_probe of the draft's overhead. While drafting wins, one round
-in `refresh` is plain to keep the other side's time current. Tokens are never affected: a plain
-round verifies the root alone, exactly as `ar`.
+Every arm runs `warmup` rounds first (dearest first). An arm that is not the best is probed once every
+`interval` rounds; a probe that loses by `margin` doubles its arm's interval up to `max_probe` (an arm
+that never pays costs at most ~1/max_probe of its overhead), one that wins by `margin` makes it the
+best, one in between is probed again after the same interval. The best arm is dropped for another
+once that one's last measured rate is higher by `margin`. Tokens are never affected: every arm's
+round is verified as any other.
 """
 
 from __future__ import annotations
@@ -26,15 +28,14 @@ from talon_rt.talon.verify import Acceptance
 
 @dataclass(frozen=True)
 class GateConfig:
-    warmup: int = 3        # drafted rounds measured before the first decision (then one plain round)
-    probe: int = 8         # plain rounds between probes once drafting lost (doubles per lost probe)
-    max_probe: int = 64    # the probe interval's cap: a head that never pays costs <= 1/64 of its overhead
-    refresh: int = 32      # drafted rounds between plain ones that re-time the other side
-    decay: float = 0.9     # weight of the past in the moving averages (a probe moves them by 1/10)
-    margin: float = 0.05   # a closed gate reopens only when drafting beats plain rounds by this much
+    warmup: int = 3        # rounds each arm runs before the first decision
+    probe: int = 8         # rounds between probes of an arm that is not the best (doubles per lost probe)
+    max_probe: int = 64    # the probe interval's cap: an arm that never pays costs <= 1/64 of its overhead
+    decay: float = 0.9     # weight of the past in the moving averages (one round moves them by 1/10)
+    margin: float = 0.05   # a probed arm takes over only when its rate beats the best's by this much
 
     def __post_init__(self) -> None:
-        for name in ("warmup", "probe", "max_probe", "refresh"):
+        for name in ("warmup", "probe", "max_probe"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"gate: {name} must be an integer >= 1, got {v!r}")
@@ -59,92 +60,104 @@ class Average:
 
 @dataclass
 class DraftGate:
-    """The gate's state. `drafts()` decides the next round; `record` is told how it went."""
+    """The gate's state over `arms` arms (0 = the cheapest). `choose()` picks the next round's arm;
+    `record` is told how it went."""
 
+    arms: int = 2
     config: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.arms, bool) or not isinstance(self.arms, int) or self.arms < 1:
+            raise ValueError(f"gate: arms must be an integer >= 1, got {self.arms!r}")
         c = self.config
-        self.drafted_time, self.drafted_tokens, self.plain_time = Average(c.decay), Average(c.decay), Average(c.decay)
-        self.interval = c.probe       # plain rounds before the next probe while drafting loses
-        self.since = 0                # rounds of the other kind since the last switch point
-        self.open = True
+        self.time = [Average(c.decay) for _ in range(self.arms)]
+        self.tokens = [Average(c.decay) for _ in range(self.arms)]
+        self.interval = [c.probe] * self.arms   # rounds between probes of each arm while it is not the best
+        self.waited = [0] * self.arms           # rounds since each arm last ran
+        self.best = self.arms - 1
+        self.warm = False
 
-    def pays(self, margin: float = 0.0) -> bool:
-        """Drafted rounds' tokens per time >= (1 + margin) x a plain round's (1 token per its time)."""
-        return self.drafted_tokens.value * self.plain_time.value >= (1 + margin) * self.drafted_time.value
+    def rate(self, arm: int) -> float:
+        """Tokens per unit of time of `arm`'s recent rounds."""
+        t = self.time[arm].value
+        return self.tokens[arm].value / t if t > 0 else 0.0
 
-    def drafts(self) -> bool:
-        """Whether the next round drafts."""
+    def choose(self) -> int:
+        """The arm that builds the next round."""
         c = self.config
-        if self.drafted_time.n < c.warmup:
-            return True
-        if self.plain_time.n == 0:
-            return False
-        if self.open:
-            return self.since < c.refresh
-        return self.since >= self.interval
+        for arm in reversed(range(self.arms)):   # warm-up, dearest first
+            if self.time[arm].n < c.warmup:
+                return arm
+        due = [a for a in range(self.arms) if a != self.best and self.waited[a] >= self.interval[a]]
+        return due[0] if due else self.best
 
-    def record(self, drafted: bool, tokens: int, elapsed: float) -> None:
-        """A round (drafted or plain) emitted `tokens` in `elapsed` time (any unit, the same for all)."""
+    def record(self, arm: int, tokens: int, elapsed: float) -> None:
+        """A round of `arm` emitted `tokens` in `elapsed` time (any unit, the same for all)."""
         c = self.config
-        if drafted:
-            self.drafted_time.add(elapsed)
-            self.drafted_tokens.add(tokens)
-        else:
-            self.plain_time.add(elapsed)
-        if self.drafted_time.n < c.warmup or self.plain_time.n == 0:
+        self.time[arm].add(elapsed)
+        self.tokens[arm].add(tokens)
+        self.waited = [0 if a == arm else w + 1 for a, w in enumerate(self.waited)]
+        if any(t.n < c.warmup for t in self.time):
             return
-        # hysteresis: an open gate stays open while drafting pays at all, a closed one needs the margin
-        was_open, self.open = self.open, self.pays(0.0 if self.open else c.margin)
-        if self.open:
-            self.interval = c.probe
-            self.since = self.since + 1 if drafted and was_open else 0
-        elif drafted and not was_open:      # a probe that lost: wait longer for the next one
-            self.interval = min(2 * self.interval, c.max_probe)
-            self.since = 0
-        else:
-            self.since = self.since + 1 if not drafted else 0
+        if not self.warm:                         # every arm measured: the first choice
+            self.warm, self.best = True, max(range(self.arms), key=self.rate)
+            return
+        if arm != self.best:                      # a probe
+            if self.rate(arm) >= (1 + c.margin) * self.rate(self.best):
+                self.best, self.interval[arm] = arm, c.probe
+            elif (1 + c.margin) * self.rate(arm) < self.rate(self.best):   # lost clearly: wait longer
+                self.interval[arm] = min(2 * self.interval[arm], c.max_probe)
+            return
+        rival = max(range(self.arms), key=self.rate)
+        if self.rate(rival) >= (1 + c.margin) * self.rate(arm):   # the best fell behind another's last rate
+            self.best, self.interval[arm] = rival, c.probe
 
 
 class GateLearner:
-    """The gated policy's `Learner`: the gate hears every round, the inner policy's learner the
-    rounds it built."""
+    """The gated policy's `Learner`: the gate hears every round, each arm's own learner its rounds."""
 
-    def __init__(self, gate: DraftGate, inner):
-        self.gate, self.inner, self.drafted = gate, inner, False
+    def __init__(self, gate: DraftGate, learners: list):
+        self.gate, self.learners, self.arm = gate, learners, gate.arms - 1
 
     def learn(self, tree: DraftTree, acc: Acceptance, greedy: bool) -> None:
-        if self.drafted and self.inner is not None:
-            self.inner.learn(tree, acc, greedy)
+        if self.learners[self.arm] is not None:
+            self.learners[self.arm].learn(tree, acc, greedy)
 
     def record_round(self, tokens: int, elapsed: float) -> None:
-        self.gate.record(self.drafted, tokens, elapsed)
-        if self.drafted and self.inner is not None:
-            self.inner.record_round(tokens, elapsed)
+        self.gate.record(self.arm, tokens, elapsed)
+        if self.learners[self.arm] is not None:
+            self.learners[self.arm].record_round(tokens, elapsed)
 
 
 class GatedPolicy:
-    """`inner` (any drafting policy) behind a `DraftGate`: a round the gate closes is the root alone,
-    with no draft call."""
+    """Policies (`arms`, cheapest first; None: the root alone) behind a `DraftGate`: each round is
+    built by the arm the gate chooses. Arms that read the text share one history."""
 
-    def __init__(self, inner, gate: DraftGate | None = None, learner: GateLearner | None = None):
-        self.inner = inner
-        self.gate = gate if gate is not None else DraftGate()
-        self.learner = learner if learner is not None else GateLearner(self.gate, inner.learner)
-        self.history = inner.history
+    def __init__(self, arms: list, gate: DraftGate | None = None, learner: GateLearner | None = None):
+        self.arms = list(arms)
+        self.gate = gate if gate is not None else DraftGate(len(self.arms))
+        if self.gate.arms != len(self.arms):
+            raise ValueError(f"gate over {self.gate.arms} arms, {len(self.arms)} policies given")
+        self.learner = learner if learner is not None else GateLearner(
+            self.gate, [getattr(p, "learner", None) for p in self.arms])
+        histories = {id(p.history): p.history for p in self.arms if p is not None and p.history is not None}
+        if len(histories) > 1:
+            raise ValueError("gated policies that read the text must share one history")
+        self.history = next(iter(histories.values()), None)
 
     def __repr__(self) -> str:
-        return f"GatedPolicy({self.inner!r}, {self.gate.config!r})"
+        return f"GatedPolicy({self.arms!r}, {self.gate.config!r})"
 
     def build(self, root_token: int, expand: Expand) -> DraftTree:
-        self.learner.drafted = self.gate.drafts()
-        if self.learner.drafted:
-            return self.inner.build(root_token, expand)
-        return root_tree(root_token, BuildInfo(draft_calls=0, nodes_per_layer=(), drafted=0))
+        arm = self.learner.arm = self.gate.choose()
+        policy = self.arms[arm]
+        if policy is None:
+            return root_tree(root_token, BuildInfo(draft_calls=0, nodes_per_layer=(), drafted=0))
+        return policy.build(root_token, expand)
 
     def footprint(self) -> tuple[int, int]:
-        return self.inner.footprint()
+        feet = [p.footprint() for p in self.arms if p is not None]
+        return max([1] + [f[0] for f in feet]), max([0] + [f[1] for f in feet])
 
     def capped(self, room: int) -> GatedPolicy:
-        return GatedPolicy(self.inner.capped(room), self.gate, self.learner)
+        return GatedPolicy([None if p is None else p.capped(room) for p in self.arms], self.gate, self.learner)

@@ -130,8 +130,10 @@ def _talon_cost(cost, **talon) -> TalonCostPolicy:
     return TalonCostPolicy(TalonPolicy(**talon), cost, AcceptanceModel())
 
 
-def _talon_gated(**talon) -> GatedPolicy:
-    return GatedPolicy(TalonPolicy(**talon))
+def _talon_gated(**options) -> GatedPolicy:
+    """The root alone, the lookup alone and talon-lookup (one shared index), the gate choosing per round."""
+    tree = _talon_lookup(**options)
+    return GatedPolicy([None, LookupPolicy(tree.talon.budget, tree.history), tree])
 
 
 def _index(options: dict[str, Any]) -> Lookup:
@@ -169,9 +171,10 @@ SPECS: dict[str, PolicySpec] = {s.name: s for s in (
     PolicySpec(TALON_LOOKUP, "TALON with the context lookup's continuations in its candidate pool",
                TalonLookupPolicy, _talon_lookup, _TALON_KNOBS, (*LOOKUP_OPTIONS, "skip"),
                footprint=_talon_footprint, reads_text=True),
-    PolicySpec(TALON_GATED, "TALON behind a measured gate (talon/gate.py): a round drafts only while drafted "
-               "rounds emit more tokens per second than plain ones", GatedPolicy, _talon_gated, _TALON_KNOBS,
-               footprint=_talon_footprint),
+    PolicySpec(TALON_GATED, "a measured gate (talon/gate.py) choosing per round among ar, lookup and "
+               "talon-lookup: the head is called only while its rounds emit the most tokens per second",
+               GatedPolicy, _talon_gated,
+               _TALON_KNOBS, (*LOOKUP_OPTIONS, "skip"), footprint=_talon_footprint, reads_text=True),
 )}
 NAMES = tuple(SPECS)
 POLICIES: dict[str, type] = {name: s.cls for name, s in SPECS.items()}

@@ -37,7 +37,7 @@ def test_bench_writes_three_outputs(tiny_engine, tmp_path):
         assert r["tokens_per_s"] > 0 and r["tau"] >= 1 and r["speedup_vs_ar"] > 0
     for r in data["rows"]:
         assert 0 <= r["lookup_accepted"] <= r["lookup_proposed"]
-        assert (r["lookup_proposed"] > 0) <= (r["policy"] in ("lookup", "talon-lookup"))
+        assert (r["lookup_proposed"] > 0) <= (r["policy"] in ("lookup", "talon-lookup", "talon-gated"))
         assert (r["draft_calls"] == 0) == (r["policy"] in ("ar", "lookup"))
     talon = next(r for r in data["rows"] if r["policy"] == "talon" and r["budget"] == 16)
     assert talon["delta"] > 0 and talon["rounds"] > 0 and talon["depth_hist"]

@@ -41,9 +41,9 @@ def sample(engine, policy: str, seed: int, **opts) -> tuple[np.ndarray, int, int
     out = np.zeros((N, 2), np.int64)
     hit = miss = 0
     with Generator.open(engine, policy=policy, seed=seed, **opts) as gen:
-        if policy == "talon-gated":   # its gate decides by time; here every other round drafts, deterministically
-            flips = itertools.cycle((True, False))
-            gen._decoder.policy.gate.drafts = lambda: next(flips)
+        if policy == "talon-gated":   # its gate decides by time; here its arms take turns, deterministically
+            arms = itertools.cycle((2, 1, 2, 0))
+            gen._decoder.policy.gate.choose = lambda: next(arms)
         for i in range(N):
             res = gen.generate(PROMPT, max_new_tokens=2)
             out[i] = res.tokens
