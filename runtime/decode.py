@@ -157,6 +157,9 @@ class Decoder:
         if top_logprobs is not None and not self.sampler.logits:   # plain greedy: the argmax ids only
             self.sampler = Sampler(self.sampler.o, self.vocab, logits=True)
         self.top_logprobs, self.logprobs = top_logprobs, []
+        seeded = getattr(self.policy, "seeded", None)   # a policy whose choices follow time (talon/gate.py)
+        if seeded is not None:
+            seeded(not self.sampler.greedy and self.sampler.o.seed is not None)
         try:
             return self._generate(prompt, max_new_tokens, on_tokens)
         finally:

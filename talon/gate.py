@@ -76,6 +76,7 @@ class DraftGate:
         self.waited = [0] * self.arms           # rounds since each arm last ran
         self.best = self.arms - 1
         self.warm = False
+        self.pinned: int | None = None          # an arm every round takes regardless of time (seeded sampling)
 
     def rate(self, arm: int) -> float:
         """Tokens per unit of time of `arm`'s recent rounds."""
@@ -84,6 +85,8 @@ class DraftGate:
 
     def choose(self) -> int:
         """The arm that builds the next round."""
+        if self.pinned is not None:
+            return self.pinned
         c = self.config
         for arm in reversed(range(self.arms)):   # warm-up, dearest first
             if self.time[arm].n < c.warmup:
@@ -131,10 +134,18 @@ class GateLearner:
 
 class GatedPolicy:
     """Policies (`arms`, cheapest first; None: the root alone) behind a `DraftGate`: each round is
-    built by the arm the gate chooses. Arms that read the text share one history."""
+    built by the arm the gate chooses. Arms that read the text share one history.
 
-    def __init__(self, arms: list, gate: DraftGate | None = None, learner: GateLearner | None = None):
+    Seeded sampling repeats itself only if every round is built the same way, and the gate's choices
+    follow measured time: `seeded(True)` (the decoder calls it for a generation that samples with a
+    seed) pins every round to `seeded_arm`, an arm whose trees depend on the text alone."""
+
+    def __init__(self, arms: list, gate: DraftGate | None = None, learner: GateLearner | None = None,
+                 seeded_arm: int = 0):
         self.arms = list(arms)
+        if not 0 <= seeded_arm < len(self.arms):
+            raise ValueError(f"seeded_arm {seeded_arm} outside the {len(self.arms)} arms")
+        self.seeded_arm = seeded_arm
         self.gate = gate if gate is not None else DraftGate(len(self.arms))
         if self.gate.arms != len(self.arms):
             raise ValueError(f"gate over {self.gate.arms} arms, {len(self.arms)} policies given")
@@ -146,7 +157,11 @@ class GatedPolicy:
         self.history = next(iter(histories.values()), None)
 
     def __repr__(self) -> str:
-        return f"GatedPolicy({self.arms!r}, {self.gate.config!r})"
+        return f"GatedPolicy({self.arms!r}, {self.gate.config!r}, seeded_arm={self.seeded_arm})"
+
+    def seeded(self, on: bool) -> None:
+        """Pin every round to `seeded_arm` (on) or let the gate choose again (off)."""
+        self.gate.pinned = self.seeded_arm if on else None
 
     def build(self, root_token: int, expand: Expand) -> DraftTree:
         arm = self.learner.arm = self.gate.choose()
@@ -160,4 +175,5 @@ class GatedPolicy:
         return max([1] + [f[0] for f in feet]), max([0] + [f[1] for f in feet])
 
     def capped(self, room: int) -> GatedPolicy:
-        return GatedPolicy([None if p is None else p.capped(room) for p in self.arms], self.gate, self.learner)
+        return GatedPolicy([None if p is None else p.capped(room) for p in self.arms], self.gate, self.learner,
+                           self.seeded_arm)

@@ -131,9 +131,10 @@ def _talon_cost(cost, **talon) -> TalonCostPolicy:
 
 
 def _talon_gated(**options) -> GatedPolicy:
-    """The root alone, the lookup alone and talon-lookup (one shared index), the gate choosing per round."""
+    """The root alone, the lookup alone and talon-lookup (one shared index), the gate choosing per round;
+    seeded sampling takes the lookup's rounds (they depend on the text alone, so a seed repeats)."""
     tree = _talon_lookup(**options)
-    return GatedPolicy([None, LookupPolicy(tree.talon.budget, tree.history), tree])
+    return GatedPolicy([None, LookupPolicy(tree.talon.budget, tree.history), tree], seeded_arm=1)
 
 
 def _index(options: dict[str, Any]) -> Lookup:

@@ -93,3 +93,13 @@ def test_sampled_distribution_matches_ar(vocab_engine, ar_samples, policy, confi
     print(f"{policy}/{config}: p(first)={p1:.3f} p(second)={p2:.3f} p(first vs exact)={gof:.3f} "
           f"rounds accepting/rejecting={hit}/{miss}")
     assert min(p1, p2, gof) > P_MIN, (p1, p2, gof)
+
+
+def test_seeded_samples_repeat_under_the_timed_gate(tiny_engine):
+    """talon-gated chooses its rounds by measured time; a seeded sampled generation takes its text-only
+    arm every round, so the same seed gives the same tokens (and an unseeded one may not)."""
+    outs = []
+    for _ in range(3):
+        with Generator.open(tiny_engine, policy="talon-gated", temperature=1.0, seed=11, budget=4) as gen:
+            outs.append(gen.generate([1, 5, 9, 14], max_new_tokens=24).tokens)
+    assert outs[0] == outs[1] == outs[2]

@@ -100,3 +100,12 @@ def test_bad_gate_config_is_refused(bad):
 def test_arms_and_policies_must_agree():
     with pytest.raises(ValueError, match="gate over 3 arms, 2 policies given"):
         GatedPolicy([None, TalonPolicy()], DraftGate(3))
+
+
+def test_seeded_sampling_pins_the_text_only_arm():
+    policy = make_policy("talon-gated", budget=4, root_k=2, mu=0.3)
+    assert policy.seeded_arm == 1
+    policy.seeded(True)
+    assert {policy.capped(3).gate.choose() for _ in range(5)} == {1}
+    policy.seeded(False)
+    assert policy.gate.choose() == 2                  # warm-up again: the dearest arm first
