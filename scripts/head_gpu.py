@@ -384,9 +384,6 @@ def run(args) -> dict:
         n_tokens = save_tokens(work, out)[split]
         note(f"data-{split}", prompts=len(by_split[split]), new_shards=gen["new_shards"], **n_tokens,
              generate_s=round(t_gen, 1), features_s=round(time.monotonic() - t, 1))
-    del lm
-    if device == "cuda":
-        torch.cuda.empty_cache()
     eval_reserve = args.eval_share * args.budget_s
 
     def publish_latest(latest: Path) -> None:
@@ -399,7 +396,7 @@ def run(args) -> dict:
     t = time.monotonic()
     try:
         stats = train_mod.run(recipe, model, out / "head", work, 1, device=device,
-                              deadline=deadline - eval_reserve, after_checkpoint=publish_latest)
+                              deadline=deadline - eval_reserve, after_checkpoint=publish_latest, loaded=(lm, tok))
     except ExportError as e:
         raise HeadGpuError(f"train: {e}") from None
     publish_latest(work / "latest")
@@ -407,7 +404,7 @@ def run(args) -> dict:
          loss=stats["loss"], planned_steps=recipe.train.steps)
     t = time.monotonic()
     result = evaluate_mod.run(out / "head", model, work, recipe.eval_steps, args.eval_conversations,
-                              out / "eval.json", device=device)
+                              out / "eval.json", device=device, loaded=(lm, tok))
     note("eval", seconds=round(time.monotonic() - t, 1), **result)
     shutil.copy(work / "head" / "draft_ids.npy", out / "draft_ids.npy")
     note("done", total_s=round(time.monotonic() - t0, 1))

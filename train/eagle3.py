@@ -81,7 +81,7 @@ def rollout(head: Eagle3Head, ids: Tensor, features: Tensor, steps: int):
     hidden = head.fuse(features)
     kv = []
     for j in range(steps):
-        position_ids = (torch.arange(T) + j)[None].expand(B, T)
+        position_ids = (torch.arange(T, device=ids.device) + j)[None].expand(B, T)
         out = head(shift(ids, 1 + j), hidden, position_ids=position_ids, ttt_kv=kv or None)
         kv.append((out.key, out.value))
         hidden = out.hidden_out
@@ -154,7 +154,7 @@ def save(head: Eagle3Head, target: LlamaForCausalLM, folder: Path) -> None:
     """Published EAGLE-3 layout: config.json + model.safetensors (fp16; d2t int64, t2d bool)."""
     c = head.config
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
+    tensors = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous().cpu()
                for k, v in head.state_dict().items()}
     save_file(tensors, str(folder / "model.safetensors"))
     tcfg = target.config

@@ -44,13 +44,14 @@ def evaluate_fp32(head, lm, split: Split, taps, pad: int, steps: int, limit: int
 
 
 def run(head_folder: Path, model: Path, work: Path, steps: int, limit: int | None = None,
-        out_json: Path | None = None, device: str = "cpu") -> dict:
-    """Load `head_folder` the way the exporter does and score it on `<work>/data/heldout` in float32."""
+        out_json: Path | None = None, device: str = "cpu", loaded=None) -> dict:
+    """Load `head_folder` the way the exporter does and score it on `<work>/data/heldout` in float32;
+    `loaded`: the (target, tokenizer) `target.load` gave, else loaded here."""
     from talon_rt.export.checkpoints import load_head
 
     from . import target as target_mod
 
-    lm, tok = target_mod.load(model, device=device)
+    lm, tok = loaded or target_mod.load(model, device=device)
     head = load_head(head_folder, target_mod.view(lm)).float().to(device).eval()
     split = Split(data_folder(work, "heldout"))
     result = evaluate_fp32(head, lm, split, taps(lm),

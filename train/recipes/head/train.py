@@ -62,12 +62,13 @@ class Plan:
 
 
 def run(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0, device: str = "cpu",
-        deadline: float | None = None, after_checkpoint=None) -> dict:
+        deadline: float | None = None, after_checkpoint=None, loaded=None) -> dict:
     """`device` cpu or cuda: where the target's rows, the head and the batches live; `deadline`
     (time.monotonic()): stop early there, checkpoint and publish the head trained so far;
-    `after_checkpoint(<work>/latest)` runs after each checkpoint's export and score."""
+    `after_checkpoint(<work>/latest)` runs after each checkpoint's export and score; `loaded`: the
+    (target, tokenizer) `target.load` gave, else loaded here."""
     spec, tspec = recipe.head, recipe.train
-    lm, tok = target_mod.load(model, device=device)
+    lm, tok = loaded or target_mod.load(model, device=device)
     pad = target_mod.stop_ids(lm, tok)[0]
     train, heldout = Split(data_folder(work, "train")), Split(data_folder(work, "heldout"))
     folder = work / "head"
