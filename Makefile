@@ -10,7 +10,7 @@ ENGINES ?= engines
 FLAVOUR ?= ort
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu gpu-check gpu-kit gpu-kit-rehearse test test-slow demo export engines bench bench-peers smollm2 capi pytriton clean
+.PHONY: help install install-gpu gpu-check gpu-kit gpu-kit-rehearse head-gpu-pack head-gpu-rehearse test test-slow demo export engines bench bench-peers smollm2 capi pytriton clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,12 @@ gpu-kit-rehearse: install  ## the kit's device calls on this CPU: pack for this 
 	$(PYTHON) scripts/gpu_kit.py pack --spec '$(ORT_GPU)' --kit .gpu-kit/cpu \
 		--python-version $$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])') $(GPU_KIT_ARGS) >/dev/null
 	$(PYTHON) scripts/gpu_kit.py rehearse --kit .gpu-kit/cpu --check-args '--dry-run $(GPU_KIT_CHECK_ARGS)'
+
+head-gpu-pack: smollm2  ## the SmolLM2 GGUF (and gguf, rich) in pieces under .gpu-head/ for the head's GPU run; print the device calls
+	$(PYTHON) scripts/head_gpu.py pack
+
+head-gpu-rehearse: install  ## the head's GPU run on this CPU: tiny target, pack, simulated device calls, run --device cpu, unpack
+	OMP_NUM_THREADS=1 $(PYTHON) scripts/head_gpu.py rehearse
 
 test: install  ## run the fast test suite
 	$(BIN)/pytest -q

@@ -25,7 +25,7 @@ from transformers import LlamaForCausalLM
 
 from talon_rt.export.config import HeadConfig, TargetConfig
 from talon_rt.export.reference import Eagle3Head
-from talon_rt.train.target_pass import AUTOCAST, TargetPass
+from talon_rt.train.target_pass import TargetPass, autocast_for
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def rollout(head: Eagle3Head, ids: Tensor, features: Tensor, steps: int):
     hidden = head.fuse(features)
     kv = []
     for j in range(steps):
-        position_ids = (torch.arange(T) + j)[None].expand(B, T)
+        position_ids = (torch.arange(T, device=ids.device) + j)[None].expand(B, T)
         out = head(shift(ids, 1 + j), hidden, position_ids=position_ids, ttt_kv=kv or None)
         kv.append((out.key, out.value))
         hidden = out.hidden_out
@@ -96,7 +96,7 @@ def rollout_loss(head: Eagle3Head, ids: Tensor, tp: TargetPass, spec: HeadSpec, 
     positions with loss (`acc1`, `acc1_n`)."""
     T = ids.shape[1]
     total = 0.0
-    with torch.autocast(**AUTOCAST):
+    with torch.autocast(**autocast_for(ids)):
         for j, logits in rollout(head, ids, tp.features, spec.ttt_steps):
             soft = shift(tp.soft, 1 + j)
             valid = shift(head.t2d[tp.greedy], 1 + j, False)
@@ -133,12 +133,12 @@ class Agreement:
         for j in range(self.steps):
             counted &= shift(label_ok, 1 + j, False)
         alive = counted.clone()
-        with torch.autocast(**AUTOCAST):
+        with torch.autocast(**autocast_for(ids)):
             for j, logits in rollout(head, ids, tp.features, self.steps):
                 ok = head.draft_to_target(logits.float().argmax(-1)) == shift(tp.greedy, 1 + j)
                 alive &= ok
-                self.hits[j] += (ok & counted).sum()
-                self.chain[j] += alive.sum()
+                self.hits[j] += int((ok & counted).sum())
+                self.chain[j] += int(alive.sum())
         self.covered += int((head.t2d[shift(tp.greedy, 1)] & counted).sum())
         self.count += int(counted.sum())
 
@@ -154,7 +154,7 @@ def save(head: Eagle3Head, target: LlamaForCausalLM, folder: Path) -> None:
     """Published EAGLE-3 layout: config.json + model.safetensors (fp16; d2t int64, t2d bool)."""
     c = head.config
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
+    tensors = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous().cpu()
                for k, v in head.state_dict().items()}
     save_file(tensors, str(folder / "model.safetensors"))
     tcfg = target.config

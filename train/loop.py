@@ -60,10 +60,12 @@ def train(
     threads: int = 0,
     progress: Callable[[], str] | None = None,
     on_checkpoint: Callable[[dict], None] | None = None,
+    deadline: float | None = None,
 ) -> dict:
     """Run `spec.steps` optimiser steps of `step_loss(step) -> (loss, tokens)` on module's trainable
     parameters, resuming from work/ckpt.pt; `threads` 0 follows the machine's load (threads.py).
     `progress()` adds text to each progress line; `on_checkpoint(state)` runs after each checkpoint.
+    `deadline` (time.monotonic()): no step starts after it (the run ends early, checkpointed).
     Returns {"steps", "tokens", "seconds", "loss"}."""
     work.mkdir(parents=True, exist_ok=True)
     params = [p for p in module.parameters() if p.requires_grad]
@@ -76,7 +78,8 @@ def train(
     state = {"step": 0, "tokens": 0, "seconds": 0.0, "loss": float("nan")}
     ckpt = work / CKPT
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True)
+        device = next(module.parameters()).device
+        saved = torch.load(ckpt, weights_only=True, map_location=device)
         state = saved["state"]
         if state["step"] > spec.steps:
             raise ExportError(f"{ckpt}: a checkpoint at step {state['step']}, past this run's {spec.steps} steps "
@@ -105,6 +108,9 @@ def train(
         governor = ThreadGovernor(threads)
         try:
             for step in range(start_step, spec.steps):
+                if deadline is not None and time.monotonic() > deadline:
+                    console.log(f"{name}: time budget reached at step {step}/{spec.steps}")
+                    break
                 n_threads = governor.update()
                 for group in opt.param_groups:
                     group["lr"] = lr_at(spec, step)

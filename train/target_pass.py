@@ -12,6 +12,12 @@ from talon_rt.export.config import TargetConfig
 AUTOCAST = dict(device_type="cpu", dtype=torch.bfloat16)
 
 
+def autocast_for(x) -> dict:
+    """bf16 autocast arguments for the device of tensor or module `x` (cpu or cuda)."""
+    device = x.device if isinstance(x, Tensor) else next(x.parameters()).device
+    return dict(device_type=device.type, dtype=torch.bfloat16)
+
+
 @dataclass(frozen=True)
 class TargetPass:
     features: Tensor   # [B, T, 3H] taps low -> mid -> high

@@ -102,7 +102,9 @@ class Split:
             greedy[r, :c.length] = torch.from_numpy(self.greedy[c.shard][sl])
             bits[r, :c.length] = self.feats[c.shard][sl]
             mask[r, c.prompt_length - 1:c.length - 1] = True
-        feats = features.from_bits(bits)
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        device = lm_head_rows.device  # the batch lives where the draft rows do (cpu or cuda)
+        feats = features.from_bits(bits).to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
             logits = feats[..., 3 * H:] @ lm_head_rows.T
-        return ids, TargetPass(feats[..., :3 * H].float(), logits.float().softmax(-1), greedy), mask
+        return ids.to(device), TargetPass(feats[..., :3 * H].float(), logits.float().softmax(-1),
+                                          greedy.to(device)), mask.to(device)

@@ -33,7 +33,7 @@ def evaluate_fp32(head, lm, split: Split, taps, pad: int, steps: int, limit: int
     float32 (features and greedy tokens as the fp32 engine gives them; only the tokens are cached)."""
     acc = Agreement(steps)
     H = lm.config.hidden_size
-    draft_rows = lm.lm_head.weight[torch.arange(len(head.d2t)) + head.d2t].float()
+    draft_rows = lm.lm_head.weight[torch.arange(len(head.d2t), device=head.d2t.device) + head.d2t].float()
     n = len(split.convs) if limit is None else min(limit, len(split.convs))
     for i in range(0, n, batch):
         ids, _, mask = split.batch(list(range(i, min(n, i + batch))), draft_rows, pad)
@@ -44,14 +44,15 @@ def evaluate_fp32(head, lm, split: Split, taps, pad: int, steps: int, limit: int
 
 
 def run(head_folder: Path, model: Path, work: Path, steps: int, limit: int | None = None,
-        out_json: Path | None = None) -> dict:
-    """Load `head_folder` the way the exporter does and score it on `<work>/data/heldout` in float32."""
+        out_json: Path | None = None, device: str = "cpu", loaded=None) -> dict:
+    """Load `head_folder` the way the exporter does and score it on `<work>/data/heldout` in float32;
+    `loaded`: the (target, tokenizer) `target.load` gave, else loaded here."""
     from talon_rt.export.checkpoints import load_head
 
     from . import target as target_mod
 
-    lm, tok = target_mod.load(model)
-    head = load_head(head_folder, target_mod.view(lm)).float().eval()
+    lm, tok = loaded or target_mod.load(model, device=device)
+    head = load_head(head_folder, target_mod.view(lm)).float().to(device).eval()
     split = Split(data_folder(work, "heldout"))
     result = evaluate_fp32(head, lm, split, taps(lm),
                            target_mod.stop_ids(lm, tok)[0], steps, limit)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from talon_rt.train.target_pass import AUTOCAST
+from talon_rt.train.target_pass import autocast_for
 
 from .generate import load_shard
 
@@ -30,7 +30,7 @@ def greedy_path(shard: Path) -> Path:
 
 
 def to_bits(x: torch.Tensor) -> np.ndarray:
-    return x.to(torch.bfloat16).view(torch.int16).numpy()
+    return x.to(torch.bfloat16).view(torch.int16).cpu().numpy()
 
 
 def from_bits(a: np.ndarray) -> torch.Tensor:
@@ -41,8 +41,8 @@ def from_bits(a: np.ndarray) -> torch.Tensor:
 def forward(lm, ids: torch.Tensor, taps, bf16: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [B, T, 4H]: taps low -> mid -> high then the normed last hidden, greedy [B, T]);
     `bf16` False: the target in float32, as the runtime's fp32 engine runs it."""
-    with torch.autocast(**AUTOCAST, enabled=bf16):
-        out = lm(input_ids=ids, output_hidden_states=True)
+    with torch.autocast(**autocast_for(lm), enabled=bf16):
+        out = lm(input_ids=ids.to(lm.device), output_hidden_states=True)
     last = out.hidden_states[-1]  # transformers: the last entry is after the final norm
     feats = torch.cat([out.hidden_states[i] for i in taps] + [last], dim=-1)
     return feats, out.logits.float().argmax(-1)
@@ -73,7 +73,7 @@ def run(lm, shard: Path, taps, pad: int) -> None:
         for r, c in enumerate(rows):
             s, n = int(z["starts"][c]), int(z["lengths"][c])
             feats[s:s + n] = to_bits(f[r, :n])
-            greedy[s:s + n] = g[r, :n].numpy()
+            greedy[s:s + n] = g[r, :n].cpu().numpy()
         i = j
     for path, arr in ((feature_path(shard), feats), (greedy_path(shard), greedy)):
         tmp = path.with_suffix(".tmp.npy")

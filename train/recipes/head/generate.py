@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from talon_rt.train.console import console
-from talon_rt.train.target_pass import AUTOCAST
+from talon_rt.train.target_pass import autocast_for
 from talon_rt.train.threads import ThreadGovernor
 
 from . import target as target_mod
@@ -51,10 +51,11 @@ def _pad_left(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 def answer(lm, rows: list[list[int]], stop: list[int], spec: GenerateSpec, sampled: bool, seed: int) -> list[list[int]]:
     """The responses to the rendered prompts `rows`, each cut after its first stop id."""
     ids, mask = _pad_left(rows, stop[0])
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
     torch.manual_seed(seed)
     extra = {"do_sample": True, "temperature": spec.temperature, "top_p": 1.0, "top_k": 0} if sampled \
         else {"do_sample": False}
-    with torch.autocast(**AUTOCAST):
+    with torch.autocast(**autocast_for(lm)):
         out = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=spec.max_new_tokens,
                           pad_token_id=stop[0], eos_token_id=stop, **extra)
     responses = []
@@ -65,9 +66,9 @@ def answer(lm, rows: list[list[int]], stop: list[int], spec: GenerateSpec, sampl
 
 
 def run(lm, tok, prompts: list[Prompt], folder: Path, spec: GenerateSpec, threads: int = 0,
-        on_shard=None) -> dict:
+        on_shard=None, deadline: float | None = None) -> dict:
     """Generate every missing shard of `prompts` under `folder`; `on_shard(path)` runs after each new
-    shard (the feature pass). Returns {"shards", "conversations", "response_tokens", "seconds"}."""
+    shard (the feature pass); no new shard starts after `deadline` (time.monotonic()). Returns {"shards", "conversations", "response_tokens", "seconds"}."""
     folder.mkdir(parents=True, exist_ok=True)
     stop = target_mod.stop_ids(lm, tok)
     governor = ThreadGovernor(threads)
@@ -77,6 +78,8 @@ def run(lm, tok, prompts: list[Prompt], folder: Path, spec: GenerateSpec, thread
         path = shard_path(folder, s)
         if path.exists():
             continue
+        if deadline is not None and time.monotonic() > deadline:
+            break
         governor.update()
         chunk = prompts[s * spec.batch:(s + 1) * spec.batch]
         rows = [target_mod.render(tok, p.text) for p in chunk]

@@ -10,8 +10,9 @@ from talon_rt.export.config import TargetConfig
 from talon_rt.export.errors import CheckpointError
 
 
-def load(model: Path, dtype: torch.dtype = torch.float32):
-    """(transformers causal LM in eval mode with frozen weights, tokenizer) for a folder or a .gguf file."""
+def load(model: Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """(transformers causal LM in eval mode with frozen weights on `device`, tokenizer) for a folder or a
+    .gguf file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = Path(model)
@@ -30,7 +31,7 @@ def load(model: Path, dtype: torch.dtype = torch.float32):
     TargetConfig.from_hf(lm.config.to_dict(), str(model))  # the exporter must support the architecture
     if tok.chat_template is None:
         raise CheckpointError(f"{model}: the tokenizer has no chat template (self-distillation renders chats)")
-    lm.eval()
+    lm.to(device).eval()
     for p in lm.parameters():
         p.requires_grad_(False)
     return lm, tok

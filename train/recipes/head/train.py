@@ -61,14 +61,19 @@ class Plan:
         return e, self.epochs[e][step - self.starts[e]]
 
 
-def run(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0) -> dict:
+def run(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0, device: str = "cpu",
+        deadline: float | None = None, after_checkpoint=None, loaded=None) -> dict:
+    """`device` cpu or cuda: where the target's rows, the head and the batches live; `deadline`
+    (time.monotonic()): stop early there, checkpoint and publish the head trained so far;
+    `after_checkpoint(<work>/latest)` runs after each checkpoint's export and score; `loaded`: the
+    (target, tokenizer) `target.load` gave, else loaded here."""
     spec, tspec = recipe.head, recipe.train
-    lm, tok = target_mod.load(model)
+    lm, tok = loaded or target_mod.load(model, device=device)
     pad = target_mod.stop_ids(lm, tok)[0]
     train, heldout = Split(data_folder(work, "train")), Split(data_folder(work, "heldout"))
     folder = work / "head"
     ids = draft_ids(train, lm.config.vocab_size, spec.draft_vocab, folder)
-    head = eagle3.build(lm, spec, ids, tspec.seed)
+    head = eagle3.build(lm, spec, ids, tspec.seed).to(device)
     rows_of = lm.lm_head.weight.detach()[ids].float()
     plan = Plan(train, tspec.seed, tspec.batch * tspec.seq_len)
     console.log(f"train: {len(train.convs):,} conversations, {train.total_tokens:,} tokens in {train.shards} shards; "
@@ -101,8 +106,10 @@ def run(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0
         with open(folder / "curve.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         console.log(f"checkpoint: head -> {work / 'latest'}; held-out agreement {score['per_step']}")
+        if after_checkpoint is not None:
+            after_checkpoint(work / "latest")
 
-    stats = loop.train("head", head, step_loss, tspec, folder, threads, progress, on_checkpoint)
+    stats = loop.train("head", head, step_loss, tspec, folder, threads, progress, on_checkpoint, deadline)
     stats = summary(stats)
     eagle3.save(head, lm, out)
     (folder / "result.json").write_text(json.dumps(stats, indent=1))
