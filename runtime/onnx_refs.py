@@ -10,6 +10,8 @@ of them is visited. Field numbers are those of onnx.proto (ONNX IR version 10).
 from __future__ import annotations
 
 import mmap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # message -> {field number: message it holds}; fields not listed are skipped
@@ -122,13 +124,20 @@ def external_files(path: str | Path) -> list[str]:
     """Every external-data `location` in the ONNX model at `path`, in order of first appearance.
 
     Raises MalformedModel when the file is not a well-formed protobuf message."""
+    with _mapped(path) as view:
+        return _scan(view)
+
+
+@contextmanager
+def _mapped(path: str | Path) -> Iterator[memoryview]:
+    """The file at `path` as a read-only memoryview of its mapping (MalformedModel when empty)."""
     with open(path, "rb") as f:
         if f.seek(0, 2) == 0:
             raise MalformedModel("empty file")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             view = memoryview(mm)
             try:
-                return _scan(view)
+                yield view
             finally:
                 view.release()
 
@@ -139,26 +148,19 @@ def initializer_spans(path: str | Path) -> dict[str, tuple[int, int]]:
 
     Raises MalformedModel when the file is not a well-formed protobuf message."""
     spans: dict[str, tuple[int, int]] = {}
-    with open(path, "rb") as f:
-        if f.seek(0, 2) == 0:
-            raise MalformedModel("empty file")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = memoryview(mm)
-            try:
-                for number, wire, s, e in _fields(view, 0, len(view)):
-                    if number != 7 or wire != _LEN:          # ModelProto.graph
-                        continue
-                    for gn, gw, gs, ge in _fields(view, s, e):
-                        if gn != 5 or gw != _LEN:            # GraphProto.initializer
-                            continue
-                        name, raw = None, None
-                        for tn, tw, ts, te in _fields(view, gs, ge):
-                            if tn == 8 and tw == _LEN:       # TensorProto.name
-                                name = bytes(view[ts:te]).decode("utf-8", "replace")
-                            elif tn == 9 and tw == _LEN:     # TensorProto.raw_data
-                                raw = (ts, te - ts)
-                        if name is not None and raw is not None:
-                            spans[name] = raw
-            finally:
-                view.release()
+    with _mapped(path) as view:
+        for number, wire, s, e in _fields(view, 0, len(view)):
+            if number != 7 or wire != _LEN:          # ModelProto.graph
+                continue
+            for gn, gw, gs, ge in _fields(view, s, e):
+                if gn != 5 or gw != _LEN:            # GraphProto.initializer
+                    continue
+                name, raw = None, None
+                for tn, tw, ts, te in _fields(view, gs, ge):
+                    if tn == 8 and tw == _LEN:       # TensorProto.name
+                        name = bytes(view[ts:te]).decode("utf-8", "replace")
+                    elif tn == 9 and tw == _LEN:     # TensorProto.raw_data
+                        raw = (ts, te - ts)
+                if name is not None and raw is not None:
+                    spans[name] = raw
     return spans

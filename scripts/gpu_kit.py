@@ -180,14 +180,19 @@ def pack(wheels: list[Path], kit: Path, piece_bytes: int, xz_preset: int | None)
     return manifest
 
 
+def load_manifest(path: Path, error: type[Exception], script: str) -> dict:
+    """The JSON at `path`; `error` naming the file (and `python scripts/<script> pack` when it is missing)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no manifest (run `python scripts/{script} pack` here, carry it there)") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not JSON ({e})") from None
+
+
 def read_manifest(kit: Path) -> dict:
     path = kit / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise KitError(f"{path}: no manifest (run `python scripts/gpu_kit.py pack` here, carry it there)") from None
-    except json.JSONDecodeError as e:
-        raise KitError(f"{path}: not JSON ({e})") from None
+    manifest = load_manifest(path, KitError, "gpu_kit.py")
     if manifest.get("format") != 1 or not isinstance(manifest.get("payloads"), list):
         raise KitError(f"{path}: field format/payloads: not a gpu-kit manifest of format 1")
     return manifest

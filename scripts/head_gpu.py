@@ -116,12 +116,7 @@ def pack(model: Path, kit: Path, piece_mib: float, site: bool = True) -> dict:
 
 def read_manifest(kit: Path) -> dict:
     path = kit / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise HeadGpuError(f"{path}: no manifest (run `python scripts/head_gpu.py pack` here, carry it there)") from None
-    except json.JSONDecodeError as e:
-        raise HeadGpuError(f"{path}: not JSON ({e})") from None
+    manifest = gpu_kit.load_manifest(path, HeadGpuError, "head_gpu.py")
     if manifest.get("kind") != "head-gpu" or manifest.get("format") != 1:
         raise HeadGpuError(f"{path}: field kind/format: not a head-gpu manifest of format 1")
     return manifest
