@@ -7,12 +7,14 @@ line on stderr and exit code 128 + the signal number.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 from talon_rt.export.errors import ExportError
+from talon_rt.export.signals import signals_held
 
 PROG = "python -m talon_rt.export"
 
@@ -101,7 +103,10 @@ def _export(argv=None) -> int:
     from rich.markup import escape
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, even in a pipe
     t0 = time.perf_counter()
-    from talon_rt.export.build import ExportOptions, export_engine
+    # torch, onnx and numpy's C imports take a signal badly (a RecursionError, an abort, or CPython's
+    # exit by the signal after it was handled): it waits until they are loaded, then interrupts here
+    with signals_held():
+        from talon_rt.export.build import ExportOptions, export_engine
     try:
         opts = ExportOptions(dtype=args.dtype, max_seq_len=args.max_seq_len, max_tree_tokens=args.max_tree_tokens,
                              max_prefill_chunk=args.max_prefill_chunk, k_max=args.k_max,
@@ -119,4 +124,13 @@ def _export(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code > 128:
+        # Interrupted and cleaned up. A KeyboardInterrupt that passed through an extension's own Python
+        # call (torch, transformers, numpy import code) leaves CPython's "unhandled interrupt" flag set
+        # although main() handled it, and the interpreter would then kill itself with the signal at exit
+        # instead of returning `code`: end here, streams flushed, with the code the message promised.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

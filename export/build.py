@@ -11,13 +11,11 @@ import json
 import math
 import os
 import shutil
-import signal
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -26,6 +24,7 @@ from talon_rt.export.config import HeadConfig
 from talon_rt.export.engine_dir import FORMAT_VERSION, file_record, verify_engine_dir
 from talon_rt.export.errors import CheckpointError, ExportError
 from talon_rt.export.reference import Eagle3Head, Target
+from talon_rt.export.signals import signals_held
 from talon_rt.runtime.errors import EngineError
 from talon_rt.runtime.manifest import MANIFEST, ROLES, cache_bytes, check_fits_memory
 from talon_rt.talon.policies import BASELINE, BUDGET, ENGINE_DEFAULT, KNOBS
@@ -184,7 +183,7 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path | None, out_dir: 
         _check_kv_fits(target.config, opts)
         tmp = None
         try:
-            with _signals_held():    # a signal lands after the temp dir has a name the cleanup below sees
+            with signals_held():    # a signal lands after the temp dir has a name the cleanup below sees
                 tmp = _temp_dir_beside(out_dir)
             target_quant, draft_quant = _quantizers(opts, source)
             files = _write_graphs(tmp, target, head, opts, target_quant, draft_quant, stage, log)
@@ -194,7 +193,7 @@ def export_engine(model_dir: str | Path, draft_dir: str | Path | None, out_dir: 
                 _check_against_reference(tmp, target, head, target_quant, stage)
             _replace_dir(tmp, out_dir)
         except BaseException:
-            with _signals_held():    # a second signal must not cut the removal short
+            with signals_held():    # a second signal must not cut the removal short
                 if tmp is not None:
                     shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -451,17 +450,6 @@ def _safe_out_dir(out_dir: Path, inputs: tuple[Path | None, ...], force: bool) -
                           f"{CREATED_BY.split()[0]} (no {MANIFEST} with created_by {CREATED_BY.split()[0]!r}); "
                           f"--force only replaces one of those, nothing was deleted")
     return out
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM stay pending (delivered on exit) while a temp dir is created or removed."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _temp_prefix(out_dir: Path) -> str:
