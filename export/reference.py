@@ -296,6 +296,13 @@ class Eagle3Head(nn.Module):
         """features [B, q, 3H] (target taps, low -> mid -> high) -> hidden [B, q, H]."""
         return self.fc(features)
 
+    def target_to_draft(self) -> Tensor:
+        """[V] int64: each target id's draft index, -1 where it has none (d2t's inverse)."""
+        index = torch.full((self.t2d.shape[0],), -1, dtype=torch.long, device=self.d2t.device)
+        draft = torch.arange(self.d2t.shape[0], device=self.d2t.device)
+        index[draft + self.d2t] = draft
+        return index
+
     def draft_to_target(self, draft_ids: Tensor) -> Tensor:
         return draft_ids + self.d2t[draft_ids]
 

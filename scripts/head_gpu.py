@@ -58,7 +58,7 @@ def smollm2() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
 ASIDE = gpu_kit.ASIDE["transfer"]  # models/ and bench/results/: no call reads them
 RUN_BUDGET_S = 540            # of the call's 600 s: model load and sealing fit in the rest
-SPLITS = ("heldout", "train")
+SPLITS = ("heldout", "valid", "train")   # the valid split scores the training curve
 UNSEALED = ("run.log",)  # still growing while the run seals; unpack copies it unchecked
 
 
@@ -227,52 +227,18 @@ def seal(out: Path) -> dict:
 
 
 def save_tokens(work: Path, out: Path) -> dict:
-    """The generated conversations of each split, every shard's arrays, into out/tokens-<split>.npz."""
-    import numpy as np
+    """The generated conversations of each split into out/tokens-<split>.npz (train/recipes/head/tokens.py)."""
+    from talon_rt.train.recipes.head import tokens
 
-    from talon_rt.train.recipes.head import generate
-    from talon_rt.train.recipes.head.dataset import data_folder
-
-    counts = {}
-    for split in SPLITS:
-        arrays = {}
-        for path in generate.shards(data_folder(work, split)):
-            for k, v in generate.load_shard(path).items():
-                arrays[f"{path.stem}/{k}"] = v
-        tmp = out / f"tokens-{split}.tmp.npz"
-        np.savez_compressed(tmp, **arrays)
-        tmp.rename(out / f"tokens-{split}.npz")
-        counts[split] = {"shards": len({k.split("/")[0] for k in arrays}),
-                         "tokens": int(sum(v.size for k, v in arrays.items() if k.endswith("/tokens")))}
-    return counts
+    return {split: tokens.save(work, out, split) for split in SPLITS}
 
 
-def restore_tokens(tokens: Path, work: Path) -> int:
-    """Shards of an earlier run (tokens-<split>.npz under `tokens`) back into work/data/<split>/; the
+def restore_tokens(folder: Path, work: Path) -> int:
+    """Shards of an earlier run (tokens-<split>.npz under `folder`) back into work/data/<split>/; the
     features are recomputed from them. Returns the shards restored."""
-    import numpy as np
+    from talon_rt.train.recipes.head import tokens
 
-    from talon_rt.train.recipes.head.dataset import data_folder
-
-    n = 0
-    for split in SPLITS:
-        path = tokens / f"tokens-{split}.npz"
-        if not path.is_file():
-            continue
-        folder = data_folder(work, split)
-        folder.mkdir(parents=True, exist_ok=True)
-        with np.load(path) as z:
-            by_shard: dict[str, dict] = {}
-            for key in z.files:
-                shard, name = key.split("/")
-                by_shard.setdefault(shard, {})[name] = z[key]
-        for shard, arrays in by_shard.items():
-            dest = folder / f"{shard}.npz"
-            if not dest.exists():
-                np.savez(folder / f"{shard}.tmp.npz", **arrays)
-                (folder / f"{shard}.tmp.npz").rename(dest)
-                n += 1
-    return n
+    return tokens.restore(folder, work, SPLITS)
 
 
 def add_size_args(p: argparse.ArgumentParser) -> None:
@@ -281,6 +247,7 @@ def add_size_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--train-prompts", type=int, default=None, help="default: all")
     p.add_argument("--heldout-prompts", type=int, default=None, help="default: all")
+    p.add_argument("--valid-prompts", type=int, default=None, help="default: the recipe's")
     p.add_argument("--draft-vocab", type=int, default=None)
     p.add_argument("--ttt-steps", type=int, default=None)
     p.add_argument("--train-tokens", type=int, default=None, help="the cosine schedule's end")
@@ -303,7 +270,8 @@ def recipe_from_args(args):
     gen = replace(r.data.generate, batch=args.gen_batch, max_new_tokens=pick(args.max_new_tokens,
                                                                                r.data.generate.max_new_tokens))
     data = replace(r.data, generate=gen, train_prompts=pick(args.train_prompts, r.data.train_prompts),
-                   heldout_prompts=pick(args.heldout_prompts, r.data.heldout_prompts))
+                   heldout_prompts=pick(args.heldout_prompts, r.data.heldout_prompts),
+                   valid_prompts=pick(args.valid_prompts, r.data.valid_prompts))
     head = replace(r.head, draft_vocab=pick(args.draft_vocab, r.head.draft_vocab),
                    ttt_steps=pick(args.ttt_steps, r.head.ttt_steps))
     seq_len = pick(args.seq_len, r.train.seq_len)
@@ -348,6 +316,7 @@ def run(args) -> dict:
                                 "max_new_tokens": recipe.data.generate.max_new_tokens,
                                 "train_prompts": recipe.data.train_prompts,
                                 "heldout_prompts": recipe.data.heldout_prompts,
+                                "valid_prompts": recipe.data.valid_prompts,
                                 "draft_vocab": recipe.head.draft_vocab, "ttt_steps": recipe.head.ttt_steps,
                                 "train_tokens": recipe.train.tokens,
                                 "batch_tokens": recipe.train.batch * recipe.train.seq_len, "lr": recipe.train.lr},

@@ -34,6 +34,7 @@ class HeadSpec:
     ttt_steps: int = 7          # training-time-test rollout length (the eagle3 policy drafts depth 7)
     step_weight_decay: float = 0.8  # loss weight of rollout step j is decay**j (EAGLE-3 uses 0.8)
     intermediate: int = 704     # the target's SwiGLU width; 0: the target's own
+    hard_weight: float = 0.0    # weight of a hard (argmax) cross-entropy beside the soft one, per step
 
 
 def draft_vocab(stream: np.ndarray, vocab: int, size: int) -> Tensor:
@@ -89,21 +90,27 @@ def rollout(head: Eagle3Head, ids: Tensor, features: Tensor, steps: int):
 
 
 def rollout_loss(head: Eagle3Head, ids: Tensor, tp: TargetPass, spec: HeadSpec, mask: Tensor | None = None,
-                 stats: dict | None = None) -> Tensor:
+                 stats: dict | None = None, steps: int | None = None) -> Tensor:
     """Training-time-test loss of `head` on windows `ids` with the target's pass `tp`; `mask` [B, T]
     (optional) marks the label positions that may carry loss (e.g. response tokens, not padding).
     `stats`, when given, receives the step-1 top-1 agreement with the target's greedy token over the
-    positions with loss (`acc1`, `acc1_n`)."""
+    positions with loss (`acc1`, `acc1_n`). `steps`: roll out this many steps instead of
+    `spec.ttt_steps` (a shorter rollout early in training: its cost grows with the step count)."""
     T = ids.shape[1]
     total = 0.0
     with torch.autocast(**autocast_for(ids)):
-        for j, logits in rollout(head, ids, tp.features, spec.ttt_steps):
+        for j, logits in rollout(head, ids, tp.features, steps or spec.ttt_steps):
             soft = shift(tp.soft, 1 + j)
             valid = shift(head.t2d[tp.greedy], 1 + j, False)
             if mask is not None:
                 valid &= shift(mask, 1 + j, False)
             valid[:, T - 1 - j :] = False
-            ce = -(soft * F.log_softmax(logits.float(), -1)).sum(-1)
+            logp = F.log_softmax(logits.float(), -1)
+            ce = -(soft * logp).sum(-1)
+            if spec.hard_weight:
+                # the target's greedy token as a draft index (masked where it has none: `valid`)
+                hard = shift(head.target_to_draft()[tp.greedy], 1 + j)
+                ce = ce - spec.hard_weight * logp.gather(-1, hard.clamp(min=0)[..., None])[..., 0]
             total = total + spec.step_weight_decay**j * (ce * valid).sum() / valid.sum().clamp(min=1)
             if j == 0 and stats is not None:
                 with torch.no_grad():

@@ -159,3 +159,74 @@ def test_readme_command_names_every_training_flag_off_the_default():
         base + " --train-tokens 230000 --lr 0.001 --batch-tokens 1024 --warmup-steps 10"
     with pytest.raises(SystemExit):
         main(["train", "--model", "m", "--out", "o", "--batch-tokens", "100"])
+    with_knobs = replace(DEFAULT, head=replace(DEFAULT.head, hard_weight=0.5), early_steps=2, early_fraction=0.8,
+                         soft_fp32=True, train_minutes=30.0, data=replace(DEFAULT.data, tokens="data/conv"))
+    assert readme.command(with_knobs, Path("m"), Path("o"), Path("w")) == base + (
+        " --early-steps 2 --early-fraction 0.8 --hard-weight 0.5 --soft-fp32 --minutes 30 --tokens data/conv")
+
+
+@pytest.mark.parametrize("flags", [["--early-fraction", "0.5"], ["--early-steps", "0"],
+                                   ["--early-steps", "2", "--early-fraction", "1.5"], ["--hard-weight", "-1"],
+                                   ["--minutes", "0"], ["--minutes", "nan"]])
+def test_recipe_flags_are_checked(flags, capsys):
+    from talon_rt.train.recipes.head.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--model", "m", "--out", "o", *flags])
+    assert e.value.code == 2
+    assert flags[0] in capsys.readouterr().err
+
+
+def test_conversations_kept_as_token_ids_rebuild_the_shards(run, tmp_path):
+    from talon_rt.export.errors import ExportError
+    from talon_rt.train.recipes.head import tokens
+
+    _, _, work, _ = run
+    kept = tmp_path / "kept"
+    counts = {s: tokens.save(work, kept, s) for s in pipeline.SPLITS}
+    assert counts["train"]["conversations"] == 8 and counts["train"]["tokens"] > 0
+    fresh = tmp_path / "fresh"
+    n = tokens.restore(kept, fresh, pipeline.SPLITS)
+    assert n == sum(c["shards"] for c in counts.values()) > 0
+    for split in pipeline.SPLITS:
+        old = generate.shards(pipeline.data_folder(work, split))
+        new = generate.shards(pipeline.data_folder(fresh, split))
+        assert [p.name for p in old] == [p.name for p in new]
+        for a, b in zip(old, new):
+            za, zb = generate.load_shard(a), generate.load_shard(b)
+            assert za.keys() == zb.keys() and all(np.array_equal(za[k], zb[k]) for k in za)
+    assert tokens.restore(kept, fresh, pipeline.SPLITS) == 0, "shards already there are kept"
+    (kept / "tokens-valid.npz").write_bytes(b"not a zip")
+    with pytest.raises(ExportError, match="tokens-valid.npz"):
+        tokens.restore(kept, tmp_path / "other", pipeline.SPLITS)
+
+
+def test_rollout_loss_knobs():
+    """The hard cross-entropy adds to the soft one, a shorter rollout has fewer (positive) terms, and
+    target_to_draft inverts draft_to_target."""
+    from talon_rt.export.config import HeadConfig
+    from talon_rt.export.reference import Eagle3Head
+    from talon_rt.train import eagle3
+    from talon_rt.train.target_pass import TargetPass
+
+    torch.manual_seed(0)
+
+    V, Vd, H = 96, 32, 32
+    head = Eagle3Head(HeadConfig(hidden_size=H, intermediate_size=64, num_heads=2, num_kv_heads=1, head_dim=16,
+                                 vocab_size=V, draft_vocab_size=Vd))
+    ids = torch.sort(torch.randperm(V)[:Vd]).values
+    with torch.no_grad():
+        head.d2t.copy_(ids - torch.arange(Vd))
+        head.t2d.zero_()
+        head.t2d[ids] = True
+    head.set_embedding(torch.randn(V, H))
+    inv = head.target_to_draft()
+    assert torch.equal(head.draft_to_target(inv[ids]), ids) and int((inv >= 0).sum()) == Vd
+    B, T = 2, 12
+    tokens = ids[torch.randint(0, Vd, (B, T))]
+    tp = TargetPass(torch.randn(B, T, 3 * H), torch.softmax(torch.randn(B, T, Vd), -1), tokens)
+    spec = eagle3.HeadSpec(draft_vocab=Vd, ttt_steps=3, intermediate=64)
+    soft = eagle3.rollout_loss(head, tokens, tp, spec)
+    hard = eagle3.rollout_loss(head, tokens, tp, eagle3.HeadSpec(draft_vocab=Vd, ttt_steps=3, hard_weight=1.0))
+    one = eagle3.rollout_loss(head, tokens, tp, spec, steps=1)
+    assert float(hard) > float(soft) > float(one) > 0

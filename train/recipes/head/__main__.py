@@ -92,8 +92,24 @@ def _main(argv: list[str] | None) -> None:
                          f"{DEFAULT.train.batch * DEFAULT.train.seq_len}; a multiple of {DEFAULT.train.seq_len})")
     ap.add_argument("--warmup-steps", type=int, default=None,
                     help=f"linear warmup steps (default {DEFAULT.train.warmup_steps})")
+    ap.add_argument("--early-steps", type=int, default=None,
+                    help="rollout steps of the first --early-fraction of training (default: the full "
+                         f"{DEFAULT.head.ttt_steps} throughout; a step's cost grows with its rollout)")
+    ap.add_argument("--early-fraction", type=float, default=None,
+                    help="share of the optimiser steps that roll out --early-steps (default 0.75 with it)")
+    ap.add_argument("--hard-weight", type=float, default=None,
+                    help=f"weight of a hard (argmax) cross-entropy beside the soft one (default "
+                         f"{DEFAULT.head.hard_weight:g})")
+    ap.add_argument("--soft-fp32", action="store_true",
+                    help="the target's soft labels from a float32 product (default: bf16 autocast)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="end the train step after this many minutes, checkpointed, the head published")
     ap.add_argument("--eval-conversations", type=int, default=None,
                     help="held-out conversations the eval step scores (default: all)")
+    ap.add_argument("--tokens", type=Path, default=None,
+                    help="a folder of the generated conversations as token ids (tokens-<split>.npz, a few MB): "
+                         "shards found there are restored instead of generated, and every split generated is "
+                         "written back there (commit it: any machine rebuilds the features from it)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads; 0: all cores while the machine is otherwise idle, else 1")
     args = ap.parse_args(argv)
@@ -113,6 +129,14 @@ def _main(argv: list[str] | None) -> None:
         ap.error(f"--eval-conversations must be >= 1, got {args.eval_conversations}")
     if args.lr is not None and not math.isfinite(args.lr):
         ap.error(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.early_steps is not None and not 1 <= args.early_steps <= DEFAULT.head.ttt_steps:
+        ap.error(f"--early-steps must lie in 1..{DEFAULT.head.ttt_steps}, got {args.early_steps}")
+    if args.early_fraction is not None and (args.early_steps is None or not 0.0 <= args.early_fraction <= 1.0):
+        ap.error(f"--early-fraction needs --early-steps and must lie in [0, 1], got {args.early_fraction}")
+    if args.hard_weight is not None and not (math.isfinite(args.hard_weight) and args.hard_weight >= 0):
+        ap.error(f"--hard-weight must be a finite number >= 0, got {args.hard_weight}")
+    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
+        ap.error(f"--minutes must be a number > 0, got {args.minutes}")
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.work or args.out.with_name(args.out.name + ".work")
@@ -126,7 +150,15 @@ def _main(argv: list[str] | None) -> None:
                 least = f"at least {train.seq_len}" if flag == "--batch-tokens" else "> 0"
                 ap.error(f"{flag} must be {least}, got {getattr(args, flag[2:].replace('-', '_'))}")
             train = replace(train, **{field: value})
-    recipe = replace(DEFAULT, train=train, eval_conversations=args.eval_conversations)
+    if args.tokens is not None and args.tokens.exists() and not args.tokens.is_dir():
+        ap.error(f"--tokens {args.tokens}: exists and is not a folder")
+    data = replace(DEFAULT.data, tokens=None if args.tokens is None else str(args.tokens))
+    head = DEFAULT.head if args.hard_weight is None else replace(DEFAULT.head, hard_weight=args.hard_weight)
+    early = {} if args.early_steps is None else {
+        "early_steps": args.early_steps,
+        "early_fraction": 0.75 if args.early_fraction is None else args.early_fraction}
+    recipe = replace(DEFAULT, data=data, head=head, train=train, eval_conversations=args.eval_conversations,
+                     train_minutes=args.minutes, soft_fp32=args.soft_fp32 or DEFAULT.soft_fp32, **early)
     check_model(args.model)
     check_out(args.out)
     run(args.steps or list(STEPS), recipe, args.model, args.out, work, args.threads)

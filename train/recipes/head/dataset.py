@@ -86,7 +86,8 @@ class Split:
         np.random.default_rng([seed, epoch, 1]).shuffle(batches)
         return batches
 
-    def batch(self, rows: list[int], lm_head_rows: Tensor, pad: int) -> tuple[Tensor, TargetPass, Tensor]:
+    def batch(self, rows: list[int], lm_head_rows: Tensor, pad: int,
+              soft_fp32: bool = False) -> tuple[Tensor, TargetPass, Tensor]:
         """(ids [B, T], target pass with soft labels over the draft rows `lm_head_rows` [Vd, H],
         label mask [B, T]: label index p is allowed when it predicts a response token, i.e.
         prompt_length - 1 <= p <= length - 2)."""
@@ -104,7 +105,7 @@ class Split:
             mask[r, c.prompt_length - 1:c.length - 1] = True
         device = lm_head_rows.device  # the batch lives where the draft rows do (cpu or cuda)
         feats = features.from_bits(bits).to(device)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            logits = feats[..., 3 * H:] @ lm_head_rows.T
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=not soft_fp32):
+            logits = feats[..., 3 * H:].float() @ lm_head_rows.T
         return ids.to(device), TargetPass(feats[..., :3 * H].float(), logits.float().softmax(-1),
                                           greedy.to(device)), mask.to(device)

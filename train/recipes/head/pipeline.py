@@ -12,7 +12,7 @@ from talon_rt.export.errors import ExportError
 from talon_rt.train.console import console
 from talon_rt.train.target_pass import taps as target_taps
 
-from . import features, generate, prompts
+from . import features, generate, prompts, tokens
 from .dataset import data_folder
 from .recipe import HeadRecipe
 
@@ -38,11 +38,16 @@ def run_data(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: in
     by_split = split_prompts(recipe, stdlib_root)
     stats_path = work / "data" / "stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    kept = None if recipe.data.tokens is None else Path(recipe.data.tokens)
+    if kept is not None:
+        console.log(f"data: {tokens.restore(kept, work, SPLITS)} shards restored from {kept}")
     for split in SPLITS:
         folder = data_folder(work, split)
         t0 = time.monotonic()
         generate.run(lm, tok, by_split[split], folder, recipe.data.generate, threads,
                      on_shard=lambda path: features.run(lm, path, taps, pad))
+        if kept is not None:
+            console.log(f"data {split}: token ids -> {tokens.path(kept, split)}: {tokens.save(work, kept, split)}")
         for path in generate.shards(folder):  # shards generated before an interruption of the pass
             features.run(lm, path, taps, pad)
         seconds = time.monotonic() - t0 + stats.get(split, {}).get("seconds", 0.0)

@@ -30,7 +30,13 @@ def command(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> str:
     t, d = recipe.train, DEFAULT.train
     flags = [(f"--train-tokens {t.tokens}", t.tokens != d.tokens), (f"--lr {t.lr:g}", t.lr != d.lr),
              (f"--batch-tokens {t.batch * t.seq_len}", t.batch * t.seq_len != d.batch * d.seq_len),
-             (f"--warmup-steps {t.warmup_steps}", t.warmup_steps != d.warmup_steps)]
+             (f"--warmup-steps {t.warmup_steps}", t.warmup_steps != d.warmup_steps),
+             (f"--early-steps {recipe.early_steps} --early-fraction {recipe.early_fraction:g}",
+              recipe.early_steps is not None),
+             (f"--hard-weight {recipe.head.hard_weight:g}", recipe.head.hard_weight != DEFAULT.head.hard_weight),
+             ("--soft-fp32", recipe.soft_fp32 != DEFAULT.soft_fp32),
+             (f"--minutes {recipe.train_minutes or 0:g}", recipe.train_minutes is not None),
+             (f"--tokens {_shown(Path(recipe.data.tokens or '.'))}", recipe.data.tokens is not None)]
     extra = "".join(" " + f for f, off in flags if off)
     return (f".venv/bin/python -m talon_rt.train.recipes.head --model {_shown(model)} --out {_shown(out)} "
             f"--work {_shown(work)}{extra}")
@@ -119,8 +125,13 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
         "",
         "## Training",
         "",
-        f"Training-time test with {spec.ttt_steps} rollout steps (step weight {spec.step_weight_decay}^j), soft "
-        "cross-entropy against the target's distribution restricted to the draft vocabulary (positions whose",
+        f"Training-time test with {spec.ttt_steps} rollout steps (step weight {spec.step_weight_decay}^j)"
+        + (f", {recipe.early_steps} steps for the first {recipe.early_fraction:.0%} of the optimiser steps "
+           "(a step's cost grows with its rollout)" if recipe.early_steps else "")
+        + ", soft cross-entropy against the target's distribution restricted to the draft vocabulary"
+        + (f" (from a float32 product)" if recipe.soft_fp32 else "")
+        + (f" plus {spec.hard_weight:g} x the hard cross-entropy of its argmax" if spec.hard_weight else "")
+        + " (positions whose",
         "target argmax lies outside it masked), response positions only. AdamW (0.9, 0.95), "
         f"lr {tspec.lr:g} with {tspec.warmup_steps} warmup steps and cosine decay over {tspec.steps:,} steps, "
         f"up to {tspec.batch * tspec.seq_len:,} tokens per step (whole conversations), bf16 autocast; the "
@@ -145,7 +156,7 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
         ]
     if curve:
         lines += [
-            "Agreement vs training tokens (cached bf16 features, first held-out conversations):",
+            "Agreement vs training tokens (cached bf16 features, the first conversations of the valid split):",
             "",
             *_table("| step | tokens | epoch | loss | step 1 | step 2 | step 4 | step 7 | chain mean |",
                     [[f"{r['step']:,}", f"{r['tokens'] / 1e6:.2f} M", str(r["epoch"]), f"{r['loss']:.3f}",

@@ -15,6 +15,7 @@ class DataSpec:
     train_prompts: int | None = None    # first N of the shuffled training prompts (None: all ~3,150)
     valid_prompts: int = 32             # of the valid split: enough to compare learning rates
     heldout_prompts: int | None = None  # of the held-out chat set (None: all 88)
+    tokens: str | None = None           # a folder of tokens-<split>.npz: restored before, updated after (tokens.py)
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,12 @@ class HeadRecipe:
     train: TrainSpec = field(default_factory=lambda: TrainSpec(
         tokens=3_000_000, batch=8, seq_len=512, lr=5e-4, warmup_steps=20, weight_decay=0.0,
         ckpt_minutes=5.0))
+    # the rollout's cost grows with its steps: the first `early_fraction` of the optimiser steps roll
+    # out `early_steps` (None: all ttt_steps throughout), the rest the full ttt_steps
+    early_steps: int | None = None
+    early_fraction: float = 0.0
+    train_minutes: float | None = None  # stop the train step after this many minutes (checkpointed)
+    soft_fp32: bool = False      # the target's soft labels from a float32 product (default: bf16 autocast)
     eval_steps: int = 7
     eval_conversations: int | None = None  # held-out conversations the eval step scores (None: all)
 

@@ -3,12 +3,13 @@
 The draft vocabulary is the `draft_vocab` most frequent tokens the target emits in the training data
 (its responses, plus its greedy token at every position, which ranks the tokens a small data set
 never shows), fixed at the first run (`draft_ids.npy`) so a resume trains the same head. At every checkpoint the current
-head is exported (published layout) to `<work>/latest/` and scored on the first held-out
-conversations; the scores go to `<work>/head/curve.jsonl` (agreement vs training tokens).
+head is exported (published layout) to `<work>/latest/` and scored on the first
+conversations of the valid split; the scores go to `<work>/head/curve.jsonl` (agreement vs training tokens).
 """
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from .dataset import Split, data_folder
 from .evaluate import evaluate
 from .recipe import HeadRecipe
 
-CURVE_CONVERSATIONS = 8  # held-out conversations scored at each checkpoint (~1.5 k positions, ~1 min here)
+CURVE_CONVERSATIONS = 16  # valid conversations scored at each checkpoint (~2.5 k positions, ~1 min here)
 
 
 def draft_ids(split: Split, vocab: int, size: int, work: Path) -> torch.Tensor:
@@ -70,21 +71,24 @@ def run(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0
     spec, tspec = recipe.head, recipe.train
     lm, tok = loaded or target_mod.load(model, device=device)
     pad = target_mod.stop_ids(lm, tok)[0]
-    train, heldout = Split(data_folder(work, "train")), Split(data_folder(work, "heldout"))
+    # the curve scores the valid split: choices made on it (lr, schedule) never see the held-out chat
+    train, valid = Split(data_folder(work, "train")), Split(data_folder(work, "valid"))
     folder = work / "head"
     ids = draft_ids(train, lm.config.vocab_size, spec.draft_vocab, folder)
     head = eagle3.build(lm, spec, ids, tspec.seed).to(device)
     rows_of = lm.lm_head.weight.detach()[ids].float()
     plan = Plan(train, tspec.seed, tspec.batch * tspec.seq_len)
     console.log(f"train: {len(train.convs):,} conversations, {train.total_tokens:,} tokens in {train.shards} shards; "
-                f"heldout {len(heldout.convs)}; draft vocab {len(ids)}")
+                f"valid {len(valid.convs)}; draft vocab {len(ids)}")
+    early = int(recipe.early_fraction * tspec.steps) if recipe.early_steps else 0
     shown = {"acc1": float("nan")}
 
     def step_loss(step: int):
         _, rows = plan(step)
-        batch_ids, tp, mask = train.batch(rows, rows_of, pad)
+        batch_ids, tp, mask = train.batch(rows, rows_of, pad, recipe.soft_fp32)
         stats: dict = {}
-        loss = eagle3.rollout_loss(head, batch_ids, tp, spec, mask, stats)
+        loss = eagle3.rollout_loss(head, batch_ids, tp, spec, mask, stats,
+                                   recipe.early_steps if step < early else None)
         a = shown["acc1"]
         shown["acc1"] = stats["acc1"] if a != a else 0.95 * a + 0.05 * stats["acc1"]
         return loss, sum(train.convs[i].length for i in rows)
@@ -100,15 +104,18 @@ def run(recipe: HeadRecipe, model: Path, out: Path, work: Path, threads: int = 0
     def on_checkpoint(state: dict) -> None:
         eagle3.save(head, lm, work / "latest")
         (folder / "progress.json").write_text(json.dumps(summary(state), indent=1))
-        score = evaluate(head, heldout, rows_of, pad, recipe.eval_steps, CURVE_CONVERSATIONS)
+        score = evaluate(head, valid, rows_of, pad, recipe.eval_steps, CURVE_CONVERSATIONS)
         row = {"step": state["step"], "tokens": state["tokens"], "seconds": round(state["seconds"]),
                "epoch": plan(max(0, state["step"] - 1))[0], "loss": state["loss"], **score}
         with open(folder / "curve.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        console.log(f"checkpoint: head -> {work / 'latest'}; held-out agreement {score['per_step']}")
+        console.log(f"checkpoint: head -> {work / 'latest'}; valid agreement {score['per_step']}")
         if after_checkpoint is not None:
             after_checkpoint(work / "latest")
 
+    if recipe.train_minutes is not None:   # counted from the first step (not the target's loading)
+        own = time.monotonic() + 60 * recipe.train_minutes
+        deadline = own if deadline is None else min(deadline, own)
     stats = loop.train("head", head, step_loss, tspec, folder, threads, progress, on_checkpoint, deadline)
     stats = summary(stats)
     eagle3.save(head, lm, out)
