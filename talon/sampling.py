@@ -92,7 +92,10 @@ def _nucleus(p: np.ndarray, top_p: float, scratch: np.ndarray) -> None:
         short = min((top_p - cum[-1]) / ranked[-1], v) if ranked[-1] > 0.0 else v   # tokens still needed, at least
         done, m = m, min(max(GROWTH * m, m + int(short) + 1), v)
         if 2 * m > v:
-            m = v
+            if _nucleus_from_the_tail(p, top_p, scratch):   # most tokens stay: rank the dropped ones instead
+                return
+            values[:] = p
+            done, m = 0, v
     cum -= ranked                                      # mass ranked strictly above each
     keep = cum < top_p
     keep[0] = True
@@ -109,6 +112,54 @@ def _nucleus(p: np.ndarray, top_p: float, scratch: np.ndarray) -> None:
     if k == m or ranked[k] == t:   # ties with t may reach past the kept ones
         ties = np.flatnonzero(p == t)
         p[ties[k - int(np.count_nonzero(ranked[:k] > t)):]] = 0.0
+
+
+TAIL_CANDIDATES = 4096   # the smallest values ranked first when most of the row stays in the nucleus
+
+
+def _nucleus_from_the_tail(p: np.ndarray, top_p: float, scratch: np.ndarray) -> bool:
+    """`_nucleus` for a row whose nucleus holds most of it, ranking only the L smallest values; False
+    (p untouched) where it cannot decide exactly, and the caller ranks every token.
+
+    The mass ranked above the token at descending rank j is, up to rounding, the total T less the
+    suffix sum from j down (summed upwards over the L smallest values, ascending). Both that estimate
+    and the full sort's sequential sum are within n * 2^-53 * T of the exact value (recursive summation
+    of nonnegative terms), so a token whose estimate lies farther than twice that from top_p is
+    kept or dropped as the full sort decides; a token within it sends the row to the full sort.
+    """
+    v = p.shape[0]
+    total = float(p.sum())
+    margin = 4.0 * v * 2.0 ** -53 * max(total, 1.0)
+    values = scratch[0, :v]
+    L = min(TAIL_CANDIDATES, v)
+    while True:
+        values[:] = p
+        if L < v:
+            values.partition(L - 1)                     # the L smallest values to [0, L)
+        tail = values[:L]
+        tail.sort()                                     # ascending: descending ranks v-1, v-2, ... v-L
+        suffix = np.cumsum(tail, out=scratch[1, :L])    # suffix[i]: mass of the i+1 smallest values
+        if total - suffix[-1] < top_p - margin:         # the token above the tail stays: the cut lies within
+            break
+        if 4 * L > v:
+            return False
+        L *= 4
+    before = total - suffix                             # mass ranked above each tail token (ascending order)
+    drop = before >= top_p + margin
+    unsure = ~drop & (before >= top_p - margin)
+    if unsure.any():
+        return False
+    dropped = int(np.count_nonzero(drop))               # the `dropped` smallest (a prefix of the ascending tail)
+    if dropped == 0:
+        return True
+    if dropped >= v:                                    # the best token always stays
+        dropped = v - 1
+    t = tail[dropped - 1]                               # the largest dropped value
+    below = int(np.count_nonzero(tail[:dropped] < t))
+    np.putmask(p, p < t, 0.0)
+    ties = np.flatnonzero(p == t)                       # ties rank by index: the highest ids go first
+    p[ties[ties.shape[0] - (dropped - below):]] = 0.0
+    return True
 
 
 def sample_token(probs: np.ndarray, rng: np.random.Generator) -> int:
