@@ -164,6 +164,24 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
                       f"{r['chain_mean_accepted']:.2f}"] for r in _thin(curve, 12)]),
             "",
         ]
+    ablation = work / "ablation" / "ablation.md"
+    if ablation.is_file():
+        abl = load_json(work / "ablation" / "ablation.json") or {}
+        lines += [
+            "## Ablation",
+            "",
+            f"Each variant trained a fresh head on this data for {abl.get('minutes', 0):g} minutes of one core "
+            "(two variants at a time, one thread each), its cosine schedule sized to end there from its own "
+            "measured throughput (`python scripts/head_ablation.py`); scored on the valid split (cached bf16 "
+            "features), never on the held-out chat:",
+            "",
+            *ablation.read_text().strip().splitlines(),
+            "",
+        ]
+    if recipe.data.tokens is not None:
+        lines += [f"The generated conversations are kept as token ids in `{_shown(Path(recipe.data.tokens))}` "
+                  "(`tokens-<split>.npz`); `--tokens` restores them, so a rerun regenerates nothing and "
+                  "recomputes only the features.", ""]
     lines += [
         *notes_lines(work),
         "## Files",
