@@ -230,3 +230,22 @@ def test_rollout_loss_knobs():
     hard = eagle3.rollout_loss(head, tokens, tp, eagle3.HeadSpec(draft_vocab=Vd, ttt_steps=3, hard_weight=1.0))
     one = eagle3.rollout_loss(head, tokens, tp, spec, steps=1)
     assert float(hard) > float(soft) > float(one) > 0
+
+
+def test_the_committed_conversations_restore(tmp_path):
+    """data/smollm2-eagle3 (the SmolLM2 head's data as token ids) rebuilds shards the recipe reads:
+    the counts its README gives, every conversation a rendered prompt then a response."""
+    from pathlib import Path
+
+    from talon_rt.train.recipes.head import tokens
+
+    kept = Path(__file__).resolve().parents[2] / "data" / "smollm2-eagle3"
+    assert tokens.restore(kept, tmp_path, pipeline.SPLITS) == 3 + 1 + 98
+    counts = {}
+    for split in pipeline.SPLITS:
+        shards = [generate.load_shard(p) for p in generate.shards(pipeline.data_folder(tmp_path, split))]
+        counts[split] = sum(len(z["lengths"]) for z in shards)
+        for z in shards:
+            assert z["tokens"].dtype == np.int32 and z["tokens"].shape[0] == int(z["lengths"].sum())
+            assert (z["prompt_lengths"] < z["lengths"]).all() and (z["starts"][1:] == np.cumsum(z["lengths"])[:-1]).all()
+    assert counts == {"heldout": 88, "valid": 32, "train": 3122}
