@@ -3,11 +3,13 @@
     python scripts/head_ablation.py --model M --work runs/head/work --minutes 8 [--only NAME ...]
 
 Every variant trains a fresh head with `python -m talon_rt.train.recipes.head train` on the data of
-`--work` (its `data/` folder, read only), in its own folder `<work>/ablation/<name>/`, for
-`--minutes` of wall time with a cosine schedule sized to end there (the variant's own throughput,
-probed first). Variants run two at a time, one thread each (both cores, equal conditions). Its score is the step-1 (and chain) agreement on
-the valid split at the end (the curve's last row). The table goes to `<work>/ablation/ablation.md` and
-`.json`; the head README quotes it. Run it on an otherwise idle machine: the budget is wall time.
+`--work` (its `data/` folder, read only), in its own folder `<work>/ablation/<name>/`, for at most
+`--minutes` of wall time, its cosine schedule sized from a throughput probe of the same settings
+(a probe's first steps are slow, so runs tend to end early: the table gives the minutes each took).
+Variants run two at a time, one thread each (both cores, equal conditions). The score is the step-1
+(and chain) agreement on the valid split at the end (the curve's last row). The table goes to
+`<work>/ablation/ablation.md` and `.json`; the head README quotes it. Run it on an otherwise idle
+machine: the budget is wall time.
 """
 from __future__ import annotations
 

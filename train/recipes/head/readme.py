@@ -170,10 +170,11 @@ def write(recipe: HeadRecipe, model: Path, out: Path, work: Path) -> None:
         lines += [
             "## Ablation",
             "",
-            f"Each variant trained a fresh head on this data for {abl.get('minutes', 0):g} minutes of one core "
-            "(two variants at a time, one thread each), its cosine schedule sized to end there from its own "
-            "measured throughput (`python scripts/head_ablation.py`); scored on the valid split (cached bf16 "
-            "features), never on the held-out chat:",
+            "Each variant trained a fresh head on this data on one core (two variants at a time, one thread "
+            f"each), its cosine schedule sized from a throughput probe to end within {abl.get('minutes', 0):g} "
+            "minutes (`python scripts/head_ablation.py`; the probes, slowed by their first steps, "
+            "underestimated the throughput, so `train min` gives what each run took); scored on the valid "
+            "split (cached bf16 features), never on the held-out chat:",
             "",
             *ablation.read_text().strip().splitlines(),
             "",
