@@ -86,7 +86,7 @@ def main() -> int:
     root = args.work / "ablation"
     root.mkdir(parents=True, exist_ok=True)
     # throughput probes: the full rollout, and each variant's early rollout alone (fraction 1)
-    probes = {"full": [f for f in VARIANTS["baseline"][1]]}
+    probes = {"full": list(VARIANTS["baseline"][1])}
     for n in names:
         flags = VARIANTS[n][1]
         if "--early-steps" in flags:
@@ -97,7 +97,10 @@ def main() -> int:
         return start(args.model, root / f"probe-{key}", probes[key], 10_000_000, args.probe_minutes)
 
     in_pairs(list(probes), run_probe)
-    rate = {k: state(root / f"probe-{k}")["tokens"] / state(root / f"probe-{k}")["seconds"] for k in probes}
+    rate = {}
+    for k in probes:
+        st = state(root / f"probe-{k}")
+        rate[k] = st["tokens"] / st["seconds"]
     budget = args.minutes * 60
     tokens = {}
     for n in names:

@@ -22,9 +22,9 @@ import torch
 from talon_rt.export.checkpoints import load_head
 from talon_rt.runtime.api import Generator
 from talon_rt.train.eagle3 import Agreement
-from talon_rt.train.recipes.head import features
 from talon_rt.train.recipes.head import target as target_mod
-from talon_rt.train.target_pass import TargetPass, taps
+from talon_rt.train.recipes.head.evaluate import draft_rows, target_pass_fp32
+from talon_rt.train.target_pass import taps
 
 
 def main() -> int:
@@ -40,8 +40,7 @@ def main() -> int:
     gen = Generator.open(args.engine, policy="talon", budget=2)
     lm, tok = target_mod.load(args.model)
     head = load_head(args.head, target_mod.view(lm)).float().eval()
-    H = lm.config.hidden_size
-    rows = lm.lm_head.weight[torch.arange(len(head.d2t)) + head.d2t].float()
+    rows = draft_rows(head, lm)
     online_n = online_hit = 0
     total = Agreement(1)
     for i, p in enumerate(prompts[:args.limit]):
@@ -49,14 +48,12 @@ def main() -> int:
         res = gen.generate(ids, max_new_tokens=args.max_new_tokens)
         hits = sum(r.accepted for r in res.stats.per_round)
         conv = torch.tensor([ids + res.tokens])
-        with torch.no_grad():
-            f, greedy = features.forward(lm, conv, taps(lm), bf16=False)
-            soft = (f[..., 3 * H:] @ rows.T).softmax(-1)
+        tp = target_pass_fp32(lm, conv, taps(lm), rows)
         mask = torch.zeros_like(conv, dtype=torch.bool)
         mask[0, len(ids) - 1:conv.shape[1] - 1] = True
         one = Agreement(1)
         for a in (one, total):
-            a.add(head, conv, TargetPass(f[..., :3 * H], soft, greedy), mask)
+            a.add(head, conv, tp, mask)
         online_n, online_hit = online_n + res.stats.rounds, online_hit + hits
         print(f"prompt {i}: online acceptance {hits / max(1, res.stats.rounds):.3f} over {res.stats.rounds} rounds; "
               f"offline step-1 agreement {one.result()['per_step'][0]:.3f} over {one.result()['positions']} positions")

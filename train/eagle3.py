@@ -98,6 +98,8 @@ def rollout_loss(head: Eagle3Head, ids: Tensor, tp: TargetPass, spec: HeadSpec, 
     `spec.ttt_steps` (a shorter rollout early in training: its cost grows with the step count)."""
     T = ids.shape[1]
     total = 0.0
+    # the target's greedy token as a draft index (-1 where it has none: those positions are not `valid`)
+    hard_all = head.target_to_draft()[tp.greedy] if spec.hard_weight else None
     with torch.autocast(**autocast_for(ids)):
         for j, logits in rollout(head, ids, tp.features, steps or spec.ttt_steps):
             soft = shift(tp.soft, 1 + j)
@@ -107,10 +109,9 @@ def rollout_loss(head: Eagle3Head, ids: Tensor, tp: TargetPass, spec: HeadSpec, 
             valid[:, T - 1 - j :] = False
             logp = F.log_softmax(logits.float(), -1)
             ce = -(soft * logp).sum(-1)
-            if spec.hard_weight:
-                # the target's greedy token as a draft index (masked where it has none: `valid`)
-                hard = shift(head.target_to_draft()[tp.greedy], 1 + j)
-                ce = ce - spec.hard_weight * logp.gather(-1, hard.clamp(min=0)[..., None])[..., 0]
+            if hard_all is not None:
+                hard = shift(hard_all, 1 + j).clamp(min=0)
+                ce = ce - spec.hard_weight * logp.gather(-1, hard[..., None])[..., 0]
             total = total + spec.step_weight_decay**j * (ce * valid).sum() / valid.sum().clamp(min=1)
             if j == 0 and stats is not None:
                 with torch.no_grad():

@@ -105,7 +105,8 @@ class Split:
             mask[r, c.prompt_length - 1:c.length - 1] = True
         device = lm_head_rows.device  # the batch lives where the draft rows do (cpu or cuda)
         feats = features.from_bits(bits).to(device)
+        last = feats[..., 3 * H:].float() if soft_fp32 else feats[..., 3 * H:]
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=not soft_fp32):
-            logits = feats[..., 3 * H:].float() @ lm_head_rows.T
+            logits = last @ lm_head_rows.T
         return ids.to(device), TargetPass(feats[..., :3 * H].float(), logits.float().softmax(-1),
                                           greedy.to(device)), mask.to(device)

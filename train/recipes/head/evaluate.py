@@ -26,20 +26,31 @@ def evaluate(head, split: Split, rows_of: torch.Tensor, pad: int, steps: int, li
     return acc.result()
 
 
+def draft_rows(head, lm) -> torch.Tensor:
+    """The target's lm_head rows of the head's draft vocabulary [Vd, H], float32."""
+    return lm.lm_head.weight[torch.arange(len(head.d2t), device=head.d2t.device) + head.d2t].float()
+
+
+@torch.no_grad()
+def target_pass_fp32(lm, ids: torch.Tensor, taps, rows: torch.Tensor) -> TargetPass:
+    """The target's pass over `ids` [B, T] in float32 (features and greedy tokens as the fp32 engine
+    gives them), soft labels over the draft rows `rows` (`draft_rows`)."""
+    H = lm.config.hidden_size
+    f, greedy = features.forward(lm, ids, taps, bf16=False)
+    return TargetPass(f[..., :3 * H], (f[..., 3 * H:] @ rows.T).softmax(-1), greedy)
+
+
 @torch.no_grad()
 def evaluate_fp32(head, lm, split: Split, taps, pad: int, steps: int, limit: int | None = None,
                   batch: int = 4) -> dict:
     """Agreement over the first `limit` conversations of `split` (None: all), the target recomputed in
-    float32 (features and greedy tokens as the fp32 engine gives them; only the tokens are cached)."""
+    float32 (only the tokens are cached)."""
     acc = Agreement(steps)
-    H = lm.config.hidden_size
-    draft_rows = lm.lm_head.weight[torch.arange(len(head.d2t), device=head.d2t.device) + head.d2t].float()
+    rows = draft_rows(head, lm)
     n = len(split.convs) if limit is None else min(limit, len(split.convs))
     for i in range(0, n, batch):
-        ids, _, mask = split.batch(list(range(i, min(n, i + batch))), draft_rows, pad)
-        f, greedy = features.forward(lm, ids, taps, bf16=False)
-        soft = (f[..., 3 * H:] @ draft_rows.T).softmax(-1)
-        acc.add(head, ids, TargetPass(f[..., :3 * H], soft, greedy), mask)
+        ids, _, mask = split.batch(list(range(i, min(n, i + batch))), rows, pad)
+        acc.add(head, ids, target_pass_fp32(lm, ids, taps, rows), mask)
     return acc.result()
 
 
